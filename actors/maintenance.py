@@ -1,0 +1,64 @@
+"""Maintenance: the singleton that runs periodic jobs (``opsmantik_stream.jobs.JOBS``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import asyncpg
+import ray
+
+from opsmantik_stream.config import Settings
+from opsmantik_stream.db import create_pool
+from opsmantik_stream.jobs import JOBS, run_job
+
+__all__ = ["MAINTENANCE_NAME", "Maintenance"]
+
+MAINTENANCE_NAME = "maintenance"
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class Maintenance:
+    def __init__(self, db_url: str, settings: Settings) -> None:
+        self._db_url = db_url
+        self._settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._last_run: dict[str, float] = {}
+        self._last_result: dict[str, Any] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+
+    async def _db(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool = await create_pool(self._db_url, min_size=0, max_size=2)
+        return self._pool
+
+    async def start(self, tick_s: float = 5.0) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._loop(tick_s))
+
+    async def _loop(self, tick_s: float) -> None:
+        while True:
+            now = time.monotonic()
+            for job in JOBS.values():
+                last = self._last_run.get(job.name)
+                if last is None or now - last >= job.interval_s:
+                    self._last_run[job.name] = now
+                    try:
+                        await self.run(job.name)
+                    except Exception:
+                        log.exception("job %s failed", job.name)
+            await asyncio.sleep(tick_s)
+
+    async def run(self, name: str) -> dict[str, Any]:
+        result = await run_job(name, await self._db(), self._settings)
+        self._last_result[name] = result
+        return result
+
+    async def status(self) -> dict[str, Any]:
+        return {"jobs": sorted(JOBS), "last_result": self._last_result}
+
+    async def ping(self) -> str:
+        return "ok"

@@ -1,0 +1,47 @@
+"""Bearer-token authentication and per-site capability checks for operator routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.errors import ApiError
+from opsmantik_stream.rbac import Capability
+from opsmantik_stream.tenancy import Principal, resolve_token
+
+__all__ = ["CurrentPrincipal", "require_capability", "require_principal"]
+
+_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+async def require_principal(request: Request) -> Principal:
+    """401 without a valid bearer token; otherwise the caller with roles per site."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "a bearer token is required", headers=_UNAUTHORIZED)
+    ctx = request.app.state.ctx
+    async with ctx.pool.acquire() as conn:
+        principal = await resolve_token(conn, token.strip())
+    if principal is None:
+        raise ApiError(401, "unauthorized", "the bearer token is not valid", headers=_UNAUTHORIZED)
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(require_principal)]
+
+
+def require_capability(principal: Principal, public_id: str, capability: Capability) -> str:
+    """The site's uuid when the caller holds ``capability`` on it; 403 otherwise.
+
+    A site the caller cannot see at all also answers 403 (not 404), so site ids cannot be
+    probed by strangers.
+    """
+    if not principal.can(public_id, capability):
+        raise ApiError(403, "forbidden", f"missing capability {capability.value} on this site")
+    access = principal.sites.get(public_id)
+    if access is None:
+        # platform admins reach sites they are not members of; callers resolve the id
+        return ""
+    return access.site_id

@@ -1,0 +1,7 @@
+"""Every router of the gateway, one module per area (each area owns its routes)."""
+
+from gateway.routes import calls, health, ingest, jobs, ops, sales, sites, uploads
+
+ROUTERS = [health.router, sites.router, ingest.router, calls.router, sales.router, uploads.router, jobs.router, ops.router]
+
+__all__ = ["ROUTERS"]

@@ -1,0 +1,7 @@
+"""Routes: sales (see SPEC.md §10)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

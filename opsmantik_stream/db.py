@@ -1,0 +1,161 @@
+"""PostgreSQL: the embedded server (pgserver), asyncpg pools, and API transactions under RLS."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from opsmantik_stream.config import Settings
+
+__all__ = [
+    "API_ROLE",
+    "EmbeddedPostgres",
+    "api_database_url",
+    "api_transaction",
+    "close_pool",
+    "create_pool",
+    "resolve_database_url",
+]
+
+log = logging.getLogger(__name__)
+
+API_ROLE = "opsmantik_api"
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server in ``<data_dir>/pg`` run by pgserver; reused across starts.
+
+    ``pgserver`` listens on a unix socket only (no TCP port at all), which keeps the
+    embedded database off every network interface.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = data_dir / "pg"
+        self._server: Any = None
+
+    def start(self) -> str:
+        # pgserver falls back to /tmp when XDG_RUNTIME_DIR is unset and warns about it.
+        os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        return str(self._server.get_uri())
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("embedded PostgreSQL not started")
+        return str(self._server.get_uri())
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+def resolve_database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
+    """The configured URL, or the URL of an embedded server started for it."""
+    if settings.database_url:
+        return settings.database_url, None
+    embedded = EmbeddedPostgres(settings.data_path)
+    return embedded.start(), embedded
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb <-> Python objects everywhere, so callers never json.dumps by hand.
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def api_database_url(url: str) -> str:
+    """``url`` with the API role as user and no password."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{API_ROLE}@{host}", parts.path, parts.query, parts.fragment))
+
+
+class _Companion:
+    """The API-role pool and identity key that belong to one owner pool."""
+
+    def __init__(self, owner: asyncpg.Pool, api_url: str) -> None:
+        self.owner = owner
+        self.api_url = api_url
+        self.api_pool: asyncpg.Pool | None = None
+        self.key: bytes | None = None
+        self.lock = asyncio.Lock()
+
+
+# asyncpg pools have __slots__ without __weakref__, so companions are keyed by id() and
+# dropped by close_pool().
+_COMPANIONS: dict[int, _Companion] = {}
+
+
+async def create_pool(
+    url: str, *, min_size: int = 1, max_size: int = 10, api_url: str | None = None
+) -> asyncpg.Pool:
+    """An owner (service-role) pool. ``api_transaction`` on it uses a companion pool that
+    logs in as the API role (``api_url``, default derived from ``url``)."""
+    pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+    )
+    assert pool is not None
+    _COMPANIONS[id(pool)] = _Companion(pool, api_url or api_database_url(url))
+    return pool
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close an owner pool and its API companion."""
+    companion = _COMPANIONS.pop(id(pool), None)
+    if companion is not None and companion.api_pool is not None:
+        await companion.api_pool.close()
+    await pool.close()
+
+
+async def _companion(pool: asyncpg.Pool) -> tuple[asyncpg.Pool, bytes]:
+    comp = _COMPANIONS.get(id(pool))
+    if comp is None or comp.owner is not pool:
+        raise RuntimeError("api_transaction needs a pool made by opsmantik_stream.db.create_pool")
+    if comp.api_pool is None or comp.key is None:
+        async with comp.lock:
+            if comp.key is None:
+                comp.key = bytes(await pool.fetchval("SELECT key FROM private.identity_key"))
+            if comp.api_pool is None:
+                comp.api_pool = await asyncpg.create_pool(
+                    comp.api_url, min_size=0, max_size=pool.get_max_size(), init=_init_connection
+                )
+    assert comp.api_pool is not None and comp.key is not None
+    return comp.api_pool, comp.key
+
+
+def signed_identity(key: bytes, user_id: str) -> str:
+    uid = str(user_id)
+    return f"{uid}.{hashlib.sha256(key + b'|' + uid.encode()).hexdigest()}"
+
+
+@asynccontextmanager
+async def api_transaction(pool: asyncpg.Pool, user_id: str) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on a connection logged in as the API role, with the caller's signed
+    identity set for this transaction only.
+
+    Row-level security applies to everything executed on the yielded connection. Even a
+    hand-written query cannot see or change another tenant's rows: the role cannot RESET
+    ROLE to an owner (it never was one) and cannot forge another user's identity.
+    """
+    api_pool, key = await _companion(pool)
+    async with api_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('opsmantik.identity', $1, true)", signed_identity(key, user_id))
+        yield conn

@@ -1,0 +1,193 @@
+"""Every state list the schema CHECKs, as Python enums.
+
+The schema is the source of truth: ``tests/integration/test_schema.py`` reads each CHECK
+constraint from PostgreSQL and compares it with the enum registered in ``CHECKED_COLUMNS``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "CHECKED_COLUMNS",
+    "ActorType",
+    "BillingState",
+    "CallAction",
+    "CallSource",
+    "CallStatus",
+    "CircuitState",
+    "ClickIdType",
+    "ConversationStatus",
+    "DeadLetterStatus",
+    "Destination",
+    "ErrorCategory",
+    "IntentAction",
+    "LedgerPhase",
+    "LinkEntity",
+    "PlatformRole",
+    "QueueStatus",
+    "SaleStatus",
+    "SiteRole",
+    "SourceKind",
+]
+
+
+class PlatformRole(StrEnum):
+    USER = "user"
+    ADMIN = "admin"
+
+
+class SiteRole(StrEnum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    ANALYST = "analyst"
+    BILLING = "billing"
+
+
+class ActorType(StrEnum):
+    USER = "user"
+    SYSTEM = "system"
+    CRON = "cron"
+    CLI = "cli"
+
+
+class BillingState(StrEnum):
+    ACCEPTED = "ACCEPTED"
+    OVERAGE = "OVERAGE"
+    NOT_BILLABLE = "NOT_BILLABLE"
+    REJECTED_QUOTA = "REJECTED_QUOTA"
+
+
+class DeadLetterStatus(StrEnum):
+    PENDING = "PENDING"
+    REPLAYED = "REPLAYED"
+    DISCARDED = "DISCARDED"
+
+
+class CallStatus(StrEnum):
+    INTENT = "intent"
+    CONFIRMED = "confirmed"
+    JUNK = "junk"
+    CANCELLED = "cancelled"
+    SUSPICIOUS = "suspicious"
+
+
+class CallSource(StrEnum):
+    CLICK = "click"
+    CALL_EVENT = "call_event"
+    MANUAL = "manual"
+
+
+class IntentAction(StrEnum):
+    PHONE = "phone"
+    WHATSAPP = "whatsapp"
+    FORM = "form"
+
+
+class CallAction(StrEnum):
+    SEAL = "seal"
+    JUNK = "junk"
+    CANCEL = "cancel"
+    RESTORE = "restore"
+    UNDO = "undo"
+    AUTO_APPROVE = "auto_approve"
+
+
+class ConversationStatus(StrEnum):
+    OPEN = "OPEN"
+    WON = "WON"
+    LOST = "LOST"
+    JUNK = "JUNK"
+
+
+class LinkEntity(StrEnum):
+    SESSION = "session"
+    CALL = "call"
+    EVENT = "event"
+    SALE = "sale"
+
+
+class SaleStatus(StrEnum):
+    DRAFT = "DRAFT"
+    CONFIRMED = "CONFIRMED"
+    CANCELED = "CANCELED"
+
+
+class ClickIdType(StrEnum):
+    # precedence order when a session has several: gclid, then wbraid, then gbraid
+    GCLID = "gclid"
+    WBRAID = "wbraid"
+    GBRAID = "gbraid"
+
+
+class Destination(StrEnum):
+    GOOGLE_ADS = "google_ads"
+    DATA_MANAGER = "data_manager"
+
+
+class SourceKind(StrEnum):
+    SALE = "sale"
+    CALL = "call"
+
+
+class QueueStatus(StrEnum):
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    RETRY = "RETRY"
+    FAILED = "FAILED"
+    BLOCKED = "BLOCKED"
+
+
+class ErrorCategory(StrEnum):
+    VALIDATION = "VALIDATION"
+    AUTH = "AUTH"
+    TRANSIENT = "TRANSIENT"
+    RATE_LIMIT = "RATE_LIMIT"
+    CONFIG = "CONFIG"
+
+
+class CircuitState(StrEnum):
+    CLOSED = "CLOSED"
+    OPEN = "OPEN"
+    HALF_OPEN = "HALF_OPEN"
+
+
+class LedgerPhase(StrEnum):
+    STARTED = "STARTED"
+    FINISHED = "FINISHED"
+
+
+# (table, column) -> enum.  Every CHECK ... IN (...) list in the schema must be listed here.
+CHECKED_COLUMNS: dict[tuple[str, str], type[StrEnum]] = {
+    ("users", "platform_role"): PlatformRole,
+    ("site_members", "role"): SiteRole,
+    ("role_capabilities", "role"): SiteRole,
+    ("audit_log", "actor_type"): ActorType,
+    ("ingest_idempotency", "billing_state"): BillingState,
+    ("dead_letters", "status"): DeadLetterStatus,
+    ("calls", "status"): CallStatus,
+    ("calls", "source"): CallSource,
+    ("calls", "intent_action"): IntentAction,
+    ("calls", "click_id_type"): ClickIdType,
+    ("sites", "default_destination"): Destination,
+    ("call_actions", "action_type"): CallAction,
+    ("call_actions", "actor_type"): ActorType,
+    ("conversations", "status"): ConversationStatus,
+    ("conversation_links", "entity_type"): LinkEntity,
+    ("sales", "status"): SaleStatus,
+    ("provider_credentials", "destination"): Destination,
+    ("offline_conversion_queue", "status"): QueueStatus,
+    ("offline_conversion_queue", "destination"): Destination,
+    ("offline_conversion_queue", "source_kind"): SourceKind,
+    ("offline_conversion_queue", "error_category"): ErrorCategory,
+    ("provider_health_state", "state"): CircuitState,
+    ("provider_health_state", "destination"): Destination,
+    ("provider_leases", "destination"): Destination,
+    ("provider_upload_attempts", "phase"): LedgerPhase,
+    ("provider_upload_attempts", "destination"): Destination,
+    ("provider_upload_attempts", "error_category"): ErrorCategory,
+    ("provider_upload_attempts", "breaker_state"): CircuitState,
+    ("provider_upload_metrics", "destination"): Destination,
+}

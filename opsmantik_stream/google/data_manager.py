@@ -1,0 +1,188 @@
+"""Data Manager API ``IngestionService.IngestEvents`` client (``POST /v1/events:ingest``).
+
+Google's primary offline-conversion import API since June 2026. Unlike the Google Ads API it
+has no partial failure: a bad required field rejects the whole request with 400 and
+``google.rpc.BadRequest.fieldViolations`` naming ``events[i]``. Named events fail; the other
+events of that request were collateral and are returned as ``retry`` with code ``COLLATERAL``
+and a zero delay so the uploader can resend them at once. Re-sending the same
+``transactionId`` is an adjustment (idempotent 200), not an error. Wire: reference §2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+import msgspec
+
+from .ads import (
+    _OK,
+    DEFAULT_CHUNK_SIZE,
+    _ChunkResult,
+    _digits,
+    _error_envelope,
+    _get,
+    _GoogleClientBase,
+    _phone_hash,
+    _Reply,
+    _type_is,
+    _Verdict,
+    _verdict,
+    action_id,
+    format_rfc3339,
+    minor_to_major,
+    parse_duration,
+    pick_click_id,
+)
+from .classify import classify
+from .oauth import TokenProvider
+from .types import Classification, Conversion, Destination, ErrorCategory, GoogleCredentials, OutcomeKind
+
+__all__ = ["DEFAULT_DATA_MANAGER_BASE_URL", "DataManagerClient", "build_dm_event"]
+
+DEFAULT_DATA_MANAGER_BASE_URL = "https://datamanager.googleapis.com"
+_EVENT_INDEX_RE = re.compile(r"^events\[(\d+)\]")
+_DEST_REF = "conversions"
+
+
+def _consent(flag: bool | None) -> str | None:
+    if flag is None:
+        return None
+    return "CONSENT_GRANTED" if flag else "CONSENT_DENIED"
+
+
+def build_dm_event(conv: Conversion) -> dict[str, Any]:
+    """Map one validated row to a Data Manager ``Event`` dict (lowerCamelCase)."""
+    click = pick_click_id(conv)
+    assert click is not None
+    ev: dict[str, Any] = {
+        "transactionId": conv.order_id,
+        "eventTimestamp": format_rfc3339(conv.conversion_time),
+        "eventSource": "WEB",
+        "adIdentifiers": {click[0]: click[1]},
+        "conversionValue": minor_to_major(conv.value_minor, conv.currency),
+        "currency": conv.currency.upper(),
+    }
+    phone = _phone_hash(conv)
+    if phone is not None:
+        ev["userData"] = {"userIdentifiers": [{"phoneNumber": phone}]}
+    consent: dict[str, str] = {}
+    if (c := _consent(conv.ad_user_data_consent)) is not None:
+        consent["adUserData"] = c
+    if (c := _consent(conv.ad_personalization_consent)) is not None:
+        consent["adPersonalization"] = c
+    if consent:
+        ev["consent"] = consent
+    return ev
+
+
+class DataManagerClient(_GoogleClientBase):
+    """Async client for ``POST /v1/events:ingest`` (Google Ads offline conversions)."""
+
+    destination: Destination = "data_manager"
+    default_base_url = DEFAULT_DATA_MANAGER_BASE_URL
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient | None = None,
+        *,
+        tokens: TokenProvider | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        timeout: httpx.Timeout | None = None,
+        base_url: str | None = None,
+    ) -> None:
+        super().__init__(http, tokens=tokens, chunk_size=chunk_size, timeout=timeout, base_url=base_url)
+
+    def _chunk_key(self, conv: Conversion, creds: GoogleCredentials) -> str:
+        # One destination (conversion action) per request keeps the body simple.
+        return action_id(conv.conversion_action or creds.conversion_action) or ""
+
+    def _build_request(
+        self, creds: GoogleCredentials, chunk: Sequence[Conversion]
+    ) -> tuple[str, bytes, dict[str, str]]:
+        cid = _digits(creds.customer_id)
+        aid = self._chunk_key(chunk[0], creds)
+        destination: dict[str, Any] = {
+            "reference": _DEST_REF,
+            "operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": cid},
+            "productDestinationId": aid,
+        }
+        login = _digits(creds.login_customer_id)
+        if login:
+            # Data Manager takes the manager account in the body, not in a header.
+            destination["loginAccount"] = {"accountType": "GOOGLE_ADS", "accountId": login}
+        events = [build_dm_event(c) for c in chunk]
+        body: dict[str, Any] = {"destinations": [destination], "events": events}
+        if any("userData" in e for e in events):
+            body["encoding"] = "HEX"  # required whenever userData is present
+        url = f"{self.base_url(creds)}/v1/events:ingest"
+        return url, msgspec.json.encode(body), {}
+
+    def _parse_reply(self, reply: _Reply, n: int) -> _ChunkResult:
+        body = reply.body if isinstance(reply.body, Mapping) else {}
+        if 200 <= reply.status < 300:
+            rid = body.get("requestId")
+            request_id = reply.request_id or (rid if isinstance(rid, str) else None)
+            return _ChunkResult([_OK] * n, reply.status, request_id)
+
+        err, details = _error_envelope(reply.body)
+        msg = err.get("message")
+        message = (msg if isinstance(msg, str) else f"HTTP {reply.status}")[:500]
+        info_reason: str | None = None
+        delay: float | None = None
+        request_id = reply.request_id
+        violations: list[tuple[int | None, str | None, str]] = []
+        for d in details:
+            if _type_is(d, "google.rpc.BadRequest"):
+                fv = _get(d, "fieldViolations", "field_violations")
+                for v in fv if isinstance(fv, list) else []:
+                    if not isinstance(v, Mapping):
+                        continue
+                    field = v.get("field") if isinstance(v.get("field"), str) else ""
+                    m = _EVENT_INDEX_RE.match(field or "")
+                    reason = v.get("reason") if isinstance(v.get("reason"), str) else None
+                    desc = v.get("description") if isinstance(v.get("description"), str) else ""
+                    violations.append((int(m.group(1)) if m else None, reason, f"{field}: {desc}"[:500]))
+            elif _type_is(d, "google.rpc.ErrorInfo"):
+                r = d.get("reason")
+                info_reason = r if isinstance(r, str) else None
+            elif _type_is(d, "google.rpc.RetryInfo"):
+                delay = parse_duration(_get(d, "retryDelay", "retry_delay"))
+            elif _type_is(d, "google.rpc.RequestInfo"):
+                rid = _get(d, "requestId", "request_id")
+                request_id = request_id or (rid if isinstance(rid, str) else None)
+        if delay is None:
+            delay = reply.retry_after_s
+
+        request_level = [v for v in violations if v[0] is None]
+        if reply.status == 400 and violations and not request_level:
+            verdicts: list[_Verdict] = [
+                _Verdict(
+                    Classification(OutcomeKind.RETRY, ErrorCategory.TRANSIENT, 0.0),
+                    "COLLATERAL",
+                    "not ingested: another event in the same request was invalid",
+                )
+            ] * n
+            first: _Verdict | None = None
+            for idx, reason, text in violations:
+                assert idx is not None
+                if 0 <= idx < n:
+                    v = _Verdict(
+                        classify(400, reason or "INVALID_ARGUMENT"), reason or "INVALID_ARGUMENT", text
+                    )
+                    if verdicts[idx].code == "COLLATERAL" or v.worse_than(verdicts[idx]):
+                        verdicts[idx] = v
+                    first = first or v
+            return _ChunkResult(verdicts, reply.status, request_id, first)
+
+        code: str | None = info_reason
+        if request_level and request_level[0][1]:
+            code, message = request_level[0][1], request_level[0][2]
+        if code is None:
+            status_name = err.get("status")
+            code = status_name if isinstance(status_name, str) else f"HTTP_{reply.status}"
+        # classify() falls back to the HTTP status for reasons it does not know.
+        whole = _verdict(reply.status, code, message, delay)
+        return _ChunkResult([whole] * n, reply.status, request_id, whole)

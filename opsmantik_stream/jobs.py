@@ -1,0 +1,60 @@
+"""Periodic jobs: plain async functions over a pool and an injected clock.
+
+The Maintenance actor runs them on their intervals; ``opsmantik jobs run NAME`` and
+``POST /api/jobs/{name}`` run one now. Each returns a JSON-able summary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from opsmantik_stream.config import Settings
+from opsmantik_stream.queries import Q
+
+__all__ = ["JOBS", "Job", "JobContext", "run_job"]
+
+
+@dataclass(frozen=True)
+class JobContext:
+    pool: asyncpg.Pool
+    settings: Settings
+    now: dt.datetime
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    interval_s: float
+    run: Callable[[JobContext], Awaitable[dict[str, Any]]]
+    description: str
+
+
+async def ensure_partitions(ctx: JobContext) -> dict[str, Any]:
+    """Create monthly sessions/events partitions from last month to three months ahead."""
+    first = ctx.now.date().replace(day=1)
+    created = []
+    for offset in range(-1, 4):
+        month = (first.month - 1 + offset) % 12 + 1
+        year = first.year + (first.month - 1 + offset) // 12
+        day = dt.date(year, month, 1)
+        if await ctx.pool.fetchval(Q.runtime.ensure_month_partitions, day):
+            created.append(day.isoformat()[:7])
+    return {"created": created}
+
+
+JOBS: dict[str, Job] = {
+    "partitions": Job("partitions", 6 * 3600, ensure_partitions, "create monthly table partitions ahead"),
+}
+
+
+async def run_job(name: str, pool: asyncpg.Pool, settings: Settings, now: dt.datetime | None = None) -> dict[str, Any]:
+    job = JOBS.get(name)
+    if job is None:
+        raise KeyError(name)
+    ctx = JobContext(pool=pool, settings=settings, now=now or dt.datetime.now(dt.UTC))
+    return await job.run(ctx)

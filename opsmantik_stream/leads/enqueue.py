@@ -1,0 +1,133 @@
+"""Enqueue one offline conversion for a confirmed sale or a sealed call.
+
+Both paths (``POST /api/sales/{id}/confirm`` and sealing a call with a value) call
+``enqueue_conversion`` inside their own transaction, so the state change and the queue row
+commit together or not at all. The answer always says whether a row was enqueued and, if
+not, why (``EnqueueResult.reason``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from opsmantik_stream.enums import ClickIdType, SourceKind
+from opsmantik_stream.queries import Q
+
+__all__ = ["EnqueueResult", "NotEnqueued", "choose_click_id", "enqueue_conversion", "order_id_for"]
+
+
+class NotEnqueued:
+    """Reasons a conversion was not enqueued (stable strings; clients may branch on them)."""
+
+    ZERO_VALUE = "zero_value"
+    NO_CONVERSATION = "no_conversation"
+    NO_SESSION = "no_session"
+    SESSION_NOT_FOUND = "session_not_found"
+    NO_CLICK_ID = "no_click_id"
+    NO_MARKETING_CONSENT = "no_marketing_consent"
+    ALREADY_ENQUEUED = "already_enqueued"
+    PENDING_FOR_SESSION = "pending_conversion_for_session"
+
+
+class EnqueueResult(msgspec.Struct, frozen=True):
+    enqueued: bool
+    reason: str | None = None
+    conversion_id: str | None = None
+    order_id: str | None = None
+    click_id_type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.structs.asdict(self)
+
+
+def order_id_for(site_id: Any, source_kind: str, source_id: Any) -> str:
+    """Deterministic order id: the same sale or call always gives the same id, so Google
+    deduplicates a re-upload. 32 hex chars of sha256(site | kind | id), prefixed."""
+    digest = hashlib.sha256(f"{site_id}|{source_kind}|{source_id}".encode()).hexdigest()
+    return "om_" + digest[:32]
+
+
+def choose_click_id(gclid: str | None, wbraid: str | None, gbraid: str | None) -> tuple[str, str] | None:
+    """(type, value) of the click id to upload: gclid, else wbraid, else gbraid."""
+    for kind, value in ((ClickIdType.GCLID, gclid), (ClickIdType.WBRAID, wbraid), (ClickIdType.GBRAID, gbraid)):
+        if value and value.strip():
+            return kind.value, value.strip()
+    return None
+
+
+async def enqueue_conversion(
+    conn: asyncpg.Connection,
+    *,
+    site_id: Any,
+    source_kind: SourceKind | str,
+    source_id: Any,
+    session_id: Any,
+    session_month: dt.date | None,
+    conversion_time: dt.datetime,
+    value_minor: int | None,
+    currency: str,
+) -> EnqueueResult:
+    """Enqueue (in the caller's transaction) when the session has a click id and
+    ``marketing`` consent. Never raises for a business reason; see ``EnqueueResult``."""
+    kind = SourceKind(source_kind).value
+    if value_minor is None or value_minor <= 0:
+        return EnqueueResult(False, NotEnqueued.ZERO_VALUE)
+    if session_id is None:
+        return EnqueueResult(False, NotEnqueued.NO_SESSION)
+    session = await conn.fetchrow(Q.sales.session_for_conversion, site_id, session_id, session_month)
+    if session is None:
+        return EnqueueResult(False, NotEnqueued.SESSION_NOT_FOUND)
+    click = choose_click_id(session["gclid"], session["wbraid"], session["gbraid"])
+    if click is None:
+        return EnqueueResult(False, NotEnqueued.NO_CLICK_ID)
+    if "marketing" not in (session["consent_scopes"] or []):
+        return EnqueueResult(False, NotEnqueued.NO_MARKETING_CONSENT)
+    site = await conn.fetchrow(Q.sales.site_destination, site_id)
+    destination = site["default_destination"]
+    click_type, click_value = click
+    # exactly one click id is stored: the uploader sends what it finds
+    ids = {t.value: (click_value if t.value == click_type else None) for t in ClickIdType}
+    order_id = order_id_for(site_id, kind, source_id)
+    row = await conn.fetchrow(
+        Q.sales.insert_conversion,
+        site_id,
+        destination,
+        kind,
+        source_id,
+        session["id"],
+        order_id,
+        ids["gclid"],
+        ids["wbraid"],
+        ids["gbraid"],
+        conversion_time,
+        value_minor,
+        currency,
+    )
+    if row is not None:
+        return EnqueueResult(True, None, str(row["id"]), row["order_id"], click_type)
+    existing = await conn.fetchrow(Q.sales.conversion_by_source, kind, source_id)
+    if existing is not None and existing["status"] == "FAILED" and existing["error_code"] == "VOIDED":
+        if await conn.fetchrow(Q.sales.pending_conversion_for_session, site_id, session["id"]) is None:
+            revived = await conn.fetchrow(
+                Q.sales.revive_voided_conversion,
+                kind,
+                source_id,
+                ids["gclid"],
+                ids["wbraid"],
+                ids["gbraid"],
+                conversion_time,
+                value_minor,
+                currency,
+                destination,
+            )
+            if revived is not None:
+                return EnqueueResult(True, None, str(revived["id"]), revived["order_id"], click_type)
+        return EnqueueResult(False, NotEnqueued.PENDING_FOR_SESSION, order_id=order_id)
+    if existing is not None:
+        return EnqueueResult(False, NotEnqueued.ALREADY_ENQUEUED, str(existing["id"]), existing["order_id"])
+    return EnqueueResult(False, NotEnqueued.PENDING_FOR_SESSION, order_id=order_id)

@@ -1,0 +1,35 @@
+"""Stable site -> partition routing, shared by the Registry and every gateway."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+__all__ = ["RoutingTable", "partition_for", "stable_hash"]
+
+
+def stable_hash(key: str) -> int:
+    """A hash that is the same in every process and every run (unlike ``hash()``)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+
+
+def partition_for(site_id: str, partitions: int) -> int:
+    if partitions < 1:
+        raise ValueError("partitions must be >= 1")
+    return stable_hash(site_id) % partitions
+
+
+class RoutingTable(msgspec.Struct, frozen=True):
+    """A versioned table: index ``partition_for(site_id, len(actors))`` names the owner."""
+
+    version: int
+    actors: tuple[str, ...]
+    uploaders: tuple[str, ...] = ()
+
+    @property
+    def partitions(self) -> int:
+        return len(self.actors)
+
+    def owner_of(self, site_id: str) -> str:
+        return self.actors[partition_for(site_id, len(self.actors))]

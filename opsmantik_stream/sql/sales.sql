@@ -1,0 +1,93 @@
+-- Sales and the offline-conversion enqueue shared by sale confirm and call seal.
+
+-- name: upsert_sale
+-- Idempotent per (site, external_ref). Only a DRAFT may be rewritten; a confirmed or
+-- canceled sale returns no row and the caller answers 409.
+INSERT INTO sales (site_id, conversation_id, external_ref, occurred_at, amount_minor, currency, notes)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (site_id, external_ref) DO UPDATE
+SET amount_minor = EXCLUDED.amount_minor,
+    occurred_at = EXCLUDED.occurred_at,
+    currency = EXCLUDED.currency,
+    conversation_id = coalesce(EXCLUDED.conversation_id, sales.conversation_id),
+    notes = coalesce(EXCLUDED.notes, sales.notes)
+WHERE sales.status = 'DRAFT'
+RETURNING *, (xmax = 0) AS inserted;
+
+-- name: sale_by_external_ref
+SELECT * FROM sales WHERE site_id = $1 AND external_ref = $2;
+
+-- name: sale_site
+SELECT sa.id, sa.site_id, s.public_id FROM sales sa JOIN sites s ON s.id = sa.site_id WHERE sa.id = $1;
+
+-- name: lock_sale
+SELECT * FROM sales WHERE id = $1 FOR UPDATE;
+
+-- name: confirm_sale
+UPDATE sales SET status = 'CONFIRMED', confirmed_at = now(), confirmed_by = $2
+WHERE id = $1 AND status = 'DRAFT'
+RETURNING *;
+
+-- name: list_sales
+SELECT * FROM sales
+WHERE site_id = $1
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::timestamptz IS NULL OR occurred_at >= $3)
+  AND ($4::timestamptz IS NULL OR occurred_at <= $4)
+  AND ($5::uuid IS NULL OR conversation_id = $5)
+ORDER BY occurred_at DESC, id DESC
+LIMIT $6;
+
+-- name: conversation_for_sale
+SELECT id, primary_call_id, primary_session_id, primary_session_month, primary_source
+FROM conversations WHERE id = $1 AND site_id = $2;
+
+-- name: call_session
+SELECT matched_session_id, matched_session_month FROM calls WHERE id = $1 AND site_id = $2;
+
+-- name: session_for_conversion
+SELECT id, created_month, gclid, wbraid, gbraid, consent_scopes
+FROM sessions
+WHERE site_id = $1 AND id = $2 AND ($3::date IS NULL OR created_month = $3)
+ORDER BY created_month DESC
+LIMIT 1;
+
+-- name: site_destination
+SELECT default_destination, currency FROM sites WHERE id = $1;
+
+-- name: insert_conversion
+-- DO NOTHING covers one row per source, one per order id and one pending per session.
+INSERT INTO offline_conversion_queue (
+    site_id, destination, source_kind, source_id, session_id, order_id,
+    gclid, wbraid, gbraid, conversion_time, value_minor, currency
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT DO NOTHING
+RETURNING id, order_id, status;
+
+-- name: conversion_by_source
+SELECT id, order_id, status, error_code FROM offline_conversion_queue
+WHERE source_kind = $1 AND source_id = $2;
+
+-- name: pending_conversion_for_session
+SELECT id, source_kind, source_id FROM offline_conversion_queue
+WHERE site_id = $1 AND session_id = $2 AND status IN ('QUEUED', 'PROCESSING', 'RETRY')
+LIMIT 1;
+
+-- name: revive_voided_conversion
+-- A conversion voided by an undo, never sent, becomes pending again with the new figures
+-- (same deterministic order id).
+UPDATE offline_conversion_queue
+SET status = 'QUEUED', attempt = 0, next_retry_at = now(), claimed_by = NULL, claimed_at = NULL,
+    last_error = NULL, error_code = NULL, error_category = NULL,
+    gclid = $3, wbraid = $4, gbraid = $5, conversion_time = $6, value_minor = $7, currency = $8,
+    destination = $9
+WHERE source_kind = $1 AND source_id = $2 AND status = 'FAILED' AND error_code = 'VOIDED'
+RETURNING id, order_id, status;
+
+-- name: void_pending_conversion
+-- Undoing a seal (or junking/cancelling a sealed call) withdraws its conversion while it is
+-- still unclaimed; a conversion already claimed or sent is left alone.
+UPDATE offline_conversion_queue
+SET status = 'FAILED', error_code = 'VOIDED', error_category = 'VALIDATION', last_error = $3
+WHERE source_kind = $1 AND source_id = $2 AND status IN ('QUEUED', 'RETRY')
+RETURNING id;

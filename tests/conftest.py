@@ -1,0 +1,242 @@
+"""Test infrastructure: one embedded PostgreSQL and one Ray per run, a fresh database per
+test cloned from a migrated template, and helpers to build sites, tokens and stacks.
+
+Fixtures (all real components; the only stand-in anywhere is the Google emulator):
+- ``pg_server``     session: the embedded PostgreSQL (pgserver) in a temp folder
+- ``template_db``   session: a migrated database used as ``CREATE DATABASE ... TEMPLATE``
+- ``db_url``        a fresh database for this test (dropped afterwards)
+- ``pool``          an asyncpg pool on ``db_url``
+- ``settings``      Settings pointing at ``db_url``, a temp data dir and a unique Ray namespace
+- ``ray_session``   session: a local Ray on 127.0.0.1 (started on first use)
+- ``stack``         the actors (Registry, partitions, uploaders, Maintenance) for this test
+- ``app``/``client`` the gateway in-process (httpx ASGITransport); ``client`` has no stack,
+                    use ``stack_client`` for routes that need actors
+- ``live_server``   the gateway served by a real uvicorn on 127.0.0.1 (ephemeral port)
+- ``make_site``     ``await make_site(**kw)`` -> site dict (with ``secret``)
+- ``make_token``    ``await make_token(public_id, role)`` -> bearer token string
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from opsmantik_stream.config import Settings, load_settings  # noqa: E402
+from opsmantik_stream.db import EmbeddedPostgres, close_pool, create_pool  # noqa: E402
+from opsmantik_stream.migrate import apply_migrations  # noqa: E402
+
+TEMPLATE_DB = "opsm_template"
+
+
+def _with_db(url: str, dbname: str) -> str:
+    # pgserver URIs look like postgresql://postgres:@/postgres?host=/sock/dir
+    head, _, query = url.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{dbname}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """The server's admin URL. OPSMANTIK_TEST_DATABASE_URL points the suite at another server."""
+    external = os.environ.get("OPSMANTIK_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    folder = Path(tempfile.mkdtemp(prefix="opsm-pg-"))
+    embedded = EmbeddedPostgres(folder)
+    url = embedded.start()
+    try:
+        yield url
+    finally:
+        embedded.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: str) -> str:
+    async def build() -> None:
+        admin = await asyncpg.connect(pg_server)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+            await admin.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(_with_db(pg_server, TEMPLATE_DB))
+        try:
+            await apply_migrations(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(build())
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+def db_url(pg_server: str, template_db: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pg_server)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f"CREATE DATABASE {name} TEMPLATE {template_db}"))
+    try:
+        yield _with_db(pg_server, name)
+    finally:
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(db_url, min_size=1, max_size=10)
+    try:
+        yield p
+    finally:
+        await close_pool(p)
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return load_settings(
+        environ={},
+        database_url=db_url,
+        data_dir=str(tmp_path / "data"),
+        ray_namespace=f"test-{uuid.uuid4().hex[:12]}",
+        partitions=2,
+        uploaders=1,
+        vault_key=_TEST_VAULT_KEY,
+    )
+
+
+_TEST_VAULT_KEY = "Q0PlE3vNqWlJ9tTgkgd6j3S7bYF1u6GQxI3m3Hq0n3w="
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    from opsmantik_stream.ray_runtime import init_ray, shutdown_ray
+
+    init_ray(load_settings(environ={}, ray_num_cpus=8))
+    try:
+        yield
+    finally:
+        shutdown_ray()
+
+
+@pytest.fixture
+def stack(ray_session: None, settings: Settings, db_url: str) -> Iterator[dict[str, Any]]:
+    """Start this test's actors in its own namespace; kill them afterwards."""
+    from actors.runtime import start_stack, stop_stack
+
+    table = start_stack(settings, db_url)
+    try:
+        yield table
+    finally:
+        stop_stack(settings.ray_namespace)
+
+
+def _make_app(settings: Settings, pool: asyncpg.Pool, ray_enabled: bool) -> Any:
+    from gateway.app import create_app
+    from gateway.context import AppContext
+
+    return create_app(AppContext(settings=settings, pool=pool, ray_enabled=ray_enabled))
+
+
+@pytest.fixture
+async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway in-process, without actors (routes that only need PostgreSQL)."""
+    app = _make_app(settings, pool, ray_enabled=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
+        yield c
+
+
+@pytest.fixture
+async def stack_client(
+    settings: Settings, pool: asyncpg.Pool, stack: dict[str, Any]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway in-process with this test's actors running."""
+    app = _make_app(settings, pool, ray_enabled=True)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
+        yield c
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live_server(settings: Settings, db_url: str, stack: dict[str, Any]) -> Iterator[str]:
+    """A real uvicorn on 127.0.0.1 serving the gateway (with actors); yields its base URL."""
+    import uvicorn
+
+    from gateway.app import create_app
+
+    port = _free_port()
+    app = create_app(settings=settings, db_url=db_url, ray_enabled=True)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture
+def make_site(pool: asyncpg.Pool) -> Callable[..., Awaitable[dict[str, Any]]]:
+    from opsmantik_stream import tenancy
+
+    async def make(**kw: Any) -> dict[str, Any]:
+        kw.setdefault("name", "Test shop")
+        kw.setdefault("domain", f"shop-{uuid.uuid4().hex[:8]}.example.com")
+        async with pool.acquire() as conn:
+            return await tenancy.create_site(conn, **kw)
+
+    return make
+
+
+@pytest.fixture
+def make_token(pool: asyncpg.Pool) -> Callable[..., Awaitable[str]]:
+    from opsmantik_stream import tenancy
+
+    async def make(public_id: str | None, role: str | None = "owner", *, email: str | None = None,
+                   platform_admin: bool = False) -> str:
+        async with pool.acquire() as conn:
+            result = await tenancy.create_token(
+                conn,
+                email=email or f"user-{uuid.uuid4().hex[:8]}@example.com",
+                public_id=public_id,
+                role=role if public_id else None,
+                platform_admin=platform_admin,
+            )
+        return str(result["token"])
+
+    return make

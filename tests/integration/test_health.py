@@ -1,0 +1,43 @@
+"""/health answers 200 with a live database and actors, 503 when something is down."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+async def test_health_ok_with_stack(stack_client: httpx.AsyncClient, stack: dict[str, Any]) -> None:
+    r = await stack_client.get("/health")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["checks"]["database"] == "ok"
+    assert set(body["checks"]["actors"]) == {"registry", "maintenance", *stack["actors"], *stack["uploaders"]}
+    assert r.headers["x-request-id"]
+
+
+async def test_health_503_when_actors_missing(ray_session: None, settings: Any, pool: Any) -> None:
+    from gateway.app import create_app
+    from gateway.context import AppContext
+
+    # Ray is expected (ray_enabled) but no actors exist in this namespace.
+    app = create_app(AppContext(settings=settings, pool=pool, ray_enabled=True))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.get("/health")
+    assert r.status_code == 503
+    assert r.json()["checks"]["actors"]["registry"].startswith("unavailable")
+
+
+async def test_health_503_when_database_down(settings: Any, pool: Any) -> None:
+    from gateway.app import create_app
+    from gateway.context import AppContext
+
+    await pool.close()
+    app = create_app(AppContext(settings=settings, pool=pool, ray_enabled=False))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.get("/health")
+    assert r.status_code == 503
+    assert r.json()["checks"]["database"].startswith("unavailable")
