@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import TYPE_CHECKING
+
 import ray
 
 from opsmantik_stream.config import Settings
+
+if TYPE_CHECKING:
+    from opsmantik_stream.ingest.store import IngestStore
 
 __all__ = ["SitePartition"]
 
@@ -18,3 +24,52 @@ class SitePartition:
 
     async def ping(self) -> str:
         return "ok"
+
+    async def ingest(self, payload: bytes) -> bytes:
+        """A micro-batch of tracker events (msgpack ``list[WireEvent]``) -> msgpack
+        ``list[WireResult]``, answered only after the batch's transaction committed.
+
+        The store (and its caches) is built on first use, so a restarted actor refills its
+        caches from PostgreSQL as events arrive."""
+        from opsmantik_stream.ingest.schema import decode_wire, encode_results
+
+        store = getattr(self, "_ingest_store", None)
+        if store is None:
+            store = await self._make_ingest_store()
+        return encode_results(await store.ingest(decode_wire(payload)))
+
+    async def ingest_stats(self) -> dict[str, int]:
+        store = getattr(self, "_ingest_store", None)
+        return {} if store is None else {**store.stats, **store.cache_sizes()}
+
+    async def _make_ingest_store(self) -> IngestStore:
+        from opsmantik_stream.db import create_pool
+        from opsmantik_stream.ingest.store import IngestStore
+
+        lock = self.__dict__.setdefault("_ingest_init_lock", asyncio.Lock())
+        async with lock:
+            if getattr(self, "_ingest_store", None) is None:
+                if getattr(self, "_pool", None) is None:
+                    pool = await create_pool(self._db_url, min_size=0, max_size=self._settings.db_pool_max)
+                    if getattr(self, "_pool", None) is None:
+                        self._pool = pool
+                    else:  # call_event created it meanwhile
+                        await pool.close()
+                self._ingest_store = IngestStore(self._pool)
+        return self._ingest_store
+
+    async def call_event(self, payload: bytes) -> bytes:
+        """A signed call event of one of this partition's sites (issue 4's leads package)."""
+        from opsmantik_stream.leads.call_events import process_call_event
+
+        pool = getattr(self, "_pool", None)
+        if pool is None:
+            from opsmantik_stream.db import create_pool
+
+            pool = await create_pool(self._db_url, min_size=0, max_size=self._settings.db_pool_max)
+            if getattr(self, "_pool", None) is None:
+                self._pool = pool
+            else:  # another call created it meanwhile
+                await pool.close()
+                pool = self._pool
+        return await process_call_event(pool, payload, self._settings, getattr(self, "_caches", None))

@@ -34,8 +34,13 @@ def get_actor(name: str, namespace: str = NAMESPACE) -> Any:
     return ray.get_actor(name, namespace=namespace)
 
 
-def start_stack(settings: Settings, db_url: str, *, start_maintenance: bool = True) -> dict[str, Any]:
-    """Create (or find) every named actor of the current routing table; returns the table."""
+def start_stack(
+    settings: Settings, db_url: str, *, start_maintenance: bool = True, start_uploaders: bool = False
+) -> dict[str, Any]:
+    """Create (or find) every named actor of the current routing table; returns the table.
+
+    ``start_uploaders`` starts the uploaders' loops (``opsmantik serve``); tests drive them
+    with ``run_once`` instead."""
     ns = settings.ray_namespace
     registry = Registry.options(name=REGISTRY_NAME, namespace=ns, get_if_exists=True).remote(
         db_url, settings.partitions, settings.uploaders
@@ -60,6 +65,8 @@ def start_stack(settings: Settings, db_url: str, *, start_maintenance: bool = Tr
     ray.get([h.ping.remote() for h in handles], timeout=120)
     if start_maintenance:
         ray.get(maintenance.start.remote(), timeout=30)
+    if start_uploaders:
+        ray.get([_KEEP[(ns, name)].start.remote() for name in table["uploaders"]], timeout=60)
     return table
 
 

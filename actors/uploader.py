@@ -1,12 +1,36 @@
-"""Uploader: drains the offline conversion queue to Google (see SPEC.md §6)."""
+"""Uploader: drains the offline conversion queue to Google (see SPEC.md §6).
+
+The work itself is :class:`opsmantik_stream.uploads.UploadEngine`; this actor owns the event
+loop side: a few worker tasks (``settings.uploader_concurrency``) that call
+``engine.run_once()`` until drained, and the uploader's share of every account budget, read
+from the Registry and re-read when the routing version changes (a resize re-splits budgets).
+
+Methods: ``start()``, ``drain()`` (finish in-flight work, take no more), ``stop()`` (cancel at
+once; claimed rows are rescued later), ``run_once()`` (one deterministic iteration, for tests
+and operators), ``status()``, ``ping()``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import asyncpg
 import ray
 
+from actors.registry import REGISTRY_NAME
 from opsmantik_stream.config import Settings
+from opsmantik_stream.db import create_pool
+from opsmantik_stream.uploads import UploadEngine
 
 __all__ = ["Uploader"]
+
+log = logging.getLogger(__name__)
+
+_SHARE_REFRESH_S = 1.0
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
@@ -15,6 +39,127 @@ class Uploader:
         self._db_url = db_url
         self._settings = settings
         self._name = name
+        self._pool: asyncpg.Pool | None = None
+        self._engine: UploadEngine | None = None
+        self._init_lock = asyncio.Lock()
+        self._workers: list[asyncio.Task[None]] = []
+        self._draining = False
+        self._wake = asyncio.Event()
+        self._version: int | None = None
+        self._share: tuple[int, int] | None = None
+        self._share_checked = 0.0
+        self._iterations = 0
+        self._last: dict[str, Any] = {}
+
+    async def _get_engine(self) -> UploadEngine:
+        if self._engine is None:
+            async with self._init_lock:
+                if self._engine is None:
+                    s = self._settings
+                    size = max(2, s.uploader_concurrency * 3)
+                    self._pool = await create_pool(self._db_url, min_size=0, max_size=size)
+                    engine = UploadEngine(self._pool, s, self._name, share=self._current_share)
+                    await engine.startup()
+                    self._engine = engine
+        return self._engine
+
+    async def _current_share(self) -> tuple[int, int]:
+        """(index, size) from the Registry; re-read when the routing version changes.
+
+        Until the Registry has answered once the uploader has no share (sends nothing), so a
+        budget is never exceeded because of a missing answer.
+        """
+        now = time.monotonic()
+        if self._share is not None and now - self._share_checked < _SHARE_REFRESH_S:
+            return self._share
+        try:
+            registry = ray.get_actor(REGISTRY_NAME, namespace=self._settings.ray_namespace)
+            version: int = await asyncio.wait_for(registry.version.remote(), 5.0)
+            if version != self._version or self._share is None:
+                index, size = await asyncio.wait_for(registry.uploader_share.remote(self._name), 5.0)
+                self._share = (int(index), int(size))
+                self._version = version
+            self._share_checked = now
+        except Exception as exc:
+            log.warning(
+                "uploader %s: registry unavailable (%s); keeping share %s",
+                self._name,
+                type(exc).__name__,
+                self._share,
+            )
+            self._share_checked = now
+        return self._share if self._share is not None else (-1, 0)
+
+    # ------------------------------------------------------------------ loop control
+
+    async def start(self) -> dict[str, Any]:
+        """Start the worker tasks (idempotent)."""
+        await self._get_engine()
+        self._draining = False
+        self._workers = [t for t in self._workers if not t.done()]
+        loop = asyncio.get_running_loop()
+        while len(self._workers) < self._settings.uploader_concurrency:
+            self._workers.append(loop.create_task(self._worker()))
+        return await self.status()
+
+    async def drain(self) -> dict[str, Any]:
+        """Take no new work, wait for in-flight attempts to finish, then stop."""
+        self._draining = True
+        self._wake.set()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        return await self.status()
+
+    async def stop(self) -> dict[str, Any]:
+        """Stop now: in-flight attempts are abandoned (their rows are rescued later)."""
+        self._draining = True
+        for t in self._workers:
+            t.cancel()
+        for t in self._workers:
+            with contextlib.suppress(BaseException):
+                await t
+        self._workers = []
+        return await self.status()
+
+    def wake(self) -> None:
+        """Look for work now instead of at the next idle poll."""
+        self._wake.set()
+
+    async def _worker(self) -> None:
+        idle_s = self._settings.upload_idle_poll_s
+        while not self._draining:
+            try:
+                result = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("uploader %s: iteration failed", self._name)
+                result = {"idle": True, "error": True}
+            if result.get("idle") or not result.get("claimed"):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), idle_s)
+
+    async def run_once(self) -> dict[str, Any]:
+        """One iteration of the loop (also usable while the loop runs)."""
+        engine = await self._get_engine()
+        result = await engine.run_once()
+        self._iterations += 1
+        self._last = result
+        return result
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "name": self._name,
+            "uploader_id": self._engine.uploader_id if self._engine else None,
+            "running": any(not t.done() for t in self._workers),
+            "draining": self._draining,
+            "share": list(self._share) if self._share else None,
+            "routing_version": self._version,
+            "iterations": self._iterations,
+            "last": self._last,
+        }
 
     async def ping(self) -> str:
         return "ok"

@@ -200,3 +200,10 @@ END
 $$;
 CREATE TRIGGER conversation_links_entity_site_check BEFORE INSERT OR UPDATE ON conversation_links
     FOR EACH ROW EXECUTE FUNCTION conversation_links_entity_site_check();
+
+-- Audit rows written by API requests use INSERT ... RETURNING id (tenancy.write_audit), which
+-- under RLS needs the new row to pass a SELECT policy: members may read their sites' audit
+-- entries (ids and counts only). Enabling RLS on audit_log and its INSERT policy are in 0005.
+GRANT SELECT ON audit_log TO opsmantik_api;
+CREATE POLICY audit_log_member_read ON audit_log FOR SELECT
+    USING (site_id IS NOT NULL AND app_can(site_id, 'site:read'));

@@ -23,6 +23,9 @@ CREATE TABLE offline_conversion_queue (
     next_retry_at       timestamptz NOT NULL DEFAULT now(),
     claimed_by          text,
     claimed_at          timestamptz,
+    -- the claim that moved the row to PROCESSING (= provider_upload_attempts.batch_id):
+    -- finishing is guarded by it, and the rescue job finds the ledger rows of a lost claim
+    claim_batch_id      uuid,
     uploaded_at         timestamptz,
     provider_request_id text,
     last_error          text,
@@ -46,6 +49,7 @@ CREATE INDEX ocq_eligible_idx ON offline_conversion_queue (site_id, destination,
     WHERE status IN ('QUEUED', 'RETRY');
 CREATE INDEX ocq_processing_idx ON offline_conversion_queue (claimed_at) WHERE status = 'PROCESSING';
 CREATE INDEX ocq_site_status_idx ON offline_conversion_queue (site_id, status);
+CREATE INDEX ocq_claim_batch_idx ON offline_conversion_queue (claim_batch_id) WHERE claim_batch_id IS NOT NULL;
 
 CREATE TABLE provider_health_state (
     site_id       uuid NOT NULL REFERENCES sites (id) ON DELETE CASCADE,
@@ -54,6 +58,11 @@ CREATE TABLE provider_health_state (
     failure_count integer NOT NULL DEFAULT 0 CHECK (failure_count >= 0),
     opened_at     timestamptz,
     next_probe_at timestamptz,
+    -- pybreaker's half-open success counter
+    success_count integer NOT NULL DEFAULT 0 CHECK (success_count >= 0),
+    -- the uploader running the single half-open probe batch, and since when
+    probe_holder  text,
+    probe_started_at timestamptz,
     last_error    text,
     updated_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (site_id, destination)
@@ -95,6 +104,8 @@ CREATE TABLE provider_upload_attempts (
     UNIQUE (batch_id, phase)
 );
 CREATE INDEX provider_upload_attempts_site_idx ON provider_upload_attempts (site_id, destination, created_at DESC);
+-- STARTED rows are searched for a missing FINISHED twin (crashed attempts)
+CREATE INDEX provider_upload_attempts_started_idx ON provider_upload_attempts (created_at) WHERE phase = 'STARTED';
 
 CREATE TABLE provider_upload_metrics (
     site_id         uuid NOT NULL REFERENCES sites (id) ON DELETE CASCADE,
@@ -107,3 +118,33 @@ CREATE TABLE provider_upload_metrics (
     updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (site_id, destination)
 );
+
+-- Take an upload lease for (site, destination account) when fewer than the limits are live.
+-- Advisory locks serialise the decision per site, then per account (always in that order, so
+-- two callers never wait on each other in a cycle); expired leases of crashed holders are
+-- removed first. Returns the lease id, or NULL when a limit is reached.
+CREATE FUNCTION acquire_provider_lease(
+    p_site uuid, p_destination text, p_account text, p_holder text,
+    p_ttl_s double precision, p_site_limit integer, p_account_limit integer
+) RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('opsm-lease-site:' || p_site::text, 0));
+    PERFORM pg_advisory_xact_lock(hashtextextended('opsm-lease-acct:' || p_destination || ':' || p_account, 0));
+    DELETE FROM provider_leases
+    WHERE expires_at <= now()
+      AND (site_id = p_site OR (destination = p_destination AND account_id = p_account));
+    IF (SELECT count(*) FROM provider_leases WHERE site_id = p_site) >= p_site_limit THEN
+        RETURN NULL;
+    END IF;
+    IF (SELECT count(*) FROM provider_leases
+        WHERE destination = p_destination AND account_id = p_account) >= p_account_limit THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO provider_leases (site_id, destination, account_id, holder, expires_at)
+    VALUES (p_site, p_destination, p_account, p_holder, now() + make_interval(secs => p_ttl_s))
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END
+$$;

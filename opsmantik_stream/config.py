@@ -51,14 +51,41 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     batch_max_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 3.0
     partition_max_inflight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     partition_call_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 30.0
+    # events waiting for a partition beyond this -> 503 + Retry-After (bounded memory)
+    partition_max_queued_events: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
+    # how long the gateway trusts its copy of a site's origins, ingest key and rate limit
+    ingest_site_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
+    # behind a reverse proxy: take the client ip from the first X-Forwarded-For entry
+    ingest_trust_forwarded_for: bool = False
     rate_limit_per_min: PositiveInt = 2000
     session_match_window_min: PositiveInt = 30
+    # Signed call events: per (site, client) and per (site, fingerprint) token buckets.
+    call_event_rate_limit_per_min: PositiveInt = 150
+    call_event_fingerprint_rate_limit_per_min: PositiveInt = 20
     # PostgreSQL pools.
     db_pool_min: Annotated[int, msgspec.Meta(ge=0, le=100)] = 1
     db_pool_max: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10
     # Uploads.
     upload_chunk_size: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 200
     upload_stale_after_s: PositiveInt = 900
+    # Uploader pool (issue 6): breaker, leases, token bucket defaults, retry delays.
+    upload_breaker_fail_max: PositiveInt = 5
+    upload_breaker_open_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    upload_breaker_jitter_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    upload_breaker_probe_rows: PositiveInt = 5
+    upload_site_concurrency: PositiveInt = 2
+    upload_account_concurrency: PositiveInt = 10
+    upload_request_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 30.0
+    # must exceed the request timeout (plus a token refresh): checked by the uploader
+    upload_lease_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    upload_retry_base_delay_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    upload_retry_jitter_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    upload_default_requests_per_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    upload_default_conversions_per_min: Annotated[float, msgspec.Meta(gt=0)] = 12000.0
+    # allowance for jitter between the bucket and Google's clock (bucket rate / (1 + margin))
+    upload_bucket_margin_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+    upload_idle_poll_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
+    uploader_concurrency: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
     log_level: str = "INFO"
 
     @property

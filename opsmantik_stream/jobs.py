@@ -14,7 +14,9 @@ from typing import Any
 import asyncpg
 
 from opsmantik_stream.config import Settings
+from opsmantik_stream.leads.auto_approve import auto_approve
 from opsmantik_stream.queries import Q
+from opsmantik_stream.uploads.rescue import rescue_job
 
 __all__ = ["JOBS", "Job", "JobContext", "run_job"]
 
@@ -49,6 +51,8 @@ async def ensure_partitions(ctx: JobContext) -> dict[str, Any]:
 
 JOBS: dict[str, Job] = {
     "partitions": Job("partitions", 6 * 3600, ensure_partitions, "create monthly table partitions ahead"),
+    "upload_rescue": Job("upload_rescue", 60, rescue_job, "stale PROCESSING uploads to retry policy"),
+    "auto_approve": Job("auto_approve", 3600, auto_approve, "seal low-risk Ads intents older than 24 h"),
 }
 
 

@@ -8,23 +8,43 @@ from typing import Any
 
 from opsmantik_stream.config import Settings
 
-__all__ = ["NAMESPACE", "init_ray", "shutdown_ray"]
+__all__ = ["NAMESPACE", "init_ray", "prepare_ray_environment", "shutdown_ray"]
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "opsmantik"
 
 
-def init_ray(settings: Settings, *, address: str | None = None) -> dict[str, Any]:
-    """Connect (idempotent). A local Ray has no dashboard, no usage stats, loopback only."""
-    # Must be set before ray is imported by anything that may report usage.
+def prepare_ray_environment() -> None:
+    """Environment for Ray, set before Ray reads it (call early: CLI entry, test set-up).
+
+    Token authentication is on explicitly: a local cluster keeps its token in
+    ~/.ray/auth_token and every driver that connects later (status, scale) sends it.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if os.environ.get("RAY_AUTH_MODE") is None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        import sys
+
+        if "ray._raylet" in sys.modules:
+            # Ray caches its config at import; refresh it the way Ray itself does when it
+            # turns token mode on.
+            from ray._raylet import Config
+
+            Config.initialize("")
+
+
+def init_ray(settings: Settings, *, address: str | None = None) -> dict[str, Any]:
+    """Connect (idempotent). A local Ray has no dashboard, no usage stats, loopback only."""
+    prepare_ray_environment()
     import ray
 
     if ray.is_initialized():
         return {"address": "connected"}
     target = address or settings.ray_address
+    if not target or _is_loopback(target):
+        _keep_loopback()
     common: dict[str, Any] = {
         "namespace": NAMESPACE,
         "log_to_driver": True,
@@ -33,14 +53,6 @@ def init_ray(settings: Settings, *, address: str | None = None) -> dict[str, Any
     if target:
         info = ray.init(address=target, **common)
     else:
-        # Ray turns "127.0.0.1" into the machine's routable address unless it believes it runs
-        # as a single-node install; this switch (read when Ray starts a node) keeps the head,
-        # its raylet and its workers on loopback. Nodes joining with `ray start --address`
-        # resolve their own address from the head's loopback address.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        from ray._private import ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = False  # ray may have been imported before the env was set
         info = ray.init(
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
@@ -48,6 +60,26 @@ def init_ray(settings: Settings, *, address: str | None = None) -> dict[str, Any
             **common,
         )
     return {"address": info.address_info.get("address"), "node_ip": info.address_info.get("node_ip_address")}
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return host in {"127.0.0.1", "localhost", "::1", "[::1]"} or host.startswith("127.")
+
+
+def _keep_loopback() -> None:
+    """Keep Ray on 127.0.0.1.
+
+    Ray replaces "127.0.0.1" (as a node address, and as the address of a cluster to join)
+    with the machine's routable address unless it believes it runs as a single-machine
+    install. This switch, read when Ray starts or joins a node, keeps the head, its raylet,
+    its workers and every driver that connects to it on loopback. Nodes that join with
+    `ray start --address=127.0.0.1:PORT` take their own address from that loopback address.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # ray may have been imported before the env was set
 
 
 def shutdown_ray() -> None:

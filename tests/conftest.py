@@ -35,7 +35,9 @@ import httpx
 import pytest
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from opsmantik_stream.ray_runtime import prepare_ray_environment  # noqa: E402
+
+prepare_ray_environment()
 
 from opsmantik_stream.config import Settings, load_settings  # noqa: E402
 from opsmantik_stream.db import EmbeddedPostgres, close_pool, create_pool  # noqa: E402

@@ -1,7 +1,189 @@
-"""Routes: uploads (see SPEC.md §10)."""
+"""Routes: destination credentials and the offline conversion upload queue (SPEC §6, §10).
+
+- ``PUT /api/sites/{site}/credentials`` (``site:write``): write-only; sealed in the vault,
+  never returned; closes the site's breaker for that destination (the cause was fixed).
+- ``GET /api/oci/queue|rows|ledger?site=`` (``site:read``): counts by state and breakers, rows
+  with their last error, the attempt ledger (unfinished STARTED rows flagged).
+- ``POST /api/oci/requeue`` and ``POST /api/oci/breaker/reset`` (``queue:operate``): audited.
+
+Reads and operator actions run under row-level security (``api_transaction``); credentials
+are written on the service connection after the capability check because the API role has no
+access to the credentials table at all.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
 
-router = APIRouter()
+import asyncpg
+import msgspec
+from fastapi import APIRouter, Query, Request
+
+from gateway.auth import CurrentPrincipal, require_capability
+from gateway.errors import ApiError, JSONResponse, json_response
+from opsmantik_stream import tenancy
+from opsmantik_stream.db import api_transaction
+from opsmantik_stream.enums import ActorType
+from opsmantik_stream.queries import Q
+from opsmantik_stream.rbac import Capability
+from opsmantik_stream.tenancy import Principal
+from opsmantik_stream.uploads import operator
+from opsmantik_stream.uploads.credentials import (
+    CredentialsError,
+    CredentialsInput,
+    save_credentials,
+    vault_from_settings,
+)
+
+router = APIRouter(tags=["uploads"])
+
+_MAX_BODY = 64 * 1024
+
+
+class RequeueBody(msgspec.Struct, forbid_unknown_fields=True):
+    site: str
+    ids: list[str] | None = None
+    status: str | None = None
+
+
+class BreakerResetBody(msgspec.Struct, forbid_unknown_fields=True):
+    site: str
+    destination: str | None = None
+
+
+async def _site_id(request: Request, principal: Principal, public_id: str, cap: Capability) -> str:
+    site_id = require_capability(principal, public_id, cap)
+    if site_id:
+        return site_id
+    async with request.app.state.ctx.pool.acquire() as conn:
+        try:
+            return str((await tenancy.get_site(conn, public_id))["site_id"])
+        except tenancy.TenancyError:
+            raise ApiError(404, "site_not_found", "no such site") from None
+
+
+async def _decode(request: Request, typ: type[Any]) -> Any:
+    body = await request.body()
+    if len(body) > _MAX_BODY:
+        raise ApiError(413, "payload_too_large", "request body too large")
+    try:
+        return msgspec.json.decode(body, type=typ)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, "invalid_body", str(exc)) from None
+    except msgspec.DecodeError:
+        raise ApiError(400, "invalid_json", "body is not valid JSON") from None
+
+
+@router.put(
+    "/api/sites/{site}/credentials",
+    response_class=JSONResponse,
+    summary="Set a destination's credentials (write-only, sealed; needs site:write)",
+)
+async def put_credentials(site: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    site_id = await _site_id(request, principal, site, Capability.SITE_WRITE)
+    creds: CredentialsInput = await _decode(request, CredentialsInput)
+    ctx = request.app.state.ctx
+    try:
+        creds.validate()
+        vault = vault_from_settings(ctx.settings)
+    except CredentialsError as exc:
+        status = 503 if exc.code.startswith("VAULT") else 422
+        raise ApiError(status, exc.code.lower(), exc.message) from None
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        view = await save_credentials(conn, vault, site_id, creds)
+        # new credentials: give the destination a fresh chance (BLOCKED rows need a requeue)
+        await conn.fetchval(Q.uploads.reset_breaker, site_id, creds.destination)
+        await tenancy.write_audit(
+            conn,
+            ActorType.USER,
+            principal.user_id,
+            "credentials.set",
+            "provider_credentials",
+            creds.destination,
+            site_id,
+            {
+                "destination": creds.destination,
+                "account_id": view["account_id"],
+                "key_fingerprint": view["key_fingerprint"],
+            },
+        )
+    return json_response({"ok": True, "site": site, **view, "breaker_reset": True})
+
+
+@router.get("/api/oci/queue", response_class=JSONResponse, summary="Queue counts by state, and breakers")
+async def get_queue(
+    request: Request, principal: CurrentPrincipal, site: Annotated[str, Query(max_length=64)]
+) -> JSONResponse:
+    site_id = await _site_id(request, principal, site, Capability.SITE_READ)
+    async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
+        stats = await operator.queue_stats(conn, site_id)
+    return json_response({"ok": True, "site": site, **stats})
+
+
+@router.get("/api/oci/rows", response_class=JSONResponse, summary="Queue rows with their last error")
+async def get_rows(
+    request: Request,
+    principal: CurrentPrincipal,
+    site: Annotated[str, Query(max_length=64)],
+    status: Annotated[str | None, Query(max_length=20)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JSONResponse:
+    site_id = await _site_id(request, principal, site, Capability.SITE_READ)
+    try:
+        async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
+            rows = await operator.list_rows(conn, site_id, status.upper() if status else None, limit)
+    except operator.OperatorError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+    return json_response({"ok": True, "site": site, "rows": rows})
+
+
+@router.get("/api/oci/ledger", response_class=JSONResponse, summary="Upload attempts (STARTED/FINISHED)")
+async def get_ledger(
+    request: Request,
+    principal: CurrentPrincipal,
+    site: Annotated[str, Query(max_length=64)],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JSONResponse:
+    site_id = await _site_id(request, principal, site, Capability.SITE_READ)
+    async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
+        data = await operator.ledger(conn, site_id, limit)
+    return json_response({"ok": True, "site": site, **data})
+
+
+@router.post(
+    "/api/oci/requeue", response_class=JSONResponse, summary="FAILED/BLOCKED rows back to QUEUED (audited)"
+)
+async def post_requeue(request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    body: RequeueBody = await _decode(request, RequeueBody)
+    site_id = await _site_id(request, principal, body.site, Capability.QUEUE_OPERATE)
+    try:
+        async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
+            result = await operator.requeue(
+                conn,
+                site_id,
+                ids=body.ids,
+                status=body.status.upper() if body.status else None,
+                actor_type=ActorType.USER,
+                actor_id=principal.user_id,
+            )
+    except operator.OperatorError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+    except asyncpg.UniqueViolationError:
+        raise ApiError(409, "pending_conflict", "another conversion of the same session is pending") from None
+    return json_response({"ok": True, "site": body.site, **result})
+
+
+@router.post(
+    "/api/oci/breaker/reset", response_class=JSONResponse, summary="Close a site's breaker (audited)"
+)
+async def post_breaker_reset(request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    body: BreakerResetBody = await _decode(request, BreakerResetBody)
+    site_id = await _site_id(request, principal, body.site, Capability.QUEUE_OPERATE)
+    try:
+        async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
+            result = await operator.reset_breaker(
+                conn, site_id, body.destination, actor_type=ActorType.USER, actor_id=principal.user_id
+            )
+    except operator.OperatorError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+    return json_response({"ok": True, "site": body.site, **result})

@@ -8,10 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from opsmantik_stream.cli import _common, database, emulator, serve, site, status, token
+from opsmantik_stream.cli import uploads  # registers `site credentials set` via SITE_EXTENSIONS
 
 __all__ = ["main"]
 
-COMMAND_MODULES = [serve, database, site, token, status, emulator]
+COMMAND_MODULES = [serve, database, site, token, status, emulator, uploads]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from opsmantik_stream.ray_runtime import prepare_ray_environment
+
+    prepare_ray_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # lets `opsmantik status` / `scale` in another shell find this local cluster
             address_file.write_text(str(info["address"]) + "\n")
         try:
-            table = start_stack(settings, url)
+            table = start_stack(settings, url, start_uploaders=True)
             print(
                 f"actors ready: {len(table['actors'])} partition(s), {len(table['uploaders'])} uploader(s), "
                 f"routing v{table['version']}",
@@ -115,4 +115,9 @@ def _serve_http(settings: Any, url: str) -> None:
         f"OpsMantik Stream serving on http://{settings.host}:{settings.port}  (docs: /docs, Ctrl-C to stop)",
         flush=True,
     )
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises the Ctrl-C it handled once the server has shut down; the stack
+        # is stopped by the caller either way, and a requested stop is a clean exit.
+        pass

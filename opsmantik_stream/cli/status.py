@@ -25,16 +25,15 @@ def register(sub: Any) -> None:
 
 
 def _ray_status(settings: Settings) -> dict[str, Any]:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from opsmantik_stream.ray_runtime import NAMESPACE
+    from opsmantik_stream.ray_runtime import init_ray
 
     address = settings.ray_address or local_ray_address(settings)
     if address is None:
         return {"ray": "not running (no OPSMANTIK_RAY_ADDRESS and no local `opsmantik serve`)", "actors": {}}
     try:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+        init_ray(settings, address=address)
     except Exception as exc:
         return {"ray": f"not running ({type(exc).__name__})", "actors": {}}
     try:
@@ -60,7 +59,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         sites = await conn.fetchval("SELECT count(*) FROM sites")
         return {"database": "ok", "migrations": int(migrations), "sites": int(sites)}
 
-    result: dict[str, Any] = run_with_db(body)
+    result: dict[str, Any] = run_with_db(body, migrate=False)
     settings = run_settings()
     result.update(_ray_status(settings))
     lines = [

@@ -54,7 +54,11 @@ def order_id_for(site_id: Any, source_kind: str, source_id: Any) -> str:
 
 def choose_click_id(gclid: str | None, wbraid: str | None, gbraid: str | None) -> tuple[str, str] | None:
     """(type, value) of the click id to upload: gclid, else wbraid, else gbraid."""
-    for kind, value in ((ClickIdType.GCLID, gclid), (ClickIdType.WBRAID, wbraid), (ClickIdType.GBRAID, gbraid)):
+    for kind, value in (
+        (ClickIdType.GCLID, gclid),
+        (ClickIdType.WBRAID, wbraid),
+        (ClickIdType.GBRAID, gbraid),
+    ):
         if value and value.strip():
             return kind.value, value.strip()
     return None

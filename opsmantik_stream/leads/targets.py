@@ -60,7 +60,7 @@ def normalize_whatsapp(raw: str | None) -> str:
     parts = urlsplit(text)
     host = (parts.hostname or "").lower()
     query = parse_qs(parts.query)
-    phone = (query.get("phone") or query.get("p") or [None])[0]
+    phone = (query.get("phone") or query.get("p") or [""])[0]
     if phone:
         e164 = _digits_e164(phone if phone.startswith("+") else "+" + phone)
         if e164:

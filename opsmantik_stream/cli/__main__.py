@@ -1,0 +1,5 @@
+import sys
+
+from opsmantik_stream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""What the gateway checks before an event reaches a partition: allowed origins, the rate
+limit per (site, client), and the client ip as it may be stored (truncated)."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
+
+__all__ = ["TokenBucketLimiter", "client_key", "origin_allowed", "split_origin", "truncate_ip"]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def split_origin(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an ``Origin`` header value, or None if it is not an http(s) origin."""
+    try:
+        parts = urlsplit(origin.strip().lower().rstrip("/"))
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not host:
+        return None
+    return parts.scheme, host.rstrip("."), port or _DEFAULT_PORTS[parts.scheme]
+
+
+def origin_allowed(origin: str, allowed: Iterable[str]) -> bool:
+    """True when ``origin`` is one of the site's origins or a subdomain of one of them
+    (same scheme and port): ``https://shop.example.com`` allows ``https://m.shop.example.com``
+    but not ``https://evilshop.example.com`` nor ``http://shop.example.com``."""
+    got = split_origin(origin)
+    if got is None:
+        return False
+    scheme, host, port = got
+    for entry in allowed:
+        want = split_origin(entry)
+        if want is None:
+            continue
+        if scheme == want[0] and port == want[2] and (host == want[1] or host.endswith("." + want[1])):
+            return True
+    return False
+
+
+def truncate_ip(ip: str | None) -> str | None:
+    """The ip as stored: IPv4 /24 (last octet 0), IPv6 /48; None when it is not an ip."""
+    if not ip:
+        return None
+    try:
+        addr = ipaddress.ip_address(ip.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    prefix = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
+
+
+def client_key(ip: str | None, user_agent: str | None) -> str:
+    """The rate-limit client: ip plus the first 64 characters of the User-Agent."""
+    return f"{ip or 'unknown'}|{(user_agent or '')[:64]}"
+
+
+class TokenBucketLimiter:
+    """Token buckets per key, answering at once (no waiting): ``take`` returns 0 when a
+    token was taken, else the seconds until one is available (the ``Retry-After``).
+
+    A bucket holds a minute's worth of tokens and refills continuously, so ``per_min``
+    requests pass per minute on average with bursts up to ``per_min``. Idle buckets are
+    evicted oldest-first beyond ``max_keys`` (an evicted bucket is simply full again).
+    """
+
+    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._max_keys = max_keys
+        self._clock = clock
+
+    def take(self, key: str, per_min: int, cost: float = 1.0) -> float:
+        now = self._clock()
+        capacity = float(per_min)
+        rate = per_min / 60.0
+        tokens, last = self._buckets.get(key, (capacity, now))
+        tokens = min(capacity, tokens + (now - last) * rate)
+        if tokens >= cost:
+            self._buckets[key] = (tokens - cost, now)
+            self._buckets.move_to_end(key)
+            while len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        self._buckets.move_to_end(key)
+        return (cost - tokens) / rate
+
+    @staticmethod
+    def retry_after(wait_s: float) -> int:
+        """Whole seconds for a ``Retry-After`` header (at least 1)."""
+        return max(1, math.ceil(wait_s))

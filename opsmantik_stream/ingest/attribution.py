@@ -1,0 +1,326 @@
+"""Click ids, UTM/template parameters, attribution, traffic source and device (SPEC.md §3
+steps 4-5). Pure functions over plain values; the partition supplies the one fact that
+needs the database: whether an earlier session of the same fingerprint *on the same site*
+carried a click id."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import msgspec
+
+__all__ = [
+    "CLICK_ID_KEYS",
+    "GOOGLE_CLICK_IDS",
+    "TEMPLATE_KEYS",
+    "Attribution",
+    "ClickIds",
+    "Device",
+    "attribution_source",
+    "click_ids",
+    "host_of",
+    "is_google_host",
+    "parse_device",
+    "referrer_host",
+    "template_params",
+    "traffic_source",
+    "url_params",
+]
+
+GOOGLE_CLICK_IDS = ("gclid", "wbraid", "gbraid")
+OTHER_CLICK_IDS = ("gclsrc", "dclid", "fbclid", "ttclid", "msclkid")
+CLICK_ID_KEYS = GOOGLE_CLICK_IDS + OTHER_CLICK_IDS
+
+# UTM and Google Ads ValueTrack parameters copied onto the session.
+TEMPLATE_KEYS = (
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "utm_adgroup",
+    "matchtype",
+    "network",
+    "placement",
+    "adposition",
+    "targetid",
+    "feeditemid",
+    "device",
+    "devicemodel",
+    "loc_interest_ms",
+    "loc_physical_ms",
+)
+
+PAID_UTM_MEDIUMS = frozenset({"cpc", "ppc", "paid"})
+# traffic_source treats a wider set of paid mediums as paid (the classifier of the original)
+PAID_TRAFFIC_MEDIUMS = frozenset(
+    {"cpc", "ppc", "paid", "ads", "paidsearch", "paid_search", "paid-social", "paid_social"}
+)
+# Values trackers write for "no value": never a click id.
+_JUNK = frozenset({"", "null", "undefined", "none", "(not set)"})
+
+
+class Attribution:
+    FIRST_CLICK_PAID = "First Click (Paid)"
+    PAID_UTM = "Paid (UTM)"
+    ADS_ASSISTED = "Ads Assisted"
+    SOCIAL = "Social"
+    ORGANIC = "Organic"
+
+
+def url_params(url: str | None) -> dict[str, str]:
+    """Query and fragment parameters of a URL; fragment values win.
+
+    Ads landing pages of single-page apps carry parameters in the fragment too
+    (``/#/offer?gclid=...``): after ``#`` and an optional ``?`` the part after the first
+    ``?`` is parsed when it holds ``key=value`` pairs.
+    """
+    if not url:
+        return {}
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return {}
+    params = {k: v for k, v in parse_qsl(parts.query, keep_blank_values=False)}
+    frag = parts.fragment
+    if frag:
+        frag = frag[1:] if frag.startswith("?") else frag
+        if "?" in frag:
+            frag = frag.split("?", 1)[1]
+        if "=" in frag:
+            for k, v in parse_qsl(frag, keep_blank_values=False):
+                params[k] = v
+    return params
+
+
+def _value(raw: Any, limit: int = 512) -> str | None:
+    if raw is None or isinstance(raw, bool):
+        return None
+    text = str(raw).strip()
+    if text.lower() in _JUNK:
+        return None
+    return text[:limit]
+
+
+class ClickIds(msgspec.Struct, frozen=True):
+    gclid: str | None = None
+    wbraid: str | None = None
+    gbraid: str | None = None
+    other: dict[str, str] = {}
+
+    @property
+    def google(self) -> bool:
+        return bool(self.gclid or self.wbraid or self.gbraid)
+
+    def best(self) -> tuple[str | None, str | None]:
+        """(click id, type): gclid, else wbraid, else gbraid."""
+        for name in GOOGLE_CLICK_IDS:
+            value = getattr(self, name)
+            if value:
+                return value, name
+        return None, None
+
+
+def click_ids(params: Mapping[str, str], meta: Mapping[str, Any]) -> ClickIds:
+    """Click ids from the page URL, else from ``meta`` (the tracker persists them per session)."""
+    found: dict[str, str] = {}
+    for key in CLICK_ID_KEYS:
+        value = _value(params.get(key)) or _value(meta.get(key))
+        if value:
+            found[key] = value
+    return ClickIds(
+        gclid=found.pop("gclid", None),
+        wbraid=found.pop("wbraid", None),
+        gbraid=found.pop("gbraid", None),
+        other=found,
+    )
+
+
+def template_params(params: Mapping[str, str], meta: Mapping[str, Any]) -> dict[str, str]:
+    """UTM and template parameters from the URL, else from ``meta``."""
+    out: dict[str, str] = {}
+    for key in TEMPLATE_KEYS:
+        value = _value(params.get(key)) or _value(meta.get(key))
+        if value:
+            out[key] = value
+    return out
+
+
+def host_of(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        host = urlsplit(url if "//" in url else "//" + url).hostname
+    except ValueError:
+        return None
+    return host.lower().rstrip(".") if host else None
+
+
+def referrer_host(referrer: str | None, page_url: str | None) -> str | None:
+    """The referrer's host, or None when there is none or it is the page's own host."""
+    host = host_of(referrer)
+    if host is None:
+        return None
+    if host == host_of(page_url):
+        return None
+    return host
+
+
+def _matches(host: str, domain: str) -> bool:
+    return host == domain or host.endswith("." + domain)
+
+
+def is_google_host(host: str | None) -> bool:
+    """google.com, www.google.com.tr, google.de ... (a ``google`` label before the suffix)."""
+    if not host:
+        return False
+    labels = host.split(".")
+    return "google" in labels[:-1]
+
+
+_SEARCH = ("bing", "yandex", "duckduckgo", "yahoo", "baidu", "ecosia")
+_SOCIAL = (
+    ("facebook.com", "Facebook"),
+    ("fb.com", "Facebook"),
+    ("instagram.com", "Instagram"),
+    ("t.co", "X"),
+    ("twitter.com", "X"),
+    ("x.com", "X"),
+    ("linkedin.com", "LinkedIn"),
+    ("lnkd.in", "LinkedIn"),
+    ("tiktok.com", "TikTok"),
+    ("youtube.com", "YouTube"),
+    ("youtu.be", "YouTube"),
+)
+
+
+def social_platform(host: str | None) -> str | None:
+    if not host:
+        return None
+    for domain, name in _SOCIAL:
+        if _matches(host, domain):
+            return name
+    return None
+
+
+def _is_search(host: str) -> bool:
+    if is_google_host(host):
+        return True
+    labels = host.split(".")
+    return any(name in labels[:-1] for name in _SEARCH)
+
+
+def attribution_source(
+    ids: ClickIds,
+    utm_medium: str | None,
+    ref_host: str | None,
+    *,
+    earlier_click_on_site: bool,
+) -> str:
+    """First match: Google click id -> First Click (Paid); paid utm_medium -> Paid (UTM);
+    Google referrer and an earlier session of this fingerprint *on this site* with a click
+    id -> Ads Assisted; social referrer -> Social; else Organic.
+
+    wbraid/gbraid are Google Ads clicks (iOS) just like gclid, so they count as paid clicks.
+    """
+    if ids.google:
+        return Attribution.FIRST_CLICK_PAID
+    if (utm_medium or "").strip().lower() in PAID_UTM_MEDIUMS:
+        return Attribution.PAID_UTM
+    if is_google_host(ref_host) and earlier_click_on_site:
+        return Attribution.ADS_ASSISTED
+    if social_platform(ref_host):
+        return Attribution.SOCIAL
+    return Attribution.ORGANIC
+
+
+def traffic_source(ids: ClickIds, utm: Mapping[str, str], ref_host: str | None) -> tuple[str, str]:
+    """(traffic_source, traffic_medium); ``ref_host`` is already None for same-site referrers."""
+    other = ids.other
+    if ids.google or "gclsrc" in other or "dclid" in other:
+        return "Google Ads", "cpc"
+    if "fbclid" in other:
+        return "Meta Ads", "cpc"
+    if "ttclid" in other:
+        return "TikTok Ads", "cpc"
+    if "msclkid" in other:
+        return "Microsoft Ads", "cpc"
+    medium = (utm.get("utm_medium") or "").strip().lower()
+    source = (utm.get("utm_source") or "").strip()
+    if medium in PAID_TRAFFIC_MEDIUMS:
+        return (source[:64] or "Paid"), "cpc"
+    tagged = bool(medium or source or utm.get("utm_campaign"))
+    if ref_host:
+        if _is_search(ref_host) and not tagged:
+            return "SEO", "organic"
+        platform = social_platform(ref_host)
+        if platform and not tagged:
+            return platform, "social"
+        if not tagged:
+            return "Referral", "referral"
+    if not tagged:
+        return "Direct", "direct"
+    return (source[:64] or "Tagged"), (medium[:64] or "unknown")
+
+
+class Device(msgspec.Struct, frozen=True):
+    device_type: str
+    os: str
+    browser: str
+
+
+_DEVICE_PARAM = {
+    "m": "mobile",
+    "mobile": "mobile",
+    "t": "tablet",
+    "tablet": "tablet",
+    "c": "desktop",
+    "desktop": "desktop",
+    "computer": "desktop",
+}
+
+
+def parse_device(ua: str | None, device_param: str | None = None) -> Device:
+    """Device type, OS and browser from the User-Agent (substring rules, no UA database);
+    the ValueTrack ``device`` parameter (m/t/c) overrides the type."""
+    text = (ua or "").lower()
+    if "ipad" in text or "tablet" in text or ("android" in text and "mobile" not in text):
+        dtype = "tablet"
+    elif "mobile" in text or "iphone" in text or "android" in text:
+        dtype = "mobile"
+    else:
+        dtype = "desktop"
+    override = _DEVICE_PARAM.get((device_param or "").strip().lower())
+    if override:
+        dtype = override
+    if "iphone" in text or "ipad" in text or "ipod" in text:
+        os_name = "iOS"
+    elif "android" in text:
+        os_name = "Android"
+    elif "windows" in text:
+        os_name = "Windows"
+    elif "cros" in text:
+        os_name = "ChromeOS"
+    elif "mac os x" in text or "macintosh" in text:
+        os_name = "macOS"
+    elif "linux" in text:
+        os_name = "Linux"
+    else:
+        os_name = "Unknown"
+    if "edg/" in text or "edge/" in text:
+        browser = "Edge"
+    elif "opr/" in text or "opera" in text:
+        browser = "Opera"
+    elif "samsungbrowser" in text:
+        browser = "Samsung Internet"
+    elif "firefox/" in text or "fxios" in text:
+        browser = "Firefox"
+    elif "chrome/" in text or "crios" in text or "chromium" in text:
+        browser = "Chrome"
+    elif "safari/" in text:
+        browser = "Safari"
+    else:
+        browser = "Unknown"
+    return Device(device_type=dtype, os=os_name, browser=browser)

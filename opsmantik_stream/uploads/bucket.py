@@ -1,0 +1,146 @@
+"""Token buckets per destination account whose budget holds for the whole uploader pool.
+
+An account's budget (requests/s and conversions/min, from the site's credentials) is split
+into integer shares, one per uploader (``Registry.uploader_share(name) -> (index, size)``), so
+the shares never add up to more than the budget. Each uploader enforces its share with two
+aiolimiter leaky buckets:
+
+- requests: capacity 1 and one request per ``(1 + margin) / share`` seconds. Requests spaced
+  at least that far apart put at most ``share`` of them in any 1 s window, even when the
+  time between leaving the bucket and reaching Google varies by up to ``margin`` seconds, so
+  the pool never exceeds the budget in any 1 s window (sustained rate: ``budget / (1 +
+  margin)``).
+- conversions: capacity ``c`` (at least one request's worth) and a leak of
+  ``(share - c) / (60 + margin)`` per second, so any 60 s window holds at most ``share``.
+
+A 429 with retry info pauses the account's bucket for that long (:meth:`pause`); while paused
+the uploader does not claim rows of that account at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+from aiolimiter import AsyncLimiter
+
+__all__ = ["AccountBucket", "BucketSet", "split_share"]
+
+
+def split_share(total: float, index: int, size: int) -> float:
+    """This uploader's part of ``total``: integer parts that sum to at most ``total``.
+
+    A budget below one per uploader goes whole to uploader 0 (the others get 0 and leave the
+    account alone), so the sum still never exceeds the budget. Index -1 (not in the current
+    routing table: an old generation draining) gets 0.
+    """
+    if size <= 0 or index < 0 or index >= size:
+        return 0.0
+    whole = math.floor(total)
+    if whole < size:
+        # fewer whole units than uploaders: the first `whole` uploaders get one each, and a
+        # budget below 1 goes to uploader 0 alone
+        if whole == 0:
+            return float(total) if index == 0 else 0.0
+        return 1.0 if index < whole else 0.0
+    base, extra = divmod(whole, size)
+    return float(base + (1 if index < extra else 0))
+
+
+@dataclass(frozen=True)
+class BucketKey:
+    destination: str
+    account_id: str
+    requests_per_s: float
+    conversions_per_min: float
+    index: int
+    size: int
+
+
+class AccountBucket:
+    """One uploader's share of one account's budget."""
+
+    def __init__(
+        self, requests_per_s: float, conversions_per_min: float, *, max_batch: int, margin_s: float
+    ) -> None:
+        self.requests_per_s = requests_per_s
+        self.conversions_per_min = conversions_per_min
+        self._paused_until = 0.0
+        if requests_per_s <= 0 or conversions_per_min < 1:
+            self._requests: AsyncLimiter | None = None
+            self._conversions: AsyncLimiter | None = None
+            self.max_batch = 0
+            return
+        # capacity 1: one request per period, the period stretched by the margin
+        self._requests = AsyncLimiter(1, (1.0 + margin_s) / requests_per_s)
+        capacity = float(min(max_batch, max(1, math.floor(conversions_per_min / 2))))
+        leak_per_s = (conversions_per_min - capacity) / (60.0 + margin_s)
+        if leak_per_s <= 0:
+            # tiny budget: one full bucket per minute (plus margin)
+            leak_per_s = capacity / (60.0 + margin_s) / 2
+        self._conversions = AsyncLimiter(capacity, capacity / leak_per_s)
+        self.max_batch = int(capacity)
+
+    @property
+    def usable(self) -> bool:
+        return self._requests is not None and self.max_batch >= 1
+
+    def paused_for(self) -> float:
+        return max(0.0, self._paused_until - time.monotonic())
+
+    def pause(self, seconds: float) -> None:
+        """Stop sending for ``seconds`` (Google asked us to wait)."""
+        self._paused_until = max(self._paused_until, time.monotonic() + max(0.0, seconds))
+
+    async def wait_ready(self) -> None:
+        """Wait (without taking anything) until a request could leave now, so the uploader
+        holds a lease only while it can actually send."""
+        assert self._requests is not None
+        while (wait := self.paused_for()) > 0:
+            await asyncio.sleep(wait)
+        while not self._requests.has_capacity(1):
+            await asyncio.sleep(min(0.02, self._requests.time_period / 4))
+
+    async def acquire(self, conversions: int) -> None:
+        """Wait until one request with ``conversions`` rows may go out (never an attempt)."""
+        assert self._requests is not None and self._conversions is not None
+        while (wait := self.paused_for()) > 0:
+            await asyncio.sleep(wait)
+        await self._conversions.acquire(min(float(conversions), self._conversions.max_rate))
+        await self._requests.acquire(1)
+
+
+class BucketSet:
+    """This uploader's buckets, rebuilt when an account's budget or the pool size changes."""
+
+    def __init__(self, *, margin_s: float, max_batch: int) -> None:
+        self.margin_s = margin_s
+        self.max_batch = max_batch
+        self._buckets: dict[tuple[str, str], tuple[BucketKey, AccountBucket]] = {}
+
+    def get(
+        self,
+        destination: str,
+        account_id: str,
+        requests_per_s: float,
+        conversions_per_min: float,
+        share: tuple[int, int],
+    ) -> AccountBucket:
+        index, size = share
+        key = BucketKey(destination, account_id, requests_per_s, conversions_per_min, index, size)
+        held = self._buckets.get((destination, account_id))
+        if held is not None and held[0] == key:
+            return held[1]
+        bucket = AccountBucket(
+            split_share(requests_per_s, index, size),
+            split_share(conversions_per_min, index, size),
+            max_batch=self.max_batch,
+            margin_s=self.margin_s,
+        )
+        if held is not None:
+            # keep a pause Google asked for across a rebuild
+            bucket.pause(held[1].paused_for())
+        self._buckets[(destination, account_id)] = (key, bucket)
+        return bucket

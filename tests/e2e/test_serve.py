@@ -1,0 +1,109 @@
+"""`opsmantik serve` (what `make run` runs): embedded PostgreSQL + Ray + actors + gateway,
+/health 200 on 127.0.0.1, clean stop on Ctrl-C, and the data survives a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "opsmantik_stream.cli", "serve"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early:\n{log.read_text()[-3000:]}")
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=3)
+            last = r
+            if r.status_code == 200:
+                return dict(r.json())
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not healthy in time (last={last and last.text}):\n{log.read_text()[-3000:]}")
+
+
+def _interrupt(proc: subprocess.Popen[bytes], log: Path) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"serve did not stop on Ctrl-C:\n{log.read_text()[-3000:]}") from None
+    assert code == 0, log.read_text()[-3000:]
+
+
+def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
+    port = _free_port()
+    # not under tmp_path: pytest makes that 0700, and the embedded server runs as its own user
+    data = Path(tempfile.mkdtemp(prefix="opsm-serve-")) / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSMANTIK_")}
+    env.update({"OPSMANTIK_DATA_DIR": str(data), "OPSMANTIK_PORT": str(port), "OPSMANTIK_PARTITIONS": "1",
+                "OPSMANTIK_UPLOADERS": "1"})
+    log = tmp_path / "serve.log"
+
+    proc = _start(env, log)
+    try:
+        health = _wait_healthy(port, proc, log)
+        assert health["checks"]["database"] == "ok"
+        assert all(v == "ok" for v in health["checks"]["actors"].values())
+        assert f"serving on http://127.0.0.1:{port}" in log.read_text()
+        # a CLI command shares the running embedded server
+        created = subprocess.run(
+            [sys.executable, "-m", "opsmantik_stream.cli", "site", "create", "--name", "Kept", "--domain",
+             "kept.example.com", "--json"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        public_id = json.loads(created.stdout)["public_id"]
+        status = subprocess.run(
+            [sys.executable, "-m", "opsmantik_stream.cli", "status", "--json"],
+            env=env, capture_output=True, text=True, timeout=90,
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert json.loads(status.stdout)["ray"] == "ok"
+    finally:
+        if proc.poll() is None:
+            _interrupt(proc, log)
+    assert "stopped" in log.read_text()
+    assert not (data / "ray.address").exists()
+
+    proc = _start(env, log)
+    try:
+        _wait_healthy(port, proc, log)
+        listed = subprocess.run(
+            [sys.executable, "-m", "opsmantik_stream.cli", "site", "list", "--json"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert public_id in [s["public_id"] for s in json.loads(listed.stdout)["sites"]]
+    finally:
+        if proc.poll() is None:
+            _interrupt(proc, log)

@@ -1,0 +1,518 @@
+"""Tables for the pure ingest rules: idempotency keys, billable classification, quota,
+attribution, traffic source, lead score, phone/WhatsApp normalisation, body decoding,
+origins, ip truncation and the token bucket."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import pytest
+
+from opsmantik_stream.ingest import attribution as attr
+from opsmantik_stream.ingest.admission import TokenBucketLimiter, origin_allowed, truncate_ip
+from opsmantik_stream.ingest.billing import (
+    Plan,
+    classify_billable,
+    decide_quota,
+    seconds_to_next_month,
+    year_month,
+)
+from opsmantik_stream.ingest.intents import (
+    detect_intent,
+    intent_target,
+    normalize_phone,
+    normalize_whatsapp,
+)
+from opsmantik_stream.ingest.keys import EventKind, event_kind, idempotency_key, time_component
+from opsmantik_stream.ingest.schema import BodyError, consent_scopes, decode_body
+from opsmantik_stream.ingest.scoring import lead_score
+
+pytestmark = pytest.mark.unit
+
+SITE = "5f0c9a52-3c1e-4d0e-9a7b-0c61d1f0a4e2"
+
+
+def key(server_ms: int, **kw: object) -> str:
+    args: dict[str, object] = {
+        "eid": None,
+        "ec": "interaction",
+        "ea": "view",
+        "el": "Home",
+        "url": "https://shop.example.com/",
+        "fp": "fp1",
+        "sid": None,
+    }
+    args.update(kw)
+    return idempotency_key(SITE, server_ms=server_ms, **args)[0]  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- idempotency keys
+
+
+def test_eid_key_is_sha256_of_site_eid_and_ignores_time_and_content() -> None:
+    k, version = idempotency_key(
+        SITE, eid="e-1", ec="x", ea="y", el=None, url="u", fp=None, sid=None, server_ms=1
+    )
+    assert k == hashlib.sha256(f"{SITE}|eid|e-1".encode()).hexdigest()
+    assert version == 2
+    assert key(10**12, eid="e-1") == key(10**12 + 86_400_000, eid="e-1", el="other", url="elsewhere")
+    assert key(0, eid="e-1") != key(0, eid="e-2")
+
+
+@pytest.mark.parametrize(
+    ("ec", "ea", "kind"),
+    [
+        ("system", "heartbeat", EventKind.HEARTBEAT),
+        ("interaction", "view", EventKind.PAGE_VIEW),
+        ("page", "", EventKind.PAGE_VIEW),
+        ("", "page_view", EventKind.PAGE_VIEW),
+        ("conversion", "phone_call", EventKind.CLICK),
+        ("conversion", "whatsapp", EventKind.CLICK),
+        ("conversion", "form_submit", EventKind.CLICK),
+        ("interaction", "click", EventKind.CLICK),
+        ("interaction", "scroll_depth", EventKind.OTHER),
+        ("custom", "thing", EventKind.OTHER),
+    ],
+)
+def test_event_kind(ec: str, ea: str, kind: EventKind) -> None:
+    assert event_kind(ec, ea) is kind
+
+
+@pytest.mark.parametrize(
+    ("ec", "ea", "same_after_ms", "new_after_ms"),
+    [
+        ("system", "heartbeat", 9_999, 10_000),  # 10 s bucket
+        ("interaction", "view", 1_999, 2_000),  # 2 s bucket
+        ("interaction", "scroll_depth", 1_999, 2_000),  # other: 2 s bucket
+        ("conversion", "phone_call", 0, 1),  # clicks: the exact millisecond
+    ],
+)
+def test_content_key_time_buckets(ec: str, ea: str, same_after_ms: int, new_after_ms: int) -> None:
+    start = 1_700_000_000_000  # a multiple of 10 s
+    assert start % 10_000 == 0
+    assert key(start, ec=ec, ea=ea) == key(start + same_after_ms, ec=ec, ea=ea)
+    assert key(start, ec=ec, ea=ea) != key(start + new_after_ms, ec=ec, ea=ea)
+
+
+def test_content_key_parts() -> None:
+    base = key(1_700_000_000_000)
+    assert len(base) == 64 and base == base.lower()
+    assert base != key(1_700_000_000_000, ea="other")
+    assert base != key(1_700_000_000_000, url="https://shop.example.com/b")
+    assert base != key(1_700_000_000_000, fp="fp2")
+    # no fingerprint: the session id stands in for it
+    assert key(1_700_000_000_000, fp=None, sid="s1") == key(1_700_000_000_000, fp="s1")
+    # the parts cannot run into each other
+    assert key(1_700_000_000_000, ec="a|b", ea="c") != key(1_700_000_000_000, ec="a", ea="b|c")
+    assert idempotency_key(SITE, eid=None, ec="a", ea="b", el=None, url="u", fp=None, sid=None, server_ms=0)[1] == 1
+
+
+def test_time_component() -> None:
+    assert time_component(EventKind.HEARTBEAT, 1_700_000_012_345) == 1_700_000_010_000
+    assert time_component(EventKind.PAGE_VIEW, 1_700_000_013_999) == 1_700_000_012_000
+    assert time_component(EventKind.CLICK, 1_700_000_013_999) == 1_700_000_013_999
+
+
+# ---------------------------------------------------------------- billable
+
+
+@pytest.mark.parametrize(
+    ("ec", "ea", "billable", "reason"),
+    [
+        ("conversion", "phone_call", True, "conversion"),
+        ("conversion", "anything", True, "conversion"),
+        ("interaction", "view", True, "interaction_view"),
+        ("page", "page_view", True, "interaction_view"),
+        ("interaction", "scroll_depth", False, "scroll_depth"),
+        ("system", "heartbeat", False, "system"),
+        ("system", "session_end", False, "system"),
+        ("interaction", "hover_intent", True, "default_billable"),
+        ("custom", "whatever", True, "default_billable"),
+        (None, None, True, "default_billable"),
+    ],
+)
+def test_billable_classification(ec: str | None, ea: str | None, billable: bool, reason: str) -> None:
+    assert classify_billable(ec, ea) == (billable, reason)
+
+
+# ---------------------------------------------------------------- quota
+
+
+def accepted_count(plan: Plan, attempts: int) -> tuple[int, int]:
+    used = accepted = overage = 0
+    for _ in range(attempts):
+        d = decide_quota(plan, used)
+        assert d.remaining >= 0
+        if d.accepted:
+            used += 1
+            accepted += 1
+            overage += d.overage
+    return accepted, overage
+
+
+@pytest.mark.parametrize("limit", [0, 1, 2, 5, 100])
+def test_hard_limit_accepts_exactly_n(limit: int) -> None:
+    plan = Plan(monthly_limit=limit)
+    assert accepted_count(plan, limit + 3) == (limit, 0)
+    assert decide_quota(plan, limit - 1).accepted if limit else True
+    rejected = decide_quota(plan, limit)
+    assert not rejected.accepted and rejected.remaining == 0
+
+
+@pytest.mark.parametrize(("limit", "mult", "total"), [(5, 2.0, 10), (3, 2.0, 6), (10, 1.5, 15), (0, 2.0, 0)])
+def test_soft_limit_accepts_overage_up_to_the_cap(limit: int, mult: float, total: int) -> None:
+    plan = Plan(monthly_limit=limit, soft_limit=True, hard_cap_multiplier=mult)
+    assert accepted_count(plan, total + 5) == (total, total - limit)
+    assert decide_quota(plan, limit).overage is (limit < total)
+    assert not decide_quota(plan, total).accepted
+
+
+def test_quota_remaining_counts_down() -> None:
+    plan = Plan(monthly_limit=3)
+    assert [decide_quota(plan, u).remaining for u in range(5)] == [2, 1, 0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("now", "seconds"),
+    [
+        (dt.datetime(2026, 1, 31, 23, 59, 59, tzinfo=dt.UTC), 1),
+        (dt.datetime(2026, 12, 31, 0, 0, 0, tzinfo=dt.UTC), 86_400),
+        (dt.datetime(2026, 2, 1, 0, 0, 0, tzinfo=dt.UTC), 28 * 86_400),
+        (dt.datetime(2026, 3, 31, 23, 59, 59, 500_000, tzinfo=dt.UTC), 1),
+    ],
+)
+def test_retry_after_is_the_next_utc_month(now: dt.datetime, seconds: int) -> None:
+    assert seconds_to_next_month(now) == seconds
+    assert 0 < seconds_to_next_month(now) <= 32 * 86_400
+
+
+def test_year_month_is_utc() -> None:
+    istanbul = dt.timezone(dt.timedelta(hours=3))
+    assert year_month(dt.datetime(2026, 3, 1, 1, 0, tzinfo=istanbul)) == "2026-02"
+
+
+# ---------------------------------------------------------------- attribution and traffic
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://s.com/?gclid=G1&utm_source=google", {"gclid": "G1", "utm_source": "google"}),
+        ("https://s.com/#/offer?gclid=G2", {"gclid": "G2"}),
+        ("https://s.com/?gclid=Q#?gclid=H", {"gclid": "H"}),
+        ("https://s.com/#4?utm_term=shoes&matchtype=e", {"utm_term": "shoes", "matchtype": "e"}),
+        ("https://s.com/#section", {}),
+        ("", {}),
+    ],
+)
+def test_url_params(url: str, expected: dict[str, str]) -> None:
+    assert attr.url_params(url) == expected
+
+
+def test_click_ids_url_first_then_meta_and_junk_ignored() -> None:
+    ids = attr.click_ids({"gclid": "URLG"}, {"gclid": "METAG", "wbraid": "W1", "gbraid": "null", "fbclid": "F"})
+    assert (ids.gclid, ids.wbraid, ids.gbraid) == ("URLG", "W1", None)
+    assert ids.other == {"fbclid": "F"}
+    assert ids.best() == ("URLG", "gclid")
+    assert attr.ClickIds(wbraid="W", gbraid="B").best() == ("W", "wbraid")
+    assert attr.ClickIds(gbraid="B").best() == ("B", "gbraid")
+    assert attr.ClickIds().best() == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("ids", "medium", "ref", "earlier", "expected"),
+    [
+        (attr.ClickIds(gclid="G"), None, None, False, "First Click (Paid)"),
+        (attr.ClickIds(gclid="G"), "email", "www.google.com", True, "First Click (Paid)"),
+        (attr.ClickIds(wbraid="W"), None, None, False, "First Click (Paid)"),
+        (attr.ClickIds(), "CPC", None, False, "Paid (UTM)"),
+        (attr.ClickIds(), "ppc", None, False, "Paid (UTM)"),
+        (attr.ClickIds(), "paid", "www.google.com", True, "Paid (UTM)"),
+        (attr.ClickIds(), None, "www.google.com.tr", True, "Ads Assisted"),
+        (attr.ClickIds(), None, "www.google.com", False, "Organic"),
+        (attr.ClickIds(), None, "bing.com", True, "Organic"),
+        (attr.ClickIds(), None, "l.facebook.com", False, "Social"),
+        (attr.ClickIds(), None, "x.com", False, "Social"),
+        (attr.ClickIds(), None, "box.com", False, "Organic"),
+        (attr.ClickIds(), None, None, True, "Organic"),
+    ],
+)
+def test_attribution_first_match(
+    ids: attr.ClickIds, medium: str | None, ref: str | None, earlier: bool, expected: str
+) -> None:
+    assert attr.attribution_source(ids, medium, ref, earlier_click_on_site=earlier) == expected
+
+
+@pytest.mark.parametrize(
+    ("ids", "utm", "ref", "expected"),
+    [
+        (attr.ClickIds(gbraid="B"), {}, None, ("Google Ads", "cpc")),
+        (attr.ClickIds(other={"gclsrc": "aw.ds"}), {}, None, ("Google Ads", "cpc")),
+        (attr.ClickIds(other={"fbclid": "F"}), {}, None, ("Meta Ads", "cpc")),
+        (attr.ClickIds(other={"ttclid": "T"}), {}, None, ("TikTok Ads", "cpc")),
+        (attr.ClickIds(other={"msclkid": "M"}), {}, None, ("Microsoft Ads", "cpc")),
+        (attr.ClickIds(), {"utm_medium": "paid_social", "utm_source": "insta"}, None, ("insta", "cpc")),
+        (attr.ClickIds(), {"utm_medium": "cpc"}, None, ("Paid", "cpc")),
+        (attr.ClickIds(), {}, "www.google.com", ("SEO", "organic")),
+        (attr.ClickIds(), {}, "duckduckgo.com", ("SEO", "organic")),
+        (attr.ClickIds(), {}, "m.facebook.com", ("Facebook", "social")),
+        (attr.ClickIds(), {}, "t.co", ("X", "social")),
+        (attr.ClickIds(), {}, "blog.example.org", ("Referral", "referral")),
+        (attr.ClickIds(), {}, None, ("Direct", "direct")),
+        (attr.ClickIds(), {"utm_source": "newsletter", "utm_medium": "email"}, None, ("newsletter", "email")),
+        (attr.ClickIds(), {"utm_campaign": "spring"}, "mail.example.com", ("Tagged", "unknown")),
+    ],
+)
+def test_traffic_source(
+    ids: attr.ClickIds, utm: dict[str, str], ref: str | None, expected: tuple[str, str]
+) -> None:
+    assert attr.traffic_source(ids, utm, ref) == expected
+
+
+def test_referrer_of_the_same_host_is_no_referrer() -> None:
+    assert attr.referrer_host("https://shop.example.com/a", "https://shop.example.com/b") is None
+    assert attr.referrer_host("https://www.google.com/search?q=x", "https://shop.example.com/") == "www.google.com"
+    assert attr.referrer_host("", "https://shop.example.com/") is None
+
+
+@pytest.mark.parametrize(
+    ("ua", "param", "expected"),
+    [
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Version/17.0 "
+            "Mobile/15E148 Safari/604.1",
+            None,
+            ("mobile", "iOS", "Safari"),
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/126.0 Mobile Safari/537.36",
+            None,
+            ("mobile", "Android", "Chrome"),
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36 Edg/126.0",
+            None,
+            ("desktop", "Windows", "Edge"),
+        ),
+        ("Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X)", None, ("tablet", "iOS", "Unknown")),
+        ("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0", "m", ("mobile", "Linux", "Firefox")),
+    ],
+)
+def test_parse_device(ua: str, param: str | None, expected: tuple[str, str, str]) -> None:
+    d = attr.parse_device(ua, param)
+    assert (d.device_type, d.os, d.browser) == expected
+
+
+# ---------------------------------------------------------------- lead score
+
+
+@pytest.mark.parametrize(
+    ("kw", "score"),
+    [
+        ({"category": "conversion"}, 50),
+        ({"category": "interaction"}, 10),
+        ({"category": "system"}, 0),
+        ({"category": "interaction", "action": "scroll_depth", "value": 50}, 20),
+        ({"category": "interaction", "action": "scroll_depth", "value": 90}, 40),
+        ({"category": "interaction", "action": "scroll_depth", "value": 49}, 10),
+        ({"category": "conversion", "scroll_pct": 95}, 80),
+        ({"category": "interaction", "action": "hover_intent"}, 25),
+        ({"category": "conversion", "cta_hovers": 2}, 65),
+        ({"category": "interaction", "google_referrer": True}, 15),
+        ({"category": "interaction", "ads_assisted": True}, 35),
+        (
+            {"category": "conversion", "scroll_pct": 100, "cta_hovers": 1, "google_referrer": True,
+             "ads_assisted": True},
+            100,
+        ),
+    ],
+)
+def test_lead_score(kw: dict[str, object], score: int) -> None:
+    args: dict[str, object] = {
+        "category": None,
+        "action": None,
+        "value": None,
+        "scroll_pct": None,
+        "cta_hovers": None,
+        "google_referrer": False,
+        "ads_assisted": False,
+    }
+    args.update(kw)
+    assert lead_score(**args) == score  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- intents and targets
+
+
+@pytest.mark.parametrize(
+    ("raw", "target"),
+    [
+        ("tel:+90 532 123 45 67", "tel:+905321234567"),
+        ("tel:05321234567", "tel:+905321234567"),
+        ("tel:5321234567", "tel:+905321234567"),
+        ("tel:0090-532-123-4567", "tel:+905321234567"),
+        ("tel:905321234567", "tel:+905321234567"),
+        ("tel:%2B905321234567;ext=22", "tel:+905321234567"),
+        ("tel:+1 (202) 555-0100", "tel:+12025550100"),
+        ("TEL:0212 444 0 444", "tel:+902124440444"),
+        ("tel:", "tel:unknown"),
+        (None, "tel:unknown"),
+    ],
+)
+def test_phone_normalisation(raw: str | None, target: str) -> None:
+    assert normalize_phone(raw) == target
+
+
+@pytest.mark.parametrize(
+    ("raw", "target"),
+    [
+        ("https://wa.me/905321234567", "wa:+905321234567"),
+        ("https://wa.me/905321234567?text=Merhaba", "wa:+905321234567"),
+        ("https://api.whatsapp.com/send?phone=905321234567&text=x", "wa:+905321234567"),
+        ("https://api.whatsapp.com/send?phone=05321234567", "wa:+905321234567"),
+        ("whatsapp://send?phone=+905321234567", "wa:+905321234567"),
+        ("whatsapp://send?text=hello", "wa:send?text=hello"),
+        ("https://chat.whatsapp.com/AbCdEf123", "wa:chat/AbCdEf123"),
+        ("https://api.whatsapp.com/joinchat/XYZ", "wa:joinchat/XYZ"),
+        ("https://wa.me/message/ABCDEF", "wa:wa.me/message/ABCDEF"),
+        ("https://www.whatsapp.com/catalog/123", "wa:www.whatsapp.com/catalog/123"),
+        ("0532 123 45 67", "wa:+905321234567"),
+        ("https://example.com/iletisim/905321234567", "wa:+905321234567"),
+        ("", "wa:unknown"),
+    ],
+)
+def test_whatsapp_normalisation(raw: str, target: str) -> None:
+    assert normalize_whatsapp(raw) == target
+
+
+@pytest.mark.parametrize(
+    ("ec", "ea", "el", "meta_action", "expected"),
+    [
+        ("conversion", "phone_call", "tel:1", None, "phone"),
+        ("conversion", "click", "tel:0532", None, "phone"),
+        ("conversion", "whatsapp", "https://wa.me/90532", None, "whatsapp"),
+        ("conversion", "click", "https://chat.whatsapp.com/X", None, "whatsapp"),
+        ("conversion", "custom", "x", "wa_click", "whatsapp"),
+        ("conversion", "form_submit", "contact", None, "form"),
+        ("interaction", "view", "Call us: tel:123", None, None),
+        ("system", "heartbeat", None, None, None),
+        ("interaction", "tel_click", None, None, "phone"),
+    ],
+)
+def test_detect_intent(ec: str, ea: str, el: str | None, meta_action: str | None, expected: str | None) -> None:
+    got = detect_intent(ec, ea, el, meta_action)
+    assert (got.value if got else None) == expected
+
+
+def test_intent_targets() -> None:
+    from opsmantik_stream.enums import IntentAction
+
+    assert intent_target(IntentAction.PHONE, "tel:0532 123 45 67", None) == "tel:+905321234567"
+    assert intent_target(IntentAction.PHONE, "Call now", "05321234567") == "tel:+905321234567"
+    assert intent_target(IntentAction.WHATSAPP, "https://wa.me/905321234567", None) == "wa:+905321234567"
+    assert intent_target(IntentAction.FORM, "contact-form", None) == "form:contact-form"
+    assert intent_target(IntentAction.FORM, None, None) == "form:form"
+
+
+# ---------------------------------------------------------------- body decoding
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{", 400, "invalid_json"),
+        (b"[]", 422, "validation_error:body"),
+        (b'"x"', 422, "validation_error:body"),
+        (b'{"u": "https://a"}', 422, "validation_error:s"),
+        (b'{"s": "abc"}', 422, "validation_error:u"),
+        (b'{"s": "abc", "u": "https://a", "el": 5}', 422, "validation_error:el"),
+        (b'{"s": "abc", "u": "https://a", "el": "' + b"x" * 513 + b'"}', 422, "validation_error:el"),
+        (b'{"s": "abc", "u": "' + b"x" * 4097 + b'"}', 422, "validation_error:u"),
+        (b'{"s": "abc", "u": "https://a", "meta": []}', 422, "validation_error:meta"),
+        (b'{"s": "abc", "u": "https://a", "meta": {"sw": "wide"}}', 422, "validation_error:meta.sw"),
+        (b'{"events": []}', 422, "validation_error:events"),
+        (b'{"events": [{"s": "a", "u": "b"}, {"s": "a"}]}', 422, "validation_error:events.1.u"),
+        (b'{"events": [{"s": "a", "u": "b", "r": 1}]}', 422, "validation_error:events.0.r"),
+    ],
+)
+def test_decode_rejects(body: bytes, status: int, code: str) -> None:
+    with pytest.raises(BodyError) as info:
+        decode_body(body)
+    assert (info.value.status, info.value.code) == (status, code)
+
+
+def test_decode_accepts_single_batch_and_top_level_site() -> None:
+    env, events = decode_body(b'{"s":"abc","u":"https://a","ev":"12.5","ts":1,"sm":"2020-01-01"}')
+    assert env.events is None and len(events) == 1 and events[0].ev == "12.5"
+    ev = b'{"u":"https://a"}'
+    env, events = decode_body(b'{"s":"abc","events":[' + b",".join([ev] * 100) + b"]}")
+    assert len(events) == 100
+    with pytest.raises(BodyError):
+        decode_body(b'{"s":"abc","events":[' + b",".join([ev] * 101) + b"]}")
+
+
+@pytest.mark.parametrize(
+    ("body", "scopes"),
+    [
+        (b'{"s":"a","u":"b","consent":["Analytics","marketing"]}', ["analytics", "marketing"]),
+        (b'{"s":"a","u":"b","consent":"analytics, marketing"}', ["analytics", "marketing"]),
+        (b'{"s":"a","u":"b","consent_scopes":["analytics"]}', ["analytics"]),
+        (b'{"s":"a","u":"b","meta":{"consent_scopes":["analytics"]}}', ["analytics"]),
+        (b'{"s":"a","u":"b"}', []),
+    ],
+)
+def test_consent_scopes(body: bytes, scopes: list[str]) -> None:
+    assert consent_scopes(decode_body(body)[1][0]) == scopes
+
+
+# ---------------------------------------------------------------- admission
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("https://shop.example.com", True),
+        ("https://SHOP.example.com/", True),
+        ("https://m.shop.example.com", True),
+        ("https://a.b.shop.example.com", True),
+        ("https://evilshop.example.com", False),
+        ("https://shop.example.com.evil.io", False),
+        ("http://shop.example.com", False),
+        ("https://shop.example.com:8443", False),
+        ("https://shop.example.com:443", True),
+        ("http://127.0.0.1:5000", True),
+        ("http://127.0.0.1:5001", False),
+        ("null", False),
+        ("", False),
+    ],
+)
+def test_origin_allowed(origin: str, allowed: bool) -> None:
+    assert origin_allowed(origin, ["https://shop.example.com", "http://127.0.0.1:5000"]) is allowed
+
+
+@pytest.mark.parametrize(
+    ("ip", "stored"),
+    [
+        ("203.0.113.77", "203.0.113.0"),
+        ("2001:db8:1234:5678::1", "2001:db8:1234::"),
+        ("::ffff:198.51.100.9", "198.51.100.0"),
+        ("not-an-ip", None),
+        (None, None),
+    ],
+)
+def test_truncate_ip(ip: str | None, stored: str | None) -> None:
+    assert truncate_ip(ip) == stored
+
+
+def test_token_bucket() -> None:
+    now = [1000.0]
+    limiter = TokenBucketLimiter(clock=lambda: now[0])
+    assert [limiter.take("a", 3) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = limiter.take("a", 3)
+    assert wait == pytest.approx(20.0)  # one token per 20 s at 3/min
+    assert TokenBucketLimiter.retry_after(wait) == 20
+    assert limiter.take("b", 3) == 0.0  # another client has its own bucket
+    now[0] += 20.0
+    assert limiter.take("a", 3) == 0.0
+    assert limiter.take("a", 3) > 0

@@ -1,0 +1,118 @@
+"""Pure rules of the leads package: score, targets, click-id choice, order id, strict
+body, rate-limit bucket, transitions."""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+import pytest
+
+from opsmantik_stream.enums import CallAction, CallStatus
+from opsmantik_stream.leads.actions import ALLOWED_FROM
+from opsmantik_stream.leads.call_events import CallEventBody, compute_lead_score, parse_client_value
+from opsmantik_stream.leads.enqueue import choose_click_id, order_id_for
+from opsmantik_stream.leads.ratelimit import KeyedTokenBucket
+from opsmantik_stream.leads.targets import infer_action, normalize_phone, normalize_whatsapp
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("conv", "inter", "max_score", "expected"),
+    [(0, 0, 0, 0), (1, 2, 15, 45), (2, 3, 50, 100), (5, 5, 90, 100), (0, 1, -3, 5), (0, 0, 33.9, 33)],
+)
+def test_lead_score_formula(conv: int, inter: int, max_score: float, expected: int) -> None:
+    score, breakdown = compute_lead_score(conv, inter, max_score)
+    assert score == expected
+    assert breakdown["final_score"] == expected
+    assert breakdown["capped_at_100"] is (breakdown["raw_score"] > 100)
+
+
+def test_click_id_precedence() -> None:
+    assert choose_click_id("g", "w", "b") == ("gclid", "g")
+    assert choose_click_id(None, "w", "b") == ("wbraid", "w")
+    assert choose_click_id("  ", None, "b") == ("gbraid", "b")
+    assert choose_click_id(None, "", None) is None
+
+
+def test_order_id_is_deterministic_and_distinct_per_source() -> None:
+    site, sale = uuid.uuid4(), uuid.uuid4()
+    first = order_id_for(site, "sale", sale)
+    assert first == order_id_for(str(site), "sale", str(sale))
+    assert first != order_id_for(site, "call", sale)
+    assert first != order_id_for(uuid.uuid4(), "sale", sale)
+    assert first.startswith("om_") and len(first) == 35
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("tel:+90 555 111 22 33", "tel:+905551112233"),
+        ("0555 111 22 33", "tel:+905551112233"),
+        ("5551112233", "tel:+905551112233"),
+        ("0049 30 1234567", "tel:+49301234567"),
+        ("", "tel:unknown"),
+        (None, "tel:unknown"),
+    ],
+)
+def test_phone_targets(raw: str | None, expected: str) -> None:
+    assert normalize_phone(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("https://wa.me/905551112233", "wa:+905551112233"),
+        ("https://api.whatsapp.com/send?phone=905551112233", "wa:+905551112233"),
+        ("https://chat.whatsapp.com/AbCdEf", "wa:chat/AbCdEf"),
+        ("https://example.com/whatsapp-redirect", "wa:example.com/whatsapp-redirect"),
+        ("", "wa:unknown"),
+    ],
+)
+def test_whatsapp_targets(raw: str, expected: str) -> None:
+    assert normalize_whatsapp(raw) == expected
+
+
+def test_action_inference() -> None:
+    assert infer_action(None, "https://wa.me/90555") == "whatsapp"
+    assert infer_action("WhatsApp", "+90555") == "whatsapp"
+    assert infer_action("phone", "https://wa.me/90555") == "phone"
+    assert infer_action(None, "+90 555") == "phone"
+
+
+def test_client_value_parsing() -> None:
+    assert parse_client_value("12.5") == 12.5
+    assert parse_client_value(3) == 3.0
+    assert parse_client_value("nan") is None
+    assert parse_client_value("abc") is None
+    assert parse_client_value(None) is None
+
+
+def test_body_is_strict() -> None:
+    ok = msgspec.json.decode(b'{"site_id":"a","fingerprint":"f","value":"9"}', type=CallEventBody)
+    assert ok.value == "9"
+    with pytest.raises(msgspec.ValidationError, match="consent"):
+        msgspec.json.decode(b'{"site_id":"a","fingerprint":"f","consent":["analytics"]}', type=CallEventBody)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(b'{"site_id":"a","fingerprint":""}', type=CallEventBody)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(b'{"site_id":"a","fingerprint":"f","event_id":"not-a-uuid"}', type=CallEventBody)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(b'{"site_id":"a","fingerprint":"' + b"x" * 129 + b'"}', type=CallEventBody)
+
+
+def test_token_bucket_limits_and_refills() -> None:
+    bucket = KeyedTokenBucket(per_min=3, max_keys=2)
+    assert [bucket.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take("a", 0.0) == pytest.approx(20.0)
+    assert bucket.take("b", 0.0) == 0.0  # keys are independent
+    assert bucket.take("a", 20.0) == 0.0  # one token back after 20 s
+    bucket.take("c", 20.0)
+    assert len(bucket._buckets) == 2  # bounded memory: the oldest key was evicted
+
+
+def test_transitions_are_guarded() -> None:
+    assert CallStatus.CONFIRMED not in ALLOWED_FROM[CallAction.SEAL]
+    assert CallStatus.JUNK not in ALLOWED_FROM[CallAction.SEAL]
+    assert CallStatus.INTENT not in ALLOWED_FROM[CallAction.RESTORE]

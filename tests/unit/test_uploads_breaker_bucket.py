@@ -1,0 +1,123 @@
+"""Pure parts of the uploader: breaker state machine (pybreaker over our storage), budget
+shares, bucket shapes, and how an attempt's outcomes become a breaker signal."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from opsmantik_stream.enums import CircuitState
+from opsmantik_stream.google import ErrorCategory, OutcomeKind, RowOutcome
+from opsmantik_stream.uploads import (
+    AccountBucket,
+    BreakerConfig,
+    PgBreakerStorage,
+    Signal,
+    record_outcome,
+    split_share,
+)
+from opsmantik_stream.uploads.engine import outcome_signal
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+
+
+def storage(**row: object) -> PgBreakerStorage:
+    cfg = BreakerConfig(fail_max=5, open_s=300, jitter_s=60, rng=lambda: 0.5, clock=lambda: T0)
+    base = {
+        "state": "CLOSED",
+        "failure_count": 0,
+        "success_count": 0,
+        "opened_at": None,
+        "next_probe_at": None,
+        "probe_holder": None,
+        "last_error": None,
+    }
+    base.update(row)
+    return PgBreakerStorage(uuid.uuid4(), "google_ads", cfg, base)
+
+
+def test_five_transient_failures_open_with_jitter() -> None:
+    s = storage()
+    for i in range(4):
+        assert record_outcome(s, Signal.TRANSIENT, holder="u") is CircuitState.CLOSED
+        assert s.counter == i + 1
+    assert record_outcome(s, Signal.TRANSIENT, holder="u", error="UNAVAILABLE") is CircuitState.OPEN
+    assert s.next_probe_at == T0 + timedelta(seconds=330)  # 300 s + 0.5 * 60 s jitter
+    assert s.last_error == "UNAVAILABLE"
+
+
+def test_success_resets_count_and_permanent_errors_never_count() -> None:
+    s = storage(failure_count=4)
+    for _ in range(10):
+        assert record_outcome(s, Signal.NEUTRAL, holder="u") is CircuitState.CLOSED
+    assert s.counter == 4
+    record_outcome(s, Signal.SUCCESS, holder="u")
+    assert s.counter == 0
+
+
+def test_half_open_probe_success_closes_and_failure_reopens() -> None:
+    s = storage(state="HALF_OPEN", failure_count=5, probe_holder="u")
+    assert record_outcome(s, Signal.SUCCESS, holder="u") is CircuitState.CLOSED
+    assert s.counter == 0 and s.probe_holder is None and s.next_probe_at is None
+    s = storage(state="HALF_OPEN", failure_count=5, probe_holder="u")
+    assert record_outcome(s, Signal.TRANSIENT, holder="u") is CircuitState.OPEN
+    assert s.probe_holder is None and s.next_probe_at == T0 + timedelta(seconds=330)
+    s = storage(state="HALF_OPEN", failure_count=5, probe_holder="u")
+    assert record_outcome(s, Signal.NEUTRAL, holder="u") is CircuitState.HALF_OPEN
+    assert s.probe_holder is None  # the next uploader may probe
+
+
+def test_open_ignores_in_flight_outcomes_but_block_reopens() -> None:
+    probe = T0 + timedelta(seconds=100)
+    s = storage(state="OPEN", failure_count=5, next_probe_at=probe)
+    assert record_outcome(s, Signal.TRANSIENT, holder="u") is CircuitState.OPEN
+    assert record_outcome(s, Signal.SUCCESS, holder="u") is CircuitState.OPEN
+    assert s.next_probe_at == probe  # not re-armed (the reference's defect)
+    s = storage()
+    assert record_outcome(s, Signal.BLOCK, holder="u", error="MISSING_CREDENTIALS") is CircuitState.OPEN
+    assert s.last_error == "MISSING_CREDENTIALS"
+
+
+def row(kind: OutcomeKind, code: str | None = None, cat: ErrorCategory | None = None) -> RowOutcome:
+    return RowOutcome("q", 0, kind, code, cat)
+
+
+def test_outcome_signal() -> None:
+    K, C = OutcomeKind, ErrorCategory
+    assert outcome_signal([row(K.COMPLETED), row(K.RETRY, "UNAVAILABLE", C.TRANSIENT)]) is Signal.SUCCESS
+    assert outcome_signal([row(K.ALREADY_EXISTS)]) is Signal.SUCCESS
+    assert outcome_signal([row(K.RETRY, "UNAVAILABLE", C.TRANSIENT)]) is Signal.TRANSIENT
+    assert outcome_signal([row(K.FAILED, "UNPARSEABLE_GCLID", C.VALIDATION)]) is Signal.NEUTRAL
+    assert outcome_signal([row(K.RETRY, "RESOURCE_EXHAUSTED", C.RATE_LIMIT)]) is Signal.NEUTRAL
+    assert outcome_signal([row(K.RETRY, "COLLATERAL", C.TRANSIENT)]) is Signal.NEUTRAL
+    assert outcome_signal([row(K.RETRY_AFTER_6H, "TOO_RECENT_EVENT", C.TRANSIENT)]) is Signal.NEUTRAL
+    assert outcome_signal([row(K.COMPLETED), row(K.BLOCKED, "invalid_grant", C.AUTH)]) is Signal.BLOCK
+
+
+@pytest.mark.parametrize("total", [0.5, 1, 3, 7, 10, 12.7, 100, 12000])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+def test_shares_never_sum_above_the_budget(total: float, size: int) -> None:
+    shares = [split_share(total, i, size) for i in range(size)]
+    assert sum(shares) <= total
+    assert all(s == int(s) for s in shares) or size == 1 or total < 1
+    assert sum(shares) >= min(total, math.floor(total)) - 1e-9 if total >= 1 else shares[0] == total
+    assert split_share(total, -1, size) == 0  # an old generation draining gets nothing
+
+
+def test_bucket_shapes_hold_the_window_limits() -> None:
+    # requests: capacity 1, one per (1 + margin) / share seconds -> at most `share` per 1 s
+    b = AccountBucket(5, 600, max_batch=200, margin_s=0.05)
+    assert b._requests is not None and b._requests.max_rate == 1
+    assert b._requests.time_period == pytest.approx(1.05 / 5)
+    # conversions: capacity + leak * (60 + margin) <= share, and a batch fits the capacity
+    assert b._conversions is not None
+    cap, leak = b._conversions.max_rate, b._conversions.max_rate / b._conversions.time_period
+    assert cap + leak * 60.05 <= 600 + 1e-6 and b.max_batch == 200
+    tiny = AccountBucket(5, 10, max_batch=200, margin_s=0.05)
+    assert tiny.max_batch == 5  # claims shrink to what the conversion budget allows
+    assert not AccountBucket(0, 600, max_batch=200, margin_s=0.05).usable
