@@ -136,7 +136,7 @@ async def create_site(
         await conn.execute(Q.tenancy.insert_plan, site_id, monthly_limit, soft_limit)
         for origin in sorted(all_origins):
             await conn.execute(Q.tenancy.insert_origin, site_id, origin)
-        await conn.execute(Q.tenancy.insert_secret, site_id, secret, _new_secret())
+        await conn.execute(Q.tenancy.insert_secret, site_id, secret, None)
         await write_audit(conn, ActorType.CLI, None, "site.create", "site", str(site_id), site_id, {})
     site = await get_site(conn, row["public_id"])
     site["secret"] = secret

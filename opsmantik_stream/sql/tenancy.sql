@@ -39,10 +39,10 @@ ORDER BY s.created_at, s.public_id;
 SELECT current_secret, next_secret, rotated_at FROM private.site_secrets WHERE site_id = $1;
 
 -- name: rotate_secret
--- Rotation: the prepared next secret becomes current, a fresh next is prepared. Requests
--- signed with either stay valid while clients switch.
+-- Rotation: a fresh secret becomes current and the old current moves to next, so calls
+-- signed with either pass while clients switch. The secret from before that is dropped.
 UPDATE private.site_secrets
-SET current_secret = coalesce(next_secret, current_secret), next_secret = $2, rotated_at = now()
+SET next_secret = current_secret, current_secret = $2, rotated_at = now()
 WHERE site_id = $1
 RETURNING current_secret, next_secret, rotated_at;
 

@@ -325,3 +325,9 @@ async def test_later_events_fill_but_never_clear_session_fields(
     assert s["entry_page"] == f"{ORIGIN}/?utm_source=news&utm_medium=email"
     assert s["exit_page"] == f"{ORIGIN}/pricing"
     assert s["event_count"] == 2
+
+
+@pytest.fixture
+def settings(settings: Any) -> Any:
+    # ingest needs partitions only; fewer actors start faster
+    return settings.with_overrides(uploaders=0)

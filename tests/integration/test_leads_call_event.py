@@ -169,20 +169,16 @@ async def test_next_secret_rotation_body_rules_and_rate_limits(
 ) -> None:
     site = await make_site()
     await make_session(pool, site["site_id"], fingerprint="fp")
-    secrets = await pool.fetchrow(
-        "SELECT current_secret, next_secret FROM private.site_secrets WHERE site_id = $1",
-        uuid.UUID(site["site_id"]),
-    )
     body = call_body(site, "fp", event_id=str(uuid.uuid4()))
     resp = await stack_client.post(
-        "/api/call-event", content=body, headers=signed_headers(site, body, secret=secrets["next_secret"])
+        "/api/call-event", content=body, headers=signed_headers(site, body, secret=site["secret"])
     )
     assert resp.status_code == 200
 
-    # after a rotation the former next secret (now current) and the new next both pass
+    # after a rotation the new current secret and the former one (now next) both pass
     async with pool.acquire() as conn:
         rotated = await tenancy.rotate_secret(conn, site["public_id"])
-    assert rotated["secret"] == secrets["next_secret"]
+    assert rotated["next_secret"] == site["secret"]
     for secret in (rotated["secret"], rotated["next_secret"]):
         b = call_body(site, "fp", event_id=str(uuid.uuid4()))
         resp = await stack_client.post(

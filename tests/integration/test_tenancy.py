@@ -139,15 +139,19 @@ async def test_platform_admin_reaches_every_site(client: httpx.AsyncClient, make
     assert r.status_code == 200
 
 
-async def test_secret_rotation_promotes_next(pool: asyncpg.Pool, make_site: Any) -> None:
+async def test_secret_rotation_moves_current_to_next(pool: asyncpg.Pool, make_site: Any) -> None:
     site = await make_site()
     before = await pool.fetchrow("SELECT * FROM private.site_secrets WHERE site_id = $1", site["site_id"])
+    assert before["current_secret"] == site["secret"] and before["next_secret"] is None
     async with pool.acquire() as conn:
         rotated = await tenancy.rotate_secret(conn, site["public_id"])
-    assert rotated["secret"] == before["next_secret"]
-    assert rotated["next_secret"] not in {before["current_secret"], before["next_secret"]}
+        again = await tenancy.rotate_secret(conn, site["public_id"])
+    assert rotated["next_secret"] == site["secret"]
+    assert rotated["secret"] != site["secret"]
+    assert again["next_secret"] == rotated["secret"]
+    assert site["secret"] not in {again["secret"], again["next_secret"]}
     audit = await pool.fetchval("SELECT count(*) FROM audit_log WHERE action = 'site.secret_rotate'")
-    assert audit == 1
+    assert audit == 2
 
 
 @pytest.mark.parametrize("origin", ["ftp://x.com", "https://x.com/path", "https://", "https://x.com?q=1"])

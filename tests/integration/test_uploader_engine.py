@@ -275,7 +275,8 @@ async def test_rescue_closes_orphan_started_rows(pool, make_site, fast) -> None:
     site = await make_site()
     batch = uuid.uuid4()
     await pool.execute(
-        """INSERT INTO provider_upload_attempts (batch_id, site_id, destination, uploader_id, attempt, phase, row_count)  # noqa: E501
+        """INSERT INTO provider_upload_attempts
+               (batch_id, site_id, destination, uploader_id, attempt, phase, row_count)
            VALUES ($1, $2, 'google_ads', 'uploader-x', 1, 'STARTED', 3)""",
         batch,
         site["site_id"],

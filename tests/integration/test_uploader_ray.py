@@ -111,6 +111,14 @@ async def test_killed_after_send_is_rescued_and_sent_once(
     rescued = await run_job("upload_rescue", pool, s, now=datetime.now(UTC) + timedelta(seconds=5))
     assert rescued["rescued"] == 1
     restarted = get_actor(uploader_stack_name(s), s.ray_namespace)
+
+    async def back_up() -> bool:
+        try:
+            return bool(await restarted.ping.remote() == "ok")
+        except ray.exceptions.RayError:
+            return False
+
+    await _wait_until(back_up)  # Ray restarts the killed actor (max_restarts=-1)
     result = await restarted.run_once.remote()
     assert result["completed"] == 1
     r = (await rows_of(pool, [row["id"]]))[row["id"]]

@@ -1,0 +1,1 @@
+"""Benchmark scenarios (`make bench`); not part of `make test`."""
