@@ -30,6 +30,11 @@ def stop_stack(namespace: str) -> None:
             pass
 
 
+def _actor_class(cls: Any) -> Any:
+    # @ray.remote turns a class into an ActorClass that type checkers do not see.
+    return cls
+
+
 def get_actor(name: str, namespace: str = NAMESPACE) -> Any:
     return ray.get_actor(name, namespace=namespace)
 
@@ -42,20 +47,28 @@ def start_stack(
     ``start_uploaders`` starts the uploaders' loops (``opsmantik serve``); tests drive them
     with ``run_once`` instead."""
     ns = settings.ray_namespace
-    registry = Registry.options(name=REGISTRY_NAME, namespace=ns, get_if_exists=True).remote(
-        db_url, settings.partitions, settings.uploaders
+    registry = (
+        _actor_class(Registry)
+        .options(name=REGISTRY_NAME, namespace=ns, get_if_exists=True)
+        .remote(db_url, settings.partitions, settings.uploaders)
     )
     table: dict[str, Any] = ray.get(registry.routing.remote(), timeout=60)
     handles = [
-        SitePartition.options(name=name, namespace=ns, get_if_exists=True).remote(db_url, settings, name)
+        _actor_class(SitePartition)
+        .options(name=name, namespace=ns, get_if_exists=True)
+        .remote(db_url, settings, name)
         for name in table["actors"]
     ]
     handles += [
-        Uploader.options(name=name, namespace=ns, get_if_exists=True).remote(db_url, settings, name)
+        _actor_class(Uploader)
+        .options(name=name, namespace=ns, get_if_exists=True)
+        .remote(db_url, settings, name)
         for name in table["uploaders"]
     ]
-    maintenance = Maintenance.options(name=MAINTENANCE_NAME, namespace=ns, get_if_exists=True).remote(
-        db_url, settings
+    maintenance = (
+        _actor_class(Maintenance)
+        .options(name=MAINTENANCE_NAME, namespace=ns, get_if_exists=True)
+        .remote(db_url, settings)
     )
     handles.append(maintenance)
     _KEEP[(ns, REGISTRY_NAME)] = registry

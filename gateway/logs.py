@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from gateway.metrics import HTTP_LATENCY
+
 __all__ = ["JsonFormatter", "RequestIdMiddleware", "configure_logging", "request_id_var"]
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -80,6 +82,10 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            HTTP_LATENCY.labels(scope.get("method", ""), template, str(status)).observe(elapsed)
             if status >= 500 or self.log.isEnabledFor(logging.DEBUG):
                 self.log.log(
                     logging.WARNING if status >= 500 else logging.DEBUG,
@@ -88,7 +94,7 @@ class RequestIdMiddleware:
                         "method": scope.get("method"),
                         "path": scope.get("path"),
                         "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "duration_ms": round(elapsed * 1000, 2),
                     },
                 )
             request_id_var.reset(token)

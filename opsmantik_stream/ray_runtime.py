@@ -30,7 +30,7 @@ def prepare_ray_environment() -> None:
         if "ray._raylet" in sys.modules:
             # Ray caches its config at import; refresh it the way Ray itself does when it
             # turns token mode on.
-            from ray._raylet import Config
+            from ray._raylet import Config  # type: ignore[attr-defined]
 
             Config.initialize("")
 
@@ -59,7 +59,8 @@ def init_ray(settings: Settings, *, address: str | None = None) -> dict[str, Any
             num_cpus=settings.ray_num_cpus,
             **common,
         )
-    return {"address": info.address_info.get("address"), "node_ip": info.address_info.get("node_ip_address")}
+    address_info: dict[str, Any] = getattr(info, "address_info", {})
+    return {"address": address_info.get("address"), "node_ip": address_info.get("node_ip_address")}
 
 
 def _is_loopback(address: str) -> bool:

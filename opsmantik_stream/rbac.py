@@ -23,9 +23,7 @@ _ALL = frozenset(Capability)
 CAPABILITIES: dict[SiteRole, frozenset[Capability]] = {
     SiteRole.OWNER: _ALL,
     SiteRole.ADMIN: _ALL,
-    SiteRole.OPERATOR: frozenset(
-        {Capability.SITE_READ, Capability.LEADS_OPERATE, Capability.QUEUE_OPERATE}
-    ),
+    SiteRole.OPERATOR: frozenset({Capability.SITE_READ, Capability.LEADS_OPERATE, Capability.QUEUE_OPERATE}),
     SiteRole.BILLING: frozenset({Capability.SITE_READ, Capability.BILLING_VIEW}),
     SiteRole.ANALYST: frozenset({Capability.SITE_READ}),
 }

@@ -130,7 +130,12 @@ async def create_site(
     secret = _new_secret()
     async with conn.transaction():
         row = await conn.fetchrow(
-            Q.tenancy.insert_site, _new_public_id(), name, urlsplit(domain_origin).hostname, currency, timezone
+            Q.tenancy.insert_site,
+            _new_public_id(),
+            name,
+            urlsplit(domain_origin).hostname,
+            currency,
+            timezone,
         )
         site_id = row["id"]
         await conn.execute(Q.tenancy.insert_plan, site_id, monthly_limit, soft_limit)
@@ -160,7 +165,14 @@ async def add_origin(conn: asyncpg.Connection, public_id: str, origin: str) -> d
     async with conn.transaction():
         await conn.execute(Q.tenancy.insert_origin, site["site_id"], norm)
         await write_audit(
-            conn, ActorType.CLI, None, "site.origin_add", "site", site["site_id"], site["site_id"], {"origin": norm}
+            conn,
+            ActorType.CLI,
+            None,
+            "site.origin_add",
+            "site",
+            site["site_id"],
+            site["site_id"],
+            {"origin": norm},
         )
     return await get_site(conn, public_id)
 

@@ -35,7 +35,7 @@ import httpx
 import pytest
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
-from opsmantik_stream.ray_runtime import prepare_ray_environment  # noqa: E402
+from opsmantik_stream.ray_runtime import prepare_ray_environment
 
 prepare_ray_environment()
 
@@ -229,8 +229,13 @@ def make_site(pool: asyncpg.Pool) -> Callable[..., Awaitable[dict[str, Any]]]:
 def make_token(pool: asyncpg.Pool) -> Callable[..., Awaitable[str]]:
     from opsmantik_stream import tenancy
 
-    async def make(public_id: str | None, role: str | None = "owner", *, email: str | None = None,
-                   platform_admin: bool = False) -> str:
+    async def make(
+        public_id: str | None,
+        role: str | None = "owner",
+        *,
+        email: str | None = None,
+        platform_admin: bool = False,
+    ) -> str:
         async with pool.acquire() as conn:
             result = await tenancy.create_token(
                 conn,

@@ -32,7 +32,11 @@ def event(site: dict[str, Any], **kw: Any) -> dict[str, Any]:
 
 
 async def post(
-    client: httpx.AsyncClient, body: Any, *, origin: str | None = ORIGIN, headers: dict[str, str] | None = None
+    client: httpx.AsyncClient,
+    body: Any,
+    *,
+    origin: str | None = ORIGIN,
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     h = dict(headers or {})
     if origin is not None:

@@ -2,6 +2,15 @@
 
 from gateway.routes import calls, health, ingest, jobs, ops, sales, sites, uploads
 
-ROUTERS = [health.router, sites.router, ingest.router, calls.router, sales.router, uploads.router, jobs.router, ops.router]
+ROUTERS = [
+    health.router,
+    sites.router,
+    ingest.router,
+    calls.router,
+    sales.router,
+    uploads.router,
+    jobs.router,
+    ops.router,
+]
 
 __all__ = ["ROUTERS"]

@@ -7,12 +7,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from opsmantik_stream.cli import _common, database, emulator, serve, site, status, token
-from opsmantik_stream.cli import uploads  # registers `site credentials set` via SITE_EXTENSIONS
+from opsmantik_stream.cli import (
+    _common,
+    database,
+    emulator,
+    jobs,
+    serve,
+    site,
+    status,
+    token,
+    uploads,  # registers `site credentials set` via SITE_EXTENSIONS
+)
 
 __all__ = ["main"]
 
-COMMAND_MODULES = [serve, database, site, token, status, emulator, uploads]
+COMMAND_MODULES = [serve, database, site, token, status, jobs, uploads, emulator]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from opsmantik_stream.db import EmbeddedPostgres, resolve_database_url
 from opsmantik_stream.migrate import MigrationError, apply_migrations
 from opsmantik_stream.tenancy import TenancyError
 
-__all__ = ["CliError", "Parser", "add_json_flag", "emit", "run_with_db", "settings_or_exit"]
+__all__ = ["CliError", "Parser", "add_json_flag", "emit", "run_with_db", "run_with_pool", "settings_or_exit"]
 
 T = TypeVar("T")
 
@@ -83,6 +83,42 @@ def run_with_db(
             return await body(conn, cfg)
         finally:
             await conn.close()
+
+    try:
+        return asyncio.run(go())
+    except MigrationError as exc:
+        raise CliError(f"migrations: {exc}") from None
+    except TenancyError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        _stop(embedded)
+
+
+def run_with_pool(
+    body: Callable[[asyncpg.Pool, Settings], Awaitable[T]],
+    *,
+    settings: Settings | None = None,
+) -> T:
+    """Like ``run_with_db`` but hands ``body`` a pool (for work spanning several transactions)."""
+    cfg = settings or settings_or_exit()
+    try:
+        url, embedded = resolve_database_url(cfg)
+    except Exception as exc:
+        raise CliError(f"cannot start the embedded PostgreSQL: {exc}") from None
+
+    async def go() -> T:
+        from opsmantik_stream.db import close_pool, create_pool
+
+        try:
+            pool = await create_pool(url, min_size=1, max_size=4, api_url=cfg.api_database_url)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise CliError(f"cannot connect to the database: {type(exc).__name__}: {exc}") from None
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn, progress=lambda m: print(m, file=sys.stderr))
+            return await body(pool, cfg)
+        finally:
+            await close_pool(pool)
 
     try:
         return asyncio.run(go())

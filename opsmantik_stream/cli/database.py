@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,13 +20,14 @@ def register(sub: Any) -> None:
         description="Apply the numbered SQL files in migrations/ that are not applied yet, each in "
         "its own transaction. Refuses to run when an applied file changed or a number is missing.",
     )
+    p.add_argument("--dir", type=Path, help="migration folder (default: the project's migrations/)")
     add_json_flag(p)
     p.set_defaults(func=cmd_migrate)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     async def body(conn: asyncpg.Connection, settings: Settings) -> dict[str, Any]:
-        done = await apply_migrations(conn, progress=None if args.json else print)
+        done = await apply_migrations(conn, args.dir, progress=None if args.json else print)
         total = await conn.fetchval("SELECT count(*) FROM schema_migrations")
         return {"applied": [m.filename for m in done], "total": int(total)}
 

@@ -41,7 +41,9 @@ def register(sub: Any) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_list)
 
-    origins = ssub.add_parser("origins", help="manage a site's allowed origins", description="Allowed origins.")
+    origins = ssub.add_parser(
+        "origins", help="manage a site's allowed origins", description="Allowed origins."
+    )
     osub = origins.add_subparsers(dest="origins_command", metavar="SUBCOMMAND")
     osub.required = True
     p = osub.add_parser("add", help="allow another origin", description="Allow another origin for a site.")
@@ -118,6 +120,7 @@ def cmd_secret_rotate(args: argparse.Namespace) -> int:
     emit(
         args,
         result,
-        f"secret rotated for {result['public_id']}\n  current: {result['secret']}\n  next:    {result['next_secret']}",
+        f"secret rotated for {result['public_id']}\n  current: {result['secret']}\n"
+        f"  next:    {result['next_secret']} (the previous secret, valid until the next rotation)",
     )
     return 0

@@ -1,27 +1,37 @@
-"""``opsmantik status``: database, Ray and actors at a glance."""
+"""``opsmantik status``: database, Ray, actors, routing, queue depth, breakers, ingest rate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from typing import Any
 
 import asyncpg
 
-from opsmantik_stream.cli._common import add_json_flag, emit, run_with_db
+from opsmantik_stream.cli._common import add_json_flag, emit, run_with_db, settings_or_exit
 from opsmantik_stream.config import Settings
+from opsmantik_stream.queries import Q
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "status",
-        help="show database, Ray and actor status",
+        help="show database, Ray, actors, routing, queue and breaker status",
         description="Connect to the database and to the running Ray cluster (OPSMANTIK_RAY_ADDRESS, "
-        "else the local one started by `opsmantik serve`) and report what is alive.",
+        "else the local one started by `opsmantik serve`) and report partitions, uploaders, the "
+        "routing version, queue depth by state, breaker states and the ingest rate of the last "
+        "minute. Exits 1 when Ray or an actor is not healthy.",
     )
     add_json_flag(p)
     p.set_defaults(func=cmd_status)
+
+
+def local_ray_address(settings: Settings) -> str | None:
+    """The address `opsmantik serve` wrote for its local Ray, when it is running."""
+    path = settings.data_path / "ray.address"
+    if not path.exists():
+        return None
+    return path.read_text().strip() or None
 
 
 def _ray_status(settings: Settings) -> dict[str, Any]:
@@ -37,43 +47,60 @@ def _ray_status(settings: Settings) -> dict[str, Any]:
     except Exception as exc:
         return {"ray": f"not running ({type(exc).__name__})", "actors": {}}
     try:
-        from actors.runtime import actor_status
+        from actors.registry import REGISTRY_NAME
+        from actors.runtime import actor_status, get_actor
 
         actors = asyncio.run(actor_status(timeout_s=3.0, namespace=settings.ray_namespace))
-        return {"ray": "ok", "actors": actors}
+        routing = None
+        if actors.get(REGISTRY_NAME) == "ok":
+            routing = ray.get(get_actor(REGISTRY_NAME, settings.ray_namespace).routing.remote(), timeout=5)
+        return {
+            "ray": "ok",
+            "address": address,
+            "nodes": len(ray.nodes()),
+            "actors": actors,
+            "routing": routing,
+        }
     finally:
         ray.shutdown()
 
 
-def local_ray_address(settings: Settings) -> str | None:
-    """The address `opsmantik serve` wrote for its local Ray, when it is running."""
-    path = settings.data_path / "ray.address"
-    if not path.exists():
-        return None
-    return path.read_text().strip() or None
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     async def body(conn: asyncpg.Connection, settings: Settings) -> dict[str, Any]:
-        migrations = await conn.fetchval("SELECT count(*) FROM schema_migrations")
-        sites = await conn.fetchval("SELECT count(*) FROM sites")
-        return {"database": "ok", "migrations": int(migrations), "sites": int(sites)}
+        return {
+            "database": "ok",
+            "migrations": int(await conn.fetchval("SELECT count(*) FROM schema_migrations")),
+            "sites": int(await conn.fetchval("SELECT count(*) FROM sites")),
+            "queue": {r["status"]: r["n"] for r in await conn.fetch(Q.ops.queue_by_status)},
+            "breakers": {r["state"]: r["n"] for r in await conn.fetch(Q.ops.breakers_by_state)},
+            "ingest_last_minute": int(await conn.fetchval(Q.ops.ingest_last_minute)),
+            "dead_letters_pending": int(await conn.fetchval(Q.ops.dead_letters_pending)),
+        }
 
     result: dict[str, Any] = run_with_db(body, migrate=False)
-    settings = run_settings()
-    result.update(_ray_status(settings))
-    lines = [
-        f"database: {result['database']} ({result['migrations']} migrations, {result['sites']} sites)",
-        f"ray:      {result['ray']}",
-    ]
-    for name, state in sorted(result["actors"].items()):
-        lines.append(f"  {name:<24} {state}")
-    emit(args, result, "\n".join(lines))
+    result.update(_ray_status(settings_or_exit()))
+    emit(args, result, _text(result))
     healthy = result["ray"] == "ok" and all(v == "ok" for v in result["actors"].values())
     return 0 if healthy else 1
 
 
-def run_settings() -> Settings:
-    from opsmantik_stream.cli._common import settings_or_exit
-
-    return settings_or_exit()
+def _text(r: dict[str, Any]) -> str:
+    queue = ", ".join(f"{k} {v}" for k, v in sorted(r["queue"].items())) or "empty"
+    breakers = ", ".join(f"{k} {v}" for k, v in sorted(r["breakers"].items())) or "none"
+    lines = [
+        f"database:  {r['database']} ({r['migrations']} migrations, {r['sites']} sites)",
+        f"ingest:    {r['ingest_last_minute']} events in the last minute; "
+        f"{r['dead_letters_pending']} dead letters pending",
+        f"queue:     {queue}",
+        f"breakers:  {breakers}",
+        f"ray:       {r['ray']}" + (f" ({r['nodes']} node(s) at {r['address']})" if r.get("nodes") else ""),
+    ]
+    routing = r.get("routing")
+    if routing:
+        lines.append(
+            f"routing:   v{routing['version']}: {len(routing['actors'])} partition(s), "
+            f"{len(routing['uploaders'])} uploader(s)"
+        )
+    for name, state in sorted(r["actors"].items()):
+        lines.append(f"  {name:<24} {state}")
+    return "\n".join(lines)

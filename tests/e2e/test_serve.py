@@ -66,8 +66,14 @@ def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
     # not under tmp_path: pytest makes that 0700, and the embedded server runs as its own user
     data = Path(tempfile.mkdtemp(prefix="opsm-serve-")) / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSMANTIK_")}
-    env.update({"OPSMANTIK_DATA_DIR": str(data), "OPSMANTIK_PORT": str(port), "OPSMANTIK_PARTITIONS": "1",
-                "OPSMANTIK_UPLOADERS": "1"})
+    env.update(
+        {
+            "OPSMANTIK_DATA_DIR": str(data),
+            "OPSMANTIK_PORT": str(port),
+            "OPSMANTIK_PARTITIONS": "1",
+            "OPSMANTIK_UPLOADERS": "1",
+        }
+    )
     log = tmp_path / "serve.log"
 
     proc = _start(env, log)
@@ -78,15 +84,31 @@ def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
         assert f"serving on http://127.0.0.1:{port}" in log.read_text()
         # a CLI command shares the running embedded server
         created = subprocess.run(
-            [sys.executable, "-m", "opsmantik_stream.cli", "site", "create", "--name", "Kept", "--domain",
-             "kept.example.com", "--json"],
-            env=env, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "opsmantik_stream.cli",
+                "site",
+                "create",
+                "--name",
+                "Kept",
+                "--domain",
+                "kept.example.com",
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert created.returncode == 0, created.stderr
         public_id = json.loads(created.stdout)["public_id"]
         status = subprocess.run(
             [sys.executable, "-m", "opsmantik_stream.cli", "status", "--json"],
-            env=env, capture_output=True, text=True, timeout=90,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
         )
         assert status.returncode == 0, status.stdout + status.stderr
         assert json.loads(status.stdout)["ray"] == "ok"
@@ -101,7 +123,10 @@ def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
         _wait_healthy(port, proc, log)
         listed = subprocess.run(
             [sys.executable, "-m", "opsmantik_stream.cli", "site", "list", "--json"],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert public_id in [s["public_id"] for s in json.loads(listed.stdout)["sites"]]
     finally:

@@ -37,8 +37,19 @@ def as_json(proc: subprocess.CompletedProcess[str]) -> Any:
 
 async def test_site_and_token_lifecycle(db_url: str, tmp_path: Path, pool: asyncpg.Pool) -> None:
     site = as_json(
-        run(db_url, tmp_path, "site", "create", "--name", "Shop", "--domain", "shop.example.com",
-            "--origin", "https://www.shop.example.com", "--json")
+        run(
+            db_url,
+            tmp_path,
+            "site",
+            "create",
+            "--name",
+            "Shop",
+            "--domain",
+            "shop.example.com",
+            "--origin",
+            "https://www.shop.example.com",
+            "--json",
+        )
     )
     assert set(site) >= {"public_id", "site_id", "secret"}
     assert len(site["public_id"]) == 32
@@ -47,19 +58,44 @@ async def test_site_and_token_lifecycle(db_url: str, tmp_path: Path, pool: async
     listed = as_json(run(db_url, tmp_path, "site", "list", "--json"))
     assert [s["public_id"] for s in listed["sites"]] == [site["public_id"]]
 
-    added = as_json(run(db_url, tmp_path, "site", "origins", "add", site["public_id"], "https://m.shop.example.com",
-                        "--json"))
+    added = as_json(
+        run(
+            db_url,
+            tmp_path,
+            "site",
+            "origins",
+            "add",
+            site["public_id"],
+            "https://m.shop.example.com",
+            "--json",
+        )
+    )
     assert "https://m.shop.example.com" in added["origins"]
 
     rotated = as_json(run(db_url, tmp_path, "site", "secret", "rotate", site["public_id"], "--json"))
     assert rotated["secret"] != site["secret"]
 
-    token = as_json(run(db_url, tmp_path, "token", "create", "--user", "Op@Example.com", "--site", site["public_id"],
-                        "--role", "operator", "--json"))
+    token = as_json(
+        run(
+            db_url,
+            tmp_path,
+            "token",
+            "create",
+            "--user",
+            "Op@Example.com",
+            "--site",
+            site["public_id"],
+            "--role",
+            "operator",
+            "--json",
+        )
+    )
     assert token["token"].startswith("opsm_")
     assert token["email"] == "op@example.com"
-    stored = await pool.fetchval("SELECT count(*) FROM private.api_tokens WHERE token_sha256 = encode(sha256($1::bytea), 'hex')",
-                                 token["token"].encode())
+    stored = await pool.fetchval(
+        "SELECT count(*) FROM private.api_tokens WHERE token_sha256 = encode(sha256($1::bytea), 'hex')",
+        token["token"].encode(),
+    )
     assert stored == 1
 
     text = run(db_url, tmp_path, "site", "list")
@@ -95,12 +131,24 @@ async def test_bad_input_gets_one_error_line_and_changes_nothing(
 
 def test_every_command_has_help() -> None:
     commands = [
-        [], ["serve"], ["migrate"], ["site"], ["site", "create"], ["site", "list"], ["site", "origins", "add"],
-        ["site", "secret", "rotate"], ["token", "create"], ["status"], ["emulator"],
+        [],
+        ["serve"],
+        ["migrate"],
+        ["site"],
+        ["site", "create"],
+        ["site", "list"],
+        ["site", "origins", "add"],
+        ["site", "secret", "rotate"],
+        ["token", "create"],
+        ["status"],
+        ["emulator"],
     ]
     for cmd in commands:
         proc = subprocess.run(
-            [sys.executable, "-m", "opsmantik_stream.cli", *cmd, "--help"], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "opsmantik_stream.cli", *cmd, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert proc.returncode == 0, (cmd, proc.stderr)
         assert "usage: opsmantik" in proc.stdout
@@ -109,7 +157,11 @@ def test_every_command_has_help() -> None:
 def test_bad_configuration_stops_with_the_variable_named(tmp_path: Path) -> None:
     env = {**os.environ, "OPSMANTIK_PORT": "eighty", "OPSMANTIK_DATA_DIR": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "opsmantik_stream.cli", "migrate"], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "opsmantik_stream.cli", "migrate"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == ["opsmantik: error: OPSMANTIK_PORT: expected int, got str"]
@@ -120,3 +172,24 @@ def test_migrate_twice_is_a_no_op(db_url: str, tmp_path: Path) -> None:
     assert first["applied"] == []  # the template is migrated already
     again = as_json(run(db_url, tmp_path, "migrate", "--json"))
     assert again == first
+
+
+def test_migrate_refuses_a_gap_or_a_changed_file_with_one_line(db_url: str, tmp_path: Path) -> None:
+    import shutil
+
+    from opsmantik_stream.migrate import default_migrations_dir
+
+    gap = tmp_path / "gap"
+    shutil.copytree(default_migrations_dir(), gap)
+    sorted(gap.glob("0003_*.sql"))[0].unlink()
+    proc = run(db_url, tmp_path, "migrate", "--dir", str(gap))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "gap" in proc.stderr
+
+    changed = tmp_path / "changed"
+    shutil.copytree(default_migrations_dir(), changed)
+    first = sorted(changed.glob("0001_*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- changed\n")
+    proc = run(db_url, tmp_path, "migrate", "--dir", str(changed))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "changed after it was applied" in proc.stderr

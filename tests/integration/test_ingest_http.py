@@ -53,12 +53,19 @@ async def test_accept_then_duplicate_stores_once(
     assert session["attribution_source"] == "First Click (Paid)"
     assert (session["traffic_source"], session["traffic_medium"]) == ("Google Ads", "cpc")
     assert (session["utm_source"], session["utm_campaign"]) == ("google", "spring")
-    assert (session["browser_language"], session["screen_width"], session["city"]) == ("tr-TR", 390, "Istanbul")
+    assert (session["browser_language"], session["screen_width"], session["city"]) == (
+        "tr-TR",
+        390,
+        "Istanbul",
+    )
     assert session["device_type"] == "desktop" and session["browser"] == "Chrome"
     assert str(session["ip_address"]).endswith(".0")  # stored truncated
     assert session["consent_scopes"] == ["analytics", "marketing"]
     ledger = await pool.fetchrow("SELECT * FROM ingest_idempotency")
-    assert ledger["idempotency_key"] == hashlib.sha256(f"{site['site_id']}|eid|{body['eid']}".encode()).hexdigest()
+    assert (
+        ledger["idempotency_key"]
+        == hashlib.sha256(f"{site['site_id']}|eid|{body['eid']}".encode()).hexdigest()
+    )
     assert (ledger["billable"], ledger["billing_state"], ledger["billing_reason"]) == (
         True,
         "ACCEPTED",
@@ -85,7 +92,9 @@ async def test_twenty_identical_requests_in_parallel(
     assert await pool.fetchval("SELECT intent_phone_clicks FROM calls") == 1
 
 
-async def test_batch_with_mixed_outcomes(stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool) -> None:
+async def test_batch_with_mixed_outcomes(
+    stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool
+) -> None:
     site = await make_site(origins=[ORIGIN], monthly_limit=3)
     sid = str(uuid.uuid4())
     a = event(site, sid=sid)
@@ -94,12 +103,22 @@ async def test_batch_with_mixed_outcomes(stack_client: httpx.AsyncClient, make_s
     c = event(site, sid=sid, u=f"{ORIGIN}/c")
     d = event(site, sid=sid, u=f"{ORIGIN}/d")
     no_consent = event(site, sid=sid, consent=["marketing"])
-    heartbeat = event(site, sid=sid, ec="system", ea="heartbeat", el="session_active", meta={"active_sec": 42})
+    heartbeat = event(
+        site, sid=sid, ec="system", ea="heartbeat", el="session_active", meta={"active_sec": 42}
+    )
     batch = {"events": [a, b, b, c, d, no_consent, heartbeat]}
     r = await post(stack_client, batch)
     assert r.status_code == 202, r.text
     got = [item["status"] for item in r.json()["results"]]
-    assert got == ["duplicate", "accepted", "duplicate", "accepted", "rejected_quota", "consent_missing", "accepted"]
+    assert got == [
+        "duplicate",
+        "accepted",
+        "duplicate",
+        "accepted",
+        "rejected_quota",
+        "consent_missing",
+        "accepted",
+    ]
     assert r.headers["x-opsmantik-quota-exceeded"] == "1"
     rejected = r.json()["results"][4]
     assert 0 < rejected["retry_after"] <= 32 * 86400
@@ -157,7 +176,9 @@ async def test_every_refusal_changes_nothing(
     assert r.status_code == 204 and r.headers["x-opsmantik-consent-missing"] == "analytics"
     r = await post(stack_client, {**good, "consent": None})
     assert r.status_code == 204
-    r = await post(stack_client, {"events": [{**good, "consent": []}, {**event(site), "consent": ["marketing"]}]})
+    r = await post(
+        stack_client, {"events": [{**good, "consent": []}, {**event(site), "consent": ["marketing"]}]}
+    )
     assert r.status_code == 204
     assert await counts(pool) == before
 
@@ -180,15 +201,16 @@ async def test_every_refusal_changes_nothing(
     assert r.status_code == 202, r.text
 
 
-async def test_preflight(stack_client: httpx.AsyncClient, make_site: Any) -> None:
+async def test_preflight(client: httpx.AsyncClient, make_site: Any) -> None:
+    # no partition involved: the gateway alone answers preflights
     site = await make_site(origins=[ORIGIN])
-    r = await stack_client.options("/api/sync", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
+    r = await client.options("/api/sync", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
     assert r.status_code == 204
     assert r.headers["access-control-allow-origin"] == ORIGIN
     assert "POST" in r.headers["access-control-allow-methods"]
-    r = await stack_client.options(f"/api/sync?s={site['public_id']}", headers={"Origin": "https://evil.example"})
+    r = await client.options(f"/api/sync?s={site['public_id']}", headers={"Origin": "https://evil.example"})
     assert r.status_code == 403
-    r = await stack_client.options(f"/api/sync?s={site['public_id']}", headers={"Origin": ORIGIN})
+    r = await client.options(f"/api/sync?s={site['public_id']}", headers={"Origin": ORIGIN})
     assert r.status_code == 204 and r.headers["access-control-allow-credentials"] == "true"
 
 
@@ -209,9 +231,17 @@ async def test_quota_boundary_hard_and_soft(
     beat = await post(stack_client, event(hard, ec="system", ea="heartbeat"))
     assert beat.status_code == 202
     # the refused event is recorded once: sending it again is a duplicate, still not billed
-    assert (await post(stack_client, {**event(hard), "eid": None, "u": f"{ORIGIN}/p4"})).status_code in (200, 429)
+    assert (await post(stack_client, {**event(hard), "eid": None, "u": f"{ORIGIN}/p4"})).status_code in (
+        200,
+        429,
+    )
     hard_id = uuid.UUID(hard["site_id"])
-    assert await pool.fetchval("SELECT count(*) FROM ingest_idempotency WHERE site_id = $1 AND billable", hard_id) == 4
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM ingest_idempotency WHERE site_id = $1 AND billable", hard_id
+        )
+        == 4
+    )
     assert await pool.fetchval("SELECT event_count FROM site_usage_monthly WHERE site_id = $1", hard_id) == 4
 
     soft = await make_site(origins=[ORIGIN], monthly_limit=2, soft_limit=True)
@@ -231,7 +261,9 @@ async def test_rate_limit_per_site_and_client(
     stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool
 ) -> None:
     site = await make_site(origins=[ORIGIN])
-    await pool.execute("UPDATE site_plans SET rate_limit_per_min = 3 WHERE site_id = $1", uuid.UUID(site["site_id"]))
+    await pool.execute(
+        "UPDATE site_plans SET rate_limit_per_min = 3 WHERE site_id = $1", uuid.UUID(site["site_id"])
+    )
     answers = [await post(stack_client, event(site)) for _ in range(4)]
     assert [r.status_code for r in answers] == [202, 202, 202, 429]
     limited = answers[-1]
@@ -273,7 +305,9 @@ async def test_cross_site_fingerprint_never_gives_ads_assisted(
     assert by_site[site_b["site_id"]]["attribution_source"] == "Ads Assisted"
     assert by_site[site_b["site_id"]]["is_returning"] is True
     scores = await pool.fetch(
-        "SELECT site_id, (metadata->>'lead_score')::int AS score FROM events WHERE metadata->>'referrer' = $1", google
+        "SELECT site_id, (metadata->>'lead_score')::int AS score FROM events"
+        " WHERE metadata->>'referrer' = $1",
+        google,
     )
     assert {str(x["site_id"]): x["score"] for x in scores} == {
         site_a["site_id"]: 15,  # interaction 10 + Google referrer 5
@@ -281,14 +315,18 @@ async def test_cross_site_fingerprint_never_gives_ads_assisted(
     }
 
 
-async def test_one_intent_per_session(stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool) -> None:
+async def test_one_intent_per_session(
+    stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool
+) -> None:
     site = await make_site(origins=[ORIGIN])
     sid = str(uuid.uuid4())
     url = f"{ORIGIN}/contact?wbraid=WB-1234567890"
     phone = event(site, sid=sid, u=url, ec="conversion", ea="phone_call", el="tel:0532 123 45 67")
     wa = event(site, sid=sid, u=url, ec="conversion", ea="whatsapp", el="https://wa.me/905321234567?text=hi")
     assert (await post(stack_client, phone)).status_code == 202
-    assert (await post(stack_client, {"events": [wa, {**phone, "eid": str(uuid.uuid4())}]})).status_code == 202
+    assert (
+        await post(stack_client, {"events": [wa, {**phone, "eid": str(uuid.uuid4())}]})
+    ).status_code == 202
     call = await pool.fetchrow("SELECT * FROM calls")
     assert call["intent_stamp"] == f"session:{sid}"
     assert (call["status"], call["source"]) == ("intent", "click")
@@ -298,7 +336,14 @@ async def test_one_intent_per_session(stack_client: httpx.AsyncClient, make_site
     assert call["lead_score"] == 50
     # a sealed intent keeps its status; a gclid later beats the wbraid
     await pool.execute("UPDATE calls SET status = 'confirmed'")
-    later = event(site, sid=sid, u=f"{ORIGIN}/?gclid=G-999999999", ec="conversion", ea="whatsapp", el="https://chat.whatsapp.com/AbC")
+    later = event(
+        site,
+        sid=sid,
+        u=f"{ORIGIN}/?gclid=G-999999999",
+        ec="conversion",
+        ea="whatsapp",
+        el="https://chat.whatsapp.com/AbC",
+    )
     assert (await post(stack_client, later)).status_code == 202
     call = await pool.fetchrow("SELECT * FROM calls")
     assert await pool.fetchval("SELECT count(*) FROM calls") == 1
@@ -312,14 +357,21 @@ async def test_later_events_fill_but_never_clear_session_fields(
 ) -> None:
     site = await make_site(origins=[ORIGIN])
     sid = str(uuid.uuid4())
-    first = event(site, sid=sid, u=f"{ORIGIN}/?utm_source=news&utm_medium=email", r="https://mail.example.org/")
+    first = event(
+        site, sid=sid, u=f"{ORIGIN}/?utm_source=news&utm_medium=email", r="https://mail.example.org/"
+    )
     first["meta"] = {"fp": "fp-1", "city": "Ankara"}
     assert (await post(stack_client, first)).status_code == 202
     second = event(site, sid=sid, u=f"{ORIGIN}/pricing", r="")
     second["meta"] = {"sw": 1440, "scroll_pct": 70}
     assert (await post(stack_client, second)).status_code == 202
     s = await pool.fetchrow("SELECT * FROM sessions")
-    assert (s["utm_source"], s["utm_medium"], s["city"], s["fingerprint"]) == ("news", "email", "Ankara", "fp-1")
+    assert (s["utm_source"], s["utm_medium"], s["city"], s["fingerprint"]) == (
+        "news",
+        "email",
+        "Ankara",
+        "fp-1",
+    )
     assert s["referrer_host"] == "mail.example.org"
     assert s["screen_width"] == 1440 and s["max_scroll_percentage"] == 70
     assert s["entry_page"] == f"{ORIGIN}/?utm_source=news&utm_medium=email"

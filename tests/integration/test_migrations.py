@@ -50,7 +50,9 @@ async def test_refuses_a_changed_file(empty_db: asyncpg.Connection, tmp_path: Pa
         await apply_migrations(empty_db, folder)
 
 
-async def test_refuses_a_gap_before_touching_the_database(empty_db: asyncpg.Connection, tmp_path: Path) -> None:
+async def test_refuses_a_gap_before_touching_the_database(
+    empty_db: asyncpg.Connection, tmp_path: Path
+) -> None:
     folder = tmp_path / "migrations"
     shutil.copytree(default_migrations_dir(), folder)
     sorted(folder.glob("0002_*.sql"))[0].unlink()
@@ -72,5 +74,5 @@ async def test_refuses_when_an_applied_file_disappeared(empty_db: asyncpg.Connec
 
 def test_bad_file_names_are_refused(tmp_path: Path) -> None:
     (tmp_path / "1_init.sql").write_text("SELECT 1;")
-    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         load_migrations(tmp_path)

@@ -77,8 +77,8 @@ async def test_sessions_and_events_accept_any_month(pool: asyncpg.Pool, make_sit
     site = await make_site()
     # a month far outside the created partitions lands in the DEFAULT partition
     await pool.execute(
-        "INSERT INTO sessions (id, site_id, created_month, created_at) VALUES (gen_random_uuid(), $1, '1999-01-01', "
-        "'2031-07-04T00:00:00Z')",
+        "INSERT INTO sessions (id, site_id, created_month, created_at) "
+        "VALUES (gen_random_uuid(), $1, '1999-01-01', '2031-07-04T00:00:00Z')",
         site["site_id"],
     )
     month = await pool.fetchval("SELECT created_month FROM sessions WHERE site_id = $1", site["site_id"])

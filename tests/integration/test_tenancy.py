@@ -72,7 +72,8 @@ async def test_rls_hides_and_protects_other_sites_even_for_raw_sql(
         # inserting a call into site B is refused by the policy
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute(
-                "INSERT INTO calls (site_id, source, phone_number) VALUES ($1, 'manual', 'x')", site_b["site_id"]
+                "INSERT INTO calls (site_id, source, phone_number) VALUES ($1, 'manual', 'x')",
+                site_b["site_id"],
             )
     async with api_transaction(pool, user_a.user_id) as conn:
         # the API connection is not an owner in disguise: there is no role to go back to
@@ -102,7 +103,8 @@ async def test_analyst_reads_but_cannot_write(pool: asyncpg.Pool, make_site: Any
         assert await conn.fetchval("SELECT count(*) FROM sites") == 1
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute(
-                "INSERT INTO calls (site_id, source, phone_number) VALUES ($1, 'manual', 'x')", site["site_id"]
+                "INSERT INTO calls (site_id, source, phone_number) VALUES ($1, 'manual', 'x')",
+                site["site_id"],
             )
 
 
@@ -132,7 +134,9 @@ async def test_operator_routes_answer_401_and_403(
     assert r.json()["sites"] == {site_a["public_id"]: {"site_id": site_a["site_id"], "role": "analyst"}}
 
 
-async def test_platform_admin_reaches_every_site(client: httpx.AsyncClient, make_site: Any, make_token: Any) -> None:
+async def test_platform_admin_reaches_every_site(
+    client: httpx.AsyncClient, make_site: Any, make_token: Any
+) -> None:
     site = await make_site()
     token = await make_token(None, None, platform_admin=True)
     r = await client.get(f"/api/sites/{site['public_id']}", headers={"Authorization": f"Bearer {token}"})

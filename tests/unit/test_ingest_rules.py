@@ -105,7 +105,10 @@ def test_content_key_parts() -> None:
     assert key(1_700_000_000_000, fp=None, sid="s1") == key(1_700_000_000_000, fp="s1")
     # the parts cannot run into each other
     assert key(1_700_000_000_000, ec="a|b", ea="c") != key(1_700_000_000_000, ec="a", ea="b|c")
-    assert idempotency_key(SITE, eid=None, ec="a", ea="b", el=None, url="u", fp=None, sid=None, server_ms=0)[1] == 1
+    assert (
+        idempotency_key(SITE, eid=None, ec="a", ea="b", el=None, url="u", fp=None, sid=None, server_ms=0)[1]
+        == 1
+    )
 
 
 def test_time_component() -> None:
@@ -211,7 +214,9 @@ def test_url_params(url: str, expected: dict[str, str]) -> None:
 
 
 def test_click_ids_url_first_then_meta_and_junk_ignored() -> None:
-    ids = attr.click_ids({"gclid": "URLG"}, {"gclid": "METAG", "wbraid": "W1", "gbraid": "null", "fbclid": "F"})
+    ids = attr.click_ids(
+        {"gclid": "URLG"}, {"gclid": "METAG", "wbraid": "W1", "gbraid": "null", "fbclid": "F"}
+    )
     assert (ids.gclid, ids.wbraid, ids.gbraid) == ("URLG", "W1", None)
     assert ids.other == {"fbclid": "F"}
     assert ids.best() == ("URLG", "gclid")
@@ -272,7 +277,10 @@ def test_traffic_source(
 
 def test_referrer_of_the_same_host_is_no_referrer() -> None:
     assert attr.referrer_host("https://shop.example.com/a", "https://shop.example.com/b") is None
-    assert attr.referrer_host("https://www.google.com/search?q=x", "https://shop.example.com/") == "www.google.com"
+    assert (
+        attr.referrer_host("https://www.google.com/search?q=x", "https://shop.example.com/")
+        == "www.google.com"
+    )
     assert attr.referrer_host("", "https://shop.example.com/") is None
 
 
@@ -291,12 +299,17 @@ def test_referrer_of_the_same_host_is_no_referrer() -> None:
             ("mobile", "Android", "Chrome"),
         ),
         (
-            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36 Edg/126.0",
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36 "
+            "Edg/126.0",
             None,
             ("desktop", "Windows", "Edge"),
         ),
         ("Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X)", None, ("tablet", "iOS", "Unknown")),
-        ("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0", "m", ("mobile", "Linux", "Firefox")),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+            "m",
+            ("mobile", "Linux", "Firefox"),
+        ),
     ],
 )
 def test_parse_device(ua: str, param: str | None, expected: tuple[str, str, str]) -> None:
@@ -322,8 +335,13 @@ def test_parse_device(ua: str, param: str | None, expected: tuple[str, str, str]
         ({"category": "interaction", "google_referrer": True}, 15),
         ({"category": "interaction", "ads_assisted": True}, 35),
         (
-            {"category": "conversion", "scroll_pct": 100, "cta_hovers": 1, "google_referrer": True,
-             "ads_assisted": True},
+            {
+                "category": "conversion",
+                "scroll_pct": 100,
+                "cta_hovers": 1,
+                "google_referrer": True,
+                "ads_assisted": True,
+            },
             100,
         ),
     ],
@@ -400,7 +418,9 @@ def test_whatsapp_normalisation(raw: str, target: str) -> None:
         ("interaction", "tel_click", None, None, "phone"),
     ],
 )
-def test_detect_intent(ec: str, ea: str, el: str | None, meta_action: str | None, expected: str | None) -> None:
+def test_detect_intent(
+    ec: str, ea: str, el: str | None, meta_action: str | None, expected: str | None
+) -> None:
     got = detect_intent(ec, ea, el, meta_action)
     assert (got.value if got else None) == expected
 

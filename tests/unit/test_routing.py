@@ -16,7 +16,11 @@ pytestmark = pytest.mark.unit
 def test_hash_is_stable_across_processes() -> None:
     key = "3f2c0c0e-8f57-4c1c-9d7e-8d5b8f0b5a11"
     out = subprocess.run(
-        [sys.executable, "-c", f"from opsmantik_stream.routing import stable_hash; print(stable_hash({key!r}))"],
+        [
+            sys.executable,
+            "-c",
+            f"from opsmantik_stream.routing import stable_hash; print(stable_hash({key!r}))",
+        ],
         capture_output=True,
         text=True,
         check=True,

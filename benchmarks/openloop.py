@@ -1,0 +1,289 @@
+"""Open-loop load at a fixed rate, for latency at a given offered load.
+
+wrk is closed-loop (a new request only when one returns), which hides queueing delay, so
+latency at 25/50/100 % of peak comes from this generator: ``processes`` separate worker
+processes (uvloop + raw HTTP/1.1 keep-alive connections), each sending its share of the
+rate on a fixed schedule whether or not earlier requests returned. Latency is measured from
+the *scheduled* send time (no coordinated omission): a request that waits for a free
+connection, or for the generator itself, counts that wait. Each worker reports how late it
+sent (``send_lag``) so a saturated generator is visible in the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from benchmarks.payloads import SiteRef, batch_body, single_body
+
+__all__ = ["OpenLoopResult", "percentile", "run_open_loop"]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of unsorted values; 0.0 for none."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(q / 100.0 * len(s) + 0.5)) - 1))
+    return float(s[k])
+
+
+@dataclass
+class OpenLoopResult:
+    offered_rps: float
+    achieved_rps: float
+    sent: int
+    completed: int
+    unfinished: int
+    statuses: dict[str, int]
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    send_lag_p99_ms: float
+    processes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection with at most one request in flight."""
+
+    def __init__(self, on_free: Any) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: tuple[float, Any] | None = None
+        self.on_free = on_free
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None:
+            intended, done = self.waiter
+            self.waiter = None
+            done(intended, "conn_error")
+
+    def send(self, data: bytes, intended: float, done: Any) -> None:
+        assert self.transport is not None
+        self.waiter = (intended, done)
+        self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while self.waiter is not None:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end]).decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+            if len(self.buf) < end + 4 + length:
+                return
+            status = head.split(" ", 2)[1]
+            del self.buf[: end + 4 + length]
+            intended, done = self.waiter
+            self.waiter = None
+            done(intended, status)
+            self.on_free(self)
+
+
+async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    sites = [SiteRef(**s) for s in cfg["sites"]]
+    host, port, path = cfg["host"], cfg["port"], cfg["path"]
+    rate, seconds, max_conns = cfg["rate"], cfg["seconds"], cfg["max_conns"]
+    run, batch = cfg["run"], cfg["batch"]
+    total = int(rate * seconds)
+    idle: deque[_Conn] = deque()
+    pending: deque[tuple[float, bytes]] = deque()
+    conns: list[_Conn] = []
+    latencies: list[float] = []
+    lags: list[float] = []
+    statuses: dict[str, int] = {}
+    completed_in_window = 0
+    outstanding = 0
+    t0 = 0.0
+    all_done = loop.create_future()
+
+    def done(intended: float, status: str) -> None:
+        nonlocal outstanding, completed_in_window
+        now = loop.time()
+        outstanding -= 1
+        statuses[status] = statuses.get(status, 0) + 1
+        if status != "conn_error":
+            latencies.append((now - intended) * 1000.0)
+            if now <= t0 + seconds:
+                completed_in_window += 1
+        if outstanding == 0 and sent_all and not all_done.done():
+            all_done.set_result(None)
+
+    def on_free(conn: _Conn) -> None:
+        if pending:
+            intended, body = pending.popleft()
+            lags.append((loop.time() - intended) * 1000.0)
+            conn.send(body, intended, done)
+        else:
+            idle.append(conn)
+
+    async def open_conn() -> _Conn:
+        _, proto = await loop.create_connection(lambda: _Conn(on_free), host, port)
+        conns.append(proto)
+        return proto
+
+    def request_bytes(n: int) -> bytes:
+        site = sites[n % len(sites)]
+        body = single_body(site, run, n) if batch == 0 else batch_body(site, run, n, batch)
+        return (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Origin: {site.origin}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+
+    for _ in range(min(max_conns, cfg["initial_conns"])):
+        idle.append(await open_conn())
+    opening = 0
+
+    async def grow() -> None:
+        nonlocal opening
+        try:
+            conn = await open_conn()
+        except OSError:
+            opening -= 1
+            return
+        opening -= 1
+        on_free(conn)
+
+    sent_all = False
+    t0 = loop.time() + 0.05
+    n = 0
+    offset = cfg["offset"]
+    while n < total:
+        now = loop.time()
+        due = t0 + n / rate
+        if due > now:
+            await asyncio.sleep(min(due - now, 0.002))
+            continue
+        while n < total and t0 + n / rate <= now:
+            intended = t0 + n / rate
+            data = request_bytes(offset + n * cfg["stride"])
+            outstanding += 1
+            n += 1
+            if idle:
+                conn = idle.popleft()
+                if conn.closed:
+                    outstanding -= 1
+                    n -= 1
+                    continue
+                lags.append((loop.time() - intended) * 1000.0)
+                conn.send(data, intended, done)
+            else:
+                pending.append((intended, data))
+                if len(conns) + opening < max_conns:
+                    opening += 1
+                    loop.create_task(grow())
+    sent_all = True
+    if outstanding == 0 and not all_done.done():
+        all_done.set_result(None)
+    try:
+        await asyncio.wait_for(asyncio.shield(all_done), cfg["drain_s"])
+    except TimeoutError:
+        pass
+    for c in conns:
+        if c.transport is not None:
+            c.transport.close()
+    return {
+        "sent": total,
+        "completed": len(latencies),
+        "completed_in_window": completed_in_window,
+        "unfinished": outstanding,
+        "statuses": statuses,
+        "latencies": latencies,
+        "lags": lags,
+    }
+
+
+def _worker_main(raw: str) -> None:
+    import uvloop
+
+    cfg = json.loads(raw)
+    result = uvloop.run(_worker(cfg))
+    sys.stdout.write(json.dumps(result))
+
+
+def run_open_loop(
+    host: str,
+    port: int,
+    sites: Sequence[SiteRef],
+    *,
+    rate: float,
+    seconds: float,
+    run: str,
+    batch: int = 0,
+    processes: int = 2,
+    max_conns: int = 256,
+    path: str = "/api/sync",
+    drain_s: float = 15.0,
+) -> OpenLoopResult:
+    """Offer ``rate`` requests/s for ``seconds`` from ``processes`` worker processes."""
+    procs = []
+    for i in range(processes):
+        cfg = {
+            "host": host, "port": port, "path": path, "rate": rate / processes, "seconds": seconds,
+            "max_conns": max(1, max_conns // processes), "initial_conns": 16, "run": run, "batch": batch,
+            "sites": [asdict(s) for s in sites], "drain_s": drain_s, "offset": i, "stride": processes,
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.openloop", "--worker", json.dumps(cfg)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=seconds + drain_s + 60)
+        if p.returncode != 0:
+            raise RuntimeError(f"open-loop worker failed: {err[-800:]}")
+        outs.append(json.loads(out))
+    latencies = [x for o in outs for x in o["latencies"]]
+    lags = [x for o in outs for x in o["lags"]]
+    statuses: dict[str, int] = {}
+    for o in outs:
+        for k, v in o["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    ok_in_window = sum(o["completed_in_window"] for o in outs)
+    return OpenLoopResult(
+        offered_rps=rate,
+        achieved_rps=ok_in_window / seconds,
+        sent=sum(o["sent"] for o in outs),
+        completed=len(latencies),
+        unfinished=sum(o["unfinished"] for o in outs),
+        statuses=statuses,
+        p50_ms=round(percentile(latencies, 50), 2),
+        p90_ms=round(percentile(latencies, 90), 2),
+        p99_ms=round(percentile(latencies, 99), 2),
+        max_ms=round(max(latencies, default=0.0), 2),
+        send_lag_p99_ms=round(percentile(lags, 99), 2),
+        processes=processes,
+    )
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="open-loop worker (used by the benchmark suite)")
+    ap.add_argument("--worker", required=True, help="JSON configuration")
+    _worker_main(ap.parse_args().worker)

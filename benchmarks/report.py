@@ -1,0 +1,195 @@
+"""Benchmark results and their reports: JSON list, Markdown table, PNG charts.
+
+Every figure is kept beside the ceiling it is judged against (measured in the same run on
+the same machine), because absolute numbers drift between machines and runs; the ratio and
+the goal are computed here, in one place, so the JSON, the table and the smoke test agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Result", "make_result", "render_markdown", "write_charts", "write_json", "write_markdown"]
+
+
+@dataclass
+class Result:
+    """One reported figure.
+
+    ``ratio`` = value / ceiling_value (None without a ceiling). ``met`` is None when the
+    scenario has no goal, else whether ``ratio >= goal_ratio`` and every extra condition in
+    ``conditions`` holds (e.g. "never above the bucket in any 1 s window").
+    """
+
+    scenario: str
+    value: float
+    unit: str
+    ceiling: str | None = None
+    ceiling_value: float | None = None
+    ratio: float | None = None
+    goal_ratio: float | None = None
+    met: bool | None = None
+    conditions: dict[str, bool] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_result(
+    scenario: str,
+    value: float,
+    unit: str,
+    *,
+    ceiling: str | None = None,
+    ceiling_value: float | None = None,
+    goal_ratio: float | None = None,
+    conditions: dict[str, bool] | None = None,
+    details: dict[str, Any] | None = None,
+    note: str = "",
+) -> Result:
+    """Build a result and compute its ratio and ``met`` (see ``Result``)."""
+    ratio: float | None = None
+    if ceiling_value is not None and ceiling_value > 0 and math.isfinite(value):
+        ratio = round(value / ceiling_value, 4)
+    conds = dict(conditions or {})
+    met: bool | None = None
+    if goal_ratio is not None:
+        met = ratio is not None and ratio >= goal_ratio and all(conds.values())
+    elif conds:
+        met = all(conds.values())
+    return Result(
+        scenario=scenario,
+        value=round(value, 3) if math.isfinite(value) else value,
+        unit=unit,
+        ceiling=ceiling,
+        ceiling_value=None if ceiling_value is None else round(ceiling_value, 3),
+        ratio=ratio,
+        goal_ratio=goal_ratio,
+        met=met,
+        conditions=conds,
+        details=dict(details or {}),
+        note=note,
+    )
+
+
+def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any] | None = None) -> None:
+    """``path`` gets the list of results; the run's metadata goes to ``<stem>.meta.json``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([r.to_dict() for r in results], indent=2, default=str) + "\n")
+    if meta is not None:
+        path.with_name(path.stem + ".meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def _fmt(x: float | None, digits: int = 0) -> str:
+    if x is None:
+        return "–"
+    if digits == 0 and abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:,.{max(digits, 1)}f}" if abs(x) < 100 else f"{x:,.0f}"
+
+
+def _met(r: Result) -> str:
+    if r.met is None:
+        return "–"
+    return "yes" if r.met else "**no**"
+
+
+def render_markdown(results: Sequence[Result], meta: dict[str, Any] | None = None) -> str:
+    """The results as one Markdown table (plus a few lines about the run)."""
+    lines = []
+    if meta:
+        lines.append(f"Run {meta.get('date', '')} on {meta.get('machine', '')}; command `{meta.get('command', '')}`; "
+                     f"wall time {meta.get('wall_time_s', '?')} s.")
+        if meta.get("generator"):
+            lines.append(f"Load generator: {meta['generator']}.")
+        lines.append("")
+    lines.append("| scenario | value | unit | ceiling | ceiling value | ratio | goal | met | notes |")
+    lines.append("|---|---:|---|---|---:|---:|---:|---|---|")
+    for r in results:
+        ratio = "–" if r.ratio is None else f"{r.ratio * 100:.0f} %"
+        goal = "–" if r.goal_ratio is None else f"≥ {r.goal_ratio * 100:.0f} %"
+        extra = []
+        if r.conditions:
+            extra.extend(f"{k}: {'yes' if v else 'NO'}" for k, v in r.conditions.items())
+        if r.note:
+            extra.append(r.note)
+        notes = "; ".join(extra).replace("|", "/")
+        lines.append(
+            f"| {r.scenario} | {_fmt(r.value, 1)} | {r.unit} | {r.ceiling or '–'} | {_fmt(r.ceiling_value, 1)} "
+            f"| {ratio} | {goal} | {_met(r)} | {notes} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: Path, results: Sequence[Result], meta: dict[str, Any] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_markdown(results, meta))
+
+
+def write_charts(folder: Path, stem: str, sweeps: dict[str, list[dict[str, float]]],
+                 bars: dict[str, list[tuple[str, float]]] | None = None) -> list[Path]:
+    """PNG charts: throughput and latency (p50/p99) against offered load for each sweep
+    (``{"ingest": [{"offered": rps, "achieved": rps, "p50_ms": ..., "p99_ms": ...}, ...]}``),
+    and one bar chart per entry of ``bars`` (label, value). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if sweeps:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+        top = 0.0
+        for name, points in sweeps.items():
+            pts = sorted(points, key=lambda p: p["offered"])
+            xs = [p["offered"] for p in pts]
+            top = max([top, *xs, *(p["achieved"] for p in pts)])
+            ax1.plot(xs, [p["achieved"] for p in pts], marker="o", label=name)
+            ax2.plot(xs, [p["p50_ms"] for p in pts], marker="o", label=f"{name} p50")
+            ax2.plot(xs, [p["p99_ms"] for p in pts], marker="^", linestyle="--", label=f"{name} p99")
+        ax1.plot([0, top], [0, top], color="grey", linewidth=0.8, linestyle=":", label="achieved = offered")
+        ax1.set_xlabel("offered load (requests/s)")
+        ax1.set_ylabel("achieved throughput (requests/s)")
+        ax1.set_title("Throughput against offered load")
+        ax1.grid(alpha=0.3)
+        ax1.legend(fontsize=8)
+        ax2.set_xlabel("offered load (requests/s)")
+        ax2.set_ylabel("latency (ms, log scale)")
+        ax2.set_yscale("log")
+        ax2.set_title("Latency against offered load (open loop)")
+        ax2.grid(alpha=0.3, which="both")
+        ax2.legend(fontsize=8)
+        fig.tight_layout()
+        out = folder / f"{stem}-load.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        written.append(out)
+    for title, items in (bars or {}).items():
+        if not items:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        labels = [k for k, _ in items]
+        values = [v for _, v in items]
+        bars_drawn = ax.bar(labels, values, color="#4c72b0")
+        for b, v in zip(bars_drawn, values, strict=True):
+            ax.annotate(f"{v:,.0f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=9)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+        plt.setp(ax.get_xticklabels(), rotation=15, ha="right", fontsize=9)
+        fig.tight_layout()
+        slug = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")
+        while "--" in slug:
+            slug = slug.replace("--", "-")
+        out = folder / f"{stem}-{slug[:40]}.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        written.append(out)
+    return written

@@ -1,0 +1,98 @@
+"""Prometheus metrics: in-process counters and histograms, plus figures read from
+PostgreSQL at scrape time (queue depth, breaker states, upload outcomes), so every gateway
+reports the same cluster-wide truth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from opsmantik_stream.queries import Q
+
+__all__ = [
+    "BATCH_SIZE",
+    "HTTP_LATENCY",
+    "INGEST_EVENTS",
+    "REGISTRY",
+    "render_metrics",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+INGEST_EVENTS = Counter(
+    "opsmantik_ingest_events",
+    "Ingest outcomes per event (accepted, duplicate, rejected_quota, rate_limited, consent_missing, ...)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "opsmantik_ingest_batch_events",
+    "Events per partition batch sent by the micro-batcher",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "opsmantik_http_request_duration_seconds",
+    "Gateway request latency by route template",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+
+
+class _DatabaseFigures(Collector):
+    """Exposes the snapshot taken by ``refresh`` (collectors are synchronous)."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, Any] = {}
+
+    async def refresh(self, pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn:
+            self.snapshot = {
+                "queue": {r["status"]: r["n"] for r in await conn.fetch(Q.ops.queue_by_status)},
+                "breakers": {r["state"]: r["n"] for r in await conn.fetch(Q.ops.breakers_by_state)},
+                "uploads": dict(await conn.fetchrow(Q.ops.upload_totals)),
+                "dead_letters": await conn.fetchval(Q.ops.dead_letters_pending),
+            }
+
+    def collect(self) -> Iterator[Any]:
+        snap = self.snapshot
+        if not snap:
+            return
+        queue = GaugeMetricFamily(
+            "opsmantik_queue_rows", "Offline conversion queue rows by status", labels=["status"]
+        )
+        for status in ("QUEUED", "PROCESSING", "RETRY", "COMPLETED", "FAILED", "BLOCKED"):
+            queue.add_metric([status], snap["queue"].get(status, 0))
+        yield queue
+        breakers = GaugeMetricFamily("opsmantik_breakers", "Circuit breakers by state", labels=["state"])
+        for state in ("CLOSED", "OPEN", "HALF_OPEN"):
+            breakers.add_metric([state], snap["breakers"].get(state, 0))
+        yield breakers
+        uploads = CounterMetricFamily(
+            "opsmantik_uploads", "Uploaded conversion rows by outcome", labels=["outcome"]
+        )
+        for outcome in ("completed", "failed", "retry", "blocked"):
+            uploads.add_metric([outcome], snap["uploads"].get(outcome, 0))
+        yield uploads
+        yield GaugeMetricFamily(
+            "opsmantik_dead_letters_pending", "Dead letters waiting", value=snap["dead_letters"]
+        )
+
+
+_DB_FIGURES = _DatabaseFigures()
+REGISTRY.register(_DB_FIGURES)
+
+
+async def render_metrics(pool: asyncpg.Pool) -> bytes:
+    try:
+        await _DB_FIGURES.refresh(pool)
+    except (OSError, asyncpg.PostgresError):
+        # the in-process figures still say something useful while the database is away
+        _DB_FIGURES.snapshot = {}
+    return generate_latest(REGISTRY)

@@ -1,0 +1,176 @@
+"""The partition's batch writer on a real PostgreSQL, without Ray: server-side months with
+an injected clock, dead letters that never break a batch, caches rebuilt from PostgreSQL,
+and an exact quota with two writers on one site."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from opsmantik_stream.ingest.schema import WireEvent
+from opsmantik_stream.ingest.store import IngestStore
+
+pytestmark = pytest.mark.integration
+
+
+def wire(site: dict[str, Any], at: dt.datetime, **kw: Any) -> WireEvent:
+    values: dict[str, Any] = {
+        "site_id": site["site_id"],
+        "received_ms": int(at.timestamp() * 1000),
+        "url": "https://shop.example.com/",
+        "eid": str(uuid.uuid4()),
+        "sid": str(uuid.uuid4()),
+        "ec": "interaction",
+        "ea": "view",
+        "el": "Home",
+        "consent": ["analytics"],
+        "meta": {"fp": "fp-1"},
+        "ip": "203.0.113.0",
+        "ua": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0",
+    }
+    values.update(kw)
+    return WireEvent(**values)
+
+
+class Clock:
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+async def test_months_are_the_servers_and_a_session_spans_the_boundary(
+    pool: asyncpg.Pool, make_site: Any
+) -> None:
+    site = await make_site(monthly_limit=1)
+    clock = Clock(dt.datetime(2026, 1, 31, 23, 59, 59, tzinfo=dt.UTC))
+    store = IngestStore(pool, clock=clock)
+    sid = str(uuid.uuid4())
+    [r1] = await store.ingest([wire(site, clock.now, sid=sid)])
+    clock.now = dt.datetime(2026, 2, 1, 0, 0, 5, tzinfo=dt.UTC)
+    # the quota starts again in the new UTC month; the session stays January's
+    [r2] = await store.ingest([wire(site, clock.now, sid=sid, url="https://shop.example.com/b")])
+    [r3] = await store.ingest([wire(site, clock.now, sid=sid, url="https://shop.example.com/c")])
+    assert [r1.status, r2.status, r3.status] == ["accepted", "accepted", "rejected_quota"]
+    assert r3.retry_after_s == (dt.datetime(2026, 3, 1, tzinfo=dt.UTC) - clock.now).total_seconds()
+    sessions = await pool.fetch("SELECT id, created_month, event_count FROM sessions")
+    assert [(s["id"], s["created_month"], s["event_count"]) for s in sessions] == [
+        (uuid.UUID(sid), dt.date(2026, 1, 1), 2)
+    ]
+    months = await pool.fetch("SELECT DISTINCT session_month FROM events")
+    assert [m["session_month"] for m in months] == [dt.date(2026, 1, 1)]
+    usage = await pool.fetch(
+        "SELECT year_month, event_count, rejected_count FROM site_usage_monthly ORDER BY 1"
+    )
+    assert [tuple(u) for u in usage] == [("2026-01", 1, 0), ("2026-02", 1, 1)]
+    ledger = await pool.fetch(
+        "SELECT year_month, count(*) FROM ingest_idempotency WHERE billable GROUP BY 1 ORDER BY 1"
+    )
+    assert [tuple(x) for x in ledger] == [("2026-01", 1), ("2026-02", 1)]
+
+
+async def test_a_failing_event_goes_to_dead_letters_and_the_batch_commits(
+    pool: asyncpg.Pool, make_site: Any
+) -> None:
+    site = await make_site()
+    # a real database refusal for one row (as a bad value or a future constraint would cause)
+    await pool.execute(
+        "ALTER TABLE events ADD CONSTRAINT test_no_poison CHECK (event_label IS DISTINCT FROM 'poison')"
+    )
+    store = IngestStore(pool)
+    now = dt.datetime.now(dt.UTC)
+    sid = str(uuid.uuid4())
+    poison = wire(site, now, sid=sid, el="poison")
+    results = await store.ingest([wire(site, now, sid=sid), poison, wire(site, now, sid=sid, el="fine")])
+    assert [r.status for r in results] == ["accepted", "accepted", "accepted"]
+    assert [r.stored for r in results] == [None, "dead_letter", None]
+    assert await pool.fetchval("SELECT count(*) FROM events") == 2
+    dead = await pool.fetchrow("SELECT * FROM dead_letters")
+    assert dead["source"] == "ingest" and dead["status"] == "PENDING"
+    assert "test_no_poison" in dead["reason"] or "CheckViolation" in dead["reason"]
+    assert dead["payload"]["el"] == "poison" and str(dead["site_id"]) == site["site_id"]
+    ledger = await pool.fetchrow(
+        "SELECT billable, billing_reason FROM ingest_idempotency WHERE idempotency_key = $1",
+        results[1].ingest_id,
+    )
+    assert (ledger["billable"], ledger["billing_reason"]) == (False, "dead_letter")
+    assert await pool.fetchval("SELECT event_count FROM site_usage_monthly") == 2
+    # a re-send is recognised, not dead-lettered twice
+    [again] = await store.ingest([poison])
+    assert again.status == "duplicate"
+    assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 1
+    # the store keeps working afterwards
+    [later] = await store.ingest([wire(site, now, sid=sid, el="after")])
+    assert later.status == "accepted" and later.stored is None
+
+
+async def test_a_restarted_partition_rebuilds_its_caches_from_postgresql(
+    pool: asyncpg.Pool, make_site: Any
+) -> None:
+    site = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    sid = str(uuid.uuid4())
+    first = IngestStore(pool)
+    await first.ingest([wire(site, now, sid=sid, url="https://shop.example.com/?gclid=G-1234567890")])
+    assert first.cache_sizes()["sessions"] == 1
+
+    restarted = IngestStore(pool)  # empty caches, as after an actor restart
+    call = wire(site, now, sid=sid, ec="conversion", ea="phone_call", el="tel:05321234567", meta={})
+    [r] = await restarted.ingest([call])
+    assert r.status == "accepted"
+    assert await pool.fetchval("SELECT count(*) FROM sessions") == 1
+    assert await pool.fetchval("SELECT event_count FROM sessions") == 2
+    # the intent takes the session's click id even though this event carried none
+    row = await pool.fetchrow("SELECT click_id, click_id_type, matched_fingerprint FROM calls")
+    assert tuple(row) == ("G-1234567890", "gclid", "fp-1")
+    # a new session of the same fingerprint is a returning visit; Google + earlier click: Ads Assisted
+    [r] = await restarted.ingest([wire(site, now, referrer="https://www.google.com/")])
+    s = await pool.fetchrow("SELECT * FROM sessions WHERE gclid IS NULL")
+    assert (s["is_returning"], s["previous_visit_count"], s["attribution_source"]) == (
+        True,
+        1,
+        "Ads Assisted",
+    )
+
+
+async def test_quota_is_exact_with_concurrent_batches_and_two_writers(
+    pool: asyncpg.Pool, make_site: Any
+) -> None:
+    site = await make_site(monthly_limit=10)
+    now = dt.datetime.now(dt.UTC)
+    # two stores stand for the old and the new owner during a resize
+    stores = [IngestStore(pool), IngestStore(pool)]
+    batches = [[wire(site, now) for _ in range(5)] for _ in range(6)]
+    answers = await asyncio.gather(*(stores[i % 2].ingest(b) for i, b in enumerate(batches)))
+    statuses = [r.status for batch in answers for r in batch]
+    assert statuses.count("accepted") == 10 and statuses.count("rejected_quota") == 20
+    assert await pool.fetchval("SELECT count(*) FROM ingest_idempotency WHERE billable") == 10
+    usage = await pool.fetchrow("SELECT event_count, rejected_count FROM site_usage_monthly")
+    assert tuple(usage) == (10, 20)
+    assert await pool.fetchval("SELECT count(*) FROM events") == 10
+
+
+async def test_a_session_id_used_by_another_site_is_never_shared(pool: asyncpg.Pool, make_site: Any) -> None:
+    a = await make_site()
+    b = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    sid = str(uuid.uuid4())
+    store = IngestStore(pool)
+    await store.ingest([wire(a, now, sid=sid)])
+    await store.ingest([wire(b, now, sid=sid)])
+    await store.ingest([wire(b, now, sid=sid, url="https://shop.example.com/2")])
+    rows = await pool.fetch("SELECT id, site_id, event_count FROM sessions ORDER BY created_at")
+    assert len(rows) == 2
+    assert {str(r["site_id"]) for r in rows} == {a["site_id"], b["site_id"]}
+    assert rows[0]["id"] == uuid.UUID(sid) and rows[1]["id"] != uuid.UUID(sid)
+    assert [r["event_count"] for r in rows] == [1, 2]
+    events = await pool.fetch(
+        "SELECT e.site_id, s.site_id AS session_site FROM events e JOIN sessions s ON s.id = e.session_id"
+    )
+    assert all(e["site_id"] == e["session_site"] for e in events)
