@@ -127,7 +127,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         statuses[status] = statuses.get(status, 0) + 1
         if status != "conn_error":
             latencies.append((now - intended) * 1000.0)
-            if now <= t0 + seconds:
+            if now <= t0 + seconds and status.startswith("2"):
                 completed_in_window += 1
         if outstanding == 0 and sent_all and not all_done.done():
             all_done.set_result(None)

@@ -1,17 +1,47 @@
-"""Routes: operations (`/metrics`)."""
+"""Routes: operations (`/metrics`, the `/ops` page and its data)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.auth import CurrentPrincipal
+from gateway.errors import ApiError, JSONResponse, json_response
+from gateway.handles import actor_status
 from gateway.metrics import render_metrics
+from opsmantik_stream.queries import Q
 
 router = APIRouter(tags=["operations"])
+
+_OPS_PAGE = Path(__file__).resolve().parent.parent / "static" / "ops.html"
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     body = await render_metrics(request.app.state.ctx.pool)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/ops", summary="Operator page (live charts; needs a platform-admin token)", response_class=HTMLResponse)
+async def ops_page() -> HTMLResponse:
+    return HTMLResponse(_OPS_PAGE.read_text(), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/api/ops/summary", response_class=JSONResponse, summary="Cluster-wide figures (platform admin)")
+async def ops_summary(request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    if not principal.is_platform_admin:
+        # cluster-wide figures span every tenant
+        raise ApiError(403, "forbidden", "platform admin only")
+    ctx = request.app.state.ctx
+    async with ctx.pool.acquire() as conn:
+        data = {
+            "queue": {r["status"]: r["n"] for r in await conn.fetch(Q.ops.queue_by_status)},
+            "breakers": {r["state"]: r["n"] for r in await conn.fetch(Q.ops.breakers_by_state)},
+            "ingest_last_minute": await conn.fetchval(Q.ops.ingest_last_minute),
+            "dead_letters_pending": await conn.fetchval(Q.ops.dead_letters_pending),
+        }
+    data["actors"] = await actor_status(ctx.settings.ray_namespace) if ctx.ray_enabled else {}
+    return json_response(data)

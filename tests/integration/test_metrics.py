@@ -51,3 +51,17 @@ async def test_metrics_report_queue_and_breakers(
         name == "opsmantik_http_request_duration_seconds_count" and dict(labels).get("route") == "/health"
         for name, labels in samples
     )
+
+
+async def test_ops_page_and_summary(client: httpx.AsyncClient, make_site: Any, make_token: Any) -> None:
+    page = await client.get("/ops")
+    assert page.status_code == 200 and "/api/ops/summary" in page.text
+    site = await make_site()
+    owner = await make_token(site["public_id"], "owner")
+    admin = await make_token(None, None, platform_admin=True)
+    assert (await client.get("/api/ops/summary")).status_code == 401
+    r = await client.get("/api/ops/summary", headers={"Authorization": f"Bearer {owner}"})
+    assert r.status_code == 403  # one site's owner does not see every tenant's figures
+    r = await client.get("/api/ops/summary", headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 200
+    assert set(r.json()) == {"queue", "breakers", "ingest_last_minute", "dead_letters_pending", "actors"}
