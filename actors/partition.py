@@ -21,9 +21,40 @@ class SitePartition:
         self._db_url = db_url
         self._settings = settings
         self._name = name
+        # resize support (see retire): calls running now, and whether a newer routing
+        # table took this partition's sites away
+        self._retired = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def ping(self) -> str:
         return "ok"
+
+    async def node(self) -> str:
+        """The Ray node this actor runs on (placement checks, ``opsmantik status``)."""
+        return str(ray.get_runtime_context().get_node_id())
+
+    async def retire(self) -> dict[str, int]:
+        """A resize moved this partition's sites to a new generation: from now on every call
+        raises ``PartitionRetired`` (nothing written; the gateway resends to the new owner),
+        and this returns once the calls already running have committed (drained)."""
+        self._retired = True
+        await self._idle.wait()
+        return {"inflight": self._inflight}
+
+    def _enter(self) -> None:
+        if self._retired:
+            from opsmantik_stream.routing import PartitionRetired
+
+            raise PartitionRetired(self._name)
+        self._inflight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
 
     async def ingest(self, payload: bytes) -> bytes:
         """A micro-batch of tracker events (msgpack ``list[WireEvent]``) -> msgpack
@@ -33,10 +64,14 @@ class SitePartition:
         caches from PostgreSQL as events arrive."""
         from opsmantik_stream.ingest.schema import decode_wire, encode_results
 
-        store = getattr(self, "_ingest_store", None)
-        if store is None:
-            store = await self._make_ingest_store()
-        return encode_results(await store.ingest(decode_wire(payload)))
+        self._enter()
+        try:
+            store = getattr(self, "_ingest_store", None)
+            if store is None:
+                store = await self._make_ingest_store()
+            return encode_results(await store.ingest(decode_wire(payload)))
+        finally:
+            self._leave()
 
     async def ingest_stats(self) -> dict[str, int]:
         store = getattr(self, "_ingest_store", None)
@@ -62,14 +97,18 @@ class SitePartition:
         """A signed call event of one of this partition's sites (issue 4's leads package)."""
         from opsmantik_stream.leads.call_events import process_call_event
 
-        pool = getattr(self, "_pool", None)
-        if pool is None:
-            from opsmantik_stream.db import create_pool
+        self._enter()
+        try:
+            pool = getattr(self, "_pool", None)
+            if pool is None:
+                from opsmantik_stream.db import create_pool
 
-            pool = await create_pool(self._db_url, min_size=0, max_size=self._settings.db_pool_max)
-            if getattr(self, "_pool", None) is None:
-                self._pool = pool
-            else:  # another call created it meanwhile
-                await pool.close()
-                pool = self._pool
-        return await process_call_event(pool, payload, self._settings, getattr(self, "_caches", None))
+                pool = await create_pool(self._db_url, min_size=0, max_size=self._settings.db_pool_max)
+                if getattr(self, "_pool", None) is None:
+                    self._pool = pool
+                else:  # another call created it meanwhile
+                    await pool.close()
+                    pool = self._pool
+            return await process_call_event(pool, payload, self._settings, getattr(self, "_caches", None))
+        finally:
+            self._leave()

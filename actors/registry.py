@@ -40,6 +40,8 @@ class Registry:
         self._pool: asyncpg.Pool | None = None
         self._table: RoutingTable | None = None
         self._lock = asyncio.Lock()
+        self._pending: RoutingTable | None = None  # prepared by a resize, not yet committed
+        self._autostart: bool | None = None
 
     async def _db(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -76,21 +78,69 @@ class Registry:
         return (await self._load()).version
 
     async def publish(self, partitions: int, uploaders: int) -> dict[str, Any]:
-        """Publish a new table version with the given pool sizes (actors are started by the caller)."""
+        """Publish a new table version at once (prepare + commit; actors are started by the caller).
+
+        ``opsmantik scale`` uses :meth:`prepare` and :meth:`commit` instead, so the new
+        generation is running before any gateway routes to it."""
+        pending = await self.prepare(partitions, uploaders)
+        return await self.commit(int(pending["version"]))
+
+    async def prepare(self, partitions: int, uploaders: int) -> dict[str, Any]:
+        """Phase one of a resize: the next table (version + 1, names carry the version), not
+        yet visible to anyone. The caller creates and pings its actors, then commits.
+
+        A pending table left by a resize that died half-way is replaced (its actors were
+        never routed to)."""
         if partitions < 1 or uploaders < 0:
             raise ValueError("partitions must be >= 1 and uploaders >= 0")
         current = await self._load()
         async with self._lock:
-            version = current.version + 1
-            table = RoutingTable(
+            version = max(current.version, self._pending.version if self._pending else 0) + 1
+            self._pending = RoutingTable(
                 version=version,
                 actors=tuple(partition_actor_name(version, i) for i in range(partitions)),
                 uploaders=tuple(uploader_actor_name(version, i) for i in range(uploaders)),
             )
+            return _to_json(self._pending)
+
+    async def commit(self, version: int) -> dict[str, Any]:
+        """Phase two: persist the prepared table and make it the current one (gateways see it
+        at their next version check, at most a second later)."""
+        await self._load()
+        async with self._lock:
+            if self._pending is None or self._pending.version != version:
+                raise ValueError(
+                    f"no prepared routing table v{version} (another resize won, or the Registry restarted)"
+                )
+            table = self._pending
             pool = await self._db()
             await pool.execute(Q.runtime.put_state, "routing", _to_json(table))
             self._table = table
+            self._pending = None
         return _to_json(table)
+
+    async def abort(self, version: int) -> None:
+        """Forget a prepared table (its actors are removed by the caller)."""
+        async with self._lock:
+            if self._pending is not None and self._pending.version == version:
+                self._pending = None
+
+    async def pending(self) -> dict[str, Any] | None:
+        return None if self._pending is None else _to_json(self._pending)
+
+    async def set_uploaders_autostart(self, on: bool) -> None:
+        """Whether this stack runs its uploaders' loops (``opsmantik serve``): a resize starts
+        the new generation and a restarted uploader resumes its loop only then. Persisted."""
+        pool = await self._db()
+        await pool.execute(Q.runtime.put_state, "uploaders_autostart", {"on": bool(on)})
+        self._autostart = bool(on)
+
+    async def uploaders_autostart(self) -> bool:
+        if self._autostart is None:
+            pool = await self._db()
+            raw = await pool.fetchval(Q.runtime.get_state, "uploaders_autostart")
+            self._autostart = bool(raw and raw.get("on"))
+        return self._autostart
 
     async def uploader_share(self, name: str) -> tuple[int, int]:
         """(index, pool size) of an uploader, so it can take its share of a global budget."""
@@ -98,6 +148,10 @@ class Registry:
         if name not in table.uploaders:
             return (-1, len(table.uploaders))
         return (table.uploaders.index(name), len(table.uploaders))
+
+    async def database_url(self) -> str:
+        """The database the stack's actors use (a resize gives it to the new generation)."""
+        return self._db_url
 
     async def ping(self) -> str:
         return "ok"

@@ -50,6 +50,21 @@ class Uploader:
         self._share_checked = 0.0
         self._iterations = 0
         self._last: dict[str, Any] = {}
+        if _reconstructed():
+            # Ray restarted this actor after a crash (or its node went away): resume the loop
+            # when the stack runs its uploaders, so the pool recovers by itself.
+            with contextlib.suppress(RuntimeError):  # no loop: the next start() call resumes it
+                self._resume_task = asyncio.get_running_loop().create_task(self._resume())
+
+    async def _resume(self) -> None:
+        try:
+            registry = ray.get_actor(REGISTRY_NAME, namespace=self._settings.ray_namespace)
+            if await asyncio.wait_for(registry.uploaders_autostart.remote(), 30.0):
+                index, _size = await self._current_share()
+                if index >= 0:  # still in the routing table (not a retired generation)
+                    await self.start()
+        except Exception:
+            log.exception("uploader %s: could not resume after a restart", self._name)
 
     async def _get_engine(self) -> UploadEngine:
         if self._engine is None:
@@ -163,3 +178,16 @@ class Uploader:
 
     async def ping(self) -> str:
         return "ok"
+
+    async def node(self) -> str:
+        """The Ray node this actor runs on (placement checks)."""
+        return str(ray.get_runtime_context().get_node_id())
+
+
+def _reconstructed() -> bool:
+    import warnings
+
+    with warnings.catch_warnings():
+        # Ray's own implementation of this property uses a deprecated accessor
+        warnings.simplefilter("ignore")
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)

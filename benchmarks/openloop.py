@@ -14,8 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -32,7 +36,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return 0.0
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(q / 100.0 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
     return float(s[k])
 
 
@@ -122,7 +126,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
     def done(intended: float, status: str) -> None:
         nonlocal outstanding, completed_in_window
-        now = loop.time()
+        now = clock()
         outstanding -= 1
         statuses[status] = statuses.get(status, 0) + 1
         if status != "conn_error":
@@ -135,7 +139,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     def on_free(conn: _Conn) -> None:
         if pending:
             intended, body = pending.popleft()
-            lags.append((loop.time() - intended) * 1000.0)
+            lags.append((clock() - intended) * 1000.0)
             conn.send(body, intended, done)
         else:
             idle.append(conn)
@@ -145,13 +149,18 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         conns.append(proto)
         return proto
 
-    def request_bytes(n: int) -> bytes:
+    def build(n: int) -> bytes:
         site = sites[n % len(sites)]
         body = single_body(site, run, n) if batch == 0 else batch_body(site, run, n, batch)
         return (
             f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
             f"Origin: {site.origin}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
+
+    # bodies are built before the clock starts, so the schedule costs the generator little
+    offset, stride = cfg["offset"], cfg["stride"]
+    prepared = [build(offset + i * stride) for i in range(total)]
+    clock = time.perf_counter
 
     for _ in range(min(max_conns, cfg["initial_conns"])):
         idle.append(await open_conn())
@@ -168,18 +177,18 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         on_free(conn)
 
     sent_all = False
-    t0 = loop.time() + 0.05
+    growing: set[asyncio.Task[None]] = set()  # keeps references to connection openers
+    t0 = clock() + 0.05
     n = 0
-    offset = cfg["offset"]
     while n < total:
-        now = loop.time()
+        now = clock()
         due = t0 + n / rate
         if due > now:
             await asyncio.sleep(min(due - now, 0.002))
             continue
         while n < total and t0 + n / rate <= now:
             intended = t0 + n / rate
-            data = request_bytes(offset + n * cfg["stride"])
+            data = prepared[n]
             outstanding += 1
             n += 1
             if idle:
@@ -188,13 +197,13 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
                     outstanding -= 1
                     n -= 1
                     continue
-                lags.append((loop.time() - intended) * 1000.0)
+                lags.append((clock() - intended) * 1000.0)
                 conn.send(data, intended, done)
             else:
                 pending.append((intended, data))
                 if len(conns) + opening < max_conns:
                     opening += 1
-                    loop.create_task(grow())
+                    growing.add(loop.create_task(grow()))
     sent_all = True
     if outstanding == 0 and not all_done.done():
         all_done.set_result(None)
@@ -221,7 +230,8 @@ def _worker_main(raw: str) -> None:
 
     cfg = json.loads(raw)
     result = uvloop.run(_worker(cfg))
-    sys.stdout.write(json.dumps(result))
+    with open(cfg["out"], "w") as fh:
+        json.dump(result, fh)
 
 
 def run_open_loop(
@@ -240,26 +250,42 @@ def run_open_loop(
 ) -> OpenLoopResult:
     """Offer ``rate`` requests/s for ``seconds`` from ``processes`` worker processes."""
     procs = []
+    folder = tempfile.mkdtemp(prefix="opsm-openloop-")
     for i in range(processes):
         cfg = {
-            "host": host, "port": port, "path": path, "rate": rate / processes, "seconds": seconds,
-            "max_conns": max(1, max_conns // processes), "initial_conns": 16, "run": run, "batch": batch,
-            "sites": [asdict(s) for s in sites], "drain_s": drain_s, "offset": i, "stride": processes,
+            "host": host,
+            "port": port,
+            "path": path,
+            "rate": rate / processes,
+            "seconds": seconds,
+            "max_conns": max(1, max_conns // processes),
+            "initial_conns": 16,
+            "run": run,
+            "batch": batch,
+            "sites": [asdict(s) for s in sites],
+            "drain_s": drain_s,
+            "offset": i,
+            "stride": processes,
+            "out": os.path.join(folder, f"w{i}.json"),
         }
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.openloop", "--worker", json.dumps(cfg)],
-                stdout=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
             )
         )
     outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=seconds + drain_s + 60)
-        if p.returncode != 0:
-            raise RuntimeError(f"open-loop worker failed: {err[-800:]}")
-        outs.append(json.loads(out))
+    try:
+        for i, p in enumerate(procs):
+            _, err = p.communicate(timeout=seconds + drain_s + 60)
+            if p.returncode != 0:
+                raise RuntimeError(f"open-loop worker failed: {err[-800:]}")
+            with open(os.path.join(folder, f"w{i}.json")) as fh:
+                outs.append(json.load(fh))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     latencies = [x for o in outs for x in o["latencies"]]
     lags = [x for o in outs for x in o["lags"]]
     statuses: dict[str, int] = {}

@@ -23,17 +23,20 @@ class SiteRef:
     origin: str  # e.g. https://bench0.example.com
 
 
-def _sid(run: str, n: int) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run}/s/{n % SESSIONS_PER_SITE}"))
+def _sid(site: SiteRef, run: str, n: int) -> str:
+    # per site: a browser's session id never spans sites
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{site.public_id}/{run}/s/{n % SESSIONS_PER_SITE}"))
 
 
-def event_dict(site: SiteRef, run: str, n: int, *, eid: str | None = None, path: str | None = None) -> dict[str, object]:
+def event_dict(
+    site: SiteRef, run: str, n: int, *, eid: str | None = None, path: str | None = None
+) -> dict[str, object]:
     host = site.origin
     return {
         "s": site.public_id,
         "u": f"{host}{path or f'/products/{n % 97}?utm_source=google&utm_medium=organic'}",
         "eid": eid or f"{run}-{n}",
-        "sid": _sid(run, n),
+        "sid": _sid(site, run, n),
         "ec": "interaction",
         "ea": "view",
         "el": "product page",

@@ -89,7 +89,7 @@ def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any] | Non
 
 def _fmt(x: float | None, digits: int = 0) -> str:
     if x is None:
-        return "–"
+        return "-"
     if digits == 0 and abs(x) >= 100:
         return f"{x:,.0f}"
     return f"{x:,.{max(digits, 1)}f}" if abs(x) < 100 else f"{x:,.0f}"
@@ -97,7 +97,7 @@ def _fmt(x: float | None, digits: int = 0) -> str:
 
 def _met(r: Result) -> str:
     if r.met is None:
-        return "–"
+        return "-"
     return "yes" if r.met else "**no**"
 
 
@@ -105,24 +105,26 @@ def render_markdown(results: Sequence[Result], meta: dict[str, Any] | None = Non
     """The results as one Markdown table (plus a few lines about the run)."""
     lines = []
     if meta:
-        lines.append(f"Run {meta.get('date', '')} on {meta.get('machine', '')}; command `{meta.get('command', '')}`; "
-                     f"wall time {meta.get('wall_time_s', '?')} s.")
+        lines.append(
+            f"Run {meta.get('date', '')} on {meta.get('machine', '')}; command `{meta.get('command', '')}`; "
+            f"wall time {meta.get('wall_time_s', '?')} s."
+        )
         if meta.get("generator"):
             lines.append(f"Load generator: {meta['generator']}.")
         lines.append("")
     lines.append("| scenario | value | unit | ceiling | ceiling value | ratio | goal | met | notes |")
     lines.append("|---|---:|---|---|---:|---:|---:|---|---|")
     for r in results:
-        ratio = "–" if r.ratio is None else f"{r.ratio * 100:.0f} %"
-        goal = "–" if r.goal_ratio is None else f"≥ {r.goal_ratio * 100:.0f} %"
-        extra = []
+        ratio = "-" if r.ratio is None else f"{r.ratio * 100:.0f} %"
+        goal = "-" if r.goal_ratio is None else f"≥ {r.goal_ratio * 100:.0f} %"
+        extra: list[str] = []
         if r.conditions:
             extra.extend(f"{k}: {'yes' if v else 'NO'}" for k, v in r.conditions.items())
         if r.note:
             extra.append(r.note)
         notes = "; ".join(extra).replace("|", "/")
         lines.append(
-            f"| {r.scenario} | {_fmt(r.value, 1)} | {r.unit} | {r.ceiling or '–'} | {_fmt(r.ceiling_value, 1)} "
+            f"| {r.scenario} | {_fmt(r.value, 1)} | {r.unit} | {r.ceiling or '-'} | {_fmt(r.ceiling_value, 1)} "
             f"| {ratio} | {goal} | {_met(r)} | {notes} |"
         )
     return "\n".join(lines) + "\n"
@@ -133,8 +135,12 @@ def write_markdown(path: Path, results: Sequence[Result], meta: dict[str, Any] |
     path.write_text(render_markdown(results, meta))
 
 
-def write_charts(folder: Path, stem: str, sweeps: dict[str, list[dict[str, float]]],
-                 bars: dict[str, list[tuple[str, float]]] | None = None) -> list[Path]:
+def write_charts(
+    folder: Path,
+    stem: str,
+    sweeps: dict[str, list[dict[str, float]]],
+    bars: dict[str, list[tuple[str, float]]] | None = None,
+) -> list[Path]:
     """PNG charts: throughput and latency (p50/p99) against offered load for each sweep
     (``{"ingest": [{"offered": rps, "achieved": rps, "p50_ms": ..., "p99_ms": ...}, ...]}``),
     and one bar chart per entry of ``bars`` (label, value). Returns the files written."""
@@ -142,6 +148,7 @@ def write_charts(folder: Path, stem: str, sweeps: dict[str, list[dict[str, float
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -164,6 +171,7 @@ def write_charts(folder: Path, stem: str, sweeps: dict[str, list[dict[str, float
         ax2.set_xlabel("offered load (requests/s)")
         ax2.set_ylabel("latency (ms, log scale)")
         ax2.set_yscale("log")
+        ax2.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax2.set_title("Latency against offered load (open loop)")
         ax2.grid(alpha=0.3, which="both")
         ax2.legend(fontsize=8)

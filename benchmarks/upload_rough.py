@@ -79,10 +79,7 @@ async def run(args: argparse.Namespace, emu_base: str, db_url: str, data_dir: Pa
     uploaders = [get_actor(n, settings.ray_namespace) for n in table["uploaders"]]
     t0 = time.monotonic()
     await asyncio.gather(*(u.start.remote() for u in uploaders))
-    while (
-        await pool.fetchval("SELECT count(*) FROM offline_conversion_queue WHERE status = 'COMPLETED'")
-        < total
-    ):
+    while await pool.fetchval("SELECT count(*) FROM offline_conversion_queue WHERE status = 'COMPLETED'") < total:
         await asyncio.sleep(0.2)
     elapsed = time.monotonic() - t0
     await asyncio.gather(*(u.drain.remote() for u in uploaders))

@@ -41,8 +41,9 @@ function init(args)
   statuses = {}
 end
 
-local function sid(n)
-  return string.format("%08x-%04x-4%03x-8000-%012x", tid, 0, 0, n % sessions)
+-- session ids are per site (a browser's session id never spans sites)
+local function sid(k, n)
+  return string.format("%08x-%04x-4%03x-8000-%012x", tid, k, 0, n % sessions)
 end
 
 local function event(k, n)
@@ -50,7 +51,7 @@ local function event(k, n)
     '{"s":"%s","u":"%s/products/%d?utm_source=google&utm_medium=organic","eid":"%s-%d-%d",' ..
     '"sid":"%s","ec":"interaction","ea":"view","el":"product page","r":"https://www.google.com/",' ..
     '"consent":["analytics"],"meta":{"fp":"fp-%s-%d-%d","lan":"tr-TR","sw":1920,"sh":1080}}',
-    sites[k], origins[k], n % 97, run, tid, n, sid(n), run, tid, n % sessions)
+    sites[k], origins[k], n % 97, run, tid, n, sid(k, n), run, tid, n % sessions)
 end
 
 function request()
@@ -70,14 +71,19 @@ function request()
 end
 
 function response(status, headers, body)
-  statuses[status] = (statuses[status] or 0) + 1
+  local key = tostring(status)
+  if status >= 300 then
+    local code = headers["x-opsmantik-error-code"] or headers["X-OpsMantik-Error-Code"]
+    if code then key = key .. ":" .. code end
+  end
+  statuses[key] = (statuses[key] or 0) + 1
 end
 
 function done(summary, latency, requests)
   local agg = {}
   for _, t in ipairs(threads) do
     local st = t:get("statuses")
-    for k, v in pairs(st) do agg[tostring(k)] = (agg[tostring(k)] or 0) + v end
+    for k, v in pairs(st) do agg[k] = (agg[k] or 0) + v end
   end
   local parts = {}
   for k, v in pairs(agg) do table.insert(parts, string.format('"%s":%d', k, v)) end
@@ -164,8 +170,14 @@ def run_wrk(
         script = fh.name
     try:
         cmd = [
-            wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            f"--timeout={max(1, round(timeout_s))}s", "-s", script, url_base + path,
+            wrk,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            f"--timeout={max(1, round(timeout_s))}s",
+            "-s",
+            script,
+            url_base + path,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + timeout_s + 30)
     finally:
@@ -173,7 +185,7 @@ def run_wrk(
     line = next((x for x in proc.stdout.splitlines() if x.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk gave no result (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-500:]}")
-    data = json.loads(line[len("WRKJSON "):])
+    data = json.loads(line[len("WRKJSON ") :])
     return WrkResult(
         requests=int(data["requests"]),
         duration_s=data["duration_us"] / 1e6,

@@ -23,14 +23,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opsmantik_stream.ingest.schema import WireEvent, WireResult, decode_results, encode_wire
+from opsmantik_stream.routing import PartitionRetired
 
-__all__ = ["Backpressure", "PartitionBatcher", "PartitionUnavailable"]
+__all__ = ["Backpressure", "PartitionBatcher", "PartitionMoved", "PartitionUnavailable"]
 
 log = logging.getLogger(__name__)
 
 
 class PartitionUnavailable(Exception):
     """The partition did not answer this batch (nothing in it was acknowledged)."""
+
+
+class PartitionMoved(PartitionUnavailable):
+    """A resize retired this partition before the batch reached it (nothing was written):
+    the caller re-resolves the owner and resends."""
 
 
 class Backpressure(Exception):
@@ -57,6 +63,7 @@ class PartitionBatcher:
         max_wait_s: float,
         max_inflight: int,
         max_queued: int,
+        on_call: Callable[[int], None] | None = None,
     ) -> None:
         self.name = name
         self._send = send
@@ -64,6 +71,7 @@ class PartitionBatcher:
         self._max_wait_s = max_wait_s
         self._max_inflight = max_inflight
         self._max_queued = max_queued
+        self._on_call = on_call  # observes each call's size (metrics)
         self._pending: deque[_Group] = deque()
         self._queued = 0
         self._inflight = 0
@@ -125,23 +133,25 @@ class PartitionBatcher:
         self.stats["calls"] += 1
         self.stats["events"] += size
         self.batch_sizes.append(size)
+        if self._on_call is not None:
+            self._on_call(size)
         self.call_started.set()
         try:
             events = [ev for group in groups for ev in group.events]
             try:
                 results = decode_results(await self._send(encode_wire(events)))
                 if len(results) != len(events):
-                    raise PartitionUnavailable(
-                        f"{self.name}: {len(results)} results for {len(events)} events"
-                    )
+                    raise PartitionUnavailable(f"{self.name}: {len(results)} results for {len(events)} events")
             except asyncio.CancelledError:
                 self._fail(groups, PartitionUnavailable(f"{self.name}: call cancelled"))
                 raise
+            except PartitionRetired:
+                self.stats["moved_calls"] = self.stats.get("moved_calls", 0) + 1
+                self._fail(groups, PartitionMoved(self.name))
+                return
             except Exception as exc:
                 self.stats["failed_calls"] += 1
-                log.warning(
-                    "partition call failed", extra={"partition": self.name, "error": type(exc).__name__}
-                )
+                log.warning("partition call failed", extra={"partition": self.name, "error": type(exc).__name__})
                 self._fail(groups, PartitionUnavailable(f"{self.name}: {type(exc).__name__}"))
                 return
             start = 0

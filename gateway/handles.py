@@ -54,6 +54,16 @@ class RoutingCache:
         assert self._table is not None
         return self._table
 
+    async def refresh(self, stale_version: int) -> RoutingTable:
+        """Re-read the table now because a partition answered "moved" (a resize retired it).
+
+        Only the first of many requests that saw the same stale version asks the Registry;
+        the others find the newer table already cached."""
+        async with self._lock:
+            if self._table is None or self._table.version <= stale_version:
+                self._checked = 0.0
+        return await self.table()
+
     def handle(self, name: str) -> Any:
         handle = self._handles.get(name)
         if handle is None:

@@ -57,6 +57,10 @@ def init_ray(settings: Settings, *, address: str | None = None) -> dict[str, Any
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
             num_cpus=settings.ray_num_cpus,
+            # a local head hosts partitions and uploaders itself; nodes that join it (with the
+            # same resources) share them, and when such a node goes away its actors restart
+            # here (see placement_options in actors/runtime.py)
+            resources={"opsmantik_partition": 64.0, "opsmantik_uploader": 64.0},
             **common,
         )
     address_info: dict[str, Any] = getattr(info, "address_info", {})

@@ -6,7 +6,12 @@ import hashlib
 
 import msgspec
 
-__all__ = ["RoutingTable", "partition_for", "stable_hash"]
+__all__ = ["PartitionRetired", "RoutingTable", "partition_for", "stable_hash"]
+
+
+class PartitionRetired(Exception):
+    """Raised by a partition actor that a resize retired: nothing of the call was written;
+    the caller asks the Registry for the new owner and resends (every event is idempotent)."""
 
 
 def stable_hash(key: str) -> int:

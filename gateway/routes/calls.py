@@ -39,6 +39,7 @@ from opsmantik_stream.leads.errors import LeadError
 from opsmantik_stream.leads.ratelimit import KeyedTokenBucket
 from opsmantik_stream.queries import Q
 from opsmantik_stream.rbac import Capability
+from opsmantik_stream.routing import PartitionRetired
 from opsmantik_stream.tenancy import Principal
 
 __all__ = [
@@ -224,10 +225,20 @@ async def call_event(request: Request) -> Response:
     )
     name = None
     try:
-        name, handle = await ctx.routing.owner(str(site["id"]))
-        reply = await asyncio.wait_for(
-            handle.call_event.remote(encode_job(job)), timeout=ctx.settings.partition_call_timeout_s
-        )
+        for _hop in range(3):
+            table = await ctx.routing.table()
+            name = table.owner_of(str(site["id"]))
+            try:
+                reply = await asyncio.wait_for(
+                    ctx.routing.handle(name).call_event.remote(encode_job(job)),
+                    timeout=ctx.settings.partition_call_timeout_s,
+                )
+                break
+            except PartitionRetired:
+                # a resize retired that partition (nothing written): ask for the new owner
+                await ctx.routing.refresh(table.version)
+        else:
+            raise RuntimeError("routing did not settle")
     except Exception:
         # actor dead, restarting or slow: never a silent drop; the client retries (idempotent)
         if name is not None:

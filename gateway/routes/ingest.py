@@ -22,8 +22,9 @@ import msgspec
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.batcher import Backpressure, PartitionBatcher, PartitionUnavailable
+from gateway.batcher import Backpressure, PartitionBatcher, PartitionMoved, PartitionUnavailable
 from gateway.errors import JSONResponse, json_response
+from gateway.metrics import BATCH_SIZE, INGEST_EVENTS
 from opsmantik_stream.ingest.admission import TokenBucketLimiter, client_key, origin_allowed, truncate_ip
 from opsmantik_stream.ingest.schema import (
     MAX_BODY_BYTES,
@@ -132,12 +133,14 @@ class IngestRuntime:
                 max_wait_s=self.settings.batch_max_wait_ms / 1000.0,
                 max_inflight=self.settings.partition_max_inflight,
                 max_queued=self.settings.partition_max_queued_events,
+                on_call=BATCH_SIZE.observe,
             )
             self.batchers[name] = batcher
         return batcher
 
     def count(self, outcome: str, n: int = 1) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
+        INGEST_EVENTS.labels(outcome).inc(n)
 
 
 def ingest_runtime(ctx: Any) -> IngestRuntime:
@@ -220,13 +223,22 @@ async def sync_preflight(request: Request) -> Response:
         403: {"description": "origin not allowed for the site"},
         413: {"description": "body over 256 KiB"},
         422: {"description": "schema error; the field path is in X-OpsMantik-Error-Code"},
-        429: {
-            "description": "rate limited (x-opsmantik-ratelimit) or over quota (x-opsmantik-quota-exceeded)"
-        },
+        429: {"description": "rate limited (x-opsmantik-ratelimit) or over quota (x-opsmantik-quota-exceeded)"},
         503: {"description": "partition unavailable: retry after Retry-After"},
     },
 )
 async def sync(request: Request) -> Response:
+    """Body: one event, or ``{"events": [...]}`` with 1-100 events of one site. Event keys:
+    ``s`` site public id (required), ``u``/``url`` page (required, <= 4096), ``eid`` client
+    event id, ``sid`` session UUID, ``ec``/``ea``/``el``/``ev`` category/action/label/value,
+    ``r`` referrer, ``consent`` scopes (``analytics`` required to store anything), ``meta``
+    (``fp`` fingerprint, click ids, UTM/template parameters, device hints, pulse fields).
+
+    A single event answers 202 ``{"ok": true, "status": "accepted", "ingest_id"}``, 200 for
+    a duplicate (``x-opsmantik-dedup: 1``), or 429 when the monthly quota is used up; a
+    batch answers 202 with ``results[i].status`` per event. 2xx is sent only after the
+    partition's transaction committed. A request without ``Origin`` needs the site's ingest
+    key in ``X-OpsMantik-Ingest-Key``."""
     ctx = request.app.state.ctx
     runtime = ingest_runtime(ctx)
     settings = ctx.settings
@@ -268,9 +280,7 @@ async def sync(request: Request) -> Response:
         given = hashlib.sha256(key.encode()).hexdigest() if key else ""
         if not (expected and given and hmac.compare_digest(given, expected)):
             runtime.count("origin_rejected")
-            return _error(
-                403, "origin_required", "a request without Origin needs the site's ingest key", headers
-            )
+            return _error(403, "origin_required", "a request without Origin needs the site's ingest key", headers)
 
     # 4. rate limit per (site, client ip + UA prefix); a batch costs one token
     ip = _client_ip(request, settings.ingest_trust_forwarded_for)
@@ -303,15 +313,11 @@ async def sync(request: Request) -> Response:
     stored_ip = truncate_ip(ip)
     ua = user_agent[:512] if user_agent else None
     wire = [
-        WireEvent.build(
-            events[i], site_id=site.site_id, received_ms=received_ms, scopes=scopes[i], ip=stored_ip, ua=ua
-        )
+        WireEvent.build(events[i], site_id=site.site_id, received_ms=received_ms, scopes=scopes[i], ip=stored_ip, ua=ua)
         for i in wanted
     ]
     try:
-        name, _ = await ctx.routing.owner(site.site_id)
-        batcher = runtime.batcher(name)
-        results = await batcher.submit(wire)
+        results = await _submit(ctx, runtime, site.site_id, wire)
     except Backpressure:
         runtime.count("backpressure", len(wire))
         return _unavailable(runtime, headers, 0, code="partition_busy")
@@ -322,6 +328,10 @@ async def sync(request: Request) -> Response:
 
     for r in results:
         runtime.count(r.status)
+        if r.stored:
+            runtime.count(r.stored)
+    if len(wanted) < len(events):
+        runtime.count("consent_missing", len(events) - len(wanted))
     if envelope.events is None:
         return _single_answer(results[0], headers)
     by_index = dict(zip(wanted, results, strict=True))
@@ -337,9 +347,23 @@ async def sync(request: Request) -> Response:
     return json_response({"ok": True, "status": "accepted", "results": items}, 202, out_headers)
 
 
-def _unavailable(
-    runtime: IngestRuntime, headers: dict[str, str], n: int, code: str = "partition_unavailable"
-) -> Any:
+async def _submit(ctx: Any, runtime: IngestRuntime, site_id: str, wire: list[WireEvent]) -> list[WireResult]:
+    """Send to the owner's batcher. A partition retired by a resize answers "moved" (nothing
+    written): re-read the routing table and resend to the new owner (events are idempotent)."""
+    for _hop in range(3):
+        table = await ctx.routing.table()
+        name = table.owner_of(site_id)
+        try:
+            return await runtime.batcher(name).submit(wire)
+        except PartitionMoved:
+            old = runtime.batchers.get(name)
+            if old is not None and old.inflight == 0 and old.queued == 0:
+                runtime.batchers.pop(name, None)  # that actor is going away
+            await ctx.routing.refresh(table.version)
+    raise PartitionUnavailable("the routing table did not settle")
+
+
+def _unavailable(runtime: IngestRuntime, headers: dict[str, str], n: int, code: str = "partition_unavailable") -> Any:
     runtime.count("unavailable", n)
     return _error(
         503,

@@ -119,7 +119,11 @@
     if (fresh) {
       sid = uuid4();
       set('session', K.sid, sid);
-      // the landing page of the new session carries its UTM/template parameters
+      // click ids belong to the session they came with; the landing page of the new
+      // session carries its own (and its UTM/template parameters)
+      CLICK_IDS.forEach(function (k) {
+        try { var s = store('session'); if (s) s.removeItem(K.click + k); } catch (e) { /* blocked */ }
+      });
       set('session', K.landing, JSON.stringify(templateParams(urlParams())));
     }
     set('session', K.sidAt, String(now));
@@ -246,6 +250,7 @@
 
   function send(ec, ea, el, ev, extra) {
     if (!hasAnalytics()) { log('no analytics consent: not sent', ec, ea); return null; }
+    var sid = sessionId(); // first: a new session forgets the old one's click ids
     var meta = baseMeta();
     if (ec === 'conversion' || ea === 'heartbeat' || ea === 'session_end') {
       meta.scroll_pct = pulse.scroll;
@@ -257,7 +262,7 @@
       s: siteId,
       u: location.href.slice(0, 4096),
       eid: uuid4(),
-      sid: sessionId(),
+      sid: sid,
       ec: ec,
       ea: ea,
       el: el == null ? null : String(el).slice(0, 512),

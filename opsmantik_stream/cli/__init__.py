@@ -11,7 +11,9 @@ from opsmantik_stream.cli import (
     _common,
     database,
     emulator,
+    ingest_key,  # noqa: F401  (registers `site ingest-key rotate` via SITE_EXTENSIONS)
     jobs,
+    scale,
     serve,
     site,
     status,
@@ -21,7 +23,7 @@ from opsmantik_stream.cli import (
 
 __all__ = ["main"]
 
-COMMAND_MODULES = [serve, database, site, token, status, jobs, uploads, emulator]
+COMMAND_MODULES = [serve, database, site, token, status, scale, jobs, uploads, emulator]
 
 
 def build_parser() -> argparse.ArgumentParser:

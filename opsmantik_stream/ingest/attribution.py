@@ -6,6 +6,7 @@ carried a click id."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -53,6 +54,9 @@ TEMPLATE_KEYS = (
     "loc_physical_ms",
 )
 
+_CLICK_ID_SET = frozenset(CLICK_ID_KEYS)
+_TEMPLATE_SET = frozenset(TEMPLATE_KEYS)
+
 PAID_UTM_MEDIUMS = frozenset({"cpc", "ppc", "paid"})
 # traffic_source treats a wider set of paid mediums as paid (the classifier of the original)
 PAID_TRAFFIC_MEDIUMS = frozenset(
@@ -77,7 +81,7 @@ def url_params(url: str | None) -> dict[str, str]:
     (``/#/offer?gclid=...``): after ``#`` and an optional ``?`` the part after the first
     ``?`` is parsed when it holds ``key=value`` pairs.
     """
-    if not url:
+    if not url or ("?" not in url and "#" not in url):
         return {}
     try:
         parts = urlsplit(url)
@@ -126,7 +130,7 @@ class ClickIds(msgspec.Struct, frozen=True):
 def click_ids(params: Mapping[str, str], meta: Mapping[str, Any]) -> ClickIds:
     """Click ids from the page URL, else from ``meta`` (the tracker persists them per session)."""
     found: dict[str, str] = {}
-    for key in CLICK_ID_KEYS:
+    for key in (_CLICK_ID_SET & params.keys()) | (_CLICK_ID_SET & meta.keys()):
         value = _value(params.get(key)) or _value(meta.get(key))
         if value:
             found[key] = value
@@ -141,7 +145,7 @@ def click_ids(params: Mapping[str, str], meta: Mapping[str, Any]) -> ClickIds:
 def template_params(params: Mapping[str, str], meta: Mapping[str, Any]) -> dict[str, str]:
     """UTM and template parameters from the URL, else from ``meta``."""
     out: dict[str, str] = {}
-    for key in TEMPLATE_KEYS:
+    for key in (_TEMPLATE_SET & params.keys()) | (_TEMPLATE_SET & meta.keys()):
         value = _value(params.get(key)) or _value(meta.get(key))
         if value:
             out[key] = value
@@ -285,14 +289,20 @@ _DEVICE_PARAM = {
 def parse_device(ua: str | None, device_param: str | None = None) -> Device:
     """Device type, OS and browser from the User-Agent (substring rules, no UA database);
     the ValueTrack ``device`` parameter (m/t/c) overrides the type."""
-    text = (ua or "").lower()
+    # a site's visitors share few distinct User-Agents: parsed once each
+    return _parse_device(ua or "", (device_param or "").strip().lower())
+
+
+@lru_cache(maxsize=4096)
+def _parse_device(ua: str, device_param: str) -> Device:
+    text = ua.lower()
     if "ipad" in text or "tablet" in text or ("android" in text and "mobile" not in text):
         dtype = "tablet"
     elif "mobile" in text or "iphone" in text or "android" in text:
         dtype = "mobile"
     else:
         dtype = "desktop"
-    override = _DEVICE_PARAM.get((device_param or "").strip().lower())
+    override = _DEVICE_PARAM.get(device_param)
     if override:
         dtype = override
     if "iphone" in text or "ipad" in text or "ipod" in text:

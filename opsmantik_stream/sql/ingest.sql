@@ -218,3 +218,7 @@ WHERE u.site_id = t.site_id AND u.year_month = $5::text;
 INSERT INTO dead_letters (site_id, source, stage, reason, payload)
 SELECT t.site_id, 'ingest', t.stage, t.reason, t.payload::jsonb
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS t(site_id, stage, reason, payload);
+
+-- name: set_ingest_key
+-- Only the SHA-256 of a server-to-server ingest key is kept (the key is shown once).
+UPDATE sites SET ingest_key_sha256 = $2 WHERE id = $1;

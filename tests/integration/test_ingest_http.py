@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import json
+import os
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -62,10 +66,7 @@ async def test_accept_then_duplicate_stores_once(
     assert str(session["ip_address"]).endswith(".0")  # stored truncated
     assert session["consent_scopes"] == ["analytics", "marketing"]
     ledger = await pool.fetchrow("SELECT * FROM ingest_idempotency")
-    assert (
-        ledger["idempotency_key"]
-        == hashlib.sha256(f"{site['site_id']}|eid|{body['eid']}".encode()).hexdigest()
-    )
+    assert ledger["idempotency_key"] == hashlib.sha256(f"{site['site_id']}|eid|{body['eid']}".encode()).hexdigest()
     assert (ledger["billable"], ledger["billing_state"], ledger["billing_reason"]) == (
         True,
         "ACCEPTED",
@@ -92,9 +93,7 @@ async def test_twenty_identical_requests_in_parallel(
     assert await pool.fetchval("SELECT intent_phone_clicks FROM calls") == 1
 
 
-async def test_batch_with_mixed_outcomes(
-    stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool
-) -> None:
+async def test_batch_with_mixed_outcomes(stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool) -> None:
     site = await make_site(origins=[ORIGIN], monthly_limit=3)
     sid = str(uuid.uuid4())
     a = event(site, sid=sid)
@@ -103,9 +102,7 @@ async def test_batch_with_mixed_outcomes(
     c = event(site, sid=sid, u=f"{ORIGIN}/c")
     d = event(site, sid=sid, u=f"{ORIGIN}/d")
     no_consent = event(site, sid=sid, consent=["marketing"])
-    heartbeat = event(
-        site, sid=sid, ec="system", ea="heartbeat", el="session_active", meta={"active_sec": 42}
-    )
+    heartbeat = event(site, sid=sid, ec="system", ea="heartbeat", el="session_active", meta={"active_sec": 42})
     batch = {"events": [a, b, b, c, d, no_consent, heartbeat]}
     r = await post(stack_client, batch)
     assert r.status_code == 202, r.text
@@ -143,7 +140,7 @@ async def test_batch_with_mixed_outcomes(
 
 
 async def test_every_refusal_changes_nothing(
-    stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool
+    stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool, db_url: str, tmp_path: Path
 ) -> None:
     site = await make_site(origins=[ORIGIN])
     other = await make_site(origins=["https://other.example.com"])
@@ -176,28 +173,35 @@ async def test_every_refusal_changes_nothing(
     assert r.status_code == 204 and r.headers["x-opsmantik-consent-missing"] == "analytics"
     r = await post(stack_client, {**good, "consent": None})
     assert r.status_code == 204
-    r = await post(
-        stack_client, {"events": [{**good, "consent": []}, {**event(site), "consent": ["marketing"]}]}
-    )
+    r = await post(stack_client, {"events": [{**good, "consent": []}, {**event(site), "consent": ["marketing"]}]})
     assert r.status_code == 204
     assert await counts(pool) == before
 
     # what is allowed: a subdomain of an allowed origin; no Origin with the site's ingest key
     r = await post(stack_client, event(site), origin="https://m.shop.example.com")
     assert r.status_code == 202
-    await pool.execute(
-        "UPDATE sites SET ingest_key_sha256 = $2 WHERE id = $1",
-        uuid.UUID(site["site_id"]),
-        hashlib.sha256(b"server-key").hexdigest(),
-    )
-    # the gateway's site cache has the old row for a few seconds: a new site id is not cached
+    # a server-to-server key made with `opsmantik site ingest-key rotate` (a site the gateway
+    # has not cached yet, so the new key is seen at once)
     third = await make_site(origins=[ORIGIN])
-    await pool.execute(
-        "UPDATE sites SET ingest_key_sha256 = $2 WHERE id = $1",
-        uuid.UUID(third["site_id"]),
-        hashlib.sha256(b"server-key").hexdigest(),
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "opsmantik_stream.cli",
+        "site",
+        "ingest-key",
+        "rotate",
+        third["public_id"],
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "OPSMANTIK_DATABASE_URL": db_url, "OPSMANTIK_DATA_DIR": str(tmp_path / "data")},
     )
-    r = await post(stack_client, event(third), origin=None, headers={"X-OpsMantik-Ingest-Key": "server-key"})
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    key = json.loads(out)["ingest_key"]
+    stored = await pool.fetchval("SELECT ingest_key_sha256 FROM sites WHERE public_id = $1", third["public_id"])
+    assert stored == hashlib.sha256(key.encode()).hexdigest()
+    r = await post(stack_client, event(third), origin=None, headers={"X-OpsMantik-Ingest-Key": key})
     assert r.status_code == 202, r.text
 
 
@@ -236,12 +240,7 @@ async def test_quota_boundary_hard_and_soft(
         429,
     )
     hard_id = uuid.UUID(hard["site_id"])
-    assert (
-        await pool.fetchval(
-            "SELECT count(*) FROM ingest_idempotency WHERE site_id = $1 AND billable", hard_id
-        )
-        == 4
-    )
+    assert await pool.fetchval("SELECT count(*) FROM ingest_idempotency WHERE site_id = $1 AND billable", hard_id) == 4
     assert await pool.fetchval("SELECT event_count FROM site_usage_monthly WHERE site_id = $1", hard_id) == 4
 
     soft = await make_site(origins=[ORIGIN], monthly_limit=2, soft_limit=True)
@@ -261,9 +260,7 @@ async def test_rate_limit_per_site_and_client(
     stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool
 ) -> None:
     site = await make_site(origins=[ORIGIN])
-    await pool.execute(
-        "UPDATE site_plans SET rate_limit_per_min = 3 WHERE site_id = $1", uuid.UUID(site["site_id"])
-    )
+    await pool.execute("UPDATE site_plans SET rate_limit_per_min = 3 WHERE site_id = $1", uuid.UUID(site["site_id"]))
     answers = [await post(stack_client, event(site)) for _ in range(4)]
     assert [r.status_code for r in answers] == [202, 202, 202, 429]
     limited = answers[-1]
@@ -305,8 +302,7 @@ async def test_cross_site_fingerprint_never_gives_ads_assisted(
     assert by_site[site_b["site_id"]]["attribution_source"] == "Ads Assisted"
     assert by_site[site_b["site_id"]]["is_returning"] is True
     scores = await pool.fetch(
-        "SELECT site_id, (metadata->>'lead_score')::int AS score FROM events"
-        " WHERE metadata->>'referrer' = $1",
+        "SELECT site_id, (metadata->>'lead_score')::int AS score FROM events WHERE metadata->>'referrer' = $1",
         google,
     )
     assert {str(x["site_id"]): x["score"] for x in scores} == {
@@ -315,18 +311,14 @@ async def test_cross_site_fingerprint_never_gives_ads_assisted(
     }
 
 
-async def test_one_intent_per_session(
-    stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool
-) -> None:
+async def test_one_intent_per_session(stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool) -> None:
     site = await make_site(origins=[ORIGIN])
     sid = str(uuid.uuid4())
     url = f"{ORIGIN}/contact?wbraid=WB-1234567890"
     phone = event(site, sid=sid, u=url, ec="conversion", ea="phone_call", el="tel:0532 123 45 67")
     wa = event(site, sid=sid, u=url, ec="conversion", ea="whatsapp", el="https://wa.me/905321234567?text=hi")
     assert (await post(stack_client, phone)).status_code == 202
-    assert (
-        await post(stack_client, {"events": [wa, {**phone, "eid": str(uuid.uuid4())}]})
-    ).status_code == 202
+    assert (await post(stack_client, {"events": [wa, {**phone, "eid": str(uuid.uuid4())}]})).status_code == 202
     call = await pool.fetchrow("SELECT * FROM calls")
     assert call["intent_stamp"] == f"session:{sid}"
     assert (call["status"], call["source"]) == ("intent", "click")
@@ -357,9 +349,7 @@ async def test_later_events_fill_but_never_clear_session_fields(
 ) -> None:
     site = await make_site(origins=[ORIGIN])
     sid = str(uuid.uuid4())
-    first = event(
-        site, sid=sid, u=f"{ORIGIN}/?utm_source=news&utm_medium=email", r="https://mail.example.org/"
-    )
+    first = event(site, sid=sid, u=f"{ORIGIN}/?utm_source=news&utm_medium=email", r="https://mail.example.org/")
     first["meta"] = {"fp": "fp-1", "city": "Ankara"}
     assert (await post(stack_client, first)).status_code == 202
     second = event(site, sid=sid, u=f"{ORIGIN}/pricing", r="")

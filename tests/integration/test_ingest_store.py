@@ -45,9 +45,7 @@ class Clock:
         return self.now
 
 
-async def test_months_are_the_servers_and_a_session_spans_the_boundary(
-    pool: asyncpg.Pool, make_site: Any
-) -> None:
+async def test_months_are_the_servers_and_a_session_spans_the_boundary(pool: asyncpg.Pool, make_site: Any) -> None:
     site = await make_site(monthly_limit=1)
     clock = Clock(dt.datetime(2026, 1, 31, 23, 59, 59, tzinfo=dt.UTC))
     store = IngestStore(pool, clock=clock)
@@ -65,9 +63,7 @@ async def test_months_are_the_servers_and_a_session_spans_the_boundary(
     ]
     months = await pool.fetch("SELECT DISTINCT session_month FROM events")
     assert [m["session_month"] for m in months] == [dt.date(2026, 1, 1)]
-    usage = await pool.fetch(
-        "SELECT year_month, event_count, rejected_count FROM site_usage_monthly ORDER BY 1"
-    )
+    usage = await pool.fetch("SELECT year_month, event_count, rejected_count FROM site_usage_monthly ORDER BY 1")
     assert [tuple(u) for u in usage] == [("2026-01", 1, 0), ("2026-02", 1, 1)]
     ledger = await pool.fetch(
         "SELECT year_month, count(*) FROM ingest_idempotency WHERE billable GROUP BY 1 ORDER BY 1"
@@ -75,14 +71,10 @@ async def test_months_are_the_servers_and_a_session_spans_the_boundary(
     assert [tuple(x) for x in ledger] == [("2026-01", 1), ("2026-02", 1)]
 
 
-async def test_a_failing_event_goes_to_dead_letters_and_the_batch_commits(
-    pool: asyncpg.Pool, make_site: Any
-) -> None:
+async def test_a_failing_event_goes_to_dead_letters_and_the_batch_commits(pool: asyncpg.Pool, make_site: Any) -> None:
     site = await make_site()
     # a real database refusal for one row (as a bad value or a future constraint would cause)
-    await pool.execute(
-        "ALTER TABLE events ADD CONSTRAINT test_no_poison CHECK (event_label IS DISTINCT FROM 'poison')"
-    )
+    await pool.execute("ALTER TABLE events ADD CONSTRAINT test_no_poison CHECK (event_label IS DISTINCT FROM 'poison')")
     store = IngestStore(pool)
     now = dt.datetime.now(dt.UTC)
     sid = str(uuid.uuid4())
@@ -110,9 +102,7 @@ async def test_a_failing_event_goes_to_dead_letters_and_the_batch_commits(
     assert later.status == "accepted" and later.stored is None
 
 
-async def test_a_restarted_partition_rebuilds_its_caches_from_postgresql(
-    pool: asyncpg.Pool, make_site: Any
-) -> None:
+async def test_a_restarted_partition_rebuilds_its_caches_from_postgresql(pool: asyncpg.Pool, make_site: Any) -> None:
     site = await make_site()
     now = dt.datetime.now(dt.UTC)
     sid = str(uuid.uuid4())
@@ -139,9 +129,7 @@ async def test_a_restarted_partition_rebuilds_its_caches_from_postgresql(
     )
 
 
-async def test_quota_is_exact_with_concurrent_batches_and_two_writers(
-    pool: asyncpg.Pool, make_site: Any
-) -> None:
+async def test_quota_is_exact_with_concurrent_batches_and_two_writers(pool: asyncpg.Pool, make_site: Any) -> None:
     site = await make_site(monthly_limit=10)
     now = dt.datetime.now(dt.UTC)
     # two stores stand for the old and the new owner during a resize

@@ -1,0 +1,84 @@
+"""The benchmark report: ratio and goal computation, JSON and Markdown output, charts.
+
+No load is generated and no speed is asserted here; `make bench` measures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.openloop import percentile
+from benchmarks.report import make_result, render_markdown, write_charts, write_json, write_markdown
+
+pytestmark = pytest.mark.integration
+
+
+def test_ratio_and_goal_are_computed_from_the_given_figures() -> None:
+    r = make_result("ingest", 1200.0, "requests/s", ceiling="HTTP ceiling", ceiling_value=4000.0, goal_ratio=0.6)
+    assert r.ratio == 0.3
+    assert r.met is False
+    r = make_result("ingest", 2400.0, "requests/s", ceiling="HTTP ceiling", ceiling_value=4000.0, goal_ratio=0.6)
+    assert r.ratio == 0.6
+    assert r.met is True
+
+
+def test_a_failed_condition_fails_the_goal_even_when_the_ratio_is_met() -> None:
+    r = make_result(
+        "uploads",
+        19.5,
+        "requests/s",
+        ceiling="configured bucket",
+        ceiling_value=20.0,
+        goal_ratio=0.95,
+        conditions={"never above the bucket in any 1 s window": False},
+    )
+    assert r.ratio == 0.975
+    assert r.met is False
+
+
+def test_no_goal_and_no_ceiling_give_no_verdict() -> None:
+    r = make_result("HTTP ceiling", 4500.0, "requests/s")
+    assert r.ratio is None and r.met is None
+    r = make_result("scaling", 3000.0, "events/s", ceiling="store ceiling", ceiling_value=0.0)
+    assert r.ratio is None and r.met is None
+
+
+def test_reports_carry_every_required_field(tmp_path: Path) -> None:
+    results = [
+        make_result("HTTP ceiling", 4500.0, "requests/s"),
+        make_result("ingest", 1200.0, "requests/s", ceiling="HTTP ceiling", ceiling_value=4500.0, goal_ratio=0.6),
+    ]
+    write_json(tmp_path / "2026-01-01.json", results, {"date": "2026-01-01", "command": "make bench"})
+    data = json.loads((tmp_path / "2026-01-01.json").read_text())
+    assert isinstance(data, list) and len(data) == 2
+    for item in data:
+        assert {"scenario", "value", "unit", "ceiling", "ceiling_value", "ratio", "goal_ratio", "met"} <= set(item)
+    assert data[1]["ratio"] == pytest.approx(0.2667, abs=1e-4)
+    assert json.loads((tmp_path / "2026-01-01.meta.json").read_text())["command"] == "make bench"
+
+    write_markdown(tmp_path / "2026-01-01.md", results, {"date": "2026-01-01", "command": "make bench"})
+    table = (tmp_path / "2026-01-01.md").read_text()
+    assert "| ingest | 1,200 | requests/s | HTTP ceiling | 4,500 | 27 % | ≥ 60 % | **no** |" in table
+    assert "`make bench`" in table
+    rows = [line for line in render_markdown(results).splitlines() if line.startswith("| ")]
+    assert len(rows) == 3  # header + 2 results
+
+
+def test_charts_are_written_as_png(tmp_path: Path) -> None:
+    sweeps = {
+        "ingest": [{"offered": o, "achieved": o * 0.9, "p50_ms": 5.0 + o / 100, "p99_ms": 20.0} for o in (1, 2, 4)]
+    }
+    files = write_charts(tmp_path, "d", sweeps, {"By partitions": [("1", 100.0), ("2", 180.0)]})
+    assert len(files) == 2
+    for f in files:
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(x) for x in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([], 99) == 0.0
