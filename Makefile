@@ -32,7 +32,6 @@ run: install
 	$(BIN)/opsmantik serve
 
 test: install
-	@bash tests/e2e/install_chromium.sh || echo "chromium not available: the browser tests will say so"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -53,53 +53,18 @@ def settings_or_exit(**overrides: Any) -> Settings:
         raise CliError(str(exc)) from None
 
 
-def run_with_db(
-    body: Callable[[asyncpg.Connection, Settings], Awaitable[T]],
+def run_with_pool(
+    body: Callable[[asyncpg.Pool, Settings], Awaitable[T]],
     *,
     migrate: bool = True,
     settings: Settings | None = None,
 ) -> T:
-    """Run ``body`` with a connection to the configured (or embedded) database.
+    """Run ``body`` with a small pool on the configured (or embedded) database.
 
-    The schema is brought up to date first, so every command works on a fresh data folder.
+    The schema is brought up to date first (unless ``migrate`` is false), so every command
+    works on a fresh data folder. Database, migration and tenancy errors become one
+    ``CliError`` line.
     """
-    cfg = settings or settings_or_exit()
-    try:
-        url, embedded = resolve_database_url(cfg)
-    except Exception as exc:
-        raise CliError(f"cannot start the embedded PostgreSQL: {exc}") from None
-
-    async def go() -> T:
-        try:
-            conn = await asyncpg.connect(url)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise CliError(f"cannot connect to the database: {type(exc).__name__}: {exc}") from None
-        try:
-            from opsmantik_stream.db import _init_connection
-
-            await _init_connection(conn)
-            if migrate:
-                await apply_migrations(conn, progress=lambda m: print(m, file=sys.stderr))
-            return await body(conn, cfg)
-        finally:
-            await conn.close()
-
-    try:
-        return asyncio.run(go())
-    except MigrationError as exc:
-        raise CliError(f"migrations: {exc}") from None
-    except TenancyError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        _stop(embedded)
-
-
-def run_with_pool(
-    body: Callable[[asyncpg.Pool, Settings], Awaitable[T]],
-    *,
-    settings: Settings | None = None,
-) -> T:
-    """Like ``run_with_db`` but hands ``body`` a pool (for work spanning several transactions)."""
     cfg = settings or settings_or_exit()
     try:
         url, embedded = resolve_database_url(cfg)
@@ -114,8 +79,9 @@ def run_with_pool(
         except (OSError, asyncpg.PostgresError) as exc:
             raise CliError(f"cannot connect to the database: {type(exc).__name__}: {exc}") from None
         try:
-            async with pool.acquire() as conn:
-                await apply_migrations(conn, progress=lambda m: print(m, file=sys.stderr))
+            if migrate:
+                async with pool.acquire() as conn:
+                    await apply_migrations(conn, progress=lambda m: print(m, file=sys.stderr))
             return await body(pool, cfg)
         finally:
             await close_pool(pool)
@@ -128,6 +94,21 @@ def run_with_pool(
         raise CliError(str(exc)) from None
     finally:
         _stop(embedded)
+
+
+def run_with_db(
+    body: Callable[[asyncpg.Connection, Settings], Awaitable[T]],
+    *,
+    migrate: bool = True,
+    settings: Settings | None = None,
+) -> T:
+    """Like ``run_with_pool`` for a body that needs one connection."""
+
+    async def on_one_connection(pool: asyncpg.Pool, cfg: Settings) -> T:
+        async with pool.acquire() as conn:
+            return await body(conn, cfg)
+
+    return run_with_pool(on_one_connection, migrate=migrate, settings=settings)
 
 
 def _stop(embedded: EmbeddedPostgres | None) -> None:
