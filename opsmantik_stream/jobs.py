@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from opsmantik_stream.billing import invoice_freeze, ledger_retention, reconcile_usage
 from opsmantik_stream.config import Settings
 from opsmantik_stream.leads.auto_approve import auto_approve
 from opsmantik_stream.queries import Q
@@ -53,6 +54,9 @@ JOBS: dict[str, Job] = {
     "partitions": Job("partitions", 6 * 3600, ensure_partitions, "create monthly table partitions ahead"),
     "upload_rescue": Job("upload_rescue", 60, rescue_job, "stale PROCESSING uploads to retry policy"),
     "auto_approve": Job("auto_approve", 3600, auto_approve, "seal low-risk Ads intents older than 24 h"),
+    "reconcile_usage": Job("reconcile_usage", 3600, reconcile_usage, "recount the billing ledger, record drift"),
+    "invoice_freeze": Job("invoice_freeze", 6 * 3600, invoice_freeze, "freeze last month's invoice snapshots"),
+    "ledger_retention": Job("ledger_retention", 24 * 3600, ledger_retention, "drop expired ledger rows (90 days)"),
 }
 
 

@@ -1,6 +1,6 @@
 """Every router of the gateway, one module per area (each area owns its routes)."""
 
-from gateway.routes import calls, health, ingest, jobs, ops, sales, sites, uploads
+from gateway.routes import billing, calls, health, ingest, jobs, ops, sales, sites, uploads
 
 ROUTERS = [
     health.router,
@@ -9,6 +9,7 @@ ROUTERS = [
     calls.router,
     sales.router,
     uploads.router,
+    billing.router,
     jobs.router,
     ops.router,
 ]

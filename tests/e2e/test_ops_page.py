@@ -40,8 +40,7 @@ async def test_ops_page_shows_live_queue_and_actors(
         await browser.navigate(f"{live_server}/ops")
         # the operator types a token; the page keeps it for the tab and refreshes every 2 s
         await browser.evaluate(
-            f"const t = document.getElementById('token'); t.value = {admin!r}; "
-            "t.dispatchEvent(new Event('change'))"
+            f"const t = document.getElementById('token'); t.value = {admin!r}; t.dispatchEvent(new Event('change'))"
         )
 
         async def failed_row() -> str | None:
