@@ -41,3 +41,28 @@ async def test_health_503_when_database_down(settings: Any, pool: Any) -> None:
         r = await c.get("/health")
     assert r.status_code == 503
     assert r.json()["checks"]["database"].startswith("unavailable")
+
+
+async def test_openapi_lists_the_contract_routes(client: httpx.AsyncClient) -> None:
+    r = await client.get("/openapi.json")
+    assert r.status_code == 200
+    paths = r.json()["paths"]
+    for route in (
+        "/api/sync",
+        "/api/call-event",
+        "/api/sites/{site}/intents",
+        "/api/calls/{call_id}/actions",
+        "/api/conversations",
+        "/api/sales/{sale_id}/confirm",
+        "/api/sites/{site}/credentials",
+        "/api/oci/queue",
+        "/api/oci/requeue",
+        "/api/oci/breaker/reset",
+        "/api/jobs/{name}",
+        "/health",
+        "/metrics",
+        "/ops",
+    ):
+        assert route in paths, route
+    docs = await client.get("/docs")
+    assert docs.status_code == 200 and "openapi.json" in docs.text
