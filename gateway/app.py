@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request
@@ -26,6 +27,15 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
         {"ok": False, "error": "validation_error", "message": first.get("msg", "invalid"), "field": path},
         422,
         {"X-OpsMantik-Error-Code": f"validation_error:{path}"},
+    )
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # PostgreSQL restarting or unreachable: nothing was committed, so the client may retry
+    return json_response(
+        {"ok": False, "error": "database_unavailable", "message": "the database is not reachable; retry later"},
+        503,
+        {"X-OpsMantik-Error-Code": "database_unavailable", "Retry-After": "1"},
     )
 
 
@@ -75,6 +85,13 @@ def create_app(
     app.state.ctx = ctx
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
+    for exc_type in (
+        asyncpg.PostgresConnectionError,  # connection lost mid-query
+        asyncpg.InterfaceError,  # connection closed under the pool
+        asyncpg.exceptions.OperatorInterventionError,  # server shutting down / starting up
+        ConnectionError,  # refused while the server is down
+    ):
+        app.add_exception_handler(exc_type, _database_unavailable)
     app.add_middleware(RequestIdMiddleware)
     for router in ROUTERS:
         app.include_router(router)

@@ -189,7 +189,9 @@ class _Pending:
 
 
 class _Retry(Exception):
-    """A conflict another writer caused; the whole batch is answered as unavailable."""
+    """A session-id conflict with another site's session (created concurrently or in the same
+    batch). The batch is re-run event by event, where each event sees the rows written before
+    it and derives its own session id; one event's conflict never fails the others."""
 
 
 class _LRU(OrderedDict[Any, Any]):
@@ -272,7 +274,7 @@ class IngestStore:
                         results.update(await self._write(conn, items, now, plans, pending, use_cache=True))
                         if broken:
                             await self._dead_letter(conn, broken, "prepare")
-                except _DATA_ERRORS as exc:
+                except (*_DATA_ERRORS, _Retry) as exc:
                     log.warning(
                         "ingest batch failed on its data, retrying event by event: %s", type(exc).__name__
                     )
@@ -370,15 +372,22 @@ class IngestStore:
     ) -> dict[int, WireResult]:
         results: dict[int, WireResult] = {}
         for item in items:
-            try:
-                async with conn.transaction():  # a savepoint per event
-                    step = _Pending()
-                    results.update(await self._write(conn, [item], now, plans, step, use_cache=False))
-            except _DATA_ERRORS as exc:
-                reason = f"store: {type(exc).__name__}: {exc}"[:1000]
-                results[item.idx] = await self._dead_letter_item(conn, item, now, reason)
-                continue
-            pending.merge(step)
+            for attempt in range(2):
+                try:
+                    async with conn.transaction():  # a savepoint per event
+                        step = _Pending()
+                        results.update(await self._write(conn, [item], now, plans, step, use_cache=False))
+                except _Retry as exc:
+                    # the conflicting session is visible now: the second try derives another id
+                    if attempt == 0:
+                        continue
+                    results[item.idx] = await self._dead_letter_item(conn, item, now, f"store: {exc}")
+                except _DATA_ERRORS as exc:
+                    reason = f"store: {type(exc).__name__}: {exc}"[:1000]
+                    results[item.idx] = await self._dead_letter_item(conn, item, now, reason)
+                else:
+                    pending.merge(step)
+                break
         return results
 
     async def _dead_letter_item(
@@ -613,6 +622,9 @@ class IngestStore:
         if not unresolved:
             return
         wanted = {skey: group[0].session_id for skey, group in unresolved.items()}
+        # New sessions of one batch never share an id across sites: rows are grouped by id,
+        # so a shared id would put one site's events into another site's session.
+        new_owner: dict[uuid.UUID, str] = {}
         for attempt in range(2):
             ids = sorted(set(wanted.values()))
             found: dict[uuid.UUID, list[asyncpg.Record]] = {}
@@ -642,6 +654,9 @@ class IngestStore:
                 elif rows:
                     raise _Retry("derived session id already taken")
                 else:
+                    if new_owner.setdefault(sid, site) != site:
+                        sid = uuid.uuid5(SESSION_NAMESPACE, f"{site}|sid|{skey[1]}")
+                        new_owner[sid] = site
                     info = SessionInfo(id=sid, month=month, created_at=now)
                 for item in unresolved[skey]:
                     item.session = info

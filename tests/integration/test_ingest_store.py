@@ -162,3 +162,22 @@ async def test_a_session_id_used_by_another_site_is_never_shared(pool: asyncpg.P
         "SELECT e.site_id, s.site_id AS session_site FROM events e JOIN sessions s ON s.id = e.session_id"
     )
     assert all(e["site_id"] == e["session_site"] for e in events)
+
+
+async def test_one_session_id_for_two_sites_in_one_batch_fails_nobody(pool: asyncpg.Pool, make_site: Any) -> None:
+    # A client reusing another site's session id must not cost the other events of the call
+    # (and other sites on the partition) a 503: the batch re-runs event by event.
+    a = await make_site()
+    b = await make_site()
+    c = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    sid = str(uuid.uuid4())
+    store = IngestStore(pool)
+    results = await store.ingest([wire(a, now, sid=sid), wire(b, now, sid=sid), wire(c, now)])
+    assert [r.status for r in results] == ["accepted", "accepted", "accepted"]
+    assert all(r.stored != "dead_letter" for r in results)
+    rows = await pool.fetch("SELECT id, site_id FROM sessions")
+    assert len(rows) == 3
+    assert len({r["id"] for r in rows}) == 3
+    assert await pool.fetchval("SELECT count(*) FROM events") == 3
+    assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
