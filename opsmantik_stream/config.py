@@ -85,7 +85,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # allowance for jitter between the bucket and Google's clock (bucket rate / (1 + margin))
     upload_bucket_margin_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
     upload_idle_poll_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
-    uploader_concurrency: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
+    uploader_concurrency: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
     log_level: str = "INFO"
 
     @property

@@ -5,11 +5,13 @@ into integer shares, one per uploader (``Registry.uploader_share(name) -> (index
 the shares never add up to more than the budget. Each uploader enforces its share with two
 aiolimiter leaky buckets:
 
-- requests: capacity 1 and one request per ``(1 + margin) / share`` seconds. Requests spaced
-  at least that far apart put at most ``share`` of them in any 1 s window, even when the
-  time between leaving the bucket and reaching Google varies by up to ``margin`` seconds, so
-  the pool never exceeds the budget in any 1 s window (sustained rate: ``budget / (1 +
-  margin)``).
+- requests: a sliding-window log allowing ``n`` sends in any window of ``n * (1 + margin) /
+  share`` seconds (``n = max(1, floor(share))``; for a whole share that window is ``1 +
+  margin`` s). Sends that reach Google within ``margin`` seconds of leaving put at most
+  ``share`` in any 1 s window, so the pool never exceeds the budget in any 1 s window
+  (sustained rate: ``budget / (1 + margin)``). Unlike a capacity-1 leaky bucket, a send that
+  wakes a few milliseconds late does not push every later send back: the log catches up
+  within the window, so scheduling jitter costs a fraction of a percent, not several.
 - conversions: capacity ``c`` (at least one request's worth) and a leak of
   ``(share - c) / (60 + margin)`` per second, so any 60 s window holds at most ``share``.
 
@@ -22,11 +24,52 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ["AccountBucket", "BucketSet", "split_share"]
+__all__ = ["AccountBucket", "BucketSet", "SlidingWindow", "split_share"]
+
+
+class SlidingWindow:
+    """At most ``limit`` acquisitions in any ``window_s``-second window (a log of send times).
+
+    aiolimiter's leaky bucket either bursts (capacity > 1: up to twice the budget in one
+    window) or, with capacity 1, loses every wake-up delay for good; a window log has neither
+    problem.
+    """
+
+    def __init__(self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if limit < 1 or window_s <= 0:
+            raise ValueError("limit >= 1 and window_s > 0")
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._log: deque[float] = deque()
+        self._lock = asyncio.Lock()
+
+    def delay(self, now: float | None = None) -> float:
+        """Seconds until one more acquisition fits (0 when it fits now)."""
+        now = self._clock() if now is None else now
+        while self._log and now - self._log[0] >= self.window_s:
+            self._log.popleft()
+        if len(self._log) < self.limit:
+            return 0.0
+        return self.window_s - (now - self._log[0])
+
+    def record(self, now: float | None = None) -> None:
+        self._log.append(self._clock() if now is None else now)
+
+    def has_capacity(self) -> bool:
+        return self.delay() == 0.0
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while (wait := self.delay()) > 0:
+                await asyncio.sleep(wait)
+            self.record()
 
 
 def split_share(total: float, index: int, size: int) -> float:
@@ -69,12 +112,13 @@ class AccountBucket:
         self.conversions_per_min = conversions_per_min
         self._paused_until = 0.0
         if requests_per_s <= 0 or conversions_per_min < 1:
-            self._requests: AsyncLimiter | None = None
+            self._requests: SlidingWindow | None = None
             self._conversions: AsyncLimiter | None = None
             self.max_batch = 0
             return
-        # capacity 1: one request per period, the period stretched by the margin
-        self._requests = AsyncLimiter(1, (1.0 + margin_s) / requests_per_s)
+        # n sends per window; the window stretched by the margin (1 + margin s for whole shares)
+        n = max(1, math.floor(requests_per_s))
+        self._requests = SlidingWindow(n, n * (1.0 + margin_s) / requests_per_s)
         capacity = float(min(max_batch, max(1, math.floor(conversions_per_min / 2))))
         leak_per_s = (conversions_per_min - capacity) / (60.0 + margin_s)
         if leak_per_s <= 0:
@@ -100,8 +144,8 @@ class AccountBucket:
         assert self._requests is not None
         while (wait := self.paused_for()) > 0:
             await asyncio.sleep(wait)
-        while not self._requests.has_capacity(1):
-            await asyncio.sleep(min(0.02, self._requests.time_period / 4))
+        while (wait := self._requests.delay()) > 0:
+            await asyncio.sleep(min(wait, 0.02))
 
     async def acquire(self, conversions: int) -> None:
         """Wait until one request with ``conversions`` rows may go out (never an attempt)."""
@@ -109,7 +153,7 @@ class AccountBucket:
         while (wait := self.paused_for()) > 0:
             await asyncio.sleep(wait)
         await self._conversions.acquire(min(float(conversions), self._conversions.max_rate))
-        await self._requests.acquire(1)
+        await self._requests.acquire()
 
 
 class BucketSet:
