@@ -89,7 +89,7 @@ def create_app(
         asyncpg.PostgresConnectionError,  # connection lost mid-query
         asyncpg.InterfaceError,  # connection closed under the pool
         asyncpg.exceptions.OperatorInterventionError,  # server shutting down / starting up
-        ConnectionError,  # refused while the server is down
+        OSError,  # refused / socket missing while the server restarts
     ):
         app.add_exception_handler(exc_type, _database_unavailable)
     app.add_middleware(RequestIdMiddleware)
