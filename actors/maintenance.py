@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -22,13 +23,23 @@ log = logging.getLogger(__name__)
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class Maintenance:
-    def __init__(self, db_url: str, settings: Settings) -> None:
+    def __init__(self, db_url: str, settings: Settings, autostart: bool = False) -> None:
         self._db_url = db_url
         self._settings = settings
+        # Ray restarts a crashed Maintenance with the same arguments: with autostart it
+        # resumes its job loop by itself (here when a loop runs, else on the next call).
+        self._autostart = autostart
         self._pool: asyncpg.Pool | None = None
         self._last_run: dict[str, float] = {}
         self._last_result: dict[str, Any] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        if autostart:
+            with contextlib.suppress(RuntimeError):  # no running loop yet: _ensure_started later
+                self._loop_task = asyncio.get_running_loop().create_task(self._loop(5.0))
+
+    def _ensure_started(self) -> None:
+        if self._autostart and self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._loop(5.0))
 
     async def _db(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -58,7 +69,9 @@ class Maintenance:
         return result
 
     async def status(self) -> dict[str, Any]:
-        return {"jobs": sorted(JOBS), "last_result": self._last_result}
+        self._ensure_started()
+        return {"jobs": sorted(JOBS), "running": self._loop_task is not None, "last_result": self._last_result}
 
     async def ping(self) -> str:
+        self._ensure_started()
         return "ok"

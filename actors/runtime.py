@@ -108,7 +108,7 @@ def start_stack(
     maintenance = (
         _actor_class(Maintenance)
         .options(name=MAINTENANCE_NAME, namespace=ns, get_if_exists=True)
-        .remote(db_url, settings)
+        .remote(db_url, settings, autostart=start_maintenance)
     )
     handles.append(maintenance)
     _KEEP[(ns, REGISTRY_NAME)] = registry

@@ -112,6 +112,18 @@ def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
         )
         assert status.returncode == 0, status.stdout + status.stderr
         assert json.loads(status.stdout)["ray"] == "ok"
+        assert json.loads(status.stdout)["routing"]["version"] == 1
+        # resize the running stack from another shell
+        scaled = subprocess.run(
+            [sys.executable, "-m", "opsmantik_stream.cli", "scale", "--partitions", "2", "--uploaders", "1", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert scaled.returncode == 0, scaled.stdout + scaled.stderr
+        health = _wait_healthy(port, proc, log)
+        assert sum(1 for name in health["checks"]["actors"] if name.startswith("partition-v2-")) == 2
     finally:
         if proc.poll() is None:
             _interrupt(proc, log)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from typing import Any
 
 import httpx
@@ -66,3 +68,29 @@ async def test_openapi_lists_the_contract_routes(client: httpx.AsyncClient) -> N
         assert route in paths, route
     docs = await client.get("/docs")
     assert docs.status_code == 200 and "openapi.json" in docs.text
+
+
+def test_maintenance_resumes_its_job_loop_after_a_crash(stack: dict[str, Any], settings: Any) -> None:
+    import ray
+
+    from actors.maintenance import MAINTENANCE_NAME
+    from actors.runtime import get_actor
+
+    maintenance = get_actor(MAINTENANCE_NAME, settings.ray_namespace)
+    assert ray.get(maintenance.status.remote(), timeout=30)["running"] is True
+    ray.kill(maintenance, no_restart=False)  # a crash: Ray restarts it with the same arguments
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            status = ray.get(get_actor(MAINTENANCE_NAME, settings.ray_namespace).status.remote(), timeout=10)
+            break
+        except ray.exceptions.RayActorError:
+            assert time.monotonic() < deadline, "maintenance did not come back"
+    assert status["running"] is True
+    # and the restarted loop ran its jobs again (partitions is due at once)
+    for _ in range(100):
+        status = ray.get(get_actor(MAINTENANCE_NAME, settings.ray_namespace).status.remote(), timeout=10)
+        if "partitions" in status["last_result"]:
+            break
+        time.sleep(0.1)
+    assert "partitions" in status["last_result"]
