@@ -63,9 +63,7 @@ def create_app(
         url = db_url
         if url is None:
             url, embedded = resolve_database_url(cfg)
-        pool = await create_pool(
-            url, min_size=cfg.db_pool_min, max_size=cfg.db_pool_max, api_url=cfg.api_database_url
-        )
+        pool = await create_pool(url, min_size=cfg.db_pool_min, max_size=cfg.db_pool_max, api_url=cfg.api_database_url)
         app.state.ctx = AppContext(settings=cfg, pool=pool, ray_enabled=ray_enabled)
         try:
             yield

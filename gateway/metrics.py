@@ -64,9 +64,7 @@ class _DatabaseFigures(Collector):
         snap = self.snapshot
         if not snap:
             return
-        queue = GaugeMetricFamily(
-            "opsmantik_queue_rows", "Offline conversion queue rows by status", labels=["status"]
-        )
+        queue = GaugeMetricFamily("opsmantik_queue_rows", "Offline conversion queue rows by status", labels=["status"])
         for status in ("QUEUED", "PROCESSING", "RETRY", "COMPLETED", "FAILED", "BLOCKED"):
             queue.add_metric([status], snap["queue"].get(status, 0))
         yield queue
@@ -74,15 +72,11 @@ class _DatabaseFigures(Collector):
         for state in ("CLOSED", "OPEN", "HALF_OPEN"):
             breakers.add_metric([state], snap["breakers"].get(state, 0))
         yield breakers
-        uploads = CounterMetricFamily(
-            "opsmantik_uploads", "Uploaded conversion rows by outcome", labels=["outcome"]
-        )
+        uploads = CounterMetricFamily("opsmantik_uploads", "Uploaded conversion rows by outcome", labels=["outcome"])
         for outcome in ("completed", "failed", "retry", "blocked"):
             uploads.add_metric([outcome], snap["uploads"].get(outcome, 0))
         yield uploads
-        yield GaugeMetricFamily(
-            "opsmantik_dead_letters_pending", "Dead letters waiting", value=snap["dead_letters"]
-        )
+        yield GaugeMetricFamily("opsmantik_dead_letters_pending", "Dead letters waiting", value=snap["dead_letters"])
 
 
 _DB_FIGURES = _DatabaseFigures()

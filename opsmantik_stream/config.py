@@ -117,9 +117,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
         raise ConfigError(f"{ENV_PREFIX}DB_POOL_MIN: must not exceed {ENV_PREFIX}DB_POOL_MAX")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR")
-    if settings.database_url is not None and not settings.database_url.startswith(
-        ("postgres://", "postgresql://")
-    ):
+    if settings.database_url is not None and not settings.database_url.startswith(("postgres://", "postgresql://")):
         raise ConfigError(f"{ENV_PREFIX}DATABASE_URL: expected a postgresql:// URL")
     return settings
 

@@ -104,9 +104,7 @@ class _Companion:
 _COMPANIONS: dict[int, _Companion] = {}
 
 
-async def create_pool(
-    url: str, *, min_size: int = 1, max_size: int = 10, api_url: str | None = None
-) -> asyncpg.Pool:
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, api_url: str | None = None) -> asyncpg.Pool:
     """An owner (service-role) pool. ``api_transaction`` on it uses a companion pool that
     logs in as the API role (``api_url``, default derived from ``url``)."""
     pool = await asyncpg.create_pool(

@@ -54,9 +54,7 @@ def load_migrations(folder: Path) -> list[Migration]:
         found.append(Migration(int(m.group(1)), m.group(2), path.read_text()))
     for expected, mig in enumerate(found, start=1):
         if mig.version != expected:
-            raise MigrationError(
-                f"{mig.filename}: expected version {expected:04d} (gap or duplicate in {folder})"
-            )
+            raise MigrationError(f"{mig.filename}: expected version {expected:04d} (gap or duplicate in {folder})")
     return found
 
 
@@ -90,9 +88,7 @@ async def apply_migrations(
         for version, row in applied.items():
             mig = by_version.get(version)
             if mig is None:
-                raise MigrationError(
-                    f"applied migration {version:04d}_{row['name']}.sql is missing from the folder"
-                )
+                raise MigrationError(f"applied migration {version:04d}_{row['name']}.sql is missing from the folder")
             if mig.checksum != row["checksum"]:
                 raise MigrationError(f"{mig.filename} changed after it was applied (checksum mismatch)")
         done: list[Migration] = []

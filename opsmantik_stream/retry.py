@@ -115,24 +115,16 @@ class RetryPolicy:
         if kind in (OutcomeKind.COMPLETED, OutcomeKind.ALREADY_EXISTS):
             return RetryDecision(QueueStatus.COMPLETED)
         if kind is OutcomeKind.FAILED:
-            return RetryDecision(
-                QueueStatus.FAILED, None, code or "FAILED", category or ErrorCategory.VALIDATION
-            )
+            return RetryDecision(QueueStatus.FAILED, None, code or "FAILED", category or ErrorCategory.VALIDATION)
         if kind is OutcomeKind.BLOCKED:
-            return RetryDecision(
-                QueueStatus.BLOCKED, None, code or "BLOCKED", category or ErrorCategory.CONFIG
-            )
+            return RetryDecision(QueueStatus.BLOCKED, None, code or "BLOCKED", category or ErrorCategory.CONFIG)
 
         # Everything below would send the row again: enforce the attempt cap first.
         if attempt >= self.max_attempts:
-            return RetryDecision(
-                QueueStatus.FAILED, None, MAX_ATTEMPTS_CODE, category or ErrorCategory.TRANSIENT
-            )
+            return RetryDecision(QueueStatus.FAILED, None, MAX_ATTEMPTS_CODE, category or ErrorCategory.TRANSIENT)
 
         if kind is OutcomeKind.SPLIT_BATCH:
-            return RetryDecision(
-                QueueStatus.QUEUED, now, code, category or ErrorCategory.CONFIG, 0.0, split_batch=True
-            )
+            return RetryDecision(QueueStatus.QUEUED, now, code, category or ErrorCategory.CONFIG, 0.0, split_batch=True)
         if kind is OutcomeKind.RETRY_AFTER_6H:
             delay = max(self.too_recent_delay_s, outcome.retry_delay_s or 0.0) + self._jitter()
             return self._retry(now, delay, code, category or ErrorCategory.TRANSIENT)

@@ -184,9 +184,7 @@ async def rotate_secret(conn: asyncpg.Connection, public_id: str) -> dict[str, A
         row = await conn.fetchrow(Q.tenancy.rotate_secret, site["site_id"], _new_secret())
         if row is None:
             raise TenancyError("site_not_found", f"site {public_id!r} has no secrets")
-        await write_audit(
-            conn, ActorType.CLI, None, "site.secret_rotate", "site", site["site_id"], site["site_id"], {}
-        )
+        await write_audit(conn, ActorType.CLI, None, "site.secret_rotate", "site", site["site_id"], site["site_id"], {})
     return {
         "public_id": public_id,
         "secret": row["current_secret"],
@@ -254,9 +252,7 @@ async def resolve_token(conn: asyncpg.Connection, token: str) -> Principal | Non
     if row is None:
         return None
     await conn.execute(Q.tenancy.touch_token, row["token_id"])
-    sites = {
-        pid: SiteAccess(site_id=str(v["site_id"]), role=v["role"]) for pid, v in (row["sites"] or {}).items()
-    }
+    sites = {pid: SiteAccess(site_id=str(v["site_id"]), role=v["role"]) for pid, v in (row["sites"] or {}).items()}
     return Principal(
         user_id=str(row["user_id"]),
         email=row["email"],

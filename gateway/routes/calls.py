@@ -95,9 +95,7 @@ def parse_time_param(value: str | None, name: str) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-async def site_uuid(
-    conn: asyncpg.Connection, principal: Principal, public_id: str, cap: Capability
-) -> uuid.UUID:
+async def site_uuid(conn: asyncpg.Connection, principal: Principal, public_id: str, cap: Capability) -> uuid.UUID:
     """403 without ``cap`` on the site; else its uuid (looked up for platform admins)."""
     known = require_capability(principal, public_id, cap)
     if known:
@@ -196,26 +194,16 @@ async def call_event(request: Request) -> Response:
     replay = await ctx.pool.fetchrow(Q.leads.call_by_idempotency, site["id"], body.event_id, sig_hash)
     if replay is not None:
         return json_response(
-            _answer(
-                "noop", replay["id"], replay["matched_session_id"], replay["lead_score"], replay["status"]
-            )
+            _answer("noop", replay["id"], replay["matched_session_id"], replay["lead_score"], replay["status"])
         )
     by_client, by_fp = _limiters(ctx)
-    client = (
-        f"{request.client.host if request.client else 'unknown'}|{request.headers.get('user-agent', '')[:64]}"
-    )
+    client = f"{request.client.host if request.client else 'unknown'}|{request.headers.get('user-agent', '')[:64]}"
     now = time.monotonic()
-    wait = max(
-        by_client.take(f"{site['id']}|{client}", now), by_fp.take(f"{site['id']}|{body.fingerprint}", now)
-    )
+    wait = max(by_client.take(f"{site['id']}|{client}", now), by_fp.take(f"{site['id']}|{body.fingerprint}", now))
     if wait > 0:
-        raise ApiError(
-            429, "rate_limited", "too many call events", {"Retry-After": str(max(1, round(wait + 0.5)))}
-        )
+        raise ApiError(429, "rate_limited", "too many call events", {"Retry-After": str(max(1, round(wait + 0.5)))})
     if not ctx.ray_enabled:
-        raise ApiError(
-            503, "partition_unavailable", "the site's partition is not running", {"Retry-After": "1"}
-        )
+        raise ApiError(503, "partition_unavailable", "the site's partition is not running", {"Retry-After": "1"})
     job = CallEventJob(
         site_id=str(site["id"]),
         call_at=float(int(ts_header or 0)),
@@ -327,9 +315,7 @@ async def call_action(call_id: str, request: Request, principal: CurrentPrincipa
     body = decode_body(await request.body(), CallActionBody)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
-            await require_on_row_site(
-                conn, principal, Q.leads.call_site, cid, "call", Capability.LEADS_OPERATE
-            )
+            await require_on_row_site(conn, principal, Q.leads.call_site, cid, "call", Capability.LEADS_OPERATE)
             result = await apply_call_action(
                 conn,
                 call_id=cid,

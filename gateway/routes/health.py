@@ -30,6 +30,4 @@ async def health(request: Request) -> JSONResponse:
         ok = ok and bool(actors) and all(v == "ok" for v in actors.values())
     else:
         checks["actors"] = "disabled"
-    return json_response(
-        {"ok": ok, "status": "ok" if ok else "degraded", "checks": checks}, 200 if ok else 503
-    )
+    return json_response({"ok": ok, "status": "ok" if ok else "degraded", "checks": checks}, 200 if ok else 503)

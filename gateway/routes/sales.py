@@ -62,9 +62,7 @@ class SaleBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 def _schema(props: dict[str, object], required: list[str]) -> dict[str, object]:
     return {
         "requestBody": {
-            "content": {
-                "application/json": {"schema": {"type": "object", "required": required, "properties": props}}
-            }
+            "content": {"application/json": {"schema": {"type": "object", "required": required, "properties": props}}}
         }
     }
 
@@ -112,9 +110,7 @@ async def create_conversation(request: Request, principal: CurrentPrincipal) -> 
         ["entity_type", "entity_id"],
     ),
 )
-async def link_conversation(
-    conversation_id: str, request: Request, principal: CurrentPrincipal
-) -> JSONResponse:
+async def link_conversation(conversation_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     cid = parse_uuid_or_404(conversation_id, "conversation")
     body = decode_body(await request.body(), LinkBody)
     try:
@@ -148,9 +144,7 @@ async def link_conversation(
         ["status"],
     ),
 )
-async def resolve_conversation(
-    conversation_id: str, request: Request, principal: CurrentPrincipal
-) -> JSONResponse:
+async def resolve_conversation(conversation_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     cid = parse_uuid_or_404(conversation_id, "conversation")
     body = decode_body(await request.body(), ResolveBody)
     try:
@@ -195,9 +189,7 @@ async def create_sale(request: Request, principal: CurrentPrincipal) -> JSONResp
     try:
         occurred_at = sales_core.parse_occurred_at(body.occurred_at)
         if body.amount_minor < 0:
-            raise LeadError(
-                400, "invalid_amount", "amount_minor must be a non-negative integer (minor units)"
-            )
+            raise LeadError(400, "invalid_amount", "amount_minor must be a non-negative integer (minor units)")
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             site_id = await site_uuid(conn, principal, body.site, Capability.LEADS_OPERATE)
             sale, created = await sales_core.upsert_sale(
@@ -260,9 +252,7 @@ async def confirm_sale(sale_id: str, request: Request, principal: CurrentPrincip
     sid = parse_uuid_or_404(sale_id, "sale")
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
-            await require_on_row_site(
-                conn, principal, Q.sales.sale_site, sid, "sale", Capability.LEADS_OPERATE
-            )
+            await require_on_row_site(conn, principal, Q.sales.sale_site, sid, "sale", Capability.LEADS_OPERATE)
             result = await sales_core.confirm_sale(conn, sale_id=sid, user_id=principal.user_id)
     except LeadError as exc:
         raise lead_error(exc) from None

@@ -150,9 +150,7 @@ async def get_ledger(
     return json_response({"ok": True, "site": site, **data})
 
 
-@router.post(
-    "/api/oci/requeue", response_class=JSONResponse, summary="FAILED/BLOCKED rows back to QUEUED (audited)"
-)
+@router.post("/api/oci/requeue", response_class=JSONResponse, summary="FAILED/BLOCKED rows back to QUEUED (audited)")
 async def post_requeue(request: Request, principal: CurrentPrincipal) -> JSONResponse:
     body: RequeueBody = await _decode(request, RequeueBody)
     site_id = await _site_id(request, principal, body.site, Capability.QUEUE_OPERATE)
@@ -173,9 +171,7 @@ async def post_requeue(request: Request, principal: CurrentPrincipal) -> JSONRes
     return json_response({"ok": True, "site": body.site, **result})
 
 
-@router.post(
-    "/api/oci/breaker/reset", response_class=JSONResponse, summary="Close a site's breaker (audited)"
-)
+@router.post("/api/oci/breaker/reset", response_class=JSONResponse, summary="Close a site's breaker (audited)")
 async def post_breaker_reset(request: Request, principal: CurrentPrincipal) -> JSONResponse:
     body: BreakerResetBody = await _decode(request, BreakerResetBody)
     site_id = await _site_id(request, principal, body.site, Capability.QUEUE_OPERATE)

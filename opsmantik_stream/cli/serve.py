@@ -41,9 +41,7 @@ async def _migrate(url: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = settings_or_exit(
-        host=args.host, port=args.port, partitions=args.partitions, uploaders=args.uploaders
-    )
+    settings = settings_or_exit(host=args.host, port=args.port, partitions=args.partitions, uploaders=args.uploaders)
     from gateway.logs import configure_logging
 
     configure_logging(settings.log_level)

@@ -41,9 +41,7 @@ def register(sub: Any) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_list)
 
-    origins = ssub.add_parser(
-        "origins", help="manage a site's allowed origins", description="Allowed origins."
-    )
+    origins = ssub.add_parser("origins", help="manage a site's allowed origins", description="Allowed origins.")
     osub = origins.add_subparsers(dest="origins_command", metavar="SUBCOMMAND")
     osub.required = True
     p = osub.add_parser("add", help="allow another origin", description="Allow another origin for a site.")

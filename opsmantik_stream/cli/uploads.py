@@ -54,9 +54,7 @@ def register(sub: Any) -> None:
     osub = oci.add_subparsers(dest="oci_command", metavar="SUBCOMMAND")
     osub.required = True
 
-    p = osub.add_parser(
-        "queue", help="row counts by state and the breakers", description="Queue counts by state."
-    )
+    p = osub.add_parser("queue", help="row counts by state and the breakers", description="Queue counts by state.")
     p.add_argument("--site", required=True, help="the site's public id")
     add_json_flag(p)
     p.set_defaults(func=cmd_queue)
@@ -68,9 +66,7 @@ def register(sub: Any) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_rows)
 
-    p = osub.add_parser(
-        "ledger", help="upload attempts (STARTED/FINISHED)", description="The attempt ledger."
-    )
+    p = osub.add_parser("ledger", help="upload attempts (STARTED/FINISHED)", description="The attempt ledger.")
     p.add_argument("--site", required=True, help="the site's public id")
     p.add_argument("--limit", type=int, default=50, help="at most this many entries (default 50)")
     add_json_flag(p)
@@ -79,8 +75,7 @@ def register(sub: Any) -> None:
     p = osub.add_parser(
         "requeue",
         help="move FAILED/BLOCKED rows back to QUEUED (audited)",
-        description="Requeue FAILED or BLOCKED rows with a fresh attempt budget "
-        "(e.g. after fixing credentials).",
+        description="Requeue FAILED or BLOCKED rows with a fresh attempt budget (e.g. after fixing credentials).",
     )
     p.add_argument("--site", required=True, help="the site's public id")
     p.add_argument("--id", action="append", dest="ids", metavar="ROW_ID", help="a row id (repeatable)")
@@ -98,9 +93,7 @@ def register(sub: Any) -> None:
 
 
 def _register_site(ssub: Any) -> None:
-    creds = ssub.add_parser(
-        "credentials", help="destination credentials (write-only)", description="Credentials."
-    )
+    creds = ssub.add_parser("credentials", help="destination credentials (write-only)", description="Credentials.")
     csub = creds.add_subparsers(dest="credentials_command", metavar="SUBCOMMAND")
     csub.required = True
     p = csub.add_parser(
@@ -117,9 +110,7 @@ def _register_site(ssub: Any) -> None:
     p.add_argument("--client-secret", help="OAuth client secret (or OPSMANTIK_CRED_CLIENT_SECRET)")
     p.add_argument("--refresh-token", help="OAuth refresh token (or OPSMANTIK_CRED_REFRESH_TOKEN)")
     p.add_argument("--developer-token", help="Google Ads developer token (or OPSMANTIK_CRED_DEVELOPER_TOKEN)")
-    p.add_argument(
-        "--conversion-action", required=True, help="customers/{id}/conversionActions/{id} or the id"
-    )
+    p.add_argument("--conversion-action", required=True, help="customers/{id}/conversionActions/{id} or the id")
     p.add_argument("--api-base-url", help="API base URL (e.g. the emulator, http://127.0.0.1:8790)")
     p.add_argument("--token-url", help="OAuth token URL (e.g. http://127.0.0.1:8790/token)")
     p.add_argument("--requests-per-s", type=float, help="the account's request budget (whole pool)")
@@ -204,9 +195,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
     stats = run_with_db(body)
     lines = [f"{k:<11}{v}" for k, v in stats["counts"].items()]
-    lines += [
-        f"breaker {b['destination']}: {b['state']} (failures {b['failure_count']})" for b in stats["breakers"]
-    ]
+    lines += [f"breaker {b['destination']}: {b['state']} (failures {b['failure_count']})" for b in stats["breakers"]]
     emit(args, {"site": args.site, **stats}, "\n".join(lines))
     return 0
 
@@ -215,9 +204,7 @@ def cmd_rows(args: argparse.Namespace) -> int:
     async def body(conn: asyncpg.Connection, settings: Settings) -> list[dict[str, Any]]:
         site_id = await _site_id(conn, args.site)
         try:
-            return await operator.list_rows(
-                conn, site_id, args.status.upper() if args.status else None, args.limit
-            )
+            return await operator.list_rows(conn, site_id, args.status.upper() if args.status else None, args.limit)
         except operator.OperatorError as exc:
             raise CliError(exc.message) from None
 

@@ -71,9 +71,7 @@ def create_app(
         return await _send(emu.handle_dm_ingest(request.headers, await request.body()))
 
     async def dm_status(request: Request) -> Response:
-        return await _send(
-            emu.handle_dm_request_status(request.headers, request.query_params.get("requestId"))
-        )
+        return await _send(emu.handle_dm_request_status(request.headers, request.query_params.get("requestId")))
 
     async def get_state(request: Request) -> Response:
         include = request.query_params.get("conversions", "true").lower() not in ("0", "false", "no")

@@ -49,21 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every emulator knob to ``parser`` (each is also settable via POST /_emulator/config)."""
     d = EmulatorConfig()
     srv = parser.add_argument_group("server")
-    srv.add_argument(
-        "--host", default="127.0.0.1", help="interface to bind (default: %(default)s; keep it local)"
-    )
-    srv.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="TCP port (default: %(default)s; 0 = any free)"
-    )
+    srv.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s; keep it local)")
+    srv.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default: %(default)s; 0 = any free)")
     srv.add_argument(
         "--log-level",
         default="warning",
         choices=["critical", "error", "warning", "info", "debug"],
         help="uvicorn log level; access logging is always off (default: %(default)s)",
     )
-    srv.add_argument(
-        "--seed", type=int, default=d.seed, help="seed for failure injection, request/job ids and tokens"
-    )
+    srv.add_argument("--seed", type=int, default=d.seed, help="seed for failure injection, request/job ids and tokens")
 
     faults = parser.add_argument_group("latency and faults")
     faults.add_argument(
@@ -106,8 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rate-rps",
         type=int,
         default=None,
-        help="requests per 1-second window per account before 429 RESOURCE_TEMPORARILY_EXHAUSTED "
-        "(default: unlimited)",
+        help="requests per 1-second window per account before 429 RESOURCE_TEMPORARILY_EXHAUSTED (default: unlimited)",
     )
     quota.add_argument(
         "--rate-cpm",

@@ -232,9 +232,7 @@ def _rfc3339_ok(s: Any) -> bool:
 class EmulatorState:
     """In-memory Google. ``clock`` returns epoch seconds (inject a fake one in tests)."""
 
-    def __init__(
-        self, config: EmulatorConfig | None = None, *, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, config: EmulatorConfig | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config or EmulatorConfig()
         self.clock = clock
         self.rng = random.Random(self.config.seed)
@@ -388,9 +386,7 @@ class EmulatorState:
             return "OAUTH_TOKEN_EXPIRED", None
         return "", tok
 
-    def _reply(
-        self, status: int, payload: Any, request_id: str | None = None, *, api: bool = True
-    ) -> EmuReply:
+    def _reply(self, status: int, payload: Any, request_id: str | None = None, *, api: bool = True) -> EmuReply:
         if api:
             self.responses_by_status[status] += 1
         headers = {"content-type": _JSON}
@@ -504,18 +500,14 @@ class EmulatorState:
         # Canonical errors raised before the Ads layer (outage, injected faults) carry no
         # GoogleAdsFailure, like Google's front end.
         rid = self._request_id()
-        return self._reply(
-            status, {"error": {"code": status, "message": message, "status": status_name}}, rid
-        )
+        return self._reply(status, {"error": {"code": status, "message": message, "status": status_name}}, rid)
 
     def _injected_failure(self) -> EmuReply | None:
         c = self.config
         if c.outage:
             return self._status_error(503, "UNAVAILABLE", "The service is currently unavailable.")
         if c.failure_rate > 0 and self.rng.random() < c.failure_rate:
-            name = {500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}.get(
-                c.failure_status, "INTERNAL"
-            )
+            name = {500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}.get(c.failure_status, "INTERNAL")
             return self._status_error(c.failure_status, name, "Injected failure.")
         return None
 
@@ -661,9 +653,7 @@ class EmulatorState:
         # Proto-JSON type errors reject the whole request before any row logic.
         for i, c in enumerate(convs):
             v = _g(c, "conversionValue", "conversion_value") if isinstance(c, dict) else None
-            if not isinstance(c, dict) or (
-                v is not None and (isinstance(v, bool) or not isinstance(v, int | float))
-            ):
+            if not isinstance(c, dict) or (v is not None and (isinstance(v, bool) or not isinstance(v, int | float))):
                 rid = self._request_id()
                 return self._reply(
                     400,
@@ -744,9 +734,7 @@ class EmulatorState:
             present = [f for f in _CLICK_FIELDS if c.get(f)]
             uids = _g(c, "userIdentifiers", "user_identifiers") or []
             if "gbraid" in present and "wbraid" in present:
-                errors[i] = err(
-                    "conversionUploadError", "GBRAID_WBRAID_BOTH_SET", index=i, field_name="wbraid"
-                )
+                errors[i] = err("conversionUploadError", "GBRAID_WBRAID_BOTH_SET", index=i, field_name="wbraid")
                 continue
             if len(present) > 1:
                 errors[i] = err(
@@ -946,9 +934,7 @@ class EmulatorState:
         if failed:
             first = failed[0]
             path = first.get("location", {}).get("fieldPathElements", [])
-            where = ".".join(
-                f"{p['fieldName']}[{p['index']}]" if "index" in p else p["fieldName"] for p in path
-            )
+            where = ".".join(f"{p['fieldName']}[{p['index']}]" if "index" in p else p["fieldName"] for p in path)
             summary = f"{first['message']}, at {where}" if where else first["message"]
             if len(failed) > 1:
                 summary = f"Multiple errors in \u2018details\u2019. First error: {summary}"
@@ -975,9 +961,7 @@ class EmulatorState:
         rid = self._request_id()
         details: list[dict[str, Any]] = []
         if violations:
-            details.append(
-                {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations}
-            )
+            details.append({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations})
         details.append(
             {
                 "@type": "type.googleapis.com/google.rpc.ErrorInfo",
@@ -1003,9 +987,7 @@ class EmulatorState:
         self.api_requests += 1
         why, tok = self._auth(headers.get("authorization"))
         if why or tok is None:
-            reason = (
-                "ACCESS_TOKEN_EXPIRED" if why == "OAUTH_TOKEN_EXPIRED" else "ACCESS_TOKEN_TYPE_UNSUPPORTED"
-            )
+            reason = "ACCESS_TOKEN_EXPIRED" if why == "OAUTH_TOKEN_EXPIRED" else "ACCESS_TOKEN_TYPE_UNSUPPORTED"
             if why == "OAUTH_TOKEN_HEADER_INVALID":
                 reason = "CREDENTIALS_MISSING"
             return self._dm_error(
@@ -1028,19 +1010,13 @@ class EmulatorState:
         try:
             req = msgspec.json.decode(body) if body else {}
         except msgspec.DecodeError:
-            return self._dm_error(
-                400, "INVALID_ARGUMENT", "Invalid JSON payload received.", "INVALID_ARGUMENT"
-            )
+            return self._dm_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.", "INVALID_ARGUMENT")
         if not isinstance(req, dict):
-            return self._dm_error(
-                400, "INVALID_ARGUMENT", "Invalid JSON payload received.", "INVALID_ARGUMENT"
-            )
+            return self._dm_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.", "INVALID_ARGUMENT")
         dests = req.get("destinations") or []
         events = req.get("events") or []
         if not isinstance(dests, list) or not isinstance(events, list):
-            return self._dm_error(
-                400, "INVALID_ARGUMENT", "Invalid JSON payload received.", "INVALID_ARGUMENT"
-            )
+            return self._dm_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.", "INVALID_ARGUMENT")
         self.rows_received += len(events)
         first_dest = dests[0] if dests and isinstance(dests[0], dict) else {}
         op = _g(first_dest, "operatingAccount", "operating_account") or {}
@@ -1247,8 +1223,7 @@ class EmulatorState:
                         "value": value,
                         "currency": ev.get("currency"),
                         "user_identifiers": len(
-                            _g(_g(ev, "userData", "user_data") or {}, "userIdentifiers", "user_identifiers")
-                            or []
+                            _g(_g(ev, "userData", "user_data") or {}, "userIdentifiers", "user_identifiers") or []
                         ),
                         "consent": ev.get("consent"),
                         "request_id": rid,

@@ -324,9 +324,7 @@ class _GoogleClientBase(UploadClient):
             return _verdict(200, "MISSING_ORDER_ID", "order id is required for idempotent uploads")
         t = conv.conversion_time
         if not isinstance(t, datetime) or t.tzinfo is None or t.utcoffset() is None:
-            return _verdict(
-                200, "INVALID_CONVERSION_TIME", "conversion_time must be a timezone-aware datetime"
-            )
+            return _verdict(200, "INVALID_CONVERSION_TIME", "conversion_time must be a timezone-aware datetime")
         if not conv.currency or not _CURRENCY_RE.match(conv.currency.upper()):
             return _verdict(200, "INVALID_CURRENCY", "currency must be an ISO 4217 code")
         if conv.value_minor < 0:
@@ -449,9 +447,7 @@ class _GoogleClientBase(UploadClient):
                 token = await self.tokens.get_token(creds)
             except OAuthConfigError as exc:
                 # Always an account problem (revoked grant, wrong client): never retried.
-                return _Verdict(
-                    Classification(OutcomeKind.BLOCKED, ErrorCategory.AUTH), exc.code, exc.message
-                )
+                return _Verdict(Classification(OutcomeKind.BLOCKED, ErrorCategory.AUTH), exc.code, exc.message)
             except OAuthError as exc:
                 return _Verdict(
                     Classification(OutcomeKind.RETRY, ErrorCategory.TRANSIENT),

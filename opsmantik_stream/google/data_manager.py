@@ -169,9 +169,7 @@ class DataManagerClient(_GoogleClientBase):
             for idx, reason, text in violations:
                 assert idx is not None
                 if 0 <= idx < n:
-                    v = _Verdict(
-                        classify(400, reason or "INVALID_ARGUMENT"), reason or "INVALID_ARGUMENT", text
-                    )
+                    v = _Verdict(classify(400, reason or "INVALID_ARGUMENT"), reason or "INVALID_ARGUMENT", text)
                     if verdicts[idx].code == "COLLATERAL" or v.worse_than(verdicts[idx]):
                         verdicts[idx] = v
                     first = first or v

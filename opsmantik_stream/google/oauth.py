@@ -118,9 +118,7 @@ class TokenProvider:
 
     async def _refresh(self, creds: GoogleCredentials) -> tuple[str, float]:
         if not (creds.client_id.strip() and creds.client_secret.strip() and creds.refresh_token.strip()):
-            raise OAuthConfigError(
-                "MISSING_CREDENTIALS", "client id, client secret or refresh token is empty"
-            )
+            raise OAuthConfigError("MISSING_CREDENTIALS", "client id, client secret or refresh token is empty")
         url = creds.token_url or DEFAULT_TOKEN_URL
         form = {
             "grant_type": "refresh_token",
@@ -134,9 +132,7 @@ class TokenProvider:
         except httpx.TimeoutException as exc:
             raise OAuthTransientError("TIMEOUT", f"token endpoint timed out ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
-            raise OAuthTransientError(
-                "NETWORK_ERROR", f"token endpoint unreachable ({type(exc).__name__})"
-            ) from None
+            raise OAuthTransientError("NETWORK_ERROR", f"token endpoint unreachable ({type(exc).__name__})") from None
         try:
             body = msgspec.json.decode(resp.content, type=_TokenResponse)
         except (msgspec.DecodeError, msgspec.ValidationError):

@@ -194,6 +194,10 @@ class _Retry(Exception):
     it and derives its own session id; one event's conflict never fails the others."""
 
 
+# Either re-runs the batch event by event (a savepoint each) instead of failing the call.
+_BATCH_RETRY_ERRORS: tuple[type[BaseException], ...] = (*_DATA_ERRORS, _Retry)
+
+
 class _LRU(OrderedDict[Any, Any]):
     def __init__(self, size: int) -> None:
         super().__init__()
@@ -274,10 +278,8 @@ class IngestStore:
                         results.update(await self._write(conn, items, now, plans, pending, use_cache=True))
                         if broken:
                             await self._dead_letter(conn, broken, "prepare")
-                except (*_DATA_ERRORS, _Retry) as exc:
-                    log.warning(
-                        "ingest batch failed on its data, retrying event by event: %s", type(exc).__name__
-                    )
+                except _BATCH_RETRY_ERRORS as exc:
+                    log.warning("ingest batch failed on its data, retrying event by event: %s", type(exc).__name__)
                     pending = _Pending()
                     async with conn.transaction():
                         results.update(await self._write_one_by_one(conn, items, now, plans, pending))
@@ -412,9 +414,7 @@ class IngestStore:
         await self._dead_letter(conn, [(ev, reason)], "partition")
         return WireResult(status="accepted", ingest_id=item.key, stored="dead_letter")
 
-    async def _dead_letter(
-        self, conn: asyncpg.Connection, broken: list[tuple[WireEvent, str]], stage: str
-    ) -> None:
+    async def _dead_letter(self, conn: asyncpg.Connection, broken: list[tuple[WireEvent, str]], stage: str) -> None:
         await conn.execute(
             Q.ingest.insert_dead_letters,
             [ev.site_id for ev, _ in broken],
@@ -700,9 +700,7 @@ class IngestStore:
                 since = (since - dt.timedelta(days=1)).replace(day=1)
             for fkey in keys:
                 out[fkey] = FingerprintInfo(sessions={}, loaded_at=mono)
-            rows = await conn.fetch(
-                Q.ingest.fingerprint_history, [k[0] for k in keys], [k[1] for k in keys], since
-            )
+            rows = await conn.fetch(Q.ingest.fingerprint_history, [k[0] for k in keys], [k[1] for k in keys], since)
             for row in rows:
                 out[(str(row["site_id"]), row["fp"])].sessions[row["id"]] = (
                     row["created_at"],

@@ -32,9 +32,7 @@ ALLOWED_FROM: dict[str, frozenset[str]] = {
     CallAction.CANCEL: frozenset({S.INTENT, S.SUSPICIOUS, S.CONFIRMED}),
     CallAction.RESTORE: frozenset({S.JUNK, S.CANCELLED, S.CONFIRMED, S.SUSPICIOUS}),
 }
-OPERATOR_ACTIONS = frozenset(
-    {CallAction.SEAL, CallAction.JUNK, CallAction.CANCEL, CallAction.RESTORE, CallAction.UNDO}
-)
+OPERATOR_ACTIONS = frozenset({CallAction.SEAL, CallAction.JUNK, CallAction.CANCEL, CallAction.RESTORE, CallAction.UNDO})
 
 _STAMP_RE = re.compile(r"^session:([0-9a-fA-F-]{36})$")
 
@@ -113,23 +111,18 @@ async def apply_call_action(
             raise LeadError(409, "nothing_to_undo", "the call has no action to undo")
         if last["action_type"] == CallAction.UNDO:
             raise LeadError(409, "last_action_is_undo", "the last action is already an undo")
-        updated = await conn.fetchrow(
-            Q.leads.restore_call_snapshot, call_id, previous, last["revert_snapshot"]
-        )
+        updated = await conn.fetchrow(Q.leads.restore_call_snapshot, call_id, previous, last["revert_snapshot"])
         undone = last["action_type"]
     else:
         if previous not in ALLOWED_FROM[action]:
             raise LeadError(409, "invalid_transition", f"cannot {action} a call in state {previous}")
         undone = None
         keep_score = row["lead_score"] if score is None else score
-        values: tuple[
-            CallStatus, int | None, str | None, int, dt.datetime | None, uuid.UUID | None, dt.datetime | None
-        ]
+        values: tuple[CallStatus, int | None, str | None, int, dt.datetime | None, uuid.UUID | None, dt.datetime | None]
         if action == CallAction.SEAL:
             if value_minor is not None and currency is None:
                 currency = (
-                    row["currency"]
-                    or (await conn.fetchrow(Q.sales.site_destination, row["site_id"]))["currency"]
+                    row["currency"] or (await conn.fetchrow(Q.sales.site_destination, row["site_id"]))["currency"]
                 )
             values = (S.CONFIRMED, value_minor, currency or row["currency"], keep_score, now, user_uuid, None)
         elif action == CallAction.JUNK:
@@ -187,9 +180,7 @@ async def apply_call_action(
         )
     elif previous == S.CONFIRMED and updated["status"] != S.CONFIRMED:
         voided = bool(
-            await conn.fetch(
-                Q.sales.void_pending_conversion, SourceKind.CALL.value, call_id, f"call {action}"
-            )
+            await conn.fetch(Q.sales.void_pending_conversion, SourceKind.CALL.value, call_id, f"call {action}")
         )
     await write_audit(
         conn,

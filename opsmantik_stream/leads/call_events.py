@@ -91,9 +91,7 @@ def decode_result(data: bytes) -> CallEventResult:
     return _result_decoder.decode(data)
 
 
-def compute_lead_score(
-    conversions: int, interactions: int, max_event_score: float
-) -> tuple[int, dict[str, Any]]:
+def compute_lead_score(conversions: int, interactions: int, max_event_score: float) -> tuple[int, dict[str, Any]]:
     """``min(100, 20·conversions + 5·interactions + max event score)`` and its breakdown."""
     bonus = max(0, math.floor(max_event_score))
     raw = 20 * conversions + 5 * interactions + bonus
@@ -136,9 +134,7 @@ async def _existing(conn: asyncpg.Connection, site_id: uuid.UUID, job: CallEvent
     return row
 
 
-async def process_call_event(
-    pool: asyncpg.Pool, payload: bytes, settings: Settings, caches: Any = None
-) -> bytes:
+async def process_call_event(pool: asyncpg.Pool, payload: bytes, settings: Settings, caches: Any = None) -> bytes:
     """Match, score and record one authenticated call event; msgpack ``CallEventResult``.
 
     ``caches`` (the partition's session cache) is accepted for the partition's convenience
@@ -157,9 +153,7 @@ async def process_call_event(
         if session is None or "analytics" not in (session["consent_scopes"] or []):
             # nothing may be stored without an analytics-consented session (SPEC §4, §8)
             return _encoder.encode(CallEventResult(status="no_consent"))
-        inputs = await conn.fetchrow(
-            Q.leads.session_score_inputs, site_id, session["id"], session["created_month"]
-        )
+        inputs = await conn.fetchrow(Q.leads.session_score_inputs, site_id, session["id"], session["created_month"])
         score, breakdown = compute_lead_score(
             int(inputs["conversions"]), int(inputs["interactions"]), float(inputs["max_event_score"])
         )

@@ -49,11 +49,7 @@ def primary_source(session: asyncpg.Record | None, call: asyncpg.Record | None) 
         out["consent_scopes"] = list(session["consent_scopes"] or [])
     if call is not None:
         out["call_id"] = str(call["id"])
-        if (
-            call["click_id"]
-            and call["click_id_type"]
-            and not any(out.get(k) for k in ("gclid", "wbraid", "gbraid"))
-        ):
+        if call["click_id"] and call["click_id_type"] and not any(out.get(k) for k in ("gclid", "wbraid", "gbraid")):
             out[call["click_id_type"]] = call["click_id"]
     return out
 
@@ -70,9 +66,7 @@ async def create_conversation(
     """(conversation, created). A second create for the same primary call returns the
     existing one (idempotent)."""
     if (primary_call_id is None) == (primary_session_id is None):
-        raise LeadError(
-            400, "exactly_one_primary", "give exactly one of primary_call_id or primary_session_id"
-        )
+        raise LeadError(400, "exactly_one_primary", "give exactly one of primary_call_id or primary_session_id")
     call = None
     session = None
     if primary_call_id is not None:
@@ -100,9 +94,7 @@ async def create_conversation(
     if row is None:
         existing = await conn.fetchrow(Q.leads.conversation_by_primary_call, site_id, primary_call_id)
         return conversation_dict(existing), False
-    entity = (
-        (LinkEntity.CALL, primary_call_id) if call is not None else (LinkEntity.SESSION, primary_session_id)
-    )
+    entity = (LinkEntity.CALL, primary_call_id) if call is not None else (LinkEntity.SESSION, primary_session_id)
     await conn.execute(Q.leads.insert_link, row["id"], site_id, entity[0].value, entity[1])
     await write_audit(
         conn,
@@ -130,9 +122,7 @@ async def add_link(
     try:
         kind = LinkEntity(entity_type)
     except ValueError:
-        raise LeadError(
-            400, "invalid_entity_type", "entity_type must be session, call, event or sale"
-        ) from None
+        raise LeadError(400, "invalid_entity_type", "entity_type must be session, call, event or sale") from None
     lookup = {
         LinkEntity.CALL: Q.leads.conversation_call_in_site,
         LinkEntity.SESSION: None,
@@ -197,9 +187,7 @@ async def resolve_conversation(
     if current["status"] != ConversationStatus.OPEN:
         if current["status"] == status:
             return conversation_dict(current), False
-        raise LeadError(
-            409, "conversation_already_resolved", f"the conversation is already {current['status']}"
-        )
+        raise LeadError(409, "conversation_already_resolved", f"the conversation is already {current['status']}")
     row = await conn.fetchrow(Q.leads.resolve_conversation, conversation_id, status, note)
     if sale_id is not None:
         await conn.execute(Q.leads.attach_sale_to_conversation, sale_id, conversation_id, site_id)

@@ -21,9 +21,7 @@ __all__ = ["confirm_sale", "list_sales", "parse_occurred_at", "sale_dict", "sess
 
 def sale_dict(row: asyncpg.Record) -> dict[str, Any]:
     return {
-        k: (str(v) if isinstance(v, uuid.UUID) else v)
-        for k, v in dict(row).items()
-        if k not in {"inserted", "notes"}
+        k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in dict(row).items() if k not in {"inserted", "notes"}
     } | {"notes": row["notes"]}
 
 

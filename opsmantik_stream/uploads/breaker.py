@@ -200,9 +200,7 @@ def _fail() -> None:
     raise TransientFailure()
 
 
-def record_outcome(
-    storage: PgBreakerStorage, signal: Signal, *, holder: str, error: str | None = None
-) -> CircuitState:
+def record_outcome(storage: PgBreakerStorage, signal: Signal, *, holder: str, error: str | None = None) -> CircuitState:
     """Apply one attempt's signal to the breaker (in memory); returns the new state.
 
     An OPEN breaker ignores outcomes of attempts that were already in flight when another

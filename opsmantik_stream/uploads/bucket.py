@@ -105,9 +105,7 @@ class BucketKey:
 class AccountBucket:
     """One uploader's share of one account's budget."""
 
-    def __init__(
-        self, requests_per_s: float, conversions_per_min: float, *, max_batch: int, margin_s: float
-    ) -> None:
+    def __init__(self, requests_per_s: float, conversions_per_min: float, *, max_batch: int, margin_s: float) -> None:
         self.requests_per_s = requests_per_s
         self.conversions_per_min = conversions_per_min
         self._paused_until = 0.0

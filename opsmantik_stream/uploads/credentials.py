@@ -134,9 +134,7 @@ def public_view(row: Any) -> dict[str, Any]:
         "account_id": row["account_id"],
         "key_fingerprint": row["key_fingerprint"],
         "requests_per_s": float(row["requests_per_s"]) if row["requests_per_s"] is not None else None,
-        "conversions_per_min": (
-            float(row["conversions_per_min"]) if row["conversions_per_min"] is not None else None
-        ),
+        "conversions_per_min": (float(row["conversions_per_min"]) if row["conversions_per_min"] is not None else None),
         "updated_at": row["updated_at"].isoformat(),
     }
 

@@ -64,9 +64,7 @@ _DELIVERED = (OutcomeKind.COMPLETED, OutcomeKind.ALREADY_EXISTS)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
-        base_delay_s=settings.upload_retry_base_delay_s, jitter_max_s=settings.upload_retry_jitter_s
-    )
+    return RetryPolicy(base_delay_s=settings.upload_retry_base_delay_s, jitter_max_s=settings.upload_retry_jitter_s)
 
 
 def breaker_config(settings: Settings, clock: Callable[[], datetime] | None = None) -> BreakerConfig:
@@ -91,9 +89,7 @@ def outcome_signal(outcomes: list[RowOutcome]) -> Signal:
     if any(o.kind in _DELIVERED for o in outcomes):
         return Signal.SUCCESS
     if any(
-        o.kind is OutcomeKind.RETRY
-        and o.error_category is ErrorCategory.TRANSIENT
-        and o.error_code != "COLLATERAL"
+        o.kind is OutcomeKind.RETRY and o.error_category is ErrorCategory.TRANSIENT and o.error_code != "COLLATERAL"
         for o in outcomes
     ):
         return Signal.TRANSIENT
@@ -130,9 +126,7 @@ class UploadEngine:
         self._share_fn = share
         self._clock = clock or (lambda: datetime.now(UTC))
         self._rng = random.Random(seed)
-        timeout = httpx.Timeout(
-            settings.upload_request_timeout_s, connect=min(5.0, settings.upload_request_timeout_s)
-        )
+        timeout = httpx.Timeout(settings.upload_request_timeout_s, connect=min(5.0, settings.upload_request_timeout_s))
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=50))
         self._tokens = TokenProvider(self._http, timeout=timeout)
@@ -140,9 +134,7 @@ class UploadEngine:
         self._clients: dict[str, UploadClient] = {}
         self.policy = retry_policy(settings)
         self.breaker_cfg = breaker_config(settings, self._clock)
-        self.buckets = BucketSet(
-            margin_s=settings.upload_bucket_margin_s, max_batch=settings.upload_chunk_size
-        )
+        self.buckets = BucketSet(margin_s=settings.upload_bucket_margin_s, max_batch=settings.upload_chunk_size)
         self._split_hint: dict[tuple[Any, str], int] = {}
         self._vault: Vault | None = None
         self._vault_error: CredentialsError | None = None
@@ -196,8 +188,7 @@ class UploadEngine:
             elif state == "OPEN" and (g["next_probe_at"] is None or g["next_probe_at"] <= now):
                 candidates.append((g, True))
             elif state == "HALF_OPEN" and (
-                g["probe_holder"] is None
-                or (g["probe_started_at"] is not None and g["probe_started_at"] < now - stale)
+                g["probe_holder"] is None or (g["probe_started_at"] is not None and g["probe_started_at"] < now - stale)
             ):
                 candidates.append((g, True))
             else:
@@ -300,9 +291,7 @@ class UploadEngine:
             if started:
                 return
             async with self.pool.acquire() as conn:
-                await store.insert_started(
-                    conn, batch_id, site_id, destination, self.uploader_id, attempt, len(rows)
-                )
+                await store.insert_started(conn, batch_id, site_id, destination, self.uploader_id, attempt, len(rows))
             started = True
 
         result: UploadResult | None = None
@@ -369,20 +358,14 @@ class UploadEngine:
             self._split_hint[key] = max(1, len(rows) // 2)
         elif key in self._split_hint and any(o.kind in _DELIVERED for o in outcomes):
             self._split_hint.pop(key, None)
-        delays = [
-            o.retry_delay_s
-            for o in outcomes
-            if o.error_category is ErrorCategory.RATE_LIMIT and o.retry_delay_s
-        ]
+        delays = [o.retry_delay_s for o in outcomes if o.error_category is ErrorCategory.RATE_LIMIT and o.retry_delay_s]
         if delays and bucket is not None:
             bucket.pause(max(d for d in delays if d is not None))
 
         signal = outcome_signal(outcomes)
         first_err = next((o for o in outcomes if o.kind not in _DELIVERED), None)
         err_code = (result.error_code if result else None) or (first_err.error_code if first_err else None)
-        err_cat = (result.error_category if result else None) or (
-            first_err.error_category if first_err else None
-        )
+        err_cat = (result.error_category if result else None) or (first_err.error_category if first_err else None)
         counts = store.FinishCounts.of([u.status for u in updates])
         duration_ms = int((time.monotonic() - t0) * 1000)
 

@@ -50,12 +50,8 @@ async def list_rows(
     conn: asyncpg.Connection, site_id: Any, status: str | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
     if status is not None and status not in {s.value for s in QueueStatus}:
-        raise OperatorError(
-            "invalid_status", f"status must be one of {', '.join(s.value for s in QueueStatus)}"
-        )
-    return [
-        _record(r) for r in await conn.fetch(Q.uploads.list_rows, site_id, status, max(1, min(limit, 1000)))
-    ]
+        raise OperatorError("invalid_status", f"status must be one of {', '.join(s.value for s in QueueStatus)}")
+    return [_record(r) for r in await conn.fetch(Q.uploads.list_rows, site_id, status, max(1, min(limit, 1000)))]
 
 
 async def ledger(conn: asyncpg.Connection, site_id: Any, limit: int = 100) -> dict[str, Any]:

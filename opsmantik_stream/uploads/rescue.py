@@ -61,9 +61,7 @@ async def rescue_stale(
         if rows:
             ids, attempts, batches, statuses, delays, codes, cats, errors = ([] for _ in range(8))
             for r in rows:
-                outcome = RowOutcome(
-                    str(r["id"]), 0, OutcomeKind.RETRY, RESCUE_CODE, ErrorCategory.TRANSIENT, message
-                )
+                outcome = RowOutcome(str(r["id"]), 0, OutcomeKind.RETRY, RESCUE_CODE, ErrorCategory.TRANSIENT, message)
                 d = policy.decide(outcome, int(r["attempt"]), now)
                 ids.append(r["id"])
                 attempts.append(int(r["attempt"]))

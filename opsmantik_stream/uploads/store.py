@@ -78,9 +78,7 @@ async def insert_started(
     attempt: int,
     row_count: int,
 ) -> None:
-    await conn.execute(
-        Q.uploads.insert_started, batch_id, site_id, destination, uploader_id, attempt, row_count
-    )
+    await conn.execute(Q.uploads.insert_started, batch_id, site_id, destination, uploader_id, attempt, row_count)
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,9 +73,7 @@ async def test_click_to_queued_conversion(
         row = await pool.fetchrow(
             "SELECT * FROM offline_conversion_queue WHERE source_id = $1", uuid.UUID(intent["id"])
         )
-        confirmed_at = await pool.fetchval(
-            "SELECT confirmed_at FROM calls WHERE id = $1", uuid.UUID(intent["id"])
-        )
+        confirmed_at = await pool.fetchval("SELECT confirmed_at FROM calls WHERE id = $1", uuid.UUID(intent["id"]))
         assert row["status"] == "QUEUED"
         assert (row["gclid"], row["value_minor"], row["currency"]) == ("GCLID-E2E-SEAL", 250_000, "TRY")
         assert row["conversion_time"] == confirmed_at
@@ -115,9 +113,7 @@ async def test_click_to_queued_conversion(
         sale_id = resp.json()["sale"]["id"]
         resp = await http.post(f"/api/sales/{sale_id}/confirm", headers=bearer)
         assert resp.status_code == 200 and resp.json()["enqueued"] is True, resp.text
-        row = await pool.fetchrow(
-            "SELECT * FROM offline_conversion_queue WHERE source_id = $1", uuid.UUID(sale_id)
-        )
+        row = await pool.fetchrow("SELECT * FROM offline_conversion_queue WHERE source_id = $1", uuid.UUID(sale_id))
         assert row["status"] == "QUEUED"
         assert (row["gclid"], row["value_minor"], row["currency"]) == ("GCLID-E2E-SALE", 99_900, "EUR")
         assert row["conversion_time"] == dt.datetime.fromisoformat(occurred)

@@ -57,9 +57,7 @@ async def make_session(
     return {"id": str(sid), "created_month": month_of(created), "created_at": created}
 
 
-async def make_event(
-    pool: asyncpg.Pool, site_id: str, session: dict[str, Any], category: str, score: int = 0
-) -> None:
+async def make_event(pool: asyncpg.Pool, site_id: str, session: dict[str, Any], category: str, score: int = 0) -> None:
     await pool.execute(
         """INSERT INTO events (session_id, session_month, site_id, url, event_category, event_action,
                metadata)

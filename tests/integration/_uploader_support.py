@@ -53,7 +53,7 @@ class Emu:
 
     async def reset(self, **config: Any) -> None:
         defaults = EmulatorConfig()
-        patch = {
+        patch: dict[str, Any] = {
             "latency_ms": 0.0,
             "failure_rate": 0.0,
             "outage": False,
@@ -157,14 +157,16 @@ async def rows_of(pool: asyncpg.Pool, ids: list[Any]) -> dict[Any, asyncpg.Recor
 async def assert_ledger_complete(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     """Every attempt has exactly one STARTED and one FINISHED row."""
     recs = await pool.fetch(
-        "SELECT batch_id, array_agg(phase ORDER BY phase) AS phases FROM provider_upload_attempts GROUP BY batch_id"  # noqa: E501
+        "SELECT batch_id, array_agg(phase ORDER BY phase) AS phases FROM provider_upload_attempts GROUP BY batch_id"
     )
     for r in recs:
         assert list(r["phases"]) == ["FINISHED", "STARTED"], (r["batch_id"], r["phases"])
     return list(recs)
 
 
-async def health(pool: asyncpg.Pool, site_id: Any, destination: str = "google_ads") -> asyncpg.Record | None:
-    return await pool.fetchrow(
+async def health(pool: asyncpg.Pool, site_id: Any, destination: str = "google_ads") -> asyncpg.Record:
+    row = await pool.fetchrow(
         "SELECT * FROM provider_health_state WHERE site_id = $1 AND destination = $2", site_id, destination
     )
+    assert row is not None, "no breaker state for this site and destination"
+    return row

@@ -51,9 +51,7 @@ class Emu:
         return await self.http.post(path, json=body, headers=h)
 
     async def dm(self, body: dict[str, Any]) -> httpx.Response:
-        return await self.http.post(
-            "/v1/events:ingest", json=body, headers={"authorization": f"Bearer {self.token}"}
-        )
+        return await self.http.post("/v1/events:ingest", json=body, headers={"authorization": f"Bearer {self.token}"})
 
 
 @pytest.fixture
@@ -179,9 +177,7 @@ async def test_request_level_errors(emu: Emu) -> None:
     r = await emu.ads({"conversions": []}, path="/v99/customers/1:uploadClickConversions")
     assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
     r = await emu.ads({"conversions": [conv(0)], "partialFailure": True}, **{"login-customer-id": "12-3"})
-    assert r.status_code == 400 and errors_of(r.json()) == [
-        (None, "headerError", "INVALID_LOGIN_CUSTOMER_ID")
-    ]
+    assert r.status_code == 400 and errors_of(r.json()) == [(None, "headerError", "INVALID_LOGIN_CUSTOMER_ID")]
 
 
 async def test_auth_errors(emu: Emu) -> None:
@@ -210,9 +206,7 @@ async def test_token_endpoint(emu: Emu) -> None:
         "error": "invalid_grant",
         "error_description": "Token has been expired or revoked.",
     }
-    r = await emu.http.post(
-        "/token", data={"grant_type": "refresh_token", "client_id": "x", "refresh_token": "rt"}
-    )
+    r = await emu.http.post("/token", data={"grant_type": "refresh_token", "client_id": "x", "refresh_token": "rt"})
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
     r = await emu.http.post("/token", data={"grant_type": "password", "client_id": "c"})
     assert r.status_code == 400 and r.json()["error"] == "unsupported_grant_type"
@@ -243,10 +237,7 @@ async def test_dedupe(emu: Emu) -> None:
     assert errors_of(r.json()) == [(0, "conversionUploadError", "ORDER_ID_ALREADY_IN_USE")]
     # without an order id: same click + same instant (other offset notation) is a duplicate
     no_order = conv(5, orderId=None)
-    assert (
-        "partialFailureError"
-        not in (await emu.ads({"conversions": [no_order], "partialFailure": True})).json()
-    )
+    assert "partialFailureError" not in (await emu.ads({"conversions": [no_order], "partialFailure": True})).json()
     same_instant = conv(5, orderId=None, conversionDateTime="2026-11-02 13:05:09+00:00")
     r = await emu.ads({"conversions": [same_instant], "partialFailure": True})
     assert errors_of(r.json()) == [(0, "conversionUploadError", "CLICK_CONVERSION_ALREADY_EXISTS")]
@@ -310,9 +301,7 @@ async def test_rate_limit_exact_per_one_second_window(emu: Emu) -> None:
 
 async def test_account_rate_override_is_per_account(emu: Emu) -> None:
     emu.state.update_config({"rate_rps": 1, "account_rates": {"1234567890": {"rps": 2}}})
-    codes = [
-        (await emu.ads({"conversions": [conv(i)], "partialFailure": True})).status_code for i in range(3)
-    ]
+    codes = [(await emu.ads({"conversions": [conv(i)], "partialFailure": True})).status_code for i in range(3)]
     assert codes == [200, 200, 429]
     other = "/v26/customers/2222222222:uploadClickConversions"
     body = {
@@ -329,10 +318,7 @@ async def test_data_manager_rate_limit_has_retry_info(emu: Emu) -> None:
     assert r.status_code == 429
     details = {d["@type"].rsplit(".", 1)[-1]: d for d in r.json()["error"]["details"]}
     assert details["RetryInfo"]["retryDelay"] == "1s"
-    assert (
-        details["ErrorInfo"]["reason"] == "RATE_LIMIT_EXCEEDED"
-        and "quota_limit" in details["ErrorInfo"]["metadata"]
-    )
+    assert details["ErrorInfo"]["reason"] == "RATE_LIMIT_EXCEEDED" and "quota_limit" in details["ErrorInfo"]["metadata"]
     assert details["RequestInfo"]["requestId"] == r.headers["request-id"]
 
 
@@ -409,9 +395,7 @@ async def test_dm_adjustment_and_request_status(emu: Emu) -> None:
     st = (await emu.http.get("/v1/requestStatus:retrieve", params={"requestId": rid}, headers=auth)).json()
     dest = st["requestStatusPerDestination"][0]
     assert dest["requestStatus"] == "PARTIAL_SUCCESS"
-    assert dest["errorInfo"]["errorCounts"] == [
-        {"recordCount": "1", "reason": "PROCESSING_ERROR_REASON_EVENT_TOO_OLD"}
-    ]
+    assert dest["errorInfo"]["errorCounts"] == [{"recordCount": "1", "reason": "PROCESSING_ERROR_REASON_EVENT_TOO_OLD"}]
     assert dest["eventsIngestionStatus"] == {"recordCount": "2"}
     # the same transaction id again: an adjustment (200), value overwritten, still one conversion
     r = await emu.dm(dm_body([dm_event(0, conversionValue=10.0)]))

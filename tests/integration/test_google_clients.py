@@ -252,9 +252,7 @@ async def test_token_endpoint_outage_is_transient(env: Env) -> None:
 async def test_403_not_allowlisted_and_permission(env: Env) -> None:
     env.configure(not_allowlisted=["1234567890"])
     res = await env.client().upload(creds(), rows(2))
-    assert {(r.kind, r.error_code) for r in res.rows} == {
-        (K.BLOCKED, "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE")
-    }
+    assert {(r.kind, r.error_code) for r in res.rows} == {(K.BLOCKED, "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE")}
     assert res.http_status == 403
     # Data Manager is the way out for a non-allowlisted account
     dm = await env.client("data_manager").upload(creds("data_manager"), rows(2))
@@ -314,15 +312,11 @@ async def test_429_conversions_per_minute_and_daily_quota(env: Env) -> None:
 
 
 @pytest.mark.parametrize("dest", DESTS)
-@pytest.mark.parametrize(
-    ("status", "code"), [(500, "INTERNAL"), (503, "UNAVAILABLE"), (504, "DEADLINE_EXCEEDED")]
-)
+@pytest.mark.parametrize(("status", "code"), [(500, "INTERNAL"), (503, "UNAVAILABLE"), (504, "DEADLINE_EXCEEDED")])
 async def test_5xx_is_transient(env: Env, dest: str, status: int, code: str) -> None:
     env.configure(failure_rate=1.0, failure_status=status)
     res = await env.client(dest).upload(creds(dest), rows(2))
-    assert {(r.kind, r.error_code, r.error_category) for r in res.rows} == {
-        (K.RETRY, code, ErrorCategory.TRANSIENT)
-    }
+    assert {(r.kind, r.error_code, r.error_category) for r in res.rows} == {(K.RETRY, code, ErrorCategory.TRANSIENT)}
     assert res.http_status == status and res.request_id
 
 
@@ -369,9 +363,7 @@ async def test_ads_dedupe_by_order_id(env: Env) -> None:
     first = await client.upload(creds(), rows(3))
     assert [r.kind for r in first.rows] == [K.COMPLETED] * 3
     second = await client.upload(creds(), rows(3))
-    assert [(r.kind, r.error_code) for r in second.rows] == [
-        (K.ALREADY_EXISTS, "ORDER_ID_ALREADY_IN_USE")
-    ] * 3
+    assert [(r.kind, r.error_code) for r in second.rows] == [(K.ALREADY_EXISTS, "ORDER_ID_ALREADY_IN_USE")] * 3
     assert env.state.order_id_counts == {"o0": 1, "o1": 1, "o2": 1}
     assert env.state.order_id_attempts["o0"] == 2
     # two rows with one order id in the same request: neither is stored

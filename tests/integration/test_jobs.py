@@ -20,9 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 async def _client(settings: Any, pool: asyncpg.Pool, secret: str | None) -> httpx.AsyncClient:
-    app = create_app(
-        AppContext(settings=settings.with_overrides(cron_secret=secret), pool=pool, ray_enabled=False)
-    )
+    app = create_app(AppContext(settings=settings.with_overrides(cron_secret=secret), pool=pool, ray_enabled=False))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
 

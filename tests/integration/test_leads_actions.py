@@ -24,9 +24,7 @@ async def _act(client: httpx.AsyncClient, token: str, call_id: str, **body: Any)
 
 
 async def _queue(pool: asyncpg.Pool, source_id: str) -> list[asyncpg.Record]:
-    return await pool.fetch(
-        "SELECT * FROM offline_conversion_queue WHERE source_id = $1", uuid.UUID(source_id)
-    )
+    return await pool.fetch("SELECT * FROM offline_conversion_queue WHERE source_id = $1", uuid.UUID(source_id))
 
 
 async def test_every_action_and_undo_is_logged_and_audited(
@@ -93,9 +91,7 @@ async def test_every_action_and_undo_is_logged_and_audited(
     unknown = await _act(client, token, call_id, action="explode")
     assert unknown.status_code == 400
 
-    actions = await pool.fetch(
-        "SELECT * FROM call_actions WHERE call_id = $1 ORDER BY id", uuid.UUID(call_id)
-    )
+    actions = await pool.fetch("SELECT * FROM call_actions WHERE call_id = $1 ORDER BY id", uuid.UUID(call_id))
     assert [a["action_type"] for a in actions] == [
         "seal",
         "undo",
@@ -184,9 +180,7 @@ async def test_auto_approve_job(pool: asyncpg.Pool, make_site: Any, settings: An
         created_at=old,
         score=20,
     )
-    fresh = await make_intent(
-        pool, site["site_id"], await make_session(pool, site["site_id"]), created_at=now
-    )
+    fresh = await make_intent(pool, site["site_id"], await make_session(pool, site["site_id"]), created_at=now)
     organic = await make_intent(
         pool,
         site["site_id"],
@@ -207,9 +201,7 @@ async def test_auto_approve_job(pool: asyncpg.Pool, make_site: Any, settings: An
     )
     result = await run_job("auto_approve", pool, settings, now=now)
     assert result == {"approved": 1, "call_ids": [good]}
-    row = await pool.fetchrow(
-        "SELECT status, lead_score, confirmed_by FROM calls WHERE id = $1", uuid.UUID(good)
-    )
+    row = await pool.fetchrow("SELECT status, lead_score, confirmed_by FROM calls WHERE id = $1", uuid.UUID(good))
     assert (row["status"], row["lead_score"], row["confirmed_by"]) == ("confirmed", 60, None)
     statuses = await pool.fetch(
         "SELECT status FROM calls WHERE id = ANY($1::uuid[])",
@@ -253,11 +245,7 @@ async def test_roles_on_call_routes(
     for path in (f"/api/sites/{site['public_id']}/intents", f"/api/calls/{call_id}/actions"):
         assert (await client.get(path)).status_code == 401
     assert (await client.post(f"/api/calls/{call_id}/actions", json={"action": "junk"})).status_code == 401
-    bad = await client.get(
-        f"/api/sites/{site['public_id']}/intents?status=won", headers=auth(tokens["owner"])
-    )
+    bad = await client.get(f"/api/sites/{site['public_id']}/intents?status=won", headers=auth(tokens["owner"]))
     assert bad.status_code == 400
-    bad = await client.get(
-        f"/api/sites/{site['public_id']}/intents?from=yesterday", headers=auth(tokens["owner"])
-    )
+    bad = await client.get(f"/api/sites/{site['public_id']}/intents?from=yesterday", headers=auth(tokens["owner"]))
     assert bad.status_code == 400

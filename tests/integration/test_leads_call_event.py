@@ -181,9 +181,7 @@ async def test_next_secret_rotation_body_rules_and_rate_limits(
     assert rotated["next_secret"] == site["secret"]
     for secret in (rotated["secret"], rotated["next_secret"]):
         b = call_body(site, "fp", event_id=str(uuid.uuid4()))
-        resp = await stack_client.post(
-            "/api/call-event", content=b, headers=signed_headers(site, b, secret=secret)
-        )
+        resp = await stack_client.post("/api/call-event", content=b, headers=signed_headers(site, b, secret=secret))
         assert resp.status_code == 200
     before = len(await _calls(pool, site))
     site = {**site, "secret": rotated["secret"]}
@@ -214,9 +212,7 @@ async def test_next_secret_rotation_body_rules_and_rate_limits(
     assert resp.status_code == 200 and resp.json()["status"] == "noop"
 
 
-async def test_without_actors_answers_503(
-    client: httpx.AsyncClient, pool: asyncpg.Pool, make_site: Any
-) -> None:
+async def test_without_actors_answers_503(client: httpx.AsyncClient, pool: asyncpg.Pool, make_site: Any) -> None:
     site = await make_site()
     await make_session(pool, site["site_id"], fingerprint="fp")
     body = call_body(site, "fp")

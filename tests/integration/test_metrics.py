@@ -21,9 +21,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-async def test_metrics_report_queue_and_breakers(
-    client: httpx.AsyncClient, pool: asyncpg.Pool, make_site: Any
-) -> None:
+async def test_metrics_report_queue_and_breakers(client: httpx.AsyncClient, pool: asyncpg.Pool, make_site: Any) -> None:
     site = await make_site()
     for i, status in enumerate(["QUEUED", "QUEUED", "FAILED"]):
         await pool.execute(

@@ -50,9 +50,7 @@ async def test_refuses_a_changed_file(empty_db: asyncpg.Connection, tmp_path: Pa
         await apply_migrations(empty_db, folder)
 
 
-async def test_refuses_a_gap_before_touching_the_database(
-    empty_db: asyncpg.Connection, tmp_path: Path
-) -> None:
+async def test_refuses_a_gap_before_touching_the_database(empty_db: asyncpg.Connection, tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
     shutil.copytree(default_migrations_dir(), folder)
     sorted(folder.glob("0002_*.sql"))[0].unlink()

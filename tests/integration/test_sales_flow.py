@@ -56,26 +56,18 @@ async def test_conversation_sale_confirm_and_queue(
     )
     assert again.status_code == 200 and again.json()["conversation"]["id"] == conv["id"]
     for body in ({}, {"primary_call_id": call_id, "primary_session_id": session["id"]}):
-        bad = await client.post(
-            "/api/conversations", json={"site": site["public_id"], **body}, headers=auth(token)
-        )
+        bad = await client.post("/api/conversations", json={"site": site["public_id"], **body}, headers=auth(token))
         assert bad.status_code == 400 and bad.json()["error"] == "exactly_one_primary"
 
     # links: same site ok, duplicate 200, other site's entity 400 ENTITY_SITE_MISMATCH
     link = f"/api/conversations/{conv['id']}/links"
-    resp = await client.post(
-        link, json={"entity_type": "session", "entity_id": session["id"]}, headers=auth(token)
-    )
+    resp = await client.post(link, json={"entity_type": "session", "entity_id": session["id"]}, headers=auth(token))
     assert resp.status_code == 201
-    resp = await client.post(
-        link, json={"entity_type": "session", "entity_id": session["id"]}, headers=auth(token)
-    )
+    resp = await client.post(link, json={"entity_type": "session", "entity_id": session["id"]}, headers=auth(token))
     assert resp.status_code == 200 and resp.json()["created"] is False
     foreign_call = await make_intent(pool, other["site_id"], await make_session(pool, other["site_id"]))
     links_before = await _count(pool, "conversation_links", site["site_id"])
-    resp = await client.post(
-        link, json={"entity_type": "call", "entity_id": foreign_call}, headers=auth(token)
-    )
+    resp = await client.post(link, json={"entity_type": "call", "entity_id": foreign_call}, headers=auth(token))
     assert resp.status_code == 400 and resp.json()["error"] == "ENTITY_SITE_MISMATCH"
     resp = await client.post(link, json={"entity_type": "intent", "entity_id": call_id}, headers=auth(token))
     assert resp.status_code == 400
@@ -128,9 +120,7 @@ async def test_conversation_sale_confirm_and_queue(
     assert data["order_id"] == order_id_for(site["site_id"], "sale", sale["id"])
     resp = await client.post(confirm, headers=auth(token))
     assert resp.status_code == 409 and resp.json()["error"] == "ALREADY_CONFIRMED_OR_CANCELED"
-    [row] = await pool.fetch(
-        "SELECT * FROM offline_conversion_queue WHERE site_id = $1", uuid.UUID(site["site_id"])
-    )
+    [row] = await pool.fetch("SELECT * FROM offline_conversion_queue WHERE site_id = $1", uuid.UUID(site["site_id"]))
     assert (row["status"], row["gbraid"], row["gclid"], row["value_minor"], row["currency"]) == (
         "QUEUED",
         "gb-42",
@@ -144,9 +134,7 @@ async def test_conversation_sale_confirm_and_queue(
     # a confirmed sale cannot be rewritten through the upsert
     resp = await _sale(client, token, site, amount_minor=1, currency="USD", external_ref="crm-1")
     assert resp.status_code == 409 and resp.json()["error"] == "sale_not_draft"
-    assert (
-        await pool.fetchval("SELECT amount_minor FROM sales WHERE id = $1", uuid.UUID(sale["id"])) == 250_00
-    )
+    assert await pool.fetchval("SELECT amount_minor FROM sales WHERE id = $1", uuid.UUID(sale["id"])) == 250_00
 
     listed = await client.get(f"/api/sales?site={site['public_id']}&status=CONFIRMED", headers=auth(token))
     assert [s["id"] for s in listed.json()["sales"]] == [sale["id"]]
@@ -163,9 +151,7 @@ async def test_conversation_sale_confirm_and_queue(
     assert resp.status_code == 409
     resp = await client.post(resolve, json={"status": "MAYBE"}, headers=auth(token))
     assert resp.status_code == 400
-    audits = await pool.fetch(
-        "SELECT action FROM audit_log WHERE site_id = $1 ORDER BY id", uuid.UUID(site["site_id"])
-    )
+    audits = await pool.fetch("SELECT action FROM audit_log WHERE site_id = $1 ORDER BY id", uuid.UUID(site["site_id"]))
     assert {
         "conversation.create",
         "conversation.link",
@@ -262,9 +248,7 @@ async def test_roles_on_sales_routes(
         sale = (await _sale(client, owner, site, amount_minor=100, conversation_id=conv_id)).json()["sale"]
         resp = await client.post(f"/api/sales/{sale['id']}/confirm", headers=auth(token))
         assert resp.status_code == write_row, who
-        resp = await client.post(
-            f"/api/conversations/{conv_id}/resolve", json={"status": "LOST"}, headers=auth(token)
-        )
+        resp = await client.post(f"/api/conversations/{conv_id}/resolve", json={"status": "LOST"}, headers=auth(token))
         assert resp.status_code == write_row, who
         resp = await client.get(f"/api/sales?site={site['public_id']}", headers=auth(token))
         assert resp.status_code == (200 if who in can_read else 403), who
@@ -274,7 +258,5 @@ async def test_roles_on_sales_routes(
     assert (await client.post(f"/api/sales/{uuid.uuid4()}/confirm")).status_code == 401
     assert (await client.post(f"/api/sales/{uuid.uuid4()}/confirm", headers=auth(owner))).status_code == 404
     assert (
-        await client.post(
-            f"/api/conversations/{uuid.uuid4()}/resolve", json={"status": "WON"}, headers=auth(owner)
-        )
+        await client.post(f"/api/conversations/{uuid.uuid4()}/resolve", json={"status": "WON"}, headers=auth(owner))
     ).status_code == 404

@@ -67,9 +67,7 @@ async def test_tenant_tables_have_row_level_security(pool: asyncpg.Pool) -> None
     service_only = {"provider_leases", "billing_reconciliation_runs"}
     assert set(missing) <= service_only, f"tenant tables without RLS: {sorted(set(missing) - service_only)}"
     for table in set(missing):
-        granted = await pool.fetchval(
-            "SELECT has_table_privilege('opsmantik_api', $1, 'SELECT')", f"public.{table}"
-        )
+        granted = await pool.fetchval("SELECT has_table_privilege('opsmantik_api', $1, 'SELECT')", f"public.{table}")
         assert granted is False, f"{table} has no RLS but the API role may read it"
 
 
@@ -84,7 +82,5 @@ async def test_sessions_and_events_accept_any_month(pool: asyncpg.Pool, make_sit
     month = await pool.fetchval("SELECT created_month FROM sessions WHERE site_id = $1", site["site_id"])
     # the trigger, not the client, decides the month
     assert str(month) == "2031-07-01"
-    table = await pool.fetchval(
-        "SELECT tableoid::regclass::text FROM sessions WHERE site_id = $1", site["site_id"]
-    )
+    table = await pool.fetchval("SELECT tableoid::regclass::text FROM sessions WHERE site_id = $1", site["site_id"])
     assert table == "sessions_default"

@@ -108,9 +108,7 @@ async def test_analyst_reads_but_cannot_write(pool: asyncpg.Pool, make_site: Any
             )
 
 
-async def test_operator_routes_answer_401_and_403(
-    client: httpx.AsyncClient, make_site: Any, make_token: Any
-) -> None:
+async def test_operator_routes_answer_401_and_403(client: httpx.AsyncClient, make_site: Any, make_token: Any) -> None:
     site_a = await make_site()
     site_b = await make_site()
     token_a = await make_token(site_a["public_id"], "analyst")
@@ -134,9 +132,7 @@ async def test_operator_routes_answer_401_and_403(
     assert r.json()["sites"] == {site_a["public_id"]: {"site_id": site_a["site_id"], "role": "analyst"}}
 
 
-async def test_platform_admin_reaches_every_site(
-    client: httpx.AsyncClient, make_site: Any, make_token: Any
-) -> None:
+async def test_platform_admin_reaches_every_site(client: httpx.AsyncClient, make_site: Any, make_token: Any) -> None:
     site = await make_site()
     token = await make_token(None, None, platform_admin=True)
     r = await client.get(f"/api/sites/{site['public_id']}", headers={"Authorization": f"Bearer {token}"})

@@ -33,9 +33,7 @@ async def test_credentials_are_write_only_and_sealed(client, pool, make_site, ma
     url = f"/api/sites/{site['public_id']}/credentials"
     r = await client.put(url, json=CREDS, headers={"authorization": f"Bearer {operator}"})
     assert r.status_code == 403
-    r = await client.put(
-        url, json={**CREDS, "customer_id": "abc"}, headers={"authorization": f"Bearer {owner}"}
-    )
+    r = await client.put(url, json={**CREDS, "customer_id": "abc"}, headers={"authorization": f"Bearer {owner}"})
     assert r.status_code == 422 and r.headers["x-opsmantik-error-code"] == "invalid_customer_id"
     r = await client.put(url, json=CREDS, headers={"authorization": f"Bearer {owner}"})
     assert r.status_code == 200, r.text
@@ -58,7 +56,7 @@ async def test_queue_rows_ledger_requeue_and_breaker_reset(client, pool, make_si
         rows[0]["id"],
     )
     await pool.execute(
-        "UPDATE offline_conversion_queue SET status = 'BLOCKED', error_code = 'MISSING_CREDENTIALS' WHERE id = $1",  # noqa: E501
+        "UPDATE offline_conversion_queue SET status = 'BLOCKED', error_code = 'MISSING_CREDENTIALS' WHERE id = $1",
         rows[1]["id"],
     )
     await pool.execute(
@@ -83,9 +81,7 @@ async def test_queue_rows_ledger_requeue_and_breaker_reset(client, pool, make_si
     assert q.json()["breakers"][0]["state"] == "OPEN"
     r = await client.get("/api/oci/rows", params={"site": site["public_id"], "status": "FAILED"}, headers=a)
     assert [x["last_error"] for x in r.json()["rows"]] == ["gave up"]
-    assert (
-        await client.get("/api/oci/ledger", params={"site": site["public_id"]}, headers=a)
-    ).status_code == 200
+    assert (await client.get("/api/oci/ledger", params={"site": site["public_id"]}, headers=a)).status_code == 200
     stranger_h = {"authorization": f"Bearer {stranger}"}
     assert (
         await client.get("/api/oci/queue", params={"site": site["public_id"]}, headers=stranger_h)
@@ -96,9 +92,7 @@ async def test_queue_rows_ledger_requeue_and_breaker_reset(client, pool, make_si
     assert r.status_code == 400
     r = await client.post("/api/oci/requeue", json=body, headers=o)
     assert r.status_code == 200 and r.json()["requeued"] == 1
-    back = await pool.fetchrow(
-        "SELECT status, attempt FROM offline_conversion_queue WHERE id = $1", rows[0]["id"]
-    )
+    back = await pool.fetchrow("SELECT status, attempt FROM offline_conversion_queue WHERE id = $1", rows[0]["id"])
     assert (back["status"], back["attempt"]) == ("QUEUED", 0)
     r = await client.post("/api/oci/breaker/reset", json={"site": site["public_id"]}, headers=o)
     assert r.status_code == 200
@@ -107,8 +101,7 @@ async def test_queue_rows_ledger_requeue_and_breaker_reset(client, pool, make_si
     )
     assert (h["state"], h["failure_count"]) == ("CLOSED", 0)
     actions = [
-        r["action"]
-        for r in await pool.fetch("SELECT action FROM audit_log WHERE site_id = $1", site["site_id"])
+        r["action"] for r in await pool.fetch("SELECT action FROM audit_log WHERE site_id = $1", site["site_id"])
     ]
     assert "oci.requeue" in actions and "oci.breaker_reset" in actions
 

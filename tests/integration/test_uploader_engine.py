@@ -115,9 +115,7 @@ async def test_rate_limited_rows_wait_and_count_one_attempt(pool, make_site, fas
     h = await health(pool, site["site_id"])
     assert h["state"] == "CLOSED" and h["failure_count"] == 0  # rate limits never trip the breaker
     await emu.config(account_rates={})
-    await asyncio.sleep(
-        max(0.0, (max(r["next_retry_at"] for r in got.values()) - datetime.now(UTC)).total_seconds())
-    )
+    await asyncio.sleep(max(0.0, (max(r["next_retry_at"] for r in got.values()) - datetime.now(UTC)).total_seconds()))
     done = await engine.run_once()
     assert done["completed"] == 2
     final = await rows_of(pool, [r["id"] for r in rows])
@@ -127,9 +125,7 @@ async def test_rate_limited_rows_wait_and_count_one_attempt(pool, make_site, fas
     assert state["responses_by_status"] == {"200": 1, "429": 1}
 
 
-async def test_breaker_opens_after_5_transient_failures_then_probe_closes(
-    pool, make_site, fast, emu, engines
-) -> None:
+async def test_breaker_opens_after_5_transient_failures_then_probe_closes(pool, make_site, fast, emu, engines) -> None:
     site = await make_site()
     await set_creds(pool, fast, site["site_id"], emu.base)
     rows = await add_rows(pool, site["site_id"], [f"Cj0K{i}" for i in range(12)])
@@ -148,9 +144,7 @@ async def test_breaker_opens_after_5_transient_failures_then_probe_closes(
         gated = await e.run_once()
         assert gated.get("idle") and gated["gated_groups"] == 1
     assert (await emu.state())["api_requests"] == sent
-    assert {
-        r["id"]: r["attempt"] for r in (await rows_of(pool, [r["id"] for r in rows])).values()
-    } == attempts_before
+    assert {r["id"]: r["attempt"] for r in (await rows_of(pool, [r["id"] for r in rows])).values()} == attempts_before
     # after the open period: one small probe batch, which closes it on success
     await emu.config(outage=False)
     await asyncio.sleep(max(0.0, (h["next_probe_at"] - datetime.now(UTC)).total_seconds()) + 0.05)
@@ -164,9 +158,7 @@ async def test_breaker_opens_after_5_transient_failures_then_probe_closes(
     await assert_ledger_complete(pool)
 
 
-async def test_validation_errors_never_open_breaker_and_other_sites_flow(
-    pool, make_site, fast, emu, engines
-) -> None:
+async def test_validation_errors_never_open_breaker_and_other_sites_flow(pool, make_site, fast, emu, engines) -> None:
     bad_site, good_site, no_creds = await make_site(), await make_site(), await make_site()
     await set_creds(pool, fast, bad_site["site_id"], emu.base)
     await set_creds(pool, fast, good_site["site_id"], emu.base, customer_id="2222222222")
@@ -193,15 +185,13 @@ async def test_validation_errors_never_open_breaker_and_other_sites_flow(
     hn = await health(pool, no_creds["site_id"])
     assert hn["state"] == "OPEN" and "MISSING_CREDENTIALS" in hn["last_error"]  # config error: held
     blocked_ledger = await pool.fetch(
-        "SELECT phase, blocked_count, error_code, error_category FROM provider_upload_attempts WHERE site_id = $1",  # noqa: E501
+        "SELECT phase, blocked_count, error_code, error_category FROM provider_upload_attempts WHERE site_id = $1",
         no_creds["site_id"],
     )
     assert {r["phase"] for r in blocked_ledger} == {"STARTED", "FINISHED"}
     fin = next(r for r in blocked_ledger if r["phase"] == "FINISHED")
     assert (
-        fin["blocked_count"] == 2
-        and fin["error_code"] == "MISSING_CREDENTIALS"
-        and fin["error_category"] == "CONFIG"
+        fin["blocked_count"] == 2 and fin["error_code"] == "MISSING_CREDENTIALS" and fin["error_category"] == "CONFIG"
     )
     await assert_ledger_complete(pool)
 
@@ -261,9 +251,7 @@ async def test_late_finish_of_rescued_attempt_changes_nothing(pool, make_site, f
     assert late["transitioned"] == 0 and late["late"] is True and late["ledger_finished"] is False
     final = (await rows_of(pool, [row["id"]]))[row["id"]]
     assert dict(final) == dict(after_resend)
-    assert (
-        final["status"] == "COMPLETED" and final["attempt"] == 2 and final["claimed_by"] == fresh.uploader_id
-    )
+    assert final["status"] == "COMPLETED" and final["attempt"] == 2 and final["claimed_by"] == fresh.uploader_id
     metrics = await pool.fetchrow("SELECT * FROM provider_upload_metrics WHERE site_id = $1", site["site_id"])
     assert metrics["attempts_total"] == 2 and metrics["completed_total"] == 1 and metrics["retry_total"] == 1
     state = await emu.state()

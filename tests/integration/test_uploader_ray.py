@@ -86,9 +86,7 @@ async def test_happy_path_to_completed(pool, make_site, emu, uploader_stack) -> 
     assert await pool.fetchval("SELECT count(*) FROM provider_leases") == 0
 
 
-async def test_killed_after_send_is_rescued_and_sent_once(
-    pool, make_site, emu, uploader_stack, settings
-) -> None:
+async def test_killed_after_send_is_rescued_and_sent_once(pool, make_site, emu, uploader_stack, settings) -> None:
     s, [uploader] = uploader_stack(1)
     site = await make_site()
     await set_creds(pool, s, site["site_id"], emu.base)
@@ -146,9 +144,9 @@ async def test_two_uploaders_never_process_the_same_row(pool, make_site, emu, up
     await asyncio.gather(*(u.start.remote() for u in uploaders))
 
     async def all_done() -> bool:
-        return await pool.fetchval(
-            "SELECT count(*) FROM offline_conversion_queue WHERE status = 'COMPLETED'"
-        ) == len(rows)
+        return await pool.fetchval("SELECT count(*) FROM offline_conversion_queue WHERE status = 'COMPLETED'") == len(
+            rows
+        )
 
     try:
         await _wait_until(all_done)
@@ -159,17 +157,13 @@ async def test_two_uploaders_never_process_the_same_row(pool, make_site, emu, up
     state = await emu.state()
     assert state["order_id_attempts"] == {r["order_id"]: 1 for r in rows}  # never sent twice
     ledger = await assert_ledger_complete(pool)
-    finished = await pool.fetch(
-        "SELECT uploader_id, row_count FROM provider_upload_attempts WHERE phase = 'FINISHED'"
-    )
+    finished = await pool.fetch("SELECT uploader_id, row_count FROM provider_upload_attempts WHERE phase = 'FINISHED'")
     assert sum(f["row_count"] for f in finished) == len(rows) == 60 and len(ledger) == len(finished)
     assert len({f["uploader_id"] for f in finished}) == 2  # both uploaders took part
 
 
 @pytest.mark.parametrize(("n_uploaders", "rps"), [(1, 8), (4, 12)])
-async def test_requests_never_exceed_the_account_rate(
-    pool, make_site, emu, uploader_stack, n_uploaders, rps
-) -> None:
+async def test_requests_never_exceed_the_account_rate(pool, make_site, emu, uploader_stack, n_uploaders, rps) -> None:
     s, uploaders = uploader_stack(n_uploaders, upload_chunk_size=1)
     account = "3333333333"
     # several sites share one Google account: the budget is the account's, for the whole pool
@@ -183,9 +177,9 @@ async def test_requests_never_exceed_the_account_rate(
     await asyncio.gather(*(u.start.remote() for u in uploaders))
 
     async def all_done() -> bool:
-        return await pool.fetchval(
-            "SELECT count(*) FROM offline_conversion_queue WHERE status = 'COMPLETED'"
-        ) == len(rows)
+        return await pool.fetchval("SELECT count(*) FROM offline_conversion_queue WHERE status = 'COMPLETED'") == len(
+            rows
+        )
 
     try:
         await _wait_until(all_done)

@@ -124,9 +124,7 @@ def test_hashed_phone() -> None:
 
 
 def test_ads_conversion_shape() -> None:
-    c = conv(
-        gbraid="B", phone_e164="+16502530000", ad_user_data_consent=False, ad_personalization_consent=True
-    )
+    c = conv(gbraid="B", phone_e164="+16502530000", ad_user_data_consent=False, ad_personalization_consent=True)
     out = build_ads_conversion(c, "1234567890", "987654")
     assert out == {
         "gclid": "Cj0K",
@@ -221,9 +219,7 @@ async def test_ads_partial_failure_parsed_in_both_casings(casing: str) -> None:
                             },
                         },
                         {
-                            k("errorCode", "error_code"): {
-                                "conversionUploadError": "ORDER_ID_ALREADY_IN_USE"
-                            },
+                            k("errorCode", "error_code"): {"conversionUploadError": "ORDER_ID_ALREADY_IN_USE"},
                             "message": "dup",
                             "location": {
                                 k("fieldPathElements", "field_path_elements"): [
@@ -319,9 +315,7 @@ async def test_dm_field_violations_name_event_indexes() -> None:
     }
     seen: list[httpx.Request] = []
     http = _mock(httpx.Response(400, json=body), seen)
-    creds = GoogleCredentials(
-        **{**{f: getattr(CREDS, f) for f in CREDS.__slots__}, "destination": "data_manager"}
-    )  # type: ignore[arg-type]
+    creds = GoogleCredentials(**{**{f: getattr(CREDS, f) for f in CREDS.__slots__}, "destination": "data_manager"})  # type: ignore[arg-type]
     res = await DataManagerClient(http).upload(creds, [conv(order_id=f"o{i}") for i in range(4)])
     await http.aclose()
     kinds = [(r.kind, r.error_code) for r in res.rows]
@@ -357,9 +351,7 @@ async def test_rows_rejected_before_sending_cost_no_request() -> None:
     ]
     assert all(r.kind is OutcomeKind.FAILED for r in res.rows)
     assert seen == [] and client.tokens.refreshes == 0 and res.requests_sent == 0
-    no_action = GoogleCredentials(
-        **{**{f: getattr(CREDS, f) for f in CREDS.__slots__}, "conversion_action": ""}
-    )  # type: ignore[arg-type]
+    no_action = GoogleCredentials(**{**{f: getattr(CREDS, f) for f in CREDS.__slots__}, "conversion_action": ""})  # type: ignore[arg-type]
     res2 = await client.upload(no_action, [conv()])
     assert (res2.rows[0].kind, res2.rows[0].error_code) == (OutcomeKind.BLOCKED, "MISSING_CONVERSION_ACTION")
     await http.aclose()

@@ -51,9 +51,7 @@ def key(server_ms: int, **kw: object) -> str:
 
 
 def test_eid_key_is_sha256_of_site_eid_and_ignores_time_and_content() -> None:
-    k, version = idempotency_key(
-        SITE, eid="e-1", ec="x", ea="y", el=None, url="u", fp=None, sid=None, server_ms=1
-    )
+    k, version = idempotency_key(SITE, eid="e-1", ec="x", ea="y", el=None, url="u", fp=None, sid=None, server_ms=1)
     assert k == hashlib.sha256(f"{SITE}|eid|e-1".encode()).hexdigest()
     assert version == 2
     assert key(10**12, eid="e-1") == key(10**12 + 86_400_000, eid="e-1", el="other", url="elsewhere")
@@ -105,10 +103,7 @@ def test_content_key_parts() -> None:
     assert key(1_700_000_000_000, fp=None, sid="s1") == key(1_700_000_000_000, fp="s1")
     # the parts cannot run into each other
     assert key(1_700_000_000_000, ec="a|b", ea="c") != key(1_700_000_000_000, ec="a", ea="b|c")
-    assert (
-        idempotency_key(SITE, eid=None, ec="a", ea="b", el=None, url="u", fp=None, sid=None, server_ms=0)[1]
-        == 1
-    )
+    assert idempotency_key(SITE, eid=None, ec="a", ea="b", el=None, url="u", fp=None, sid=None, server_ms=0)[1] == 1
 
 
 def test_time_component() -> None:
@@ -214,9 +209,7 @@ def test_url_params(url: str, expected: dict[str, str]) -> None:
 
 
 def test_click_ids_url_first_then_meta_and_junk_ignored() -> None:
-    ids = attr.click_ids(
-        {"gclid": "URLG"}, {"gclid": "METAG", "wbraid": "W1", "gbraid": "null", "fbclid": "F"}
-    )
+    ids = attr.click_ids({"gclid": "URLG"}, {"gclid": "METAG", "wbraid": "W1", "gbraid": "null", "fbclid": "F"})
     assert (ids.gclid, ids.wbraid, ids.gbraid) == ("URLG", "W1", None)
     assert ids.other == {"fbclid": "F"}
     assert ids.best() == ("URLG", "gclid")
@@ -269,18 +262,13 @@ def test_attribution_first_match(
         (attr.ClickIds(), {"utm_campaign": "spring"}, "mail.example.com", ("Tagged", "unknown")),
     ],
 )
-def test_traffic_source(
-    ids: attr.ClickIds, utm: dict[str, str], ref: str | None, expected: tuple[str, str]
-) -> None:
+def test_traffic_source(ids: attr.ClickIds, utm: dict[str, str], ref: str | None, expected: tuple[str, str]) -> None:
     assert attr.traffic_source(ids, utm, ref) == expected
 
 
 def test_referrer_of_the_same_host_is_no_referrer() -> None:
     assert attr.referrer_host("https://shop.example.com/a", "https://shop.example.com/b") is None
-    assert (
-        attr.referrer_host("https://www.google.com/search?q=x", "https://shop.example.com/")
-        == "www.google.com"
-    )
+    assert attr.referrer_host("https://www.google.com/search?q=x", "https://shop.example.com/") == "www.google.com"
     assert attr.referrer_host("", "https://shop.example.com/") is None
 
 
@@ -299,8 +287,7 @@ def test_referrer_of_the_same_host_is_no_referrer() -> None:
             ("mobile", "Android", "Chrome"),
         ),
         (
-            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36 "
-            "Edg/126.0",
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36 Edg/126.0",
             None,
             ("desktop", "Windows", "Edge"),
         ),
@@ -418,9 +405,7 @@ def test_whatsapp_normalisation(raw: str, target: str) -> None:
         ("interaction", "tel_click", None, None, "phone"),
     ],
 )
-def test_detect_intent(
-    ec: str, ea: str, el: str | None, meta_action: str | None, expected: str | None
-) -> None:
+def test_detect_intent(ec: str, ea: str, el: str | None, meta_action: str | None, expected: str | None) -> None:
     got = detect_intent(ec, ea, el, meta_action)
     assert (got.value if got else None) == expected
 
