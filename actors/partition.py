@@ -73,6 +73,17 @@ class SitePartition:
         finally:
             self._leave()
 
+    async def replay_dead_letter(self, dead_letter_id: int, site_id: str) -> dict[str, object]:
+        """Replay one ingest dead letter of a site this partition owns."""
+        self._enter()
+        try:
+            store = getattr(self, "_ingest_store", None)
+            if store is None:
+                store = await self._make_ingest_store()
+            return await store.replay_dead_letter(dead_letter_id, site_id)
+        finally:
+            self._leave()
+
     async def ingest_stats(self) -> dict[str, int]:
         store = getattr(self, "_ingest_store", None)
         return {} if store is None else {**store.stats, **store.cache_sizes()}

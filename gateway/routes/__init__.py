@@ -1,6 +1,6 @@
 """Every router of the gateway, one module per area (each area owns its routes)."""
 
-from gateway.routes import billing, calls, health, ingest, jobs, ops, sales, sites, uploads
+from gateway.routes import billing, calls, dead_letters, health, ingest, jobs, ops, sales, sites, uploads
 
 ROUTERS = [
     health.router,
@@ -10,6 +10,7 @@ ROUTERS = [
     sales.router,
     uploads.router,
     billing.router,
+    dead_letters.router,
     jobs.router,
     ops.router,
 ]

@@ -290,6 +290,33 @@ class IngestStore:
         self._count(ordered)
         return ordered
 
+    async def replay_dead_letter(self, dead_letter_id: int, site_id: str) -> dict[str, Any]:
+        """Run a PENDING ingest dead letter through the normal path again.
+
+        Its leftover non-billable ledger row goes first (otherwise the event would be a
+        duplicate), then the event is ingested as usual. Safe to repeat: a replayed dead
+        letter is no longer PENDING, and the event itself is idempotent.
+        """
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(Q.ingest.dead_letter_for_replay, dead_letter_id, uuid.UUID(site_id))
+        if row is None:
+            return {"status": "not_found"}
+        if row["status"] != "PENDING" or row["source"] != "ingest":
+            return {"status": "not_replayable", "dead_letter_status": row["status"]}
+        payload = dict(row["payload"])
+        payload["referrer"] = payload.pop("r", None)
+        try:
+            ev = WireEvent(**payload)
+            key = self._prepare(0, ev, self._clock()).key
+        except Exception as exc:
+            # the payload itself is unusable: keep it PENDING for a person to look at
+            return {"status": "failed", "error": type(exc).__name__}
+        await self._pool.execute(Q.ingest.delete_dead_letter_ledger, ev.site_id, key)
+        [result] = await self.ingest([ev])
+        failed = "stored again as a dead letter" if result.stored == "dead_letter" else None
+        await self._pool.execute(Q.ingest.mark_dead_letter_replayed, dead_letter_id, failed)
+        return {"status": "failed" if failed else result.status, "ingest_id": result.ingest_id}
+
     def cache_sizes(self) -> dict[str, int]:
         return {
             "sessions": len(self._sessions),

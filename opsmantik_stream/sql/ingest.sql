@@ -222,3 +222,27 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS t(site_id, stage,
 -- name: set_ingest_key
 -- Only the SHA-256 of a server-to-server ingest key is kept (the key is shown once).
 UPDATE sites SET ingest_key_sha256 = $2 WHERE id = $1;
+
+-- name: dead_letter_for_replay
+SELECT id, site_id, source, payload, status FROM dead_letters WHERE id = $1 AND site_id = $2;
+
+-- name: delete_dead_letter_ledger
+-- The non-billable ledger row a dead-lettered event left behind (so a resend counted as a
+-- duplicate); a replay removes it first so the event is admitted and billed once.
+DELETE FROM ingest_idempotency
+WHERE site_id = $1 AND idempotency_key = $2 AND billing_reason = 'dead_letter';
+
+-- name: mark_dead_letter_replayed
+-- A replay that failed again left a new PENDING dead letter with the new reason, so the old
+-- one is closed either way (one pending row per event); $2 says why it failed.
+UPDATE dead_letters
+SET status = 'REPLAYED', replay_count = replay_count + 1, last_replay_at = now(), last_replay_error = $2
+WHERE id = $1 AND status = 'PENDING'
+RETURNING status, replay_count;
+
+-- name: list_dead_letters
+SELECT id, created_at, source, stage, reason, status, replay_count, last_replay_at, last_replay_error
+FROM dead_letters
+WHERE site_id = $1 AND ($2::text IS NULL OR status = $2)
+ORDER BY id DESC
+LIMIT $3;
