@@ -7,10 +7,11 @@ secrets (the gateway logs no request bodies and no headers).
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
+import os
 import sys
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -18,6 +19,9 @@ import msgspec
 from gateway.metrics import HTTP_LATENCY
 
 __all__ = ["JsonFormatter", "RequestIdMiddleware", "configure_logging", "request_id_var"]
+
+_RID_PREFIX = os.urandom(10).hex()
+_RID_COUNTER = itertools.count(1)
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -64,7 +68,8 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = uuid.uuid4().hex
+        # unique without a syscall per request: a random per-process prefix and a counter
+        rid = f"{_RID_PREFIX}{next(_RID_COUNTER):012x}"
         token = request_id_var.set(rid)
         started = time.perf_counter()
         status = 500

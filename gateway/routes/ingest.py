@@ -173,14 +173,23 @@ async def _read_body(request: Request) -> bytes | None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         return None
+    # Reads the ASGI messages directly: `request.stream()` is an async generator, and
+    # asyncio registers every async generator in a WeakSet, which profiling showed to cost
+    # about a tenth of the gateway's CPU per single-event request.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    more = True
+    while more:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks) if size else b""
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             return None
         chunks.append(chunk)
-    return b"".join(chunks)
+        more = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _client_ip(request: Request, trust_forwarded: bool) -> str | None:
