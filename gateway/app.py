@@ -87,7 +87,9 @@ def create_app(
         asyncpg.PostgresConnectionError,  # connection lost mid-query
         asyncpg.InterfaceError,  # connection closed under the pool
         asyncpg.exceptions.OperatorInterventionError,  # server shutting down / starting up
-        OSError,  # refused / socket missing while the server restarts
+        ConnectionError,  # refused or reset while the server restarts
+        FileNotFoundError,  # the unix socket is gone while the embedded server restarts
+        TimeoutError,  # no connection within the pool's timeout
     ):
         app.add_exception_handler(exc_type, _database_unavailable)
     app.add_middleware(RequestIdMiddleware)
