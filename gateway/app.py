@@ -87,9 +87,10 @@ def create_app(
         asyncpg.PostgresConnectionError,  # connection lost mid-query
         asyncpg.InterfaceError,  # connection closed under the pool
         asyncpg.exceptions.OperatorInterventionError,  # server shutting down / starting up
-        ConnectionError,  # refused or reset while the server restarts
-        FileNotFoundError,  # the unix socket is gone while the embedded server restarts
-        TimeoutError,  # no connection within the pool's timeout
+        # refused/reset, the unix socket gone while the server restarts, or asyncio's plain
+        # OSError("Multiple exceptions: ...") when every address failed; the gateway does no
+        # other I/O that raises OSError in a request (the static files ship with it)
+        OSError,
     ):
         app.add_exception_handler(exc_type, _database_unavailable)
     app.add_middleware(RequestIdMiddleware)
