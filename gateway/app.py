@@ -87,6 +87,9 @@ def create_app(
         asyncpg.PostgresConnectionError,  # connection lost mid-query
         asyncpg.InterfaceError,  # connection closed under the pool
         asyncpg.exceptions.OperatorInterventionError,  # server shutting down / starting up
+        # a pooled connection the restart broke mid-protocol ("cannot switch to state ...");
+        # the pool closes it on release, and the client's retry gets a fresh one
+        asyncpg.exceptions.InternalClientError,
         # refused/reset, the unix socket gone while the server restarts, or asyncio's plain
         # OSError("Multiple exceptions: ...") when every address failed; the gateway does no
         # other I/O that raises OSError in a request (the static files ship with it)
