@@ -5,13 +5,11 @@ into integer shares, one per uploader (``Registry.uploader_share(name) -> (index
 the shares never add up to more than the budget. Each uploader enforces its share with two
 aiolimiter leaky buckets:
 
-- requests: a sliding-window log allowing ``n`` sends in any window of ``n * (1 + margin) /
-  share`` seconds (``n = max(1, floor(share))``; for a whole share that window is ``1 +
-  margin`` s). Sends that reach Google within ``margin`` seconds of leaving put at most
-  ``share`` in any 1 s window, so the pool never exceeds the budget in any 1 s window
-  (sustained rate: ``budget / (1 + margin)``). Unlike a capacity-1 leaky bucket, a send that
-  wakes a few milliseconds late does not push every later send back: the log catches up
-  within the window, so scheduling jitter costs a fraction of a percent, not several.
+- requests: one send per ``(1 + margin) / share`` seconds on a fixed grid (``Pacer``). Sends
+  that reach Google within ``margin`` seconds of their slot put at most ``share`` of them in
+  any 1 s window, so the pool never exceeds the budget in any 1 s window (sustained rate:
+  ``budget / (1 + margin)``). A send that wakes a few milliseconds late keeps its slot, so
+  scheduling jitter does not push every later send back, and there are no bursts.
 - conversions: capacity ``c`` (at least one request's worth) and a leak of
   ``(share - c) / (60 + margin)`` per second, so any 60 s window holds at most ``share``.
 
@@ -30,40 +28,46 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ["AccountBucket", "BucketSet", "SlidingWindow", "split_share"]
+__all__ = ["AccountBucket", "BucketSet", "Pacer", "split_share"]
 
 
-class SlidingWindow:
-    """At most ``limit`` acquisitions in any ``window_s``-second window (a log of send times).
+class Pacer:
+    """One send per ``interval_s`` on a fixed grid.
 
-    aiolimiter's leaky bucket either bursts (capacity > 1: up to twice the budget in one
-    window) or, with capacity 1, loses every wake-up delay for good; a window log has neither
-    problem.
+    A send that wakes a little late keeps its grid slot, so the next one may follow sooner
+    and the rate does not drift down (a capacity-1 leaky bucket restarts its period from the
+    late send and loses every wake-up delay for good). It never bursts: at most one send per
+    slot, and after an idle period longer than a slot the grid restarts at the next send.
+    aiolimiter offers either bursts (capacity > 1: up to twice the budget in one window) or
+    the drifting capacity-1 shape, hence this small limiter.
     """
 
-    def __init__(self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        if limit < 1 or window_s <= 0:
-            raise ValueError("limit >= 1 and window_s > 0")
-        self.limit = limit
-        self.window_s = window_s
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s > 0")
+        self.interval_s = interval_s
         self._clock = clock
-        self._log: deque[float] = deque()
+        self._next: float | None = None
         self._lock = asyncio.Lock()
 
+    def _idle(self, now: float) -> bool:
+        return self._next is None or now - self._next > self.interval_s
+
     def delay(self, now: float | None = None) -> float:
-        """Seconds until one more acquisition fits (0 when it fits now)."""
+        """Seconds until the next send may leave (0 when it may leave now)."""
         now = self._clock() if now is None else now
-        while self._log and now - self._log[0] >= self.window_s:
-            self._log.popleft()
-        if len(self._log) < self.limit:
+        if self._idle(now):
             return 0.0
-        return self.window_s - (now - self._log[0])
+        assert self._next is not None
+        return max(0.0, self._next - now)
 
     def record(self, now: float | None = None) -> None:
-        self._log.append(self._clock() if now is None else now)
-
-    def has_capacity(self) -> bool:
-        return self.delay() == 0.0
+        now = self._clock() if now is None else now
+        if self._idle(now):
+            self._next = now + self.interval_s
+        else:
+            assert self._next is not None
+            self._next += self.interval_s
 
     async def acquire(self) -> None:
         async with self._lock:
@@ -110,13 +114,12 @@ class AccountBucket:
         self.conversions_per_min = conversions_per_min
         self._paused_until = 0.0
         if requests_per_s <= 0 or conversions_per_min < 1:
-            self._requests: SlidingWindow | None = None
+            self._requests: Pacer | None = None
             self._conversions: AsyncLimiter | None = None
             self.max_batch = 0
             return
-        # n sends per window; the window stretched by the margin (1 + margin s for whole shares)
-        n = max(1, math.floor(requests_per_s))
-        self._requests = SlidingWindow(n, n * (1.0 + margin_s) / requests_per_s)
+        # one send per slot; the slot stretched by the margin
+        self._requests = Pacer((1.0 + margin_s) / requests_per_s)
         capacity = float(min(max_batch, max(1, math.floor(conversions_per_min / 2))))
         leak_per_s = (conversions_per_min - capacity) / (60.0 + margin_s)
         if leak_per_s <= 0:

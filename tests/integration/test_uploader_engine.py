@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,33 +17,15 @@ from opsmantik_stream.jobs import run_job
 from opsmantik_stream.uploads import UploadEngine
 from opsmantik_stream.uploads.store import claim_rows
 from tests.integration._uploader_support import (
-    Emu,
     add_rows,
     assert_ledger_complete,
     fast_settings,
     health,
     rows_of,
-    serve_emulator,
     set_creds,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def emu_base() -> Iterator[str]:
-    with serve_emulator() as base:
-        yield base
-
-
-@pytest.fixture
-async def emu(emu_base: str) -> AsyncIterator[Emu]:
-    e = Emu(emu_base)
-    await e.reset()
-    try:
-        yield e
-    finally:
-        await e.aclose()
 
 
 @pytest.fixture

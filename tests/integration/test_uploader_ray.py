@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,32 +14,14 @@ from actors.runtime import get_actor, start_stack, stop_stack
 from opsmantik_stream.config import Settings
 from opsmantik_stream.jobs import run_job
 from tests.integration._uploader_support import (
-    Emu,
     add_rows,
     assert_ledger_complete,
     fast_settings,
     rows_of,
-    serve_emulator,
     set_creds,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def emu_base() -> Iterator[str]:
-    with serve_emulator() as base:
-        yield base
-
-
-@pytest.fixture
-async def emu(emu_base: str) -> AsyncIterator[Emu]:
-    e = Emu(emu_base)
-    await e.reset()
-    try:
-        yield e
-    finally:
-        await e.aclose()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from opsmantik_stream.uploads import (
     record_outcome,
     split_share,
 )
-from opsmantik_stream.uploads.bucket import SlidingWindow
+from opsmantik_stream.uploads.bucket import Pacer
 from opsmantik_stream.uploads.engine import outcome_signal
 
 pytestmark = pytest.mark.unit
@@ -111,12 +111,11 @@ def test_shares_never_sum_above_the_budget(total: float, size: int) -> None:
 
 
 def test_bucket_shapes_hold_the_window_limits() -> None:
-    # requests: `share` sends in any (1 + margin) s window -> at most `share` per 1 s at Google
+    # requests: one per (1 + margin) / share seconds -> at most `share` per 1 s at Google
     b = AccountBucket(5, 600, max_batch=200, margin_s=0.05)
-    assert b._requests is not None and b._requests.limit == 5
-    assert b._requests.window_s == pytest.approx(1.05)
+    assert b._requests is not None and b._requests.interval_s == pytest.approx(1.05 / 5)
     half = AccountBucket(0.5, 600, max_batch=200, margin_s=0.05)
-    assert half._requests is not None and (half._requests.limit, half._requests.window_s) == (1, pytest.approx(2.1))
+    assert half._requests is not None and half._requests.interval_s == pytest.approx(2.1)
     # conversions: capacity + leak * (60 + margin) <= share, and a batch fits the capacity
     assert b._conversions is not None
     cap, leak = b._conversions.max_rate, b._conversions.max_rate / b._conversions.time_period
@@ -126,23 +125,27 @@ def test_bucket_shapes_hold_the_window_limits() -> None:
     assert not AccountBucket(0, 600, max_batch=200, margin_s=0.05).usable
 
 
-def test_sliding_window_never_exceeds_its_limit_and_catches_up() -> None:
+def test_pacer_keeps_its_grid_never_bursts_and_restarts_after_idle() -> None:
     now = [0.0]
-    w = SlidingWindow(5, 1.03, clock=lambda: now[0])
+    p = Pacer(1.05 / 5, clock=lambda: now[0])
     sends: list[float] = []
     # a sender that always wakes 7 ms late still gets the full rate: lateness does not add up
     while now[0] < 60:
-        wait = w.delay()
+        wait = p.delay()
         if wait > 0:
             now[0] += wait + 0.007
             continue
-        w.record()
+        p.record()
         sends.append(now[0])
-    rate = len(sends) / 60
-    assert rate >= 0.99 * 5 / 1.03
-    # and no window of 1.03 s ever holds more than 5 sends
+    assert len(sends) / 60 >= 0.99 * 5 / 1.05
+    # sends stay on the grid, one per slot: at most 5 in any 1 s window
     j = 0
     for i, t in enumerate(sends):
-        while sends[j] <= t - 1.03:
+        while sends[j] <= t - 1.0:
             j += 1
         assert i - j + 1 <= 5
+    # after an idle spell the grid restarts: no catch-up burst
+    now[0] += 10
+    assert p.delay() == 0
+    p.record()
+    assert p.delay() == pytest.approx(1.05 / 5)
