@@ -8,9 +8,9 @@ from fastapi import Depends, Request
 
 from gateway.errors import ApiError
 from opsmantik_stream.rbac import Capability
-from opsmantik_stream.tenancy import Principal, resolve_token
+from opsmantik_stream.tenancy import Principal, TenancyError, get_site, resolve_token
 
-__all__ = ["CurrentPrincipal", "require_capability", "require_principal"]
+__all__ = ["CurrentPrincipal", "require_capability", "require_principal", "site_with_capability"]
 
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
@@ -45,3 +45,19 @@ def require_capability(principal: Principal, public_id: str, capability: Capabil
         # platform admins reach sites they are not members of; callers resolve the id
         return ""
     return access.site_id
+
+
+async def site_with_capability(request: Request, principal: Principal, public_id: str, capability: Capability) -> str:
+    """The uuid of site ``public_id`` when the caller holds ``capability`` on it.
+
+    403 without the capability; 404 when a platform admin names a site that does not exist.
+    Members resolve from their token's memberships without a query.
+    """
+    site_id = require_capability(principal, public_id, capability)
+    if site_id:
+        return site_id
+    async with request.app.state.ctx.pool.acquire() as conn:
+        try:
+            return str((await get_site(conn, public_id))["site_id"])
+        except TenancyError:
+            raise ApiError(404, "site_not_found", "no such site") from None

@@ -8,30 +8,20 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from gateway.auth import CurrentPrincipal, require_capability
+from gateway.auth import CurrentPrincipal, site_with_capability
 from gateway.errors import ApiError, JSONResponse, json_response
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.queries import Q
 from opsmantik_stream.rbac import Capability
-from opsmantik_stream.tenancy import get_site
 
 router = APIRouter(tags=["billing"])
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
-async def _site_uuid(request: Request, principal: CurrentPrincipal, site: str) -> str:
-    require_capability(principal, site, Capability.BILLING_VIEW)
-    async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
-        try:
-            return str((await get_site(conn, site))["site_id"])
-        except Exception:
-            raise ApiError(404, "site_not_found", "no such site") from None
-
-
 @router.get("/api/billing/usage", response_class=JSONResponse, summary="Month usage counters of a site")
 async def usage(request: Request, principal: CurrentPrincipal, site: str = Query(...)) -> JSONResponse:
-    site_id = await _site_uuid(request, principal, site)
+    site_id = await site_with_capability(request, principal, site, Capability.BILLING_VIEW)
     async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
         rows = await conn.fetch(Q.billing.usage_for_site, site_id)
     return json_response(
@@ -52,7 +42,7 @@ async def usage(request: Request, principal: CurrentPrincipal, site: str = Query
 
 @router.get("/api/billing/invoices", response_class=JSONResponse, summary="Frozen invoice snapshots of a site")
 async def invoices(request: Request, principal: CurrentPrincipal, site: str = Query(...)) -> JSONResponse:
-    site_id = await _site_uuid(request, principal, site)
+    site_id = await site_with_capability(request, principal, site, Capability.BILLING_VIEW)
     async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
         rows = await conn.fetch(Q.billing.list_invoices, site_id)
     return json_response(
@@ -82,7 +72,7 @@ async def dispute_export(
 ) -> StreamingResponse:
     if not _MONTH.match(month):
         raise ApiError(422, "invalid_month", "month must look like 2026-11")
-    site_id = await _site_uuid(request, principal, site)
+    site_id = await site_with_capability(request, principal, site, Capability.BILLING_VIEW)
     pool = request.app.state.ctx.pool
 
     async def rows() -> AsyncIterator[bytes]:

@@ -8,24 +8,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 
-from gateway.auth import CurrentPrincipal, require_capability
+from gateway.auth import CurrentPrincipal, site_with_capability
 from gateway.errors import ApiError, JSONResponse, json_response
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType, DeadLetterStatus
 from opsmantik_stream.queries import Q
 from opsmantik_stream.rbac import Capability
-from opsmantik_stream.tenancy import get_site, write_audit
+from opsmantik_stream.tenancy import write_audit
 
 router = APIRouter(tags=["dead letters"])
-
-
-async def _site_id(request: Request, principal: CurrentPrincipal, site: str, capability: Capability) -> str:
-    require_capability(principal, site, capability)
-    async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
-        try:
-            return str((await get_site(conn, site))["site_id"])
-        except Exception:
-            raise ApiError(404, "site_not_found", "no such site") from None
 
 
 @router.get("/api/dead-letters", response_class=JSONResponse, summary="Dead letters of a site (site:read)")
@@ -36,7 +27,7 @@ async def list_dead_letters(
     status: DeadLetterStatus | None = Query(None),
     limit: int = Query(100, ge=1, le=1000),
 ) -> JSONResponse:
-    site_id = await _site_id(request, principal, site, Capability.SITE_READ)
+    site_id = await site_with_capability(request, principal, site, Capability.SITE_READ)
     async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
         rows = await conn.fetch(Q.ingest.list_dead_letters, site_id, status.value if status else None, limit)
     # the payload (URLs, fingerprints) stays in the database; operators see the reason
@@ -52,7 +43,7 @@ async def replay_dead_letter(
     dead_letter_id: int, request: Request, principal: CurrentPrincipal, site: str = Query(...)
 ) -> JSONResponse:
     ctx = request.app.state.ctx
-    site_id = await _site_id(request, principal, site, Capability.SITE_WRITE)
+    site_id = await site_with_capability(request, principal, site, Capability.SITE_WRITE)
     if not ctx.ray_enabled:
         raise ApiError(503, "partition_unavailable", "the partitions are not running", headers={"Retry-After": "1"})
     _name, handle = await ctx.routing.owner(site_id)

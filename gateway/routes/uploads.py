@@ -19,14 +19,13 @@ import asyncpg
 import msgspec
 from fastapi import APIRouter, Query, Request
 
-from gateway.auth import CurrentPrincipal, require_capability
+from gateway.auth import CurrentPrincipal, site_with_capability
 from gateway.errors import ApiError, JSONResponse, json_response
 from opsmantik_stream import tenancy
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType
 from opsmantik_stream.queries import Q
 from opsmantik_stream.rbac import Capability
-from opsmantik_stream.tenancy import Principal
 from opsmantik_stream.uploads import operator
 from opsmantik_stream.uploads.credentials import (
     CredentialsError,
@@ -51,17 +50,6 @@ class BreakerResetBody(msgspec.Struct, forbid_unknown_fields=True):
     destination: str | None = None
 
 
-async def _site_id(request: Request, principal: Principal, public_id: str, cap: Capability) -> str:
-    site_id = require_capability(principal, public_id, cap)
-    if site_id:
-        return site_id
-    async with request.app.state.ctx.pool.acquire() as conn:
-        try:
-            return str((await tenancy.get_site(conn, public_id))["site_id"])
-        except tenancy.TenancyError:
-            raise ApiError(404, "site_not_found", "no such site") from None
-
-
 async def _decode(request: Request, typ: type[Any]) -> Any:
     body = await request.body()
     if len(body) > _MAX_BODY:
@@ -80,7 +68,7 @@ async def _decode(request: Request, typ: type[Any]) -> Any:
     summary="Set a destination's credentials (write-only, sealed; needs site:write)",
 )
 async def put_credentials(site: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
-    site_id = await _site_id(request, principal, site, Capability.SITE_WRITE)
+    site_id = await site_with_capability(request, principal, site, Capability.SITE_WRITE)
     creds: CredentialsInput = await _decode(request, CredentialsInput)
     ctx = request.app.state.ctx
     try:
@@ -114,7 +102,7 @@ async def put_credentials(site: str, request: Request, principal: CurrentPrincip
 async def get_queue(
     request: Request, principal: CurrentPrincipal, site: Annotated[str, Query(max_length=64)]
 ) -> JSONResponse:
-    site_id = await _site_id(request, principal, site, Capability.SITE_READ)
+    site_id = await site_with_capability(request, principal, site, Capability.SITE_READ)
     async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
         stats = await operator.queue_stats(conn, site_id)
     return json_response({"ok": True, "site": site, **stats})
@@ -128,7 +116,7 @@ async def get_rows(
     status: Annotated[str | None, Query(max_length=20)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONResponse:
-    site_id = await _site_id(request, principal, site, Capability.SITE_READ)
+    site_id = await site_with_capability(request, principal, site, Capability.SITE_READ)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             rows = await operator.list_rows(conn, site_id, status.upper() if status else None, limit)
@@ -144,7 +132,7 @@ async def get_ledger(
     site: Annotated[str, Query(max_length=64)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONResponse:
-    site_id = await _site_id(request, principal, site, Capability.SITE_READ)
+    site_id = await site_with_capability(request, principal, site, Capability.SITE_READ)
     async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
         data = await operator.ledger(conn, site_id, limit)
     return json_response({"ok": True, "site": site, **data})
@@ -153,7 +141,7 @@ async def get_ledger(
 @router.post("/api/oci/requeue", response_class=JSONResponse, summary="FAILED/BLOCKED rows back to QUEUED (audited)")
 async def post_requeue(request: Request, principal: CurrentPrincipal) -> JSONResponse:
     body: RequeueBody = await _decode(request, RequeueBody)
-    site_id = await _site_id(request, principal, body.site, Capability.QUEUE_OPERATE)
+    site_id = await site_with_capability(request, principal, body.site, Capability.QUEUE_OPERATE)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             result = await operator.requeue(
@@ -174,7 +162,7 @@ async def post_requeue(request: Request, principal: CurrentPrincipal) -> JSONRes
 @router.post("/api/oci/breaker/reset", response_class=JSONResponse, summary="Close a site's breaker (audited)")
 async def post_breaker_reset(request: Request, principal: CurrentPrincipal) -> JSONResponse:
     body: BreakerResetBody = await _decode(request, BreakerResetBody)
-    site_id = await _site_id(request, principal, body.site, Capability.QUEUE_OPERATE)
+    site_id = await site_with_capability(request, principal, body.site, Capability.QUEUE_OPERATE)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             result = await operator.reset_breaker(
