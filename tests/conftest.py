@@ -21,10 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import tempfile
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -180,36 +177,16 @@ async def stack_client(
         yield c
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def live_server(settings: Settings, db_url: str, stack: dict[str, Any]) -> Iterator[str]:
     """A real uvicorn on 127.0.0.1 serving the gateway (with actors); yields its base URL."""
-    import uvicorn
 
     from gateway.app import create_app
+    from tests.serving import serve_in_thread
 
-    port = _free_port()
     app = create_app(settings=settings, db_url=db_url, ray_enabled=True)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serve_in_thread(app, lifespan="on") as base:
+        yield base
 
 
 @pytest.fixture

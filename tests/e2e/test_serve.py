@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,13 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.serving import free_port
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -62,7 +57,7 @@ def _interrupt(proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     # not under tmp_path: pytest makes that 0700, and the embedded server runs as its own user
     data = Path(tempfile.mkdtemp(prefix="opsm-serve-")) / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSMANTIK_")}

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,35 +11,20 @@ from typing import Any
 
 import asyncpg
 import httpx
-import uvicorn
 
 from opsmantik_stream.config import Settings
 from opsmantik_stream.emulator import EmulatorConfig, create_app
 from opsmantik_stream.uploads.credentials import CredentialsInput, save_credentials
 from opsmantik_stream.vault import Vault
+from tests.serving import serve_in_thread
 
 ACTION = "customers/1234567890/conversionActions/987654"
 
 
 @contextlib.contextmanager
 def serve_emulator(config: EmulatorConfig | None = None) -> Iterator[str]:
-    app = create_app(config or EmulatorConfig())
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("emulator did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(create_app(config or EmulatorConfig())) as base:
+        yield base
 
 
 class Emu:

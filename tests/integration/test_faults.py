@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,9 @@ from tests.integration._uploader_support import (
     add_rows,
     assert_ledger_complete,
     fast_settings,
-    serve_emulator,
     set_creds,
 )
+from tests.serving import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -62,28 +62,16 @@ DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exc
 # --------------------------------------------------------------------------- infrastructure
 
 
-@pytest.fixture(scope="module")
-def emu_base() -> Iterator[str]:
-    with serve_emulator() as base:
-        yield base
-
-
 @pytest.fixture
 async def emu(emu_base: str) -> AsyncIterator[Emu]:
+    """The shared emulator (tests/integration/conftest.py) with 50 ms latency, so a kill can land
+    mid-request."""
     e = Emu(emu_base)
     await e.reset(latency_ms=50.0)
     try:
         yield e
     finally:
         await e.aclose()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Harness:
@@ -111,7 +99,7 @@ class Harness:
         await asyncio.to_thread(start_stack, self.settings, self.db_url, start_maintenance=False, start_uploaders=True)
         from gateway.app import create_app
 
-        port = _free_port()
+        port = free_port()
         app = create_app(settings=self.settings, db_url=self.db_url, ray_enabled=True)
         self._server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")

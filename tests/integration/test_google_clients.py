@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 
 from opsmantik_stream.emulator import EmulatorConfig, EmulatorState, create_app
@@ -27,6 +25,7 @@ from opsmantik_stream.google import (
     UploadClient,
     make_client,
 )
+from tests.serving import serve_in_thread
 
 pytestmark = pytest.mark.integration
 
@@ -397,23 +396,8 @@ async def test_make_client(env: Env) -> None:
 
 @contextlib.contextmanager
 def serve(app: Starlette) -> Iterator[str]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", access_log=False, loop="asyncio", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_in_thread(app, loop="asyncio") as base:
+        yield base
 
 
 @pytest.mark.parametrize("dest", DESTS)
