@@ -622,7 +622,13 @@ def _uploads_run(ctx: Context, uploaders: int) -> float:
     emu_base = f"http://127.0.0.1:{emu_port}"
     try:
         wait_http(f"{emu_base}/_emulator/config", 30, emu)
-        env = {"OPSMANTIK_UPLOAD_CHUNK_SIZE": str(chunk), "OPSMANTIK_UPLOAD_IDLE_POLL_S": "0.2"}
+        env = {
+            "OPSMANTIK_UPLOAD_CHUNK_SIZE": str(chunk),
+            "OPSMANTIK_UPLOAD_IDLE_POLL_S": "0.2",
+            # Google's endpoints are deployment settings (never site credentials)
+            "OPSMANTIK_GOOGLE_ADS_BASE_URL": emu_base,
+            "OPSMANTIK_GOOGLE_TOKEN_URL": f"{emu_base}/token",
+        }
         print(f"  uploads with {uploaders} uploader(s): starting the stack ...", flush=True)
         with ServeStack(partitions=1, uploaders=uploaders, env=env, label=f"uploads-{uploaders}") as stack:
             sites = stack.create_sites(n_sites, prefix="upload")
@@ -644,10 +650,6 @@ def _uploads_run(ctx: Context, uploaders: int) -> float:
                     "bench-refresh",
                     "--conversion-action",
                     f"customers/{UPLOAD_ACCOUNT}/conversionActions/987654",
-                    "--api-base-url",
-                    emu_base,
-                    "--token-url",
-                    f"{emu_base}/token",
                     "--requests-per-s",
                     str(rps),
                     "--conversions-per-min",

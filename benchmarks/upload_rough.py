@@ -51,6 +51,8 @@ async def run(args: argparse.Namespace, emu_base: str, db_url: str, data_dir: Pa
         upload_bucket_margin_s=args.margin,
         uploader_concurrency=args.concurrency,
         upload_site_concurrency=args.concurrency,
+        google_ads_base_url=emu_base,  # Google's endpoints are deployment settings
+        google_token_url=f"{emu_base}/token",
     )
     conn = await asyncpg.connect(db_url)
     await apply_migrations(conn)
@@ -66,7 +68,6 @@ async def run(args: argparse.Namespace, emu_base: str, db_url: str, data_dir: Pa
             pool,
             settings,
             site["site_id"],
-            emu_base,
             customer_id=account,
             requests_per_s=args.rps,
             conversions_per_min=1e7,

@@ -17,6 +17,8 @@ __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
 ENV_PREFIX = "OPSMANTIK_"
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+# scheme://host[:port][/path]: no query, fragment or whitespace
+HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$", max_length=500)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
@@ -86,6 +88,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     upload_bucket_margin_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
     upload_idle_poll_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     uploader_concurrency: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
+    # at most one ledger entry per (site, destination) and this interval for attempts held back
+    # by an open breaker, another uploader's probe or an account pause
+    upload_gate_ledger_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    # Google's endpoints are deployment settings, never tenant input (a tenant must not choose
+    # where the uploader sends a site's OAuth secrets). Point them at `opsmantik emulator` for
+    # tests, benchmarks and demos.
+    google_ads_base_url: HttpUrl = "https://googleads.googleapis.com"
+    google_ads_api_version: Annotated[str, msgspec.Meta(pattern=r"^v\d+(_\d+)?$")] = "v26"
+    data_manager_base_url: HttpUrl = "https://datamanager.googleapis.com"
+    google_token_url: HttpUrl = "https://oauth2.googleapis.com/token"
     log_level: str = "INFO"
 
     @property

@@ -21,6 +21,7 @@ __all__ = [
     "DeadLetterStatus",
     "Destination",
     "ErrorCategory",
+    "GateDecision",
     "IntentAction",
     "LedgerPhase",
     "LinkEntity",
@@ -159,6 +160,17 @@ class LedgerPhase(StrEnum):
     FINISHED = "FINISHED"
 
 
+class GateDecision(StrEnum):
+    """What ``provider_breaker_gate()`` (SQL) says about a group, plus the account pause the
+    uploader adds; the gated ones are ledgered with this as their error code."""
+
+    SEND = "SEND"
+    PROBE = "PROBE"
+    BREAKER_OPEN = "BREAKER_OPEN"
+    PROBE_IN_PROGRESS = "PROBE_IN_PROGRESS"
+    ACCOUNT_PAUSED = "ACCOUNT_PAUSED"
+
+
 # (table, column) -> enum.  Every CHECK ... IN (...) list in the schema must be listed here.
 CHECKED_COLUMNS: dict[tuple[str, str], type[StrEnum]] = {
     ("users", "platform_role"): PlatformRole,
@@ -185,6 +197,7 @@ CHECKED_COLUMNS: dict[tuple[str, str], type[StrEnum]] = {
     ("provider_health_state", "state"): CircuitState,
     ("provider_health_state", "destination"): Destination,
     ("provider_leases", "destination"): Destination,
+    ("provider_account_state", "destination"): Destination,
     ("provider_upload_attempts", "phase"): LedgerPhase,
     ("provider_upload_attempts", "destination"): Destination,
     ("provider_upload_attempts", "error_category"): ErrorCategory,

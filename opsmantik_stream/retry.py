@@ -12,7 +12,11 @@ Rules:
 - TOO_RECENT_* -> RETRY after 6 h;
 - TOO_MANY_CONVERSIONS_IN_REQUEST -> QUEUED at once with ``split_batch`` set;
 - Data Manager collateral rows (rejected only because another event was bad) -> QUEUED at once;
+- not sent at all (the account is paused pool-wide) -> RETRY when the pause ends;
 - a retry decision at or beyond the attempt cap (7) -> FAILED ``MAX_ATTEMPTS``.
+
+A split, collateral or unsent row gives its attempt back (``refund_attempt``): the row did
+nothing wrong and Google did not judge it, so it must not creep towards the cap.
 """
 
 from __future__ import annotations
@@ -21,24 +25,14 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Protocol
 
+from opsmantik_stream.enums import QueueStatus
 from opsmantik_stream.google.types import ErrorCategory, OutcomeKind
 
 __all__ = ["MAX_ATTEMPTS_CODE", "OutcomeLike", "QueueStatus", "RetryDecision", "RetryPolicy"]
 
 MAX_ATTEMPTS_CODE = "MAX_ATTEMPTS"
-
-
-class QueueStatus(StrEnum):
-    """States of ``offline_conversion_queue`` a decision can lead to."""
-
-    QUEUED = "QUEUED"
-    RETRY = "RETRY"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    BLOCKED = "BLOCKED"
 
 
 class OutcomeLike(Protocol):
@@ -57,7 +51,8 @@ class OutcomeLike(Protocol):
 @dataclass(frozen=True, slots=True)
 class RetryDecision:
     """The row's next state. ``next_retry_at`` is set for RETRY and QUEUED; ``delay_s`` is
-    the delay it was computed from. ``split_batch`` asks the uploader to resend smaller."""
+    the delay it was computed from. ``split_batch`` asks the uploader to resend smaller;
+    ``refund_attempt`` gives the claim's attempt back."""
 
     status: QueueStatus
     next_retry_at: datetime | None = None
@@ -65,6 +60,7 @@ class RetryDecision:
     error_category: ErrorCategory | None = None
     delay_s: float | None = None
     split_batch: bool = False
+    refund_attempt: bool = False
 
 
 class RetryPolicy:
@@ -119,19 +115,38 @@ class RetryPolicy:
         if kind is OutcomeKind.BLOCKED:
             return RetryDecision(QueueStatus.BLOCKED, None, code or "BLOCKED", category or ErrorCategory.CONFIG)
 
+        # Attempts given back: these rows were not judged by Google, so the cap does not apply.
+        if kind is OutcomeKind.SPLIT_BATCH:
+            return RetryDecision(
+                QueueStatus.QUEUED,
+                now,
+                code,
+                category or ErrorCategory.CONFIG,
+                0.0,
+                split_batch=True,
+                refund_attempt=True,
+            )
+        if kind is OutcomeKind.DEFERRED:
+            # at least the pause Google asked for; jitter spreads the restart
+            delay = max(0.0, outcome.retry_delay_s or 0.0) + self._jitter()
+            d = self._retry(now, delay, code, category or ErrorCategory.RATE_LIMIT)
+            return RetryDecision(
+                d.status, d.next_retry_at, d.error_code, d.error_category, d.delay_s, refund_attempt=True
+            )
+        if kind is OutcomeKind.RETRY and code == "COLLATERAL":
+            # Not this row's fault (Data Manager rejected the request for another event).
+            return RetryDecision(
+                QueueStatus.QUEUED, now, code, category or ErrorCategory.TRANSIENT, 0.0, refund_attempt=True
+            )
+
         # Everything below would send the row again: enforce the attempt cap first.
         if attempt >= self.max_attempts:
             return RetryDecision(QueueStatus.FAILED, None, MAX_ATTEMPTS_CODE, category or ErrorCategory.TRANSIENT)
 
-        if kind is OutcomeKind.SPLIT_BATCH:
-            return RetryDecision(QueueStatus.QUEUED, now, code, category or ErrorCategory.CONFIG, 0.0, split_batch=True)
         if kind is OutcomeKind.RETRY_AFTER_6H:
             delay = max(self.too_recent_delay_s, outcome.retry_delay_s or 0.0) + self._jitter()
             return self._retry(now, delay, code, category or ErrorCategory.TRANSIENT)
         # OutcomeKind.RETRY
-        if code == "COLLATERAL":
-            # Not this row's fault (Data Manager rejected the request for another event).
-            return RetryDecision(QueueStatus.QUEUED, now, code, category or ErrorCategory.TRANSIENT, 0.0)
         if category is ErrorCategory.RATE_LIMIT:
             given = outcome.retry_delay_s
             if given is not None and given > 0:

@@ -1,14 +1,18 @@
 """Routes: destination credentials and the offline conversion upload queue (SPEC §6, §10).
 
 - ``PUT /api/sites/{site}/credentials`` (``site:write``): write-only; sealed in the vault,
-  never returned; closes the site's breaker for that destination (the cause was fixed).
+  never returned; closes the site's breaker for that destination (the cause was fixed); the
+  only destination with credentials becomes the site's destination (the answer says so).
+  Endpoint URLs (``api_base_url``, ``token_url``) are refused: they are deployment settings.
+- ``PUT /api/sites/{site}/destination`` (``site:write``): the site's destination, audited.
 - ``GET /api/oci/queue|rows|ledger?site=`` (``site:read``): counts by state and breakers, rows
   with their last error, the attempt ledger (unfinished STARTED rows flagged).
 - ``POST /api/oci/requeue`` and ``POST /api/oci/breaker/reset`` (``queue:operate``): audited.
 
 Reads and operator actions run under row-level security (``api_transaction``); credentials
-are written on the service connection after the capability check because the API role has no
-access to the credentials table at all.
+and the destination are written on the service connection after the capability check because
+the API role has no access to the credentials table at all (``uploads/delivery.py`` is the one
+implementation, shared with the CLI).
 """
 
 from __future__ import annotations
@@ -21,18 +25,11 @@ from fastapi import APIRouter, Query, Request
 
 from gateway.auth import CurrentPrincipal, site_with_capability
 from gateway.errors import ApiError, JSONResponse, json_response
-from opsmantik_stream import tenancy
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType
-from opsmantik_stream.queries import Q
 from opsmantik_stream.rbac import Capability
-from opsmantik_stream.uploads import operator
-from opsmantik_stream.uploads.credentials import (
-    CredentialsError,
-    CredentialsInput,
-    save_credentials,
-    vault_from_settings,
-)
+from opsmantik_stream.uploads import delivery, operator
+from opsmantik_stream.uploads.credentials import CredentialsError, credentials_from_mapping, vault_from_settings
 
 router = APIRouter(tags=["uploads"])
 
@@ -50,6 +47,10 @@ class BreakerResetBody(msgspec.Struct, forbid_unknown_fields=True):
     destination: str | None = None
 
 
+class DestinationBody(msgspec.Struct, forbid_unknown_fields=True):
+    destination: str
+
+
 async def _decode(request: Request, typ: type[Any]) -> Any:
     body = await request.body()
     if len(body) > _MAX_BODY:
@@ -62,6 +63,11 @@ async def _decode(request: Request, typ: type[Any]) -> Any:
         raise ApiError(400, "invalid_json", "body is not valid JSON") from None
 
 
+def _delivery_error(exc: CredentialsError) -> ApiError:
+    status = 503 if exc.code.startswith("VAULT") else 404 if exc.code == "site_not_found" else 422
+    return ApiError(status, exc.code.lower(), exc.message)
+
+
 @router.put(
     "/api/sites/{site}/credentials",
     response_class=JSONResponse,
@@ -69,33 +75,37 @@ async def _decode(request: Request, typ: type[Any]) -> Any:
 )
 async def put_credentials(site: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     site_id = await site_with_capability(request, principal, site, Capability.SITE_WRITE)
-    creds: CredentialsInput = await _decode(request, CredentialsInput)
+    raw = await _decode(request, dict)
     ctx = request.app.state.ctx
     try:
-        creds.validate()
+        creds = credentials_from_mapping(raw)
         vault = vault_from_settings(ctx.settings)
+        async with ctx.pool.acquire() as conn:
+            result = await delivery.set_credentials(
+                conn, vault, site_id, site, creds, actor_type=ActorType.USER, actor_id=principal.user_id
+            )
     except CredentialsError as exc:
-        status = 503 if exc.code.startswith("VAULT") else 422
-        raise ApiError(status, exc.code.lower(), exc.message) from None
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        view = await save_credentials(conn, vault, site_id, creds)
-        # new credentials: give the destination a fresh chance (BLOCKED rows need a requeue)
-        await conn.fetchval(Q.uploads.reset_breaker, site_id, creds.destination)
-        await tenancy.write_audit(
-            conn,
-            ActorType.USER,
-            principal.user_id,
-            "credentials.set",
-            "provider_credentials",
-            creds.destination,
-            site_id,
-            {
-                "destination": creds.destination,
-                "account_id": view["account_id"],
-                "key_fingerprint": view["key_fingerprint"],
-            },
-        )
-    return json_response({"ok": True, "site": site, **view, "breaker_reset": True})
+        raise _delivery_error(exc) from None
+    return json_response({"ok": True, "site": site, **result})
+
+
+@router.put(
+    "/api/sites/{site}/destination",
+    response_class=JSONResponse,
+    summary="Choose where the site's conversions are sent (google_ads or data_manager; needs site:write)",
+)
+async def put_destination(site: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    site_id = await site_with_capability(request, principal, site, Capability.SITE_WRITE)
+    body: DestinationBody = await _decode(request, DestinationBody)
+    ctx = request.app.state.ctx
+    try:
+        async with ctx.pool.acquire() as conn:
+            result = await delivery.set_destination(
+                conn, site_id, site, body.destination, actor_type=ActorType.USER, actor_id=principal.user_id
+            )
+    except CredentialsError as exc:
+        raise _delivery_error(exc) from None
+    return json_response({"ok": True, "site": site, **result})
 
 
 @router.get("/api/oci/queue", response_class=JSONResponse, summary="Queue counts by state, and breakers")

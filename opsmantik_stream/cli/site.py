@@ -10,6 +10,7 @@ import asyncpg
 from opsmantik_stream import tenancy
 from opsmantik_stream.cli._common import add_json_flag, emit, run_with_db
 from opsmantik_stream.config import Settings
+from opsmantik_stream.uploads.delivery import sites_delivery
 
 # Other modules add subcommands to `site` (e.g. `site credentials set`) through this hook.
 SITE_EXTENSIONS: list[Any] = []
@@ -37,7 +38,12 @@ def register(sub: Any) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_create)
 
-    p = ssub.add_parser("list", help="list sites", description="List every site with its origins.")
+    p = ssub.add_parser(
+        "list",
+        help="list sites",
+        description="List every site with its origins, its destination (where conversions are sent) and "
+        "the destinations it has credentials for.",
+    )
     add_json_flag(p)
     p.set_defaults(func=cmd_list)
 
@@ -93,10 +99,20 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     async def body(conn: asyncpg.Connection, settings: Settings) -> list[dict[str, Any]]:
-        return await tenancy.list_sites(conn)
+        sites = await tenancy.list_sites(conn)
+        delivery = {d["site_id"]: d for d in await sites_delivery(conn)}
+        for s in sites:
+            d = delivery.get(s["site_id"], {})
+            s["destination"] = d.get("destination", s["default_destination"])
+            s["credentials"] = d.get("credentials", [])
+        return sites
 
     sites = run_with_db(body)
-    lines = [f"{s['public_id']}  {s['name']}  {', '.join(s['origins'])}" for s in sites] or ["no sites"]
+    lines = [
+        f"{s['public_id']}  {s['name']}  {', '.join(s['origins'])}  -> {s['destination']}"
+        + ("" if s["destination"] in s["credentials"] else " (no credentials yet)")
+        for s in sites
+    ] or ["no sites"]
     emit(args, {"sites": sites}, "\n".join(lines))
     return 0
 

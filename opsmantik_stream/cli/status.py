@@ -11,6 +11,10 @@ import asyncpg
 from opsmantik_stream.cli._common import add_json_flag, emit, run_with_db, settings_or_exit
 from opsmantik_stream.config import Settings
 from opsmantik_stream.queries import Q
+from opsmantik_stream.uploads.delivery import sites_delivery
+
+# beyond this many sites, status prints counts instead of one line per site
+_SITE_LINES = 20
 
 
 def register(sub: Any) -> None:
@@ -75,6 +79,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "breakers": {r["state"]: r["n"] for r in await conn.fetch(Q.ops.breakers_by_state)},
             "ingest_last_minute": int(await conn.fetchval(Q.ops.ingest_last_minute)),
             "dead_letters_pending": int(await conn.fetchval(Q.ops.dead_letters_pending)),
+            "destinations": await sites_delivery(conn),
         }
 
     result: dict[str, Any] = run_with_db(body, migrate=False)
@@ -93,6 +98,7 @@ def _text(r: dict[str, Any]) -> str:
         f"{r['dead_letters_pending']} dead letters pending",
         f"queue:     {queue}",
         f"breakers:  {breakers}",
+        *_destination_lines(r["destinations"]),
         f"ray:       {r['ray']}" + (f" ({r['nodes']} node(s) at {r['address']})" if r.get("nodes") else ""),
     ]
     routing = r.get("routing")
@@ -104,3 +110,21 @@ def _text(r: dict[str, Any]) -> str:
     for name, state in sorted(r["actors"].items()):
         lines.append(f"  {name:<24} {state}")
     return "\n".join(lines)
+
+
+def _destination_lines(sites: list[dict[str, Any]]) -> list[str]:
+    """Where each site's conversions go, and whether that destination has credentials."""
+    if not sites:
+        return []
+    if len(sites) > _SITE_LINES:
+        counts: dict[str, int] = {}
+        for s in sites:
+            counts[s["destination"]] = counts.get(s["destination"], 0) + 1
+        missing = sum(1 for s in sites if not s["ready"])
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        return [f"delivery:  {summary} site(s); {missing} without credentials for their destination"]
+    return ["delivery:"] + [
+        f"  {s['public_id']}  -> {s['destination']}"
+        + ("" if s["ready"] else " (no credentials: conversions wait BLOCKED)")
+        for s in sites
+    ]

@@ -1,9 +1,11 @@
-"""``opsmantik oci queue|rows|ledger|requeue|breaker-reset`` and ``opsmantik site credentials set``.
+"""``opsmantik oci queue|rows|ledger|requeue|breaker-reset`` and ``opsmantik site
+destination set|credentials set``.
 
 The CLI runs as the service role (it is an operator on the machine); actions are audited with
 actor type ``cli``. Secrets for ``credentials set`` may come from flags or, to keep them out of
 the process list and shell history, from ``OPSMANTIK_CRED_CLIENT_SECRET``,
-``OPSMANTIK_CRED_REFRESH_TOKEN`` and ``OPSMANTIK_CRED_DEVELOPER_TOKEN``.
+``OPSMANTIK_CRED_REFRESH_TOKEN`` and ``OPSMANTIK_CRED_DEVELOPER_TOKEN``. Destination and
+credentials go through ``uploads/delivery.py``, the same code as the API.
 """
 
 from __future__ import annotations
@@ -14,22 +16,29 @@ import os
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from opsmantik_stream import tenancy
 from opsmantik_stream.cli._common import CliError, add_json_flag, emit, run_with_db
 from opsmantik_stream.cli.site import SITE_EXTENSIONS
 from opsmantik_stream.config import Settings
 from opsmantik_stream.enums import ActorType
-from opsmantik_stream.queries import Q
-from opsmantik_stream.uploads import operator
+from opsmantik_stream.uploads import delivery, operator
 from opsmantik_stream.uploads.credentials import (
+    TENANT_ENDPOINT_FIELDS,
     CredentialsError,
-    CredentialsInput,
-    save_credentials,
+    credentials_from_mapping,
     vault_from_settings,
 )
+from opsmantik_stream.uploads.hints import requeue_command
 from opsmantik_stream.vault import Vault, load_or_create_key
+
+_BLOCKED_HELP = (
+    "BLOCKED rows (an account or configuration problem) carry the cause and the fixing command in "
+    "their last error, e.g. missing credentials, or an account Google no longer accepts through the "
+    "Google Ads API (switch it with `opsmantik site destination set PUBLIC_ID data_manager`). After "
+    "the fix, `opsmantik oci requeue --site PUBLIC_ID --status BLOCKED` sends them again, to the "
+    "site's current destination."
+)
 
 __all__ = ["register"]
 
@@ -49,7 +58,7 @@ def register(sub: Any) -> None:
     oci = sub.add_parser(
         "oci",
         help="offline conversion upload queue: stats, rows, ledger, requeue, breaker reset",
-        description="Inspect and operate the offline conversion upload queue of a site.",
+        description="Inspect and operate the offline conversion upload queue of a site. " + _BLOCKED_HELP,
     )
     osub = oci.add_subparsers(dest="oci_command", metavar="SUBCOMMAND")
     osub.required = True
@@ -59,7 +68,7 @@ def register(sub: Any) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_queue)
 
-    p = osub.add_parser("rows", help="list rows with their last error", description="List queue rows.")
+    p = osub.add_parser("rows", help="list rows with their last error", description="List queue rows. " + _BLOCKED_HELP)
     p.add_argument("--site", required=True, help="the site's public id")
     p.add_argument("--status", help="only rows in this state (QUEUED, RETRY, FAILED, BLOCKED, ...)")
     p.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
@@ -75,7 +84,8 @@ def register(sub: Any) -> None:
     p = osub.add_parser(
         "requeue",
         help="move FAILED/BLOCKED rows back to QUEUED (audited)",
-        description="Requeue FAILED or BLOCKED rows with a fresh attempt budget (e.g. after fixing credentials).",
+        description="Requeue FAILED or BLOCKED rows with a fresh attempt budget (e.g. after fixing credentials "
+        "or choosing another destination). Requeued rows go to the site's current destination.",
     )
     p.add_argument("--site", required=True, help="the site's public id")
     p.add_argument("--id", action="append", dest="ids", metavar="ROW_ID", help="a row id (repeatable)")
@@ -87,12 +97,32 @@ def register(sub: Any) -> None:
         "breaker-reset", help="close a site's circuit breaker (audited)", description="Reset a breaker."
     )
     p.add_argument("--site", required=True, help="the site's public id")
-    p.add_argument("--destination", choices=["google_ads", "data_manager"], help="only this destination")
+    p.add_argument("--destination", choices=delivery.destination_names(), help="only this destination")
     add_json_flag(p)
     p.set_defaults(func=cmd_breaker_reset)
 
 
 def _register_site(ssub: Any) -> None:
+    dest = ssub.add_parser(
+        "destination",
+        help="where the site's conversions are sent (google_ads or data_manager)",
+        description="A site's destination: Google Ads API uploads (google_ads) or the Data Manager API "
+        "(data_manager, which Google requires for accounts new to offline conversion import since June "
+        "2026). New conversions are queued for it; rows requeued with `opsmantik oci requeue` move to it.",
+    )
+    dsub = dest.add_subparsers(dest="destination_command", metavar="SUBCOMMAND")
+    dsub.required = True
+    p = dsub.add_parser(
+        "set",
+        help="choose the site's destination (audited)",
+        description="Choose where the site's conversions go. Says when that destination has no credentials "
+        "yet (conversions then wait BLOCKED) and how many BLOCKED rows a requeue would move there.",
+    )
+    p.add_argument("public_id", help="the site's public id")
+    p.add_argument("destination", choices=delivery.destination_names(), help="google_ads or data_manager")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_destination_set)
+
     creds = ssub.add_parser("credentials", help="destination credentials (write-only)", description="Credentials.")
     csub = creds.add_subparsers(dest="credentials_command", metavar="SUBCOMMAND")
     csub.required = True
@@ -100,10 +130,13 @@ def _register_site(ssub: Any) -> None:
         "set",
         help="seal and store a destination's credentials (never shown again)",
         description="Store Google credentials for a site, sealed with the vault key. Secrets may come from "
-        "OPSMANTIK_CRED_CLIENT_SECRET / OPSMANTIK_CRED_REFRESH_TOKEN / OPSMANTIK_CRED_DEVELOPER_TOKEN.",
+        "OPSMANTIK_CRED_CLIENT_SECRET / OPSMANTIK_CRED_REFRESH_TOKEN / OPSMANTIK_CRED_DEVELOPER_TOKEN. When no "
+        "other destination of the site has credentials, this one becomes the site's destination (the output "
+        "says so). Google's endpoints are deployment settings (OPSMANTIK_GOOGLE_ADS_BASE_URL, "
+        "OPSMANTIK_DATA_MANAGER_BASE_URL, OPSMANTIK_GOOGLE_TOKEN_URL), not credentials.",
     )
     p.add_argument("public_id", help="the site's public id")
-    p.add_argument("--destination", required=True, choices=["google_ads", "data_manager"])
+    p.add_argument("--destination", required=True, choices=delivery.destination_names())
     p.add_argument("--customer-id", required=True, help="Google Ads account id (dashes allowed)")
     p.add_argument("--login-customer-id", help="manager (MCC) account id, when acting through one")
     p.add_argument("--client-id", required=True, help="OAuth client id")
@@ -111,10 +144,11 @@ def _register_site(ssub: Any) -> None:
     p.add_argument("--refresh-token", help="OAuth refresh token (or OPSMANTIK_CRED_REFRESH_TOKEN)")
     p.add_argument("--developer-token", help="Google Ads developer token (or OPSMANTIK_CRED_DEVELOPER_TOKEN)")
     p.add_argument("--conversion-action", required=True, help="customers/{id}/conversionActions/{id} or the id")
-    p.add_argument("--api-base-url", help="API base URL (e.g. the emulator, http://127.0.0.1:8790)")
-    p.add_argument("--token-url", help="OAuth token URL (e.g. http://127.0.0.1:8790/token)")
     p.add_argument("--requests-per-s", type=float, help="the account's request budget (whole pool)")
     p.add_argument("--conversions-per-min", type=float, help="the account's conversion budget (whole pool)")
+    # Accepted by older versions; refused now with a pointer to the deployment settings.
+    for field in TENANT_ENDPOINT_FIELDS:
+        p.add_argument("--" + field.replace("_", "-"), dest=field, help=argparse.SUPPRESS)
     add_json_flag(p)
     p.set_defaults(func=cmd_credentials_set)
 
@@ -136,6 +170,15 @@ def cmd_credentials_set(args: argparse.Namespace) -> int:
     def pick(flag: str | None, env: str) -> str | None:
         return flag if flag else (os.environ.get(env) or None)
 
+    named = [f for f in TENANT_ENDPOINT_FIELDS if getattr(args, f, None) is not None]
+    if named:
+        flags = ", ".join("--" + f.replace("_", "-") for f in named)
+        raise CliError(
+            f"{flags}: Google's endpoints are deployment settings, not site credentials; set "
+            "OPSMANTIK_GOOGLE_ADS_BASE_URL, OPSMANTIK_DATA_MANAGER_BASE_URL and OPSMANTIK_GOOGLE_TOKEN_URL "
+            "where the stack runs (e.g. to the `opsmantik emulator`)",
+            exit_code=2,
+        )
     raw = {
         "destination": args.destination,
         "customer_id": args.customer_id,
@@ -145,47 +188,56 @@ def cmd_credentials_set(args: argparse.Namespace) -> int:
         "refresh_token": pick(args.refresh_token, "OPSMANTIK_CRED_REFRESH_TOKEN"),
         "developer_token": pick(args.developer_token, "OPSMANTIK_CRED_DEVELOPER_TOKEN"),
         "conversion_action": args.conversion_action,
-        "api_base_url": args.api_base_url,
-        "token_url": args.token_url,
         "requests_per_s": args.requests_per_s,
         "conversions_per_min": args.conversions_per_min,
     }
     for name in ("client_secret", "refresh_token"):
         if not raw[name]:
-            raise CliError(f"--{name.replace('_', '-')} (or OPSMANTIK_CRED_{name.upper()}) is required")
+            raise CliError(f"--{name.replace('_', '-')} (or OPSMANTIK_CRED_{name.upper()}) is required", exit_code=2)
     try:
-        creds = msgspec.convert({k: v for k, v in raw.items() if v is not None}, CredentialsInput)
-        creds.validate()
-    except msgspec.ValidationError as exc:
-        raise CliError(f"invalid credentials: {exc}") from None
+        creds = credentials_from_mapping(raw)
     except CredentialsError as exc:
-        raise CliError(exc.message) from None
+        raise CliError(f"invalid credentials: {exc.message}", exit_code=2) from None
 
     async def body(conn: asyncpg.Connection, settings: Settings) -> dict[str, Any]:
         vault = _vault(settings)
         site_id = await _site_id(conn, args.public_id)
-        async with conn.transaction():
-            view = await save_credentials(conn, vault, site_id, creds)
-            await conn.fetchval(Q.uploads.reset_breaker, site_id, creds.destination)
-            await tenancy.write_audit(
-                conn,
-                ActorType.CLI,
-                _actor(),
-                "credentials.set",
-                "provider_credentials",
-                creds.destination,
-                site_id,
-                {"destination": creds.destination, "account_id": view["account_id"]},
+        try:
+            result = await delivery.set_credentials(
+                conn, vault, site_id, args.public_id, creds, actor_type=ActorType.CLI, actor_id=_actor()
             )
-        return {"public_id": args.public_id, **view}
+        except CredentialsError as exc:
+            raise CliError(exc.message) from None
+        return {"public_id": args.public_id, **result}
 
     view = run_with_db(body)
     emit(
         args,
         view,
         f"credentials stored for {view['public_id']} ({view['destination']}, account {view['account_id']}, "
-        f"key {view['key_fingerprint']}); secrets are sealed and never shown",
+        f"key {view['key_fingerprint']}); secrets are sealed and never shown\n{view['note']}",
     )
+    return 0
+
+
+def cmd_destination_set(args: argparse.Namespace) -> int:
+    async def body(conn: asyncpg.Connection, settings: Settings) -> dict[str, Any]:
+        site_id = await _site_id(conn, args.public_id)
+        try:
+            result = await delivery.set_destination(
+                conn, site_id, args.public_id, args.destination, actor_type=ActorType.CLI, actor_id=_actor()
+            )
+        except CredentialsError as exc:
+            raise CliError(exc.message) from None
+        return {"public_id": args.public_id, **result}
+
+    result = run_with_db(body)
+    text = f"{result['public_id']} sends to {result['destination']}" + (
+        f" (was {result['previous']})" if result["changed"] else " (unchanged)"
+    )
+    if result["note"]:
+        text += "\n" + result["note"]
+    emit(args, result, text)
     return 0
 
 
@@ -214,6 +266,8 @@ def cmd_rows(args: argparse.Namespace) -> int:
         f"{r['error_code'] or ''} {r['last_error'] or ''}".rstrip()
         for r in rows
     ] or ["no rows"]
+    if any(r["status"] == "BLOCKED" for r in rows):
+        lines.append(f"after fixing the cause: {requeue_command(args.site)}")
     emit(args, {"site": args.site, "rows": rows}, "\n".join(lines))
     return 0
 
@@ -253,7 +307,8 @@ def cmd_requeue(args: argparse.Namespace) -> int:
             raise CliError("another conversion of the same session is pending") from None
 
     result = run_with_db(body)
-    emit(args, {"site": args.site, **result}, f"requeued {result['requeued']} row(s)")
+    moved = ", ".join(f"{n} to {d}" for d, n in sorted(result["destinations"].items()))
+    emit(args, {"site": args.site, **result}, f"requeued {result['requeued']} row(s)" + (f": {moved}" if moved else ""))
     return 0
 
 

@@ -38,6 +38,17 @@ def _account_rate(value: str) -> tuple[str, AccountRate]:
     return account.strip(), AccountRate(rps=rps, cpm=cpm)
 
 
+def _throttle(value: str) -> tuple[str, float]:
+    account, sep, seconds = value.partition("=")
+    try:
+        delay = float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected ACCOUNT=SECONDS") from None
+    if not sep or not account.strip() or delay <= 0:
+        raise argparse.ArgumentTypeError("expected ACCOUNT=SECONDS")
+    return account.strip(), delay
+
+
 def _rate(value: str) -> float:
     f = float(value)
     if not 0.0 <= f <= 1.0:
@@ -115,6 +126,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ACCOUNT=RPS[:CPM]",
         help="per-account override of --rate-rps/--rate-cpm (repeatable)",
+    )
+    quota.add_argument(
+        "--throttle",
+        type=_throttle,
+        action="append",
+        default=[],
+        metavar="ACCOUNT=SECONDS",
+        help="answer every API request for ACCOUNT with 429 and this retry delay (repeatable)",
     )
     quota.add_argument(
         "--daily-ops-limit",
@@ -218,6 +237,7 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         rate_rps=args.rate_rps,
         rate_cpm=args.rate_cpm,
         account_rates=dict(args.account_rate),
+        throttled_accounts=dict(args.throttle),
         daily_ops_limit=args.daily_ops_limit,
         max_conversions=args.max_conversions,
         api_versions=args.api_versions,

@@ -84,6 +84,8 @@ class EmulatorConfig(msgspec.Struct, forbid_unknown_fields=True):
     rate_rps: int | None = None
     rate_cpm: int | None = None
     account_rates: dict[str, AccountRate] = {}
+    #: account -> seconds: every API request for the account answers 429 with this retry delay.
+    throttled_accounts: dict[str, float] = {}
     #: Requests per account per UTC day before 429 RESOURCE_EXHAUSTED (DEVELOPER scope).
     daily_ops_limit: int | None = None
     max_conversions: int = 2000
@@ -338,6 +340,9 @@ class EmulatorState:
         now = self.clock()
         sec = int(now // 1)
         self.received_per_second.setdefault(account, Counter())[sec] += 1
+        throttle = self.config.throttled_accounts.get(account)
+        if throttle is not None:
+            return "RESOURCE_TEMPORARILY_EXHAUSTED", throttle, "Throttled account"
         rps, cpm = self._rates(account)
         admitted = self.admitted_per_second.setdefault(account, Counter())
         if rps is not None and admitted[sec] >= rps:

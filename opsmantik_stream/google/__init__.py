@@ -80,14 +80,19 @@ def make_client(
     tokens: TokenProvider | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     timeout: httpx.Timeout | None = None,
+    base_url: str | None = None,
+    api_version: str = DEFAULT_ADS_API_VERSION,
 ) -> UploadClient:
     """Build the client for ``destination`` (``google_ads`` or ``data_manager``).
 
     Pass a shared ``http`` client and ``tokens`` provider to reuse connections and cached
-    access tokens across both destinations.
+    access tokens across both destinations. ``base_url`` is the deployment's API root (Google's
+    by default).
     """
     if destination == "google_ads":
-        return GoogleAdsClient(http, tokens=tokens, chunk_size=chunk_size, timeout=timeout)
+        return GoogleAdsClient(
+            http, tokens=tokens, chunk_size=chunk_size, timeout=timeout, base_url=base_url, api_version=api_version
+        )
     if destination == "data_manager":
-        return DataManagerClient(http, tokens=tokens, chunk_size=chunk_size, timeout=timeout)
+        return DataManagerClient(http, tokens=tokens, chunk_size=chunk_size, timeout=timeout, base_url=base_url)
     raise ValueError(f"unsupported destination: {destination!r}")

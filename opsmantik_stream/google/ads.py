@@ -216,6 +216,7 @@ _SEVERITY = {
     OutcomeKind.SPLIT_BATCH: 4,
     OutcomeKind.FAILED: 5,
     OutcomeKind.BLOCKED: 6,
+    OutcomeKind.DEFERRED: 7,
 }
 
 
@@ -254,6 +255,14 @@ class _ChunkResult:
 
 def _verdict(status: int, code: str | None, message: str | None, delay: float | None = None) -> _Verdict:
     return _Verdict(classify(status, code, delay), code, message)
+
+
+def _deferred(hold_s: float) -> _Verdict:
+    return _Verdict(
+        Classification(OutcomeKind.DEFERRED, ErrorCategory.RATE_LIMIT, max(0.0, hold_s)),
+        "ACCOUNT_PAUSED",
+        "not sent: Google asked to pause this account; no attempt spent",
+    )
 
 
 def _request_id_from_headers(headers: httpx.Headers) -> str | None:
@@ -298,8 +307,10 @@ class _GoogleClientBase(UploadClient):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def base_url(self, creds: GoogleCredentials) -> str:
-        return (creds.api_base_url or self._base_url or self.default_base_url).rstrip("/")
+    @property
+    def base_url(self) -> str:
+        """The API root this client sends to: the deployment's setting (never tenant data)."""
+        return (self._base_url or self.default_base_url).rstrip("/")
 
     # -- validation ---------------------------------------------------------------------
 
@@ -376,13 +387,18 @@ class _GoogleClientBase(UploadClient):
             blocked: _Verdict | None = None
             for idx in chunks:
                 if blocked is not None:
-                    # The account is blocked (auth/config): do not keep sending its chunks.
+                    # The account is blocked (auth/config) or paused: do not send its other chunks.
                     for i in idx:
                         verdicts[i] = blocked
                     continue
                 chunk = [conversions[i] for i in idx]
                 if before_request is not None:
-                    await before_request(len(chunk))
+                    hold_s = await before_request(len(chunk))
+                    if hold_s is not None:
+                        blocked = _deferred(hold_s)
+                        for i in idx:
+                            verdicts[i] = blocked
+                        continue
                 cr = await self._send_chunk(creds, chunk, result)
                 if cr.whole is not None and cr.whole.cls.kind is OutcomeKind.BLOCKED:
                     blocked = cr.whole
@@ -578,7 +594,7 @@ class GoogleAdsClient(_GoogleClientBase):
     ) -> tuple[str, bytes, dict[str, str]]:
         cid = _digits(creds.customer_id)
         assert cid is not None
-        url = f"{self.base_url(creds)}/{self.api_version}/customers/{cid}:uploadClickConversions"
+        url = f"{self.base_url}/{self.api_version}/customers/{cid}:uploadClickConversions"
         headers: dict[str, str] = {}
         if creds.developer_token:
             # Ignored by Google since 2026-09-09 but still accepted; sent when configured.

@@ -117,7 +117,7 @@ class DataManagerClient(_GoogleClientBase):
         body: dict[str, Any] = {"destinations": [destination], "events": events}
         if any("userData" in e for e in events):
             body["encoding"] = "HEX"  # required whenever userData is present
-        url = f"{self.base_url(creds)}/v1/events:ingest"
+        url = f"{self.base_url}/v1/events:ingest"
         return url, msgspec.json.encode(body), {}
 
     def _parse_reply(self, reply: _Reply, n: int) -> _ChunkResult:
@@ -157,7 +157,10 @@ class DataManagerClient(_GoogleClientBase):
             delay = reply.retry_after_s
 
         request_level = [v for v in violations if v[0] is None]
-        if reply.status == 400 and violations and not request_level:
+        # Collateral needs a culprit in this request: violations naming no event of it are
+        # answered as a whole-request failure (else every row would be resent for ever).
+        named = [v for v in violations if v[0] is not None and 0 <= v[0] < n]
+        if reply.status == 400 and named and not request_level:
             verdicts: list[_Verdict] = [
                 _Verdict(
                     Classification(OutcomeKind.RETRY, ErrorCategory.TRANSIENT, 0.0),
@@ -166,13 +169,12 @@ class DataManagerClient(_GoogleClientBase):
                 )
             ] * n
             first: _Verdict | None = None
-            for idx, reason, text in violations:
+            for idx, reason, text in named:
                 assert idx is not None
-                if 0 <= idx < n:
-                    v = _Verdict(classify(400, reason or "INVALID_ARGUMENT"), reason or "INVALID_ARGUMENT", text)
-                    if verdicts[idx].code == "COLLATERAL" or v.worse_than(verdicts[idx]):
-                        verdicts[idx] = v
-                    first = first or v
+                v = _Verdict(classify(400, reason or "INVALID_ARGUMENT"), reason or "INVALID_ARGUMENT", text)
+                if verdicts[idx].code == "COLLATERAL" or v.worse_than(verdicts[idx]):
+                    verdicts[idx] = v
+                first = first or v
             return _ChunkResult(verdicts, reply.status, request_id, first)
 
         code: str | None = info_reason

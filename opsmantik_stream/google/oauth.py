@@ -67,7 +67,8 @@ class _Cached:
 class TokenProvider:
     """Fetches and caches OAuth2 access tokens.
 
-    ``clock`` is a monotonic clock (injectable for tests). ``refreshes`` counts token
+    ``token_url`` is the deployment's token endpoint (``OPSMANTIK_GOOGLE_TOKEN_URL``), never a
+    tenant's. ``clock`` is a monotonic clock (injectable for tests). ``refreshes`` counts token
     endpoint calls made by this provider.
     """
 
@@ -75,11 +76,13 @@ class TokenProvider:
         self,
         http: httpx.AsyncClient,
         *,
+        token_url: str = DEFAULT_TOKEN_URL,
         timeout: httpx.Timeout | None = None,
         clock: Callable[[], float] = time.monotonic,
         skew_s: float = EXPIRY_SKEW_S,
     ) -> None:
         self._http = http
+        self.token_url = token_url
         self._timeout = timeout or httpx.Timeout(10.0, connect=5.0)
         self._clock = clock
         self._skew_s = skew_s
@@ -87,11 +90,10 @@ class TokenProvider:
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self.refreshes = 0
 
-    @staticmethod
-    def _key(creds: GoogleCredentials) -> tuple[str, str, str]:
+    def _key(self, creds: GoogleCredentials) -> tuple[str, str, str]:
         # Key on a digest so the refresh token itself is not kept as a dict key.
         digest = hashlib.sha256(creds.refresh_token.encode()).hexdigest()
-        return (creds.token_url or DEFAULT_TOKEN_URL, creds.client_id, digest)
+        return (self.token_url, creds.client_id, digest)
 
     def invalidate(self, creds: GoogleCredentials) -> None:
         """Forget the cached token (e.g. after the API answered 401)."""
@@ -119,7 +121,7 @@ class TokenProvider:
     async def _refresh(self, creds: GoogleCredentials) -> tuple[str, float]:
         if not (creds.client_id.strip() and creds.client_secret.strip() and creds.refresh_token.strip()):
             raise OAuthConfigError("MISSING_CREDENTIALS", "client id, client secret or refresh token is empty")
-        url = creds.token_url or DEFAULT_TOKEN_URL
+        url = self.token_url
         form = {
             "grant_type": "refresh_token",
             "client_id": creds.client_id.strip(),

@@ -43,6 +43,8 @@ class OutcomeKind(StrEnum):
     FAILED = "failed"
     #: Account or configuration problem: hold the rows until an operator fixes it.
     BLOCKED = "blocked"
+    #: Not sent at all (the account is paused pool-wide): back to the queue, no attempt spent.
+    DEFERRED = "deferred"
 
 
 class ErrorCategory(StrEnum):
@@ -66,7 +68,8 @@ class GoogleCredentials:
     Manager "operating account"); ``login_customer_id`` is the manager (MCC) account when
     acting through one. Dashes in account ids are accepted and stripped. ``conversion_action``
     is a resource name ``customers/{cid}/conversionActions/{id}`` or just the numeric id.
-    ``api_base_url`` / ``token_url`` override Google's endpoints (e.g. to point at the emulator).
+    Endpoints are not part of the credentials: they are deployment settings given to the
+    clients and the token provider, so a tenant can never choose where its secrets are sent.
     ``repr`` hides the secrets so credentials never leak into logs or tracebacks.
     """
 
@@ -78,8 +81,6 @@ class GoogleCredentials:
     destination: Destination = "data_manager"
     developer_token: str | None = field(default=None, repr=False)
     login_customer_id: str | None = None
-    api_base_url: str | None = None
-    token_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +170,9 @@ class UploadResult:
 
 
 #: Called before each HTTP request with the number of conversions in it, e.g. to wait for a
-#: token bucket. Waiting there is not an attempt.
-BeforeRequest = Callable[[int], Awaitable[None]]
+#: token bucket (waiting there is not an attempt). It returns ``None`` to send, or a number of
+#: seconds to hold back this request and the rest of the upload (rows ``DEFERRED``, not sent).
+BeforeRequest = Callable[[int], Awaitable[float | None]]
 
 
 class UploadClient(abc.ABC):

@@ -97,6 +97,8 @@ async def enqueue_conversion(
     # exactly one click id is stored: the uploader sends what it finds
     ids = {t.value: (click_value if t.value == click_type else None) for t in ClickIdType}
     order_id = order_id_for(site_id, kind, source_id)
+    # the consent goes with the conversion: Google is told what the visitor said (uploads)
+    consent = list(session["consent_scopes"] or [])
     row = await conn.fetchrow(
         Q.sales.insert_conversion,
         site_id,
@@ -111,6 +113,7 @@ async def enqueue_conversion(
         conversion_time,
         value_minor,
         currency,
+        consent,
     )
     if row is not None:
         return EnqueueResult(True, None, str(row["id"]), row["order_id"], click_type)
@@ -128,6 +131,7 @@ async def enqueue_conversion(
                 value_minor,
                 currency,
                 destination,
+                consent,
             )
             if revived is not None:
                 return EnqueueResult(True, None, str(revived["id"]), revived["order_id"], click_type)

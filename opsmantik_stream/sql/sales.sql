@@ -57,10 +57,11 @@ SELECT default_destination, currency FROM sites WHERE id = $1;
 
 -- name: insert_conversion
 -- DO NOTHING covers one row per source, one per order id and one pending per session.
+-- consent_scopes: the session's consent as recorded now (sent to Google as recorded).
 INSERT INTO offline_conversion_queue (
     site_id, destination, source_kind, source_id, session_id, order_id,
-    gclid, wbraid, gbraid, conversion_time, value_minor, currency
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    gclid, wbraid, gbraid, conversion_time, value_minor, currency, consent_scopes
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT DO NOTHING
 RETURNING id, order_id, status;
 
@@ -80,7 +81,7 @@ UPDATE offline_conversion_queue
 SET status = 'QUEUED', attempt = 0, next_retry_at = now(), claimed_by = NULL, claimed_at = NULL,
     last_error = NULL, error_code = NULL, error_category = NULL,
     gclid = $3, wbraid = $4, gbraid = $5, conversion_time = $6, value_minor = $7, currency = $8,
-    destination = $9
+    destination = $9, consent_scopes = $10
 WHERE source_kind = $1 AND source_id = $2 AND status = 'FAILED' AND error_code = 'VOIDED'
 RETURNING id, order_id, status;
 

@@ -13,8 +13,9 @@ aiolimiter leaky buckets:
 - conversions: capacity ``c`` (at least one request's worth) and a leak of
   ``(share - c) / (60 + margin)`` per second, so any 60 s window holds at most ``share``.
 
-A 429 with retry info pauses the account's bucket for that long (:meth:`pause`); while paused
-the uploader does not claim rows of that account at all.
+A 429 with retry info pauses the account for the whole pool in PostgreSQL
+(``provider_account_state``, see ``engine.py``), not here: a local pause would not stop the
+other uploaders.
 """
 
 from __future__ import annotations
@@ -111,7 +112,6 @@ class AccountBucket:
     def __init__(self, requests_per_s: float, conversions_per_min: float, *, max_batch: int, margin_s: float) -> None:
         self.requests_per_s = requests_per_s
         self.conversions_per_min = conversions_per_min
-        self._paused_until = 0.0
         if requests_per_s <= 0 or conversions_per_min < 1:
             self._requests: Pacer | None = None
             self._conversions: AsyncLimiter | None = None
@@ -131,27 +131,16 @@ class AccountBucket:
     def usable(self) -> bool:
         return self._requests is not None and self.max_batch >= 1
 
-    def paused_for(self) -> float:
-        return max(0.0, self._paused_until - time.monotonic())
-
-    def pause(self, seconds: float) -> None:
-        """Stop sending for ``seconds`` (Google asked us to wait)."""
-        self._paused_until = max(self._paused_until, time.monotonic() + max(0.0, seconds))
-
     async def wait_ready(self) -> None:
         """Wait (without taking anything) until a request could leave now, so the uploader
         holds a lease only while it can actually send."""
         assert self._requests is not None
-        while (wait := self.paused_for()) > 0:
-            await asyncio.sleep(wait)
         while (wait := self._requests.delay()) > 0:
             await asyncio.sleep(min(wait, 0.02))
 
     async def acquire(self, conversions: int) -> None:
         """Wait until one request with ``conversions`` rows may go out (never an attempt)."""
         assert self._requests is not None and self._conversions is not None
-        while (wait := self.paused_for()) > 0:
-            await asyncio.sleep(wait)
         await self._conversions.acquire(min(float(conversions), self._conversions.max_rate))
         await self._requests.acquire()
 
@@ -183,8 +172,5 @@ class BucketSet:
             max_batch=self.max_batch,
             margin_s=self.margin_s,
         )
-        if held is not None:
-            # keep a pause Google asked for across a rebuild
-            bucket.pause(held[1].paused_for())
         self._buckets[(destination, account_id)] = (key, bucket)
         return bucket

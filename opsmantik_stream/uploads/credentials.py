@@ -1,11 +1,18 @@
 """Destination credentials: validated input, sealing into the vault, opening in the uploader.
 
-The secret part (OAuth client secret, refresh token, developer token, and the account and
-endpoint settings that go with them) is sealed with :class:`~opsmantik_stream.vault.Vault`;
+The secret part (OAuth client secret, refresh token, developer token, and the account
+settings that go with them) is sealed with :class:`~opsmantik_stream.vault.Vault`;
 only the account id and the rate budget are stored in clear, because leases and token buckets
 need them without the vault key. Nothing here ever returns a secret to a caller: the API and
 CLI get :func:`public_view` only. Decryption (:func:`open_credentials`) happens in the
 uploader alone.
+
+Endpoint URLs are not credentials: Google's API and token URLs are deployment settings
+(``OPSMANTIK_GOOGLE_ADS_BASE_URL``, ``OPSMANTIK_DATA_MANAGER_BASE_URL``,
+``OPSMANTIK_GOOGLE_TOKEN_URL``). Input naming ``api_base_url`` or ``token_url`` is refused
+(:data:`TENANT_ENDPOINT_FIELDS`), and such values sealed by older versions are ignored when the
+credentials are opened, so no tenant can make the uploader send a site's secrets, or any
+request, to an address of its choosing.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from opsmantik_stream.queries import Q
 from opsmantik_stream.vault import Vault, VaultError
 
 __all__ = [
+    "TENANT_ENDPOINT_FIELDS",
     "CredentialsError",
     "CredentialsInput",
+    "credentials_from_mapping",
     "open_credentials",
     "public_view",
     "save_credentials",
@@ -34,7 +43,9 @@ __all__ = [
 
 _ACCOUNT_RE = re.compile(r"^\d{3}-?\d{3}-?\d{4}$|^\d{1,20}$")
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
-Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=500)]
+
+#: Fields older versions accepted from tenants; refused now (see the module docstring).
+TENANT_ENDPOINT_FIELDS = ("api_base_url", "token_url")
 
 
 class CredentialsError(Exception):
@@ -57,8 +68,6 @@ class CredentialsInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     conversion_action: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     login_customer_id: Annotated[str, msgspec.Meta(max_length=20)] | None = None
     developer_token: Text | None = None
-    api_base_url: Url | None = None
-    token_url: Url | None = None
     requests_per_s: Annotated[float, msgspec.Meta(gt=0, le=10000)] | None = None
     conversions_per_min: Annotated[float, msgspec.Meta(gt=0, le=10_000_000)] | None = None
 
@@ -77,6 +86,30 @@ class CredentialsInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     @property
     def account_id(self) -> str:
         return self.customer_id.replace("-", "").strip()
+
+
+def credentials_from_mapping(raw: Any) -> CredentialsInput:
+    """Validated credentials from decoded JSON or CLI flags (``None`` values are absent).
+
+    Raises :class:`CredentialsError`: ``endpoint_not_allowed`` when the input names an endpoint
+    URL, ``invalid_body`` for anything the schema refuses, or a field-specific code from
+    :meth:`CredentialsInput.validate`.
+    """
+    if not isinstance(raw, dict):
+        raise CredentialsError("invalid_body", "expected a JSON object")
+    named = [f for f in TENANT_ENDPOINT_FIELDS if f in raw]
+    if named:
+        raise CredentialsError(
+            "endpoint_not_allowed",
+            f"{', '.join(named)}: Google's endpoints are deployment settings (OPSMANTIK_GOOGLE_ADS_BASE_URL, "
+            "OPSMANTIK_DATA_MANAGER_BASE_URL, OPSMANTIK_GOOGLE_TOKEN_URL), not site credentials",
+        )
+    try:
+        creds = msgspec.convert({k: v for k, v in raw.items() if v is not None}, CredentialsInput)
+    except msgspec.ValidationError as exc:
+        raise CredentialsError("invalid_body", str(exc)) from None
+    creds.validate()
+    return creds
 
 
 def vault_from_settings(settings: Settings) -> Vault:
@@ -111,8 +144,6 @@ async def save_credentials(
         "login_customer_id": (creds.login_customer_id or "").replace("-", "").strip() or None,
         "conversion_action": creds.conversion_action.strip(),
         "developer_token": creds.developer_token,
-        "api_base_url": creds.api_base_url,
-        "token_url": creds.token_url,
     }
     row = await conn.fetchrow(
         Q.uploads.upsert_credentials,
@@ -146,10 +177,8 @@ def open_credentials(vault: Vault | None, row: Any | None, destination: str) -> 
     ``INVALID_CREDENTIALS``) with a message that names the problem but no secret.
     """
     if row is None:
-        raise CredentialsError(
-            "MISSING_CREDENTIALS",
-            f"no {destination} credentials for this site: set them with PUT /api/sites/{{site}}/credentials",
-        )
+        # the uploader replaces this text with the fix for the site (uploads/hints.py)
+        raise CredentialsError("MISSING_CREDENTIALS", f"no {destination} credentials for this site")
     if vault is None:
         raise CredentialsError("VAULT_KEY_MISSING", "the uploader has no vault key (OPSMANTIK_VAULT_KEY)")
     try:
@@ -166,8 +195,7 @@ def open_credentials(vault: Vault | None, row: Any | None, destination: str) -> 
             destination=destination,  # type: ignore[arg-type]
             developer_token=_opt(data.get("developer_token")),
             login_customer_id=_opt(data.get("login_customer_id")),
-            api_base_url=_opt(data.get("api_base_url")),
-            token_url=_opt(data.get("token_url")),
+            # api_base_url / token_url sealed by older versions are ignored on purpose
         )
     except (KeyError, TypeError):
         raise CredentialsError("INVALID_CREDENTIALS", "sealed credentials lack a required field") from None

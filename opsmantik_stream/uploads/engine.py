@@ -2,22 +2,31 @@
 
 :meth:`UploadEngine.run_once` does one iteration:
 
-1. list due (site, destination) groups and pick one at random weighted by backlog, so groups
-   share the pool fairly; groups whose breaker is open are skipped before anything is claimed
-   (no attempt is spent); a group whose probe time has come is taken as the single half-open
-   probe (a small batch);
+1. list due (site, destination) groups with their gate: the breaker (``provider_breaker_gate``
+   in SQL, the one place that decides when a probe may run), and the account's pool-wide
+   pause (a 429). Gated groups are not claimed (no attempt spent); each is ledgered at most
+   once per ``upload_gate_ledger_interval_s``. One sendable group is picked at random weighted
+   by backlog, so groups share the pool fairly; a group whose probe time has come is taken as
+   the single half-open probe (a small batch);
 2. take a lease (at most ``upload_site_concurrency`` uploads per site and
    ``upload_account_concurrency`` per destination account, in PostgreSQL, with an expiry);
-3. claim up to the chunk size in one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)``;
-4. open the credentials (missing/undecryptable -> every row BLOCKED, ledgered, breaker open);
-5. for each request: wait for the account's token bucket, commit the STARTED ledger row, send;
-6. in one transaction: guarded row transitions, the FINISHED ledger row, metrics and the
-   breaker outcome;
+3. claim up to the batch size (the chunk size, the bucket share, and the size Google accepts
+   for the account) in one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)``;
+4. the request (:meth:`UploadEngine._request`): open the credentials (missing/undecryptable ->
+   every row BLOCKED), and for each request wait for the account's token bucket, re-check the
+   account's pause, commit the STARTED ledger row, send;
+5. plan the finish (:func:`~opsmantik_stream.uploads.plan.plan_finish`, pure);
+6. write it: a 429's pause and a smaller batch size for the whole pool at once, then in one
+   transaction the guarded row transitions, the FINISHED ledger row, metrics and the breaker;
 7. release the lease.
 
-A crash between 5 and 6 leaves rows PROCESSING and a STARTED row without FINISHED; the rescue
+A crash between 4 and 6 leaves rows PROCESSING and a STARTED row without FINISHED; the rescue
 job (``uploads.rescue``) sends the rows back through the retry policy, and the deterministic
 order id makes Google answer the re-send with "already exists" instead of a duplicate.
+
+Clock: ``clock`` (injected by tests) drives the retry policy and the breaker; when a test
+injects it, the same instant is passed to every time comparison in SQL, so a test moves the
+clock instead of sleeping. Without it the database's clock decides due-ness and gates.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import asyncpg
 import httpx
 
 from opsmantik_stream.config import Settings
+from opsmantik_stream.enums import GateDecision
 from opsmantik_stream.google import (
     Conversion,
     ErrorCategory,
@@ -45,12 +55,14 @@ from opsmantik_stream.google import (
     UploadResult,
     make_client,
 )
+from opsmantik_stream.google.consent import google_consent
 from opsmantik_stream.queries import Q
-from opsmantik_stream.retry import QueueStatus, RetryPolicy
+from opsmantik_stream.retry import RetryPolicy
 from opsmantik_stream.uploads import store
-from opsmantik_stream.uploads.breaker import BreakerConfig, PgBreakerStorage, Signal, record_outcome
+from opsmantik_stream.uploads.breaker import BreakerConfig, PgBreakerStorage, record_outcome
 from opsmantik_stream.uploads.bucket import AccountBucket, BucketSet
 from opsmantik_stream.uploads.credentials import CredentialsError, open_credentials, vault_from_settings
+from opsmantik_stream.uploads.plan import ClaimedRow, FinishPlan, GroupFacts, outcome_signal, plan_finish
 from opsmantik_stream.vault import Vault
 
 __all__ = ["ShareFn", "UploadEngine", "breaker_config", "outcome_signal", "retry_policy"]
@@ -60,7 +72,7 @@ log = logging.getLogger(__name__)
 #: Returns this uploader's (index, pool size) for splitting account budgets.
 ShareFn = Callable[[], Awaitable[tuple[int, int]]]
 
-_DELIVERED = (OutcomeKind.COMPLETED, OutcomeKind.ALREADY_EXISTS)
+_SENDABLE = (GateDecision.SEND, GateDecision.PROBE)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -77,29 +89,34 @@ def breaker_config(settings: Settings, clock: Callable[[], datetime] | None = No
     )
 
 
-def outcome_signal(outcomes: list[RowOutcome]) -> Signal:
-    """What an attempt says about the destination (see ``breaker.py``).
-
-    An account/config problem wins (the account must stop); otherwise any delivered row is a
-    success; otherwise a transient failure counts; permanent row errors, rate limits and
-    collateral re-sends are neutral.
-    """
-    if any(o.kind is OutcomeKind.BLOCKED for o in outcomes):
-        return Signal.BLOCK
-    if any(o.kind in _DELIVERED for o in outcomes):
-        return Signal.SUCCESS
-    if any(
-        o.kind is OutcomeKind.RETRY and o.error_category is ErrorCategory.TRANSIENT and o.error_code != "COLLATERAL"
-        for o in outcomes
-    ):
-        return Signal.TRANSIENT
-    return Signal.NEUTRAL
+def gate_of(group: Any) -> GateDecision:
+    """The group's gate: the breaker's (from SQL), unless the account is paused."""
+    gate = GateDecision(group["gate"])
+    if gate in _SENDABLE and group["paused"]:
+        return GateDecision.ACCOUNT_PAUSED
+    return gate
 
 
 def _weighted_order(groups: list[Any], rng: random.Random) -> list[Any]:
     """Groups in a random order where a bigger backlog tends to come first (Efraimidis-
     Spirakis: key = u ** (1 / weight)), so every group gets turns in proportion to backlog."""
     return sorted(groups, key=lambda g: rng.random() ** (1.0 / max(1, int(g[0]["backlog"]))), reverse=True)
+
+
+class _Started:
+    """Writes the attempt's STARTED ledger row once, when first needed."""
+
+    def __init__(self, pool: asyncpg.Pool, args: tuple[Any, ...]) -> None:
+        self._pool = pool
+        self._args = args
+        self.written = False
+
+    async def ensure(self) -> None:
+        if self.written:
+            return
+        async with self._pool.acquire() as conn:
+            await store.insert_started(conn, *self._args)
+        self.written = True
 
 
 class UploadEngine:
@@ -125,17 +142,22 @@ class UploadEngine:
         self.uploader_id = f"{name}:{uuid.uuid4().hex[:8]}"
         self._share_fn = share
         self._clock = clock or (lambda: datetime.now(UTC))
+        # the instant passed to SQL time comparisons: the injected clock, or the database's
+        self._sql_now: Callable[[], datetime | None] = clock or (lambda: None)
         self._rng = random.Random(seed)
         timeout = httpx.Timeout(settings.upload_request_timeout_s, connect=min(5.0, settings.upload_request_timeout_s))
         self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=50))
-        self._tokens = TokenProvider(self._http, timeout=timeout)
+        # Google's endpoints come from the deployment's settings only (never from a tenant),
+        # and redirects are not followed, so no answer can send a request elsewhere.
+        self._http = http or httpx.AsyncClient(
+            timeout=timeout, limits=httpx.Limits(max_connections=50), follow_redirects=False
+        )
+        self._tokens = TokenProvider(self._http, token_url=settings.google_token_url, timeout=timeout)
         self._timeout = timeout
         self._clients: dict[str, UploadClient] = {}
         self.policy = retry_policy(settings)
         self.breaker_cfg = breaker_config(settings, self._clock)
         self.buckets = BucketSet(margin_s=settings.upload_bucket_margin_s, max_batch=settings.upload_chunk_size)
-        self._split_hint: dict[tuple[Any, str], int] = {}
         self._vault: Vault | None = None
         self._vault_error: CredentialsError | None = None
         try:
@@ -155,12 +177,15 @@ class UploadEngine:
     def _client(self, destination: str) -> UploadClient:
         client = self._clients.get(destination)
         if client is None:
+            s = self.settings
             client = make_client(
                 destination,
                 self._http,
                 tokens=self._tokens,
-                chunk_size=self.settings.upload_chunk_size,
+                chunk_size=s.upload_chunk_size,
                 timeout=self._timeout,
+                base_url=s.google_ads_base_url if destination == "google_ads" else s.data_manager_base_url,
+                api_version=s.google_ads_api_version,
             )
             self._clients[destination] = client
         return client
@@ -176,53 +201,86 @@ class UploadEngine:
         """One pass of the loop; returns a summary (``idle`` when nothing could be done)."""
         share = await self._share()
         async with self.pool.acquire() as conn:
-            groups = await store.list_groups(conn)
-        now = self._clock()
-        stale = timedelta(seconds=self.settings.upload_lease_ttl_s)
+            groups = await store.list_groups(conn, self._sql_now(), probe_stale_s=self.settings.upload_lease_ttl_s)
         candidates: list[tuple[Any, bool]] = []
-        gated = 0
+        gated: list[tuple[Any, GateDecision]] = []
         for g in groups:
-            state = g["breaker_state"]
-            if state == "CLOSED":
-                candidates.append((g, False))
-            elif state == "OPEN" and (g["next_probe_at"] is None or g["next_probe_at"] <= now):
-                candidates.append((g, True))
-            elif state == "HALF_OPEN" and (
-                g["probe_holder"] is None or (g["probe_started_at"] is not None and g["probe_started_at"] < now - stale)
-            ):
-                candidates.append((g, True))
+            gate = gate_of(g)
+            if gate in _SENDABLE:
+                candidates.append((g, gate is GateDecision.PROBE))
             else:
-                gated += 1  # breaker open: wait without claiming, so no attempt is spent
+                gated.append((g, gate))  # waits without being claimed: no attempt is spent
+        ledgered = await self._ledger_gated(gated)
         for g, probe in _weighted_order(candidates, self._rng):
             result = await self._try_group(g, probe, share)
             if result is not None:
-                result["gated_groups"] = gated
+                result["gated_groups"] = len(gated)
+                result["gated_ledgered"] = ledgered
                 return result
-        return {"idle": True, "groups": len(groups), "gated_groups": gated}
+        return {"idle": True, "groups": len(groups), "gated_groups": len(gated), "gated_ledgered": ledgered}
+
+    async def _ledger_gated(self, gated: list[tuple[Any, GateDecision]]) -> int:
+        """A ledger entry (STARTED + FINISHED, no rows, no attempt spent) per gated group, at
+        most one per group and gate interval across the pool."""
+        interval = self.settings.upload_gate_ledger_interval_s
+        now = self._sql_now()
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=interval)
+        written = 0
+        for g, gate in gated:
+            last = g["gate_ledgered_at"]
+            if last is not None and last > cutoff:
+                continue  # cheap pre-check; the UPDATE below decides for the pool
+            async with self.pool.acquire() as conn, conn.transaction():
+                if not await store.mark_gate_ledgered(conn, g["site_id"], g["destination"], interval, now):
+                    continue
+                batch_id = uuid.uuid4()
+                await store.insert_started(conn, batch_id, g["site_id"], g["destination"], self.uploader_id, 0, 0)
+                await store.insert_finished(
+                    conn,
+                    batch_id=batch_id,
+                    site_id=g["site_id"],
+                    destination=g["destination"],
+                    uploader_id=self.uploader_id,
+                    attempt=0,
+                    row_count=0,
+                    counts=store.FinishCounts(),
+                    http_status=None,
+                    request_id=None,
+                    error_code=gate.value,
+                    error_category=(
+                        ErrorCategory.RATE_LIMIT if gate is GateDecision.ACCOUNT_PAUSED else ErrorCategory.TRANSIENT
+                    ).value,
+                    duration_ms=0,
+                    breaker_state=g["breaker_state"],
+                )
+                written += 1
+        return written
 
     async def _try_group(self, g: Any, probe: bool, share: tuple[int, int]) -> dict[str, Any] | None:
         site_id, destination = g["site_id"], g["destination"]
         s = self.settings
         async with self.pool.acquire() as conn:
-            cred_row = await conn.fetchrow(Q.uploads.credentials_for, site_id, destination)
-        account = cred_row["account_id"] if cred_row is not None else ""
+            ctx = await conn.fetchrow(Q.uploads.group_context, site_id, destination)
+        if ctx is None:
+            return None  # the site is gone
+        has_creds = ctx["destination"] is not None
+        account = ctx["account_id"] or ""
         bucket: AccountBucket | None = None
         limit = s.upload_chunk_size
-        if cred_row is not None:
-            rps = float(cred_row["requests_per_s"] or s.upload_default_requests_per_s)
-            cpm = float(cred_row["conversions_per_min"] or s.upload_default_conversions_per_min)
+        if has_creds:
+            rps = float(ctx["requests_per_s"] or s.upload_default_requests_per_s)
+            cpm = float(ctx["conversions_per_min"] or s.upload_default_conversions_per_min)
             bucket = self.buckets.get(destination, account, rps, cpm, share)
-            if not bucket.usable or bucket.paused_for() > 0:
-                # no share of this account for us, or Google asked us to wait: leave the
-                # rows unclaimed (no attempt spent)
-                return None
+            if not bucket.usable:
+                return None  # no share of this account for us: leave the rows unclaimed
             limit = min(limit, bucket.max_batch)
             await bucket.wait_ready()
-        limit = min(limit, self._split_hint.get((site_id, destination), limit))
+        if g["max_batch"]:
+            limit = min(limit, int(g["max_batch"]))  # what Google accepts for this account
         if probe:
             async with self.pool.acquire() as conn:
                 took = await conn.fetchval(
-                    Q.uploads.take_probe, site_id, destination, self.uploader_id, s.upload_lease_ttl_s
+                    Q.uploads.take_probe, site_id, destination, self.uploader_id, s.upload_lease_ttl_s, self._sql_now()
                 )
             if took is None:
                 return None
@@ -243,7 +301,7 @@ class UploadEngine:
                 await self._release_probe(site_id, destination)
             return None
         try:
-            return await self._attempt(site_id, destination, cred_row, bucket, limit, probe)
+            return await self._attempt(site_id, destination, ctx, bucket, limit, probe)
         finally:
             # shielded: a cancelled uploader still gives its slot back (else it expires)
             await asyncio.shield(self._release(lease, site_id, destination, probe))
@@ -265,14 +323,16 @@ class UploadEngine:
         self,
         site_id: Any,
         destination: str,
-        cred_row: Any | None,
+        ctx: Any,
         bucket: AccountBucket | None,
         limit: int,
         probe: bool,
     ) -> dict[str, Any]:
         batch_id = uuid.uuid4()
         async with self.pool.acquire() as conn:
-            rows = await store.claim_rows(conn, site_id, destination, self.uploader_id, batch_id, limit)
+            rows = await store.claim_rows(
+                conn, site_id, destination, self.uploader_id, batch_id, limit, self._sql_now()
+            )
         summary: dict[str, Any] = {
             "site_id": str(site_id),
             "destination": destination,
@@ -284,104 +344,117 @@ class UploadEngine:
             return summary
         attempt = max(int(r["attempt"]) for r in rows)
         t0 = time.monotonic()
-        started = False
+        started = _Started(self.pool, (batch_id, site_id, destination, self.uploader_id, attempt, len(rows)))
+        outcomes, result = await self._request(destination, ctx, bucket, rows, started)
+        await started.ensure()  # attempts that sent nothing (credentials, pause) are ledgered too
+        plan = plan_finish(
+            [ClaimedRow(r["id"], int(r["attempt"])) for r in rows],
+            outcomes,
+            policy=self.policy,
+            now=self._clock(),
+            facts=GroupFacts(
+                public_id=ctx["public_id"],
+                row_destination=destination,
+                site_destination=ctx["site_destination"],
+                site_has_credentials=bool(ctx["site_has_credentials"]),
+            ),
+            request_error=(result.error_code, result.error_category) if result else (None, None),
+        )
+        written = await self._write(site_id, destination, ctx["account_id"], batch_id, attempt, rows, plan, result, t0)
+        summary.update(written)
+        summary.update(
+            completed=plan.counts.completed,
+            failed=plan.counts.failed,
+            retry=plan.counts.retry,
+            blocked=plan.counts.blocked,
+            refunded=plan.refunded,
+            signal=plan.signal.value,
+            paused_s=plan.pause_s,
+            max_batch=plan.max_batch,
+            requests_sent=result.requests_sent if result else 0,
+            request_id=result.request_id if result else None,
+            http_status=result.http_status if result else None,
+        )
+        return summary
 
-        async def write_started() -> None:
-            nonlocal started
-            if started:
-                return
-            async with self.pool.acquire() as conn:
-                await store.insert_started(conn, batch_id, site_id, destination, self.uploader_id, attempt, len(rows))
-            started = True
-
-        result: UploadResult | None = None
+    async def _request(
+        self, destination: str, ctx: Any, bucket: AccountBucket | None, rows: list[Any], started: _Started
+    ) -> tuple[list[RowOutcome], UploadResult | None]:
+        """Open the credentials and send; one outcome per row (never raises for Google)."""
         try:
             if self._vault_error is not None:
                 raise self._vault_error
-            creds = open_credentials(self._vault, cred_row, destination)
+            creds = open_credentials(self._vault, ctx if ctx["destination"] is not None else None, destination)
         except CredentialsError as exc:
-            outcomes = [
+            return [
                 RowOutcome(str(r["id"]), i, OutcomeKind.BLOCKED, exc.code, ErrorCategory.CONFIG, exc.message)
                 for i, r in enumerate(rows)
-            ]
-        else:
-            assert bucket is not None
-            active_bucket = bucket
+            ], None
+        assert bucket is not None
+        account = ctx["account_id"]
 
-            async def before_request(n: int) -> None:
-                # bucket first (waiting is never an attempt), then the durable STARTED row,
-                # then the request goes out
-                await active_bucket.acquire(n)
-                await write_started()
+        async def before_request(n: int) -> float | None:
+            # bucket first (waiting is never an attempt); then the pool-wide pause, which
+            # another uploader may have set meanwhile; then the durable STARTED row, then send
+            await bucket.acquire(n)
+            async with self.pool.acquire() as conn:
+                until = await store.account_paused_until(conn, destination, account, self._sql_now())
+            if until is not None:
+                return max(0.0, (until - (self._sql_now() or datetime.now(UTC))).total_seconds())
+            await started.ensure()
+            return None
 
-            try:
-                result = await self._client(destination).upload(
-                    creds, [_conversion(r) for r in rows], before_request=before_request
-                )
-                outcomes = result.rows
-            except Exception as exc:  # a bug, not a Google error (the client never raises those)
-                log.exception("upload of batch %s raised", batch_id)
-                outcomes = [
-                    RowOutcome(
-                        str(r["id"]),
-                        i,
-                        OutcomeKind.RETRY,
-                        "UPLOADER_ERROR",
-                        ErrorCategory.TRANSIENT,
-                        type(exc).__name__,
-                    )
-                    for i, r in enumerate(rows)
-                ]
-        await write_started()  # gated-by-credentials attempts are ledgered too
-
-        now = self._clock()
-        updates: list[store.RowUpdate] = []
-        split = False
-        for row, o in zip(rows, outcomes, strict=True):
-            d = self.policy.decide(o, int(row["attempt"]), now)
-            split = split or d.split_batch
-            done = d.status is QueueStatus.COMPLETED
-            updates.append(
-                store.RowUpdate(
-                    id=row["id"],
-                    attempt=int(row["attempt"]),
-                    status=d.status.value,
-                    next_retry_at=d.next_retry_at,
-                    error_code=None if done else d.error_code,
-                    error_category=None if done or d.error_category is None else d.error_category.value,
-                    last_error=None if done else (o.message or d.error_code),
-                    request_id=o.request_id,
-                )
+        try:
+            result = await self._client(destination).upload(
+                creds, [_conversion(r) for r in rows], before_request=before_request
             )
-        key = (site_id, destination)
-        if split:
-            self._split_hint[key] = max(1, len(rows) // 2)
-        elif key in self._split_hint and any(o.kind in _DELIVERED for o in outcomes):
-            self._split_hint.pop(key, None)
-        delays = [o.retry_delay_s for o in outcomes if o.error_category is ErrorCategory.RATE_LIMIT and o.retry_delay_s]
-        if delays and bucket is not None:
-            bucket.pause(max(d for d in delays if d is not None))
+            return result.rows, result
+        except Exception as exc:  # a bug, not a Google error (the client never raises those)
+            log.exception("upload to %s raised", destination)
+            return [
+                RowOutcome(
+                    str(r["id"]), i, OutcomeKind.RETRY, "UPLOADER_ERROR", ErrorCategory.TRANSIENT, type(exc).__name__
+                )
+                for i, r in enumerate(rows)
+            ], None
 
-        signal = outcome_signal(outcomes)
-        first_err = next((o for o in outcomes if o.kind not in _DELIVERED), None)
-        err_code = (result.error_code if result else None) or (first_err.error_code if first_err else None)
-        err_cat = (result.error_category if result else None) or (first_err.error_category if first_err else None)
-        counts = store.FinishCounts.of([u.status for u in updates])
+    async def _write(
+        self,
+        site_id: Any,
+        destination: str,
+        account: str | None,
+        batch_id: uuid.UUID,
+        attempt: int,
+        rows: list[Any],
+        plan: FinishPlan,
+        result: UploadResult | None,
+        t0: float,
+    ) -> dict[str, Any]:
+        """Apply the plan: account-wide facts first (so the pool stops at once), then the
+        guarded transitions, breaker, metrics and FINISHED row in one transaction."""
+        now = self._sql_now()
+        if account and (plan.pause_s or plan.max_batch):
+            async with self.pool.acquire() as conn:
+                if plan.pause_s:
+                    await store.pause_account(conn, destination, account, plan.pause_s, plan.error_code, now)
+                if plan.max_batch:
+                    await store.lower_max_batch(conn, destination, account, plan.max_batch)
         duration_ms = int((time.monotonic() - t0) * 1000)
-
+        refunds = {u.id for u in plan.updates if u.refund}
         async with self.pool.acquire() as conn, conn.transaction():
-            changed = await store.finish_rows(conn, self.uploader_id, batch_id, updates)
+            changed = await store.finish_rows(conn, self.uploader_id, batch_id, plan.updates)
             breaker_state: str | None = None
             if changed:
                 storage = await PgBreakerStorage.load(conn, site_id, destination, self.breaker_cfg)
-                error = f"{err_code}: {first_err.message}" if first_err is not None and err_code else err_code
-                breaker_state = record_outcome(storage, signal, holder=self.uploader_id, error=error).value
+                breaker_state = record_outcome(
+                    storage, plan.signal, holder=self.uploader_id, error=plan.breaker_error
+                ).value
                 await storage.save(conn)
                 await store.add_metrics(
                     conn,
                     site_id,
                     destination,
-                    len(changed),
+                    sum(1 for r in changed if r["id"] not in refunds),  # refunded rows spent nothing
                     store.FinishCounts.of([r["status"] for r in changed]),
                 )
             finished = await store.insert_finished(
@@ -392,32 +465,24 @@ class UploadEngine:
                 uploader_id=self.uploader_id,
                 attempt=attempt,
                 row_count=len(rows),
-                counts=counts,
+                counts=plan.counts,
                 http_status=(result.http_status or None) if result else None,
                 request_id=result.request_id if result else None,
-                error_code=err_code,
-                error_category=err_cat.value if err_cat is not None else None,
+                error_code=plan.error_code,
+                error_category=plan.error_category.value if plan.error_category is not None else None,
                 duration_ms=duration_ms,
                 breaker_state=breaker_state,
             )
-        summary.update(
-            completed=counts.completed,
-            failed=counts.failed,
-            retry=counts.retry,
-            blocked=counts.blocked,
-            transitioned=len(changed),
-            late=not changed,
-            ledger_finished=finished,
-            signal=signal.value,
-            breaker_state=breaker_state,
-            requests_sent=result.requests_sent if result else 0,
-            request_id=result.request_id if result else None,
-            http_status=result.http_status if result else None,
-        )
-        return summary
+        return {
+            "transitioned": len(changed),
+            "late": not changed,
+            "ledger_finished": finished,
+            "breaker_state": breaker_state,
+        }
 
 
 def _conversion(row: Any) -> Conversion:
+    ad_user_data, ad_personalization = google_consent(row["consent_scopes"])
     return Conversion(
         queue_id=str(row["id"]),
         order_id=row["order_id"],
@@ -428,6 +493,7 @@ def _conversion(row: Any) -> Conversion:
         wbraid=row["wbraid"],
         gbraid=row["gbraid"],
         phone_sha256=row["phone_sha256"],
-        # A conversion is enqueued only with the visitor's marketing consent (SPEC §5).
-        ad_user_data_consent=True,
+        # the visitor's consent as recorded when the conversion was enqueued
+        ad_user_data_consent=ad_user_data,
+        ad_personalization_consent=ad_personalization,
     )

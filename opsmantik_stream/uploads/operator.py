@@ -69,7 +69,8 @@ async def requeue(
     actor_type: ActorType,
     actor_id: str | None,
 ) -> dict[str, Any]:
-    """FAILED/BLOCKED -> QUEUED with a fresh attempt budget; audited. Call in a transaction."""
+    """FAILED/BLOCKED -> QUEUED with a fresh attempt budget, moved to the site's current
+    destination (the fix may have been choosing another one); audited. Call in a transaction."""
     if status is not None and status not in REQUEUEABLE:
         raise OperatorError("invalid_status", "only FAILED or BLOCKED rows can be requeued")
     if ids is None and status is None:
@@ -84,6 +85,9 @@ async def requeue(
             raise OperatorError("invalid_id", "give between 1 and 10000 row ids")
     done = await conn.fetch(Q.uploads.requeue_rows, site_id, parsed, status)
     requeued = [str(r["id"]) for r in done]
+    destinations: dict[str, int] = {}
+    for r in done:
+        destinations[r["destination"]] = destinations.get(r["destination"], 0) + 1
     await write_audit(
         conn,
         actor_type,
@@ -96,10 +100,11 @@ async def requeue(
             "requested": len(parsed) if parsed is not None else None,
             "status": status,
             "requeued": len(requeued),
+            "destinations": destinations,
             "ids": requeued[:1000],
         },
     )
-    return {"requeued": len(requeued), "ids": requeued}
+    return {"requeued": len(requeued), "ids": requeued, "destinations": destinations}
 
 
 async def reset_breaker(

@@ -9,30 +9,37 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from opsmantik_stream.queries import Q
+from opsmantik_stream.uploads.plan import FinishCounts, RowUpdate
 
 __all__ = [
     "FinishCounts",
     "RowUpdate",
+    "account_paused_until",
     "acquire_lease",
     "claim_rows",
     "finish_rows",
     "insert_finished",
     "insert_started",
     "list_groups",
+    "lower_max_batch",
+    "mark_gate_ledgered",
+    "pause_account",
     "release_lease",
 ]
 
 
-async def list_groups(conn: asyncpg.Connection, limit: int = 100) -> list[asyncpg.Record]:
-    """Due (site, destination) groups with backlog and breaker state, oldest due first."""
-    return list(await conn.fetch(Q.uploads.list_groups, limit))
+async def list_groups(
+    conn: asyncpg.Connection, now: datetime | None = None, *, probe_stale_s: float, limit: int = 100
+) -> list[asyncpg.Record]:
+    """Due (site, destination) groups, oldest due first, with their gate (breaker), the
+    account's pause and batch size. ``now`` ``None`` means the database's clock."""
+    return list(await conn.fetch(Q.uploads.list_groups, now, limit, probe_stale_s))
 
 
 async def claim_rows(
@@ -42,9 +49,42 @@ async def claim_rows(
     uploader_id: str,
     batch_id: uuid.UUID,
     limit: int,
+    now: datetime | None = None,
 ) -> list[asyncpg.Record]:
     """Claim up to ``limit`` due rows of one group in one statement (bumps ``attempt``)."""
-    return list(await conn.fetch(Q.uploads.claim_rows, site_id, destination, uploader_id, batch_id, limit))
+    return list(await conn.fetch(Q.uploads.claim_rows, site_id, destination, uploader_id, batch_id, limit, now))
+
+
+async def pause_account(
+    conn: asyncpg.Connection,
+    destination: str,
+    account_id: str,
+    seconds: float,
+    reason: str | None,
+    now: datetime | None = None,
+) -> datetime:
+    """Pause the account for every uploader of the pool (never shortens a longer pause)."""
+    return await conn.fetchval(Q.uploads.pause_account, destination, account_id, float(seconds), now, reason)  # type: ignore[no-any-return]
+
+
+async def account_paused_until(
+    conn: asyncpg.Connection, destination: str, account_id: str, now: datetime | None = None
+) -> datetime | None:
+    """The end of the account's pause when it still runs, else ``None``."""
+    return await conn.fetchval(Q.uploads.account_paused_until, destination, account_id, now)  # type: ignore[no-any-return]
+
+
+async def lower_max_batch(conn: asyncpg.Connection, destination: str, account_id: str, size: int) -> int:
+    """Lower the account's batch size for the whole pool and for good; returns the size now."""
+    return int(await conn.fetchval(Q.uploads.lower_max_batch, destination, account_id, max(1, size)))
+
+
+async def mark_gate_ledgered(
+    conn: asyncpg.Connection, site_id: Any, destination: str, interval_s: float, now: datetime | None = None
+) -> bool:
+    """``True`` when this caller may ledger a gated attempt for the group now (at most one
+    per ``interval_s``)."""
+    return await conn.fetchval(Q.uploads.mark_gate_ledgered, site_id, destination, float(interval_s), now) is not None
 
 
 async def acquire_lease(
@@ -81,42 +121,6 @@ async def insert_started(
     await conn.execute(Q.uploads.insert_started, batch_id, site_id, destination, uploader_id, attempt, row_count)
 
 
-@dataclass(frozen=True, slots=True)
-class RowUpdate:
-    """The next state of one claimed row."""
-
-    id: Any
-    attempt: int
-    status: str
-    next_retry_at: datetime | None = None
-    error_code: str | None = None
-    error_category: str | None = None
-    last_error: str | None = None
-    request_id: str | None = None
-
-
-@dataclass(slots=True)
-class FinishCounts:
-    completed: int = 0
-    failed: int = 0
-    retry: int = 0
-    blocked: int = 0
-
-    @classmethod
-    def of(cls, statuses: Sequence[str]) -> FinishCounts:
-        c = cls()
-        for s in statuses:
-            if s == "COMPLETED":
-                c.completed += 1
-            elif s == "FAILED":
-                c.failed += 1
-            elif s == "BLOCKED":
-                c.blocked += 1
-            else:  # RETRY, QUEUED (split batch / collateral)
-                c.retry += 1
-        return c
-
-
 async def finish_rows(
     conn: asyncpg.Connection, uploader_id: str, batch_id: uuid.UUID, updates: Sequence[RowUpdate]
 ) -> list[asyncpg.Record]:
@@ -136,6 +140,7 @@ async def finish_rows(
             [u.request_id for u in updates],
             uploader_id,
             batch_id,
+            [u.refund for u in updates],
         )
     )
 

@@ -1,5 +1,6 @@
-"""Helpers for the uploader tests: a real emulator on 127.0.0.1, queue rows inserted with SQL
-(issue 4 fills the queue in production), credentials pointing at the emulator, ledger checks."""
+"""Helpers for the uploader tests: a real emulator on 127.0.0.1 (settings point the deployment's
+Google endpoints at it), queue rows inserted with SQL (enqueue fills the queue in production),
+credentials, ledger checks."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ class Emu:
             "rate_rps": None,
             "rate_cpm": None,
             "account_rates": {},
+            "throttled_accounts": {},
+            "max_conversions": defaults.max_conversions,
             "daily_ops_limit": None,
             "not_allowlisted": [],
             "seed": defaults.seed,
@@ -63,8 +66,20 @@ class Emu:
         await self.http.aclose()
 
 
-def fast_settings(settings: Settings, **kw: Any) -> Settings:
-    """Test knobs: no retry delays, 1 s breaker, short polls (defaults stay for production)."""
+def emulator_settings(settings: Settings, emu_base: str) -> Settings:
+    """The deployment's Google endpoints pointed at the emulator (never a tenant's choice)."""
+    return settings.with_overrides(
+        google_ads_base_url=emu_base,
+        data_manager_base_url=emu_base,
+        google_token_url=f"{emu_base}/token",
+    )
+
+
+def fast_settings(settings: Settings, emu_base: str | None = None, **kw: Any) -> Settings:
+    """Test knobs: no retry delays, 1 s breaker, short polls (defaults stay for production);
+    with ``emu_base``, Google's endpoints are the emulator's."""
+    if emu_base is not None:
+        settings = emulator_settings(settings, emu_base)
     base = dict(
         upload_retry_base_delay_s=0.0,
         upload_retry_jitter_s=0.0,
@@ -85,7 +100,6 @@ async def set_creds(
     pool: asyncpg.Pool,
     settings: Settings,
     site_id: Any,
-    emu_base: str,
     *,
     destination: str = "google_ads",
     customer_id: str = "1234567890",
@@ -100,8 +114,6 @@ async def set_creds(
         client_secret="secret-value",
         refresh_token="refresh-value",
         conversion_action=ACTION,
-        api_base_url=emu_base,
-        token_url=f"{emu_base}/token",
         requests_per_s=requests_per_s,
         conversions_per_min=conversions_per_min,
     )

@@ -471,6 +471,7 @@ def test_cli_help_documents_every_knob() -> None:
         "ads_only_refresh_tokens": "ads_only_refresh_token",
         "conversion_actions": "conversion_action",
         "manager_links": "manager_link",
+        "throttled_accounts": "throttle",
     }
     for f in EmulatorConfig.__struct_fields__:
         assert mapping.get(f, f) in dests, f

@@ -112,7 +112,7 @@ class Harness:
         self.base = f"http://127.0.0.1:{port}"
         for _ in range(4):
             site = await make_site(origins=[ORIGIN])
-            await set_creds(self.pool, self.settings, site["site_id"], self.emu.base)
+            await set_creds(self.pool, self.settings, site["site_id"])
             self.sites.append(site)
         # an analytics-consented session of the caller's fingerprint on every site, so the
         # signed call events match it (nothing is stored for a call without consent)
@@ -331,6 +331,7 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     s = fast_settings(
         settings,
+        emu.base,
         partitions=2,
         uploaders=1,
         upload_retry_base_delay_s=0.3,  # an outage never spends the attempt cap in a test

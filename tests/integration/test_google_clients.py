@@ -42,7 +42,7 @@ class FakeClock:
         return self.t
 
 
-def creds(destination: str = "google_ads", base: str = BASE, **kw: object) -> GoogleCredentials:
+def creds(destination: str = "google_ads", **kw: object) -> GoogleCredentials:
     c = GoogleCredentials(
         client_id="client",
         client_secret="secret",
@@ -50,8 +50,6 @@ def creds(destination: str = "google_ads", base: str = BASE, **kw: object) -> Go
         customer_id="123-456-7890",
         conversion_action="customers/1234567890/conversionActions/987654",
         destination=destination,  # type: ignore[arg-type]
-        api_base_url=base,
-        token_url=f"{base}/token",
     )
     return dataclasses.replace(c, **kw)  # type: ignore[arg-type]
 
@@ -83,6 +81,9 @@ class Env:
         self.state.update_config(kw)
 
     def client(self, destination: str = "google_ads", **kw: object) -> UploadClient:
+        # the deployment's endpoints: the in-process emulator
+        kw.setdefault("base_url", BASE)
+        kw.setdefault("tokens", TokenProvider(self.http, token_url=f"{BASE}/token"))
         if destination == "google_ads":
             return GoogleAdsClient(self.http, **kw)  # type: ignore[arg-type]
         return DataManagerClient(self.http, **kw)  # type: ignore[arg-type]
@@ -341,8 +342,8 @@ async def test_data_manager_invalid_conversion_action_blocks(env: Env) -> None:
 
 async def test_token_cached_until_60s_before_expiry(env: Env) -> None:
     mono = FakeClock(1000.0)
-    tokens = TokenProvider(env.http, clock=mono)
-    client = GoogleAdsClient(env.http, tokens=tokens)
+    tokens = TokenProvider(env.http, token_url=f"{BASE}/token", clock=mono)
+    client = GoogleAdsClient(env.http, tokens=tokens, base_url=BASE)
     for i in range(5):
         await client.upload(creds(), rows(1, f"a{i}"))
     assert env.state.token_requests == 1 and tokens.refreshes == 1
@@ -405,10 +406,11 @@ async def test_real_server_round_trip_and_timeout(dest: str) -> None:
     app = create_app(EmulatorConfig(seed=1))
     state: EmulatorState = app.state.emulator
     with serve(app) as base:
-        c = creds(dest, base=base)
+        c = creds(dest)
         timeout = httpx.Timeout(0.3, connect=2.0)
         async with httpx.AsyncClient() as http:
-            client = make_client(dest, http, timeout=timeout)
+            tokens = TokenProvider(http, token_url=f"{base}/token", timeout=timeout)
+            client = make_client(dest, http, tokens=tokens, timeout=timeout, base_url=base)
             ok = await client.upload(c, rows(2, "a"))
             assert [r.kind for r in ok.rows] == [K.COMPLETED] * 2 and ok.request_id
             # slower than the client's read timeout: ambiguous, the row is retried

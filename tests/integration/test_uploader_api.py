@@ -20,8 +20,6 @@ CREDS = {
     "refresh_token": "very-secret-refresh",
     "developer_token": "very-secret-dev",
     "conversion_action": ACTION,
-    "api_base_url": "http://127.0.0.1:9",
-    "token_url": "http://127.0.0.1:9/token",
     "requests_per_s": 5,
 }
 
@@ -143,3 +141,33 @@ def test_cli_credentials_and_queue(db_url, settings, monkeypatch, capsys) -> Non
     assert cli_main(["oci", "breaker-reset", "--site", public_id, "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["state"] == "CLOSED"
     assert cli_main(["oci", "ledger", "--site", public_id, "--json"]) == 0
+
+
+def test_cli_destination_set_list_and_status(db_url, settings, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("OPSMANTIK_DATABASE_URL", db_url)
+    monkeypatch.setenv("OPSMANTIK_DATA_DIR", settings.data_dir)
+    monkeypatch.setenv("OPSMANTIK_VAULT_KEY", settings.vault_key or "")
+    assert cli_main(["site", "create", "--name", "Dest shop", "--domain", "dest.example.com", "--json"]) == 0
+    public_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["public_id"]
+    with pytest.raises(SystemExit) as bad:
+        cli_main(["site", "destination", "set", public_id, "meta"])
+    assert bad.value.code == 2
+    capsys.readouterr()
+    assert cli_main(["site", "destination", "set", public_id, "google_ads"]) == 0
+    text = capsys.readouterr().out
+    assert f"{public_id} sends to google_ads (was data_manager)" in text
+    assert f"opsmantik site credentials set {public_id} --destination google_ads" in text
+    assert cli_main(["site", "list"]) == 0
+    assert "-> google_ads (no credentials yet)" in capsys.readouterr().out
+    cli_main(["status", "--json"])  # exit 1 without a running Ray; the data part is still printed
+    status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert status["destinations"] == [
+        {
+            "site_id": status["destinations"][0]["site_id"],
+            "public_id": public_id,
+            "name": "Dest shop",
+            "destination": "google_ads",
+            "credentials": [],
+            "ready": False,
+        }
+    ]

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def fast(settings: Settings) -> Settings:
-    return fast_settings(settings)
+def fast(settings: Settings, emu_base: str) -> Settings:
+    return fast_settings(settings, emu_base)
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ async def engines(pool: asyncpg.Pool, fast: Settings) -> AsyncIterator[list[Uplo
 
 async def test_partial_failure_gives_per_row_states(pool, make_site, fast, emu, engines) -> None:
     site = await make_site()
-    await set_creds(pool, fast, site["site_id"], emu.base)
+    await set_creds(pool, fast, site["site_id"])
     rows = await add_rows(pool, site["site_id"], ["Cj0Kgood", "UNPARSEABLE-1", "TRANSIENT-1", "TOORECENT-1"])
     engine = engines()
     before = datetime.now(UTC)
@@ -79,7 +79,7 @@ async def test_partial_failure_gives_per_row_states(pool, make_site, fast, emu, 
 
 async def test_rate_limited_rows_wait_and_count_one_attempt(pool, make_site, fast, emu, engines) -> None:
     site = await make_site()
-    await set_creds(pool, fast, site["site_id"], emu.base)
+    await set_creds(pool, fast, site["site_id"])
     rows = await add_rows(pool, site["site_id"], ["Cj0Ka", "Cj0Kb"])
     await emu.config(account_rates={"1234567890": {"rps": 0}})  # every request: 429 with retry info
     engine = engines()
@@ -109,7 +109,7 @@ async def test_rate_limited_rows_wait_and_count_one_attempt(pool, make_site, fas
 
 async def test_breaker_opens_after_5_transient_failures_then_probe_closes(pool, make_site, fast, emu, engines) -> None:
     site = await make_site()
-    await set_creds(pool, fast, site["site_id"], emu.base)
+    await set_creds(pool, fast, site["site_id"])
     rows = await add_rows(pool, site["site_id"], [f"Cj0K{i}" for i in range(12)])
     await emu.config(outage=True)  # every API request: 503
     engine = engines()
@@ -142,8 +142,8 @@ async def test_breaker_opens_after_5_transient_failures_then_probe_closes(pool, 
 
 async def test_validation_errors_never_open_breaker_and_other_sites_flow(pool, make_site, fast, emu, engines) -> None:
     bad_site, good_site, no_creds = await make_site(), await make_site(), await make_site()
-    await set_creds(pool, fast, bad_site["site_id"], emu.base)
-    await set_creds(pool, fast, good_site["site_id"], emu.base, customer_id="2222222222")
+    await set_creds(pool, fast, bad_site["site_id"])
+    await set_creds(pool, fast, good_site["site_id"], customer_id="2222222222")
     bad = await add_rows(pool, bad_site["site_id"], [f"UNPARSEABLE-{i}" for i in range(30)])
     good = await add_rows(pool, good_site["site_id"], [f"Cj0Kgood{i}" for i in range(10)])
     blocked = await add_rows(pool, no_creds["site_id"], ["Cj0Kx", "Cj0Ky"])
@@ -180,7 +180,7 @@ async def test_validation_errors_never_open_breaker_and_other_sites_flow(pool, m
 
 async def test_undecryptable_credentials_block_rows(pool, make_site, fast, emu, engines) -> None:
     site = await make_site()
-    await set_creds(pool, fast, site["site_id"], emu.base)
+    await set_creds(pool, fast, site["site_id"])
     await pool.execute(
         "UPDATE provider_credentials SET key_fingerprint = 'other-key' WHERE site_id = $1", site["site_id"]
     )
@@ -212,7 +212,7 @@ async def test_concurrent_claims_are_disjoint(pool, make_site, fast) -> None:
 
 async def test_late_finish_of_rescued_attempt_changes_nothing(pool, make_site, fast, emu, engines) -> None:
     site = await make_site()
-    await set_creds(pool, fast, site["site_id"], emu.base)
+    await set_creds(pool, fast, site["site_id"])
     [row] = await add_rows(pool, site["site_id"], ["Cj0Klate"])
     slow, fresh = engines("uploader-a-0"), engines("uploader-b-0")
     await emu.config(latency_ms=1500)

@@ -25,12 +25,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def uploader_stack(ray_session: None, settings: Settings, db_url: str) -> Iterator[Callable[..., Any]]:
-    """Start a stack with N uploaders (loops not started; maintenance off)."""
+def uploader_stack(ray_session: None, settings: Settings, db_url: str, emu_base: str) -> Iterator[Callable[..., Any]]:
+    """Start a stack with N uploaders sending to the emulator (loops not started; maintenance off)."""
     started: list[str] = []
 
     def start(uploaders: int = 1, **kw: Any) -> tuple[Settings, list[Any]]:
-        s = fast_settings(settings, uploaders=uploaders, partitions=1, **kw)
+        s = fast_settings(settings, emu_base, uploaders=uploaders, partitions=1, **kw)
         table = start_stack(s, db_url, start_maintenance=False)
         started.append(s.ray_namespace)
         return s, [get_actor(n, s.ray_namespace) for n in table["uploaders"]]
@@ -51,7 +51,7 @@ async def _wait_until(pred: Callable[[], Any], timeout_s: float = 60.0) -> None:
 async def test_happy_path_to_completed(pool, make_site, emu, uploader_stack) -> None:
     s, [uploader] = uploader_stack(1)
     site = await make_site()
-    await set_creds(pool, s, site["site_id"], emu.base)
+    await set_creds(pool, s, site["site_id"])
     rows = await add_rows(pool, site["site_id"], ["Cj0Ka", "Cj0Kb", "Cj0Kc"])
     summary = await uploader.run_once.remote()
     assert summary["completed"] == 3 and summary["request_id"]
@@ -71,7 +71,7 @@ async def test_happy_path_to_completed(pool, make_site, emu, uploader_stack) -> 
 async def test_killed_after_send_is_rescued_and_sent_once(pool, make_site, emu, uploader_stack, settings) -> None:
     s, [uploader] = uploader_stack(1)
     site = await make_site()
-    await set_creds(pool, s, site["site_id"], emu.base)
+    await set_creds(pool, s, site["site_id"])
     [row] = await add_rows(pool, site["site_id"], ["Cj0Kcrash"])
     await emu.config(latency_ms=20000)  # Google stores it, the answer never arrives in time
     ref = uploader.run_once.remote()
@@ -120,7 +120,7 @@ async def test_two_uploaders_never_process_the_same_row(pool, make_site, emu, up
     sites = [await make_site() for _ in range(2)]
     rows = []
     for site in sites:
-        await set_creds(pool, s, site["site_id"], emu.base)
+        await set_creds(pool, s, site["site_id"])
         rows += await add_rows(pool, site["site_id"], [f"Cj0K{i}" for i in range(30)])
     await emu.config(latency_ms=15)
     await asyncio.gather(*(u.start.remote() for u in uploaders))
@@ -152,7 +152,7 @@ async def test_requests_never_exceed_the_account_rate(pool, make_site, emu, uplo
     sites = [await make_site() for _ in range(n_uploaders)]
     rows = []
     for site in sites:
-        await set_creds(pool, s, site["site_id"], emu.base, customer_id=account, requests_per_s=rps)
+        await set_creds(pool, s, site["site_id"], customer_id=account, requests_per_s=rps)
         rows += await add_rows(pool, site["site_id"], [f"Cj0K{i}" for i in range(3 * rps // n_uploaders)])
     # Google itself enforces the same limit in 1 s windows: a 429 would mean we exceeded it
     await emu.config(account_rates={account: {"rps": rps}})

@@ -41,6 +41,9 @@ def test_values_come_from_prefixed_variables() -> None:
         ({"OPSMANTIK_DATABASE_URL": "mysql://x"}, "OPSMANTIK_DATABASE_URL"),
         ({"OPSMANTIK_LOG_LEVEL": "LOUD"}, "OPSMANTIK_LOG_LEVEL"),
         ({"OPSMANTIK_DB_POOL_MIN": "20", "OPSMANTIK_DB_POOL_MAX": "5"}, "OPSMANTIK_DB_POOL_MIN"),
+        ({"OPSMANTIK_GOOGLE_ADS_BASE_URL": "ftp://example.com"}, "OPSMANTIK_GOOGLE_ADS_BASE_URL"),
+        ({"OPSMANTIK_GOOGLE_TOKEN_URL": "https://oauth2.googleapis.com/token?x=1"}, "OPSMANTIK_GOOGLE_TOKEN_URL"),
+        ({"OPSMANTIK_GOOGLE_ADS_API_VERSION": "26"}, "OPSMANTIK_GOOGLE_ADS_API_VERSION"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -49,3 +52,12 @@ def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> Non
     message = str(info.value)
     assert message.startswith(variable + ":")
     assert "\n" not in message
+
+
+def test_google_endpoints_are_deployment_settings_with_googles_defaults() -> None:
+    s = load_settings(environ={})
+    assert s.google_ads_base_url == "https://googleads.googleapis.com"
+    assert s.data_manager_base_url == "https://datamanager.googleapis.com"
+    assert s.google_token_url == "https://oauth2.googleapis.com/token"
+    emu = load_settings(environ={"OPSMANTIK_GOOGLE_ADS_BASE_URL": "http://127.0.0.1:8790"})
+    assert emu.google_ads_base_url == "http://127.0.0.1:8790"

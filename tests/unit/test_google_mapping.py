@@ -178,8 +178,6 @@ CREDS = GoogleCredentials(
     customer_id="123-456-7890",
     conversion_action="987654",
     destination="google_ads",
-    api_base_url="http://google.test",
-    token_url="http://google.test/token",
 )
 
 

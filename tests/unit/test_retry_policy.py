@@ -204,3 +204,24 @@ def test_custom_cap_and_default_categories() -> None:
     assert p.decide(row(K.BLOCKED), 1, NOW).error_category is C.CONFIG
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)
+
+
+# rows Google did not judge give their attempt back, even at the cap (they never creep to it)
+REFUNDS = [
+    (row(K.SPLIT_BATCH, "TOO_MANY_CONVERSIONS_IN_REQUEST", C.CONFIG), 7, S.QUEUED, 0.0, True),
+    (row(K.RETRY, "COLLATERAL", C.TRANSIENT, 0.0), 7, S.QUEUED, 0.0, True),
+    (row(K.DEFERRED, "ACCOUNT_PAUSED", C.RATE_LIMIT, 40.0), 7, S.RETRY, 70.0, True),
+    (row(K.DEFERRED, "ACCOUNT_PAUSED", C.RATE_LIMIT, None), 1, S.RETRY, 30.0, True),
+    (row(K.RETRY, "INTERNAL", C.TRANSIENT), 1, S.RETRY, 330.0, False),
+    (row(K.RETRY, "RESOURCE_EXHAUSTED", C.RATE_LIMIT, 40.0), 1, S.RETRY, 70.0, False),
+    (row(K.COMPLETED), 1, S.COMPLETED, None, False),
+]
+
+
+@pytest.mark.parametrize(("outcome", "attempt", "status", "delay", "refund"), REFUNDS)
+def test_refunded_attempts(
+    outcome: RowOutcome, attempt: int, status: QueueStatus, delay: float | None, refund: bool
+) -> None:
+    d = policy().decide(outcome, attempt, NOW)
+    assert (d.status, d.refund_attempt) == (status, refund)
+    assert d.delay_s == (pytest.approx(delay) if delay is not None else None)

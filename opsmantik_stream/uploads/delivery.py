@@ -1,0 +1,172 @@
+"""A site's delivery set-up: which destination it sends to, and that destination's credentials.
+
+One implementation for the API (``PUT /api/sites/{site}/destination|credentials``) and the CLI
+(``opsmantik site destination set``, ``opsmantik site credentials set``), each writing the same
+audit record in the same transaction as the change.
+
+Rules (issue 11):
+- A site's destination (``sites.default_destination``) is chosen explicitly with
+  :func:`set_destination`; new conversions are queued for it, and rows requeued by an
+  operator move to it.
+- Storing credentials for a destination on a site that has credentials for no other
+  destination makes it the site's destination, and the answer says so.
+- Storing credentials closes the site's breaker for that destination (the cause was fixed).
+
+Both run on the service connection after the caller's capability check: the API role has no
+access to the credentials table at all (not even to know which destinations have some).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from opsmantik_stream.enums import ActorType, Destination
+from opsmantik_stream.queries import Q
+from opsmantik_stream.tenancy import write_audit
+from opsmantik_stream.uploads import hints
+from opsmantik_stream.uploads.credentials import CredentialsError, CredentialsInput, public_view, save_credentials
+from opsmantik_stream.vault import Vault
+
+__all__ = ["credentials_overview", "destination_names", "set_credentials", "set_destination", "sites_delivery"]
+
+
+def destination_names() -> list[str]:
+    """Every destination a site may choose."""
+    return [d.value for d in Destination]
+
+
+async def credentials_overview(conn: asyncpg.Connection, site_id: Any) -> dict[str, dict[str, Any]]:
+    """Destination -> non-secret facts of its credentials, for the destinations that have some."""
+    return {r["destination"]: public_view(r) for r in await conn.fetch(Q.uploads.credentials_of_site, site_id)}
+
+
+async def sites_delivery(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Every site's destination and the destinations it has credentials for (service role)."""
+    return [
+        {
+            "site_id": str(r["site_id"]),
+            "public_id": r["public_id"],
+            "name": r["name"],
+            "destination": r["destination"],
+            "credentials": list(r["credentials"]),
+            "ready": r["destination"] in r["credentials"],
+        }
+        for r in await conn.fetch(Q.uploads.sites_destinations)
+    ]
+
+
+async def set_credentials(
+    conn: asyncpg.Connection,
+    vault: Vault,
+    site_id: Any,
+    public_id: str,
+    creds: CredentialsInput,
+    *,
+    actor_type: ActorType,
+    actor_id: str | None,
+) -> dict[str, Any]:
+    """Seal and store one destination's credentials, reset its breaker, adopt it as the site's
+    destination when it is the only one with credentials; audited. Returns no secret."""
+    creds.validate()
+    async with conn.transaction():
+        site = await conn.fetchrow(Q.uploads.lock_site_destination, site_id)
+        if site is None:
+            raise CredentialsError("site_not_found", "no such site")
+        view = await save_credentials(conn, vault, site_id, creds)
+        # new credentials: give the destination a fresh chance (BLOCKED rows need a requeue)
+        await conn.fetchval(Q.uploads.reset_breaker, site_id, creds.destination)
+        others = [d for d in (await credentials_overview(conn, site_id)) if d != creds.destination]
+        current = site["default_destination"]
+        changed = not others and current != creds.destination
+        if changed:
+            await conn.execute(Q.uploads.set_site_destination, site_id, creds.destination)
+            current = creds.destination
+        await write_audit(
+            conn,
+            actor_type,
+            actor_id,
+            "credentials.set",
+            "provider_credentials",
+            creds.destination,
+            site_id,
+            {
+                "destination": creds.destination,
+                "account_id": view["account_id"],
+                "key_fingerprint": view["key_fingerprint"],
+                "site_destination": current,
+                "site_destination_changed": changed,
+            },
+        )
+    if changed:
+        note = f"{creds.destination} is now this site's destination: it is the only destination with credentials"
+    elif current != creds.destination:
+        note = (
+            f"this site sends to {current}; to send to {creds.destination} instead run "
+            f"{hints.destination_command(public_id, creds.destination)} (PUT /api/sites/{public_id}/destination)"
+        )
+    else:
+        note = f"{creds.destination} is this site's destination"
+    return {
+        **view,
+        "breaker_reset": True,
+        "site_destination": current,
+        "site_destination_changed": changed,
+        "note": note,
+    }
+
+
+async def set_destination(
+    conn: asyncpg.Connection,
+    site_id: Any,
+    public_id: str,
+    destination: str,
+    *,
+    actor_type: ActorType,
+    actor_id: str | None,
+) -> dict[str, Any]:
+    """Choose the site's destination; audited. The answer says when it has no credentials yet
+    and how many BLOCKED rows wait for a requeue to move there."""
+    if destination not in destination_names():
+        raise CredentialsError(
+            "invalid_destination", f"destination must be one of {', '.join(destination_names())}: {destination!r}"
+        )
+    async with conn.transaction():
+        site = await conn.fetchrow(Q.uploads.lock_site_destination, site_id)
+        if site is None:
+            raise CredentialsError("site_not_found", "no such site")
+        previous = site["default_destination"]
+        if previous != destination:
+            await conn.execute(Q.uploads.set_site_destination, site_id, destination)
+        await write_audit(
+            conn,
+            actor_type,
+            actor_id,
+            "site.destination_set",
+            "site",
+            str(site_id),
+            site_id,
+            {"destination": destination, "previous": previous},
+        )
+        with_credentials = destination in await credentials_overview(conn, site_id)
+        blocked_elsewhere = int(await conn.fetchval(Q.uploads.blocked_elsewhere, site_id, destination))
+    notes = []
+    if not with_credentials:
+        notes.append(
+            f"no {destination} credentials yet: set them with {hints.credentials_command(public_id, destination)} "
+            f"(PUT /api/sites/{public_id}/credentials); until then conversions wait BLOCKED"
+        )
+    if blocked_elsewhere:
+        notes.append(
+            f"{blocked_elsewhere} BLOCKED row(s) queued for another destination: "
+            f"{hints.requeue_command(public_id)} moves them to {destination}"
+        )
+    return {
+        "destination": destination,
+        "previous": previous,
+        "changed": previous != destination,
+        "credentials": with_credentials,
+        "blocked_elsewhere": blocked_elsewhere,
+        "note": "; ".join(notes) or None,
+    }
