@@ -100,9 +100,9 @@ def create_app(
 
     async def not_found(request: Request, exc: Exception) -> Response:
         # Google's front end answers unknown paths with an HTML 404, not JSON.
-        from .state import _HTML_404
+        from .core import HTML_404
 
-        return HTMLResponse(_HTML_404, status_code=404)
+        return HTMLResponse(HTML_404, status_code=404)
 
     routes = [
         Route("/token", token, methods=["POST"]),
