@@ -49,3 +49,37 @@ CREATE FUNCTION provider_breaker_gate(
         ELSE 'PROBE_IN_PROGRESS'
     END
 $$;
+
+-- Destinations are plug-ins (opsmantik_stream/destinations/registry.py); the schema still names
+-- them in CHECK lists so no row can name a destination this deployment cannot serve. A new
+-- destination's one migration is `SELECT allow_destination('its_name');`: every CHECK list on a
+-- `destination` / `default_destination` column then accepts it.
+CREATE FUNCTION allow_destination(p_name text) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    v_values text[];
+    v_changed integer := 0;
+BEGIN
+    IF p_name !~ '^[a-z][a-z0-9_]{1,39}$' THEN
+        RAISE EXCEPTION 'destination names are lower-case identifiers: %', p_name;
+    END IF;
+    FOR r IN
+        SELECT k.conrelid::regclass AS tbl, k.conname, a.attname AS col, pg_get_constraintdef(k.oid) AS def
+        FROM pg_constraint k
+        JOIN pg_class c ON c.oid = k.conrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+        JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+        WHERE k.contype = 'c' AND cardinality(k.conkey) = 1 AND NOT c.relispartition
+          AND a.attname IN ('destination', 'default_destination')
+    LOOP
+        SELECT array_agg(m[1] ORDER BY ord) INTO v_values
+        FROM regexp_matches(r.def, '''([^'']*)''', 'g') WITH ORDINALITY AS t(m, ord);
+        CONTINUE WHEN p_name = ANY (v_values);
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', r.tbl, r.conname);
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%I IN (%s))', r.tbl, r.conname, r.col,
+                       (SELECT string_agg(quote_literal(v), ', ') FROM unnest(v_values || p_name) AS v));
+        v_changed := v_changed + 1;
+    END LOOP;
+    RETURN v_changed;
+END
+$$;

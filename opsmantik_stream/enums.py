@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from opsmantik_stream.destinations.registry import SHIPPED as _SHIPPED_DESTINATIONS
+
 __all__ = [
     "CHECKED_COLUMNS",
     "ActorType",
@@ -25,6 +27,7 @@ __all__ = [
     "IntentAction",
     "LedgerPhase",
     "LinkEntity",
+    "OutcomeKind",
     "PlatformRole",
     "QueueStatus",
     "SaleStatus",
@@ -122,9 +125,12 @@ class ClickIdType(StrEnum):
     GBRAID = "gbraid"
 
 
-class Destination(StrEnum):
-    GOOGLE_ADS = "google_ads"
-    DATA_MANAGER = "data_manager"
+# The shipped destinations, mirrored from the registry (destinations/registry.py) so that adding
+# one is one module + one registry line + one migration (`SELECT allow_destination('name')`),
+# and the schema test still compares every destination CHECK list with this enum.
+Destination = StrEnum(  # type: ignore[misc]
+    "Destination", {name.upper(): name for name in _SHIPPED_DESTINATIONS}
+)
 
 
 class SourceKind(StrEnum):
@@ -142,11 +148,33 @@ class QueueStatus(StrEnum):
 
 
 class ErrorCategory(StrEnum):
+    """Error categories stored on queue rows and in the ledger."""
+
     VALIDATION = "VALIDATION"
     AUTH = "AUTH"
     TRANSIENT = "TRANSIENT"
     RATE_LIMIT = "RATE_LIMIT"
     CONFIG = "CONFIG"
+
+
+class OutcomeKind(StrEnum):
+    """What happened to one row (or to a whole request) at a destination (not stored)."""
+
+    COMPLETED = "completed"
+    #: The destination already holds this conversion (our own order id): delivered.
+    ALREADY_EXISTS = "already_exists"
+    #: Transient or rate limited; retry later (see the outcome's delay and category).
+    RETRY = "retry"
+    #: Google's ``TOO_RECENT_*``: wait at least 6 hours.
+    RETRY_AFTER_6H = "retry_after_6h"
+    #: The request was too big; resend the rows in smaller requests.
+    SPLIT_BATCH = "split_batch"
+    #: Permanent problem with this row.
+    FAILED = "failed"
+    #: Account or configuration problem: hold the rows until an operator fixes it.
+    BLOCKED = "blocked"
+    #: Not sent at all (the account is paused pool-wide): back to the queue, no attempt spent.
+    DEFERRED = "deferred"
 
 
 class CircuitState(StrEnum):

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from opsmantik_stream.enums import QueueStatus
-from opsmantik_stream.google.types import ErrorCategory, OutcomeKind
+from opsmantik_stream.enums import ErrorCategory, OutcomeKind, QueueStatus
 
-__all__ = ["MAX_ATTEMPTS_CODE", "OutcomeLike", "QueueStatus", "RetryDecision", "RetryPolicy"]
+__all__ = ["MAX_ATTEMPTS_CODE", "OutcomeLike", "RetryDecision", "RetryPolicy"]
 
 MAX_ATTEMPTS_CODE = "MAX_ATTEMPTS"
 

@@ -92,7 +92,7 @@ async def put_credentials(site: str, request: Request, principal: CurrentPrincip
 @router.put(
     "/api/sites/{site}/destination",
     response_class=JSONResponse,
-    summary="Choose where the site's conversions are sent (google_ads or data_manager; needs site:write)",
+    summary="Choose where the site's conversions are sent (a destination's name; needs site:write)",
 )
 async def put_destination(site: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     site_id = await site_with_capability(request, principal, site, Capability.SITE_WRITE)

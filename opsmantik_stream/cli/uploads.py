@@ -16,11 +16,14 @@ import os
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from opsmantik_stream import tenancy
 from opsmantik_stream.cli._common import CliError, add_json_flag, emit, run_with_db
 from opsmantik_stream.cli.site import SITE_EXTENSIONS
 from opsmantik_stream.config import Settings
+from opsmantik_stream.destinations import registry
+from opsmantik_stream.destinations.base import requeue_command
 from opsmantik_stream.enums import ActorType
 from opsmantik_stream.uploads import delivery, operator
 from opsmantik_stream.uploads.credentials import (
@@ -29,7 +32,6 @@ from opsmantik_stream.uploads.credentials import (
     credentials_from_mapping,
     vault_from_settings,
 )
-from opsmantik_stream.uploads.hints import requeue_command
 from opsmantik_stream.vault import Vault, load_or_create_key
 
 _BLOCKED_HELP = (
@@ -105,7 +107,7 @@ def register(sub: Any) -> None:
 def _register_site(ssub: Any) -> None:
     dest = ssub.add_parser(
         "destination",
-        help="where the site's conversions are sent (google_ads or data_manager)",
+        help="where the site's conversions are sent (" + " or ".join(delivery.destination_names()) + ")",
         description="A site's destination: Google Ads API uploads (google_ads) or the Data Manager API "
         "(data_manager, which Google requires for accounts new to offline conversion import since June "
         "2026). New conversions are queued for it; rows requeued with `opsmantik oci requeue` move to it.",
@@ -119,7 +121,7 @@ def _register_site(ssub: Any) -> None:
         "yet (conversions then wait BLOCKED) and how many BLOCKED rows a requeue would move there.",
     )
     p.add_argument("public_id", help="the site's public id")
-    p.add_argument("destination", choices=delivery.destination_names(), help="google_ads or data_manager")
+    p.add_argument("destination", choices=delivery.destination_names(), help="the destination's name")
     add_json_flag(p)
     p.set_defaults(func=cmd_destination_set)
 
@@ -129,21 +131,20 @@ def _register_site(ssub: Any) -> None:
     p = csub.add_parser(
         "set",
         help="seal and store a destination's credentials (never shown again)",
-        description="Store Google credentials for a site, sealed with the vault key. Secrets may come from "
-        "OPSMANTIK_CRED_CLIENT_SECRET / OPSMANTIK_CRED_REFRESH_TOKEN / OPSMANTIK_CRED_DEVELOPER_TOKEN. When no "
-        "other destination of the site has credentials, this one becomes the site's destination (the output "
-        "says so). Google's endpoints are deployment settings (OPSMANTIK_GOOGLE_ADS_BASE_URL, "
-        "OPSMANTIK_DATA_MANAGER_BASE_URL, OPSMANTIK_GOOGLE_TOKEN_URL), not credentials.",
+        description="Store a destination's credentials for a site, sealed with the vault key. Each destination "
+        "takes the flags of its credential schema (below); secret ones may come from OPSMANTIK_CRED_<FIELD> "
+        "instead, to keep them out of the process list and shell history. When no other destination of the "
+        "site has credentials, this one becomes the site's destination (the output says so). Endpoints are "
+        "deployment settings (OPSMANTIK_GOOGLE_ADS_BASE_URL, OPSMANTIK_DATA_MANAGER_BASE_URL, "
+        "OPSMANTIK_GOOGLE_TOKEN_URL), not credentials.",
     )
     p.add_argument("public_id", help="the site's public id")
     p.add_argument("--destination", required=True, choices=delivery.destination_names())
-    p.add_argument("--customer-id", required=True, help="Google Ads account id (dashes allowed)")
-    p.add_argument("--login-customer-id", help="manager (MCC) account id, when acting through one")
-    p.add_argument("--client-id", required=True, help="OAuth client id")
-    p.add_argument("--client-secret", help="OAuth client secret (or OPSMANTIK_CRED_CLIENT_SECRET)")
-    p.add_argument("--refresh-token", help="OAuth refresh token (or OPSMANTIK_CRED_REFRESH_TOKEN)")
-    p.add_argument("--developer-token", help="Google Ads developer token (or OPSMANTIK_CRED_DEVELOPER_TOKEN)")
-    p.add_argument("--conversion-action", required=True, help="customers/{id}/conversionActions/{id} or the id")
+    # one flag per credential field of every registered destination (a new destination brings
+    # its own flags with its schema; this command is not edited)
+    for field, (text, secret, owners) in _credential_fields().items():
+        env = f" (or OPSMANTIK_CRED_{field.upper()})" if secret else ""
+        p.add_argument("--" + field.replace("_", "-"), dest=_DEST + field, help=f"{text}{env}; for {', '.join(owners)}")
     p.add_argument("--requests-per-s", type=float, help="the account's request budget (whole pool)")
     p.add_argument("--conversions-per-min", type=float, help="the account's conversion budget (whole pool)")
     # Accepted by older versions; refused now with a pointer to the deployment settings.
@@ -151,6 +152,22 @@ def _register_site(ssub: Any) -> None:
         p.add_argument("--" + field.replace("_", "-"), dest=field, help=argparse.SUPPRESS)
     add_json_flag(p)
     p.set_defaults(func=cmd_credentials_set)
+
+
+_DEST = "cred_"
+
+
+def _credential_fields() -> dict[str, tuple[str, bool, list[str]]]:
+    """field -> (help, secret, destinations having it), over every registered destination."""
+    out: dict[str, tuple[str, bool, list[str]]] = {}
+    for name in registry.names():
+        cls = registry.get(name)
+        for field in cls.credentials_schema.__struct_fields__:
+            text, secret, owners = out.get(
+                field, (cls.credential_help.get(field, field.replace("_", " ")), field in cls.secret_fields, [])
+            )
+            out[field] = (text, secret, [*owners, name])
+    return out
 
 
 SITE_EXTENSIONS.append(_register_site)
@@ -167,33 +184,36 @@ def _vault(settings: Settings) -> Vault:
 
 
 def cmd_credentials_set(args: argparse.Namespace) -> int:
-    def pick(flag: str | None, env: str) -> str | None:
-        return flag if flag else (os.environ.get(env) or None)
-
     named = [f for f in TENANT_ENDPOINT_FIELDS if getattr(args, f, None) is not None]
     if named:
         flags = ", ".join("--" + f.replace("_", "-") for f in named)
         raise CliError(
-            f"{flags}: Google's endpoints are deployment settings, not site credentials; set "
-            "OPSMANTIK_GOOGLE_ADS_BASE_URL, OPSMANTIK_DATA_MANAGER_BASE_URL and OPSMANTIK_GOOGLE_TOKEN_URL "
+            f"{flags}: a destination's endpoints are deployment settings, not site credentials; for Google "
+            "set OPSMANTIK_GOOGLE_ADS_BASE_URL, OPSMANTIK_DATA_MANAGER_BASE_URL and OPSMANTIK_GOOGLE_TOKEN_URL "
             "where the stack runs (e.g. to the `opsmantik emulator`)",
             exit_code=2,
         )
-    raw = {
+    cls = registry.get(args.destination)
+    schema = cls.credentials_schema
+    foreign = [
+        f for f in _credential_fields() if f not in schema.__struct_fields__ and getattr(args, _DEST + f) is not None
+    ]
+    if foreign:
+        flags = ", ".join("--" + f.replace("_", "-") for f in foreign)
+        raise CliError(f"{flags}: not a credential of {args.destination}", exit_code=2)
+    raw: dict[str, Any] = {
         "destination": args.destination,
-        "customer_id": args.customer_id,
-        "login_customer_id": args.login_customer_id,
-        "client_id": args.client_id,
-        "client_secret": pick(args.client_secret, "OPSMANTIK_CRED_CLIENT_SECRET"),
-        "refresh_token": pick(args.refresh_token, "OPSMANTIK_CRED_REFRESH_TOKEN"),
-        "developer_token": pick(args.developer_token, "OPSMANTIK_CRED_DEVELOPER_TOKEN"),
-        "conversion_action": args.conversion_action,
         "requests_per_s": args.requests_per_s,
         "conversions_per_min": args.conversions_per_min,
     }
-    for name in ("client_secret", "refresh_token"):
-        if not raw[name]:
-            raise CliError(f"--{name.replace('_', '-')} (or OPSMANTIK_CRED_{name.upper()}) is required", exit_code=2)
+    for f in msgspec.structs.fields(schema):
+        value = getattr(args, _DEST + f.name)
+        if not value and f.name in cls.secret_fields:
+            value = os.environ.get(f"OPSMANTIK_CRED_{f.name.upper()}") or None
+        if value is None and f.required:
+            env = f" (or OPSMANTIK_CRED_{f.name.upper()})" if f.name in cls.secret_fields else ""
+            raise CliError(f"--{f.name.replace('_', '-')}{env} is required for {args.destination}", exit_code=2)
+        raw[f.name] = value
     try:
         creds = credentials_from_mapping(raw)
     except CredentialsError as exc:

@@ -1,11 +1,12 @@
-"""Data Manager API ``IngestionService.IngestEvents`` client (``POST /v1/events:ingest``).
+"""The Data Manager API destination: ``IngestionService.IngestEvents`` (``POST /v1/events:ingest``).
 
 Google's primary offline-conversion import API since June 2026. Unlike the Google Ads API it
 has no partial failure: a bad required field rejects the whole request with 400 and
 ``google.rpc.BadRequest.fieldViolations`` naming ``events[i]``. Named events fail; the other
 events of that request were collateral and are returned as ``retry`` with code ``COLLATERAL``
 and a zero delay so the uploader can resend them at once. Re-sending the same
-``transactionId`` is an adjustment (idempotent 200), not an error. Wire: reference §2.
+``transactionId`` is an adjustment (idempotent 200), not an error. The API root is the
+deployment's ``OPSMANTIK_DATA_MANAGER_BASE_URL``. Wire: reference/google-apis.md §2.
 """
 
 from __future__ import annotations
@@ -14,35 +15,26 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import httpx
 import msgspec
 
-from .ads import (
-    _OK,
-    DEFAULT_CHUNK_SIZE,
-    _ChunkResult,
-    _digits,
-    _error_envelope,
-    _get,
-    _GoogleClientBase,
-    _phone_hash,
-    _Reply,
-    _type_is,
-    _Verdict,
-    _verdict,
-    action_id,
+from opsmantik_stream.destinations.base import Classification, Conversion, ErrorCategory, OutcomeKind
+from opsmantik_stream.destinations.google.classify import classify
+from opsmantik_stream.destinations.google.consent import google_consent
+from opsmantik_stream.destinations.google.credentials import GoogleCredentials, action_id, digits
+from opsmantik_stream.destinations.google.mapping import (
+    error_envelope,
     format_rfc3339,
+    get_either,
     minor_to_major,
     parse_duration,
+    phone_hash,
     pick_click_id,
+    type_is,
 )
-from .classify import classify
-from .oauth import TokenProvider
-from .types import Classification, Conversion, Destination, ErrorCategory, GoogleCredentials, OutcomeKind
+from opsmantik_stream.destinations.google.transport import OK, ChunkResult, GoogleDestination, Reply, Verdict, verdict
 
-__all__ = ["DEFAULT_DATA_MANAGER_BASE_URL", "DataManagerClient", "build_dm_event"]
+__all__ = ["DataManagerDestination", "build_dm_event"]
 
-DEFAULT_DATA_MANAGER_BASE_URL = "https://datamanager.googleapis.com"
 _EVENT_INDEX_RE = re.compile(r"^events\[(\d+)\]")
 _DEST_REF = "conversions"
 
@@ -65,51 +57,40 @@ def build_dm_event(conv: Conversion) -> dict[str, Any]:
         "conversionValue": minor_to_major(conv.value_minor, conv.currency),
         "currency": conv.currency.upper(),
     }
-    phone = _phone_hash(conv)
+    phone = phone_hash(conv)
     if phone is not None:
         ev["userData"] = {"userIdentifiers": [{"phoneNumber": phone}]}
+    ad_user_data, ad_personalization = google_consent(conv.consent_scopes)
     consent: dict[str, str] = {}
-    if (c := _consent(conv.ad_user_data_consent)) is not None:
+    if (c := _consent(ad_user_data)) is not None:
         consent["adUserData"] = c
-    if (c := _consent(conv.ad_personalization_consent)) is not None:
+    if (c := _consent(ad_personalization)) is not None:
         consent["adPersonalization"] = c
     if consent:
         ev["consent"] = consent
     return ev
 
 
-class DataManagerClient(_GoogleClientBase):
-    """Async client for ``POST /v1/events:ingest`` (Google Ads offline conversions)."""
+class DataManagerDestination(GoogleDestination):
+    """Sends conversions as events through the Data Manager API."""
 
-    destination: Destination = "data_manager"
-    default_base_url = DEFAULT_DATA_MANAGER_BASE_URL
+    name = "data_manager"
+    label = "Google Data Manager API (events:ingest)"
+    base_url_setting = "data_manager_base_url"
 
-    def __init__(
-        self,
-        http: httpx.AsyncClient | None = None,
-        *,
-        tokens: TokenProvider | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        timeout: httpx.Timeout | None = None,
-        base_url: str | None = None,
-    ) -> None:
-        super().__init__(http, tokens=tokens, chunk_size=chunk_size, timeout=timeout, base_url=base_url)
-
-    def _chunk_key(self, conv: Conversion, creds: GoogleCredentials) -> str:
+    def chunk_key(self, conv: Conversion, creds: GoogleCredentials) -> str:
         # One destination (conversion action) per request keeps the body simple.
-        return action_id(conv.conversion_action or creds.conversion_action) or ""
+        return action_id(conv.target or creds.conversion_action) or ""
 
-    def _build_request(
-        self, creds: GoogleCredentials, chunk: Sequence[Conversion]
-    ) -> tuple[str, bytes, dict[str, str]]:
-        cid = _digits(creds.customer_id)
-        aid = self._chunk_key(chunk[0], creds)
+    def build_request(self, creds: GoogleCredentials, chunk: Sequence[Conversion]) -> tuple[str, bytes, dict[str, str]]:
+        cid = digits(creds.customer_id)
+        aid = self.chunk_key(chunk[0], creds)
         destination: dict[str, Any] = {
             "reference": _DEST_REF,
             "operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": cid},
             "productDestinationId": aid,
         }
-        login = _digits(creds.login_customer_id)
+        login = digits(creds.login_customer_id)
         if login:
             # Data Manager takes the manager account in the body, not in a header.
             destination["loginAccount"] = {"accountType": "GOOGLE_ADS", "accountId": login}
@@ -120,14 +101,14 @@ class DataManagerClient(_GoogleClientBase):
         url = f"{self.base_url}/v1/events:ingest"
         return url, msgspec.json.encode(body), {}
 
-    def _parse_reply(self, reply: _Reply, n: int) -> _ChunkResult:
+    def parse_reply(self, reply: Reply, n: int) -> ChunkResult:
         body = reply.body if isinstance(reply.body, Mapping) else {}
         if 200 <= reply.status < 300:
             rid = body.get("requestId")
             request_id = reply.request_id or (rid if isinstance(rid, str) else None)
-            return _ChunkResult([_OK] * n, reply.status, request_id)
+            return ChunkResult([OK] * n, reply.status, request_id)
 
-        err, details = _error_envelope(reply.body)
+        err, details = error_envelope(reply.body)
         msg = err.get("message")
         message = (msg if isinstance(msg, str) else f"HTTP {reply.status}")[:500]
         info_reason: str | None = None
@@ -135,8 +116,8 @@ class DataManagerClient(_GoogleClientBase):
         request_id = reply.request_id
         violations: list[tuple[int | None, str | None, str]] = []
         for d in details:
-            if _type_is(d, "google.rpc.BadRequest"):
-                fv = _get(d, "fieldViolations", "field_violations")
+            if type_is(d, "google.rpc.BadRequest"):
+                fv = get_either(d, "fieldViolations", "field_violations")
                 for v in fv if isinstance(fv, list) else []:
                     if not isinstance(v, Mapping):
                         continue
@@ -145,13 +126,13 @@ class DataManagerClient(_GoogleClientBase):
                     reason = v.get("reason") if isinstance(v.get("reason"), str) else None
                     desc = v.get("description") if isinstance(v.get("description"), str) else ""
                     violations.append((int(m.group(1)) if m else None, reason, f"{field}: {desc}"[:500]))
-            elif _type_is(d, "google.rpc.ErrorInfo"):
+            elif type_is(d, "google.rpc.ErrorInfo"):
                 r = d.get("reason")
                 info_reason = r if isinstance(r, str) else None
-            elif _type_is(d, "google.rpc.RetryInfo"):
-                delay = parse_duration(_get(d, "retryDelay", "retry_delay"))
-            elif _type_is(d, "google.rpc.RequestInfo"):
-                rid = _get(d, "requestId", "request_id")
+            elif type_is(d, "google.rpc.RetryInfo"):
+                delay = parse_duration(get_either(d, "retryDelay", "retry_delay"))
+            elif type_is(d, "google.rpc.RequestInfo"):
+                rid = get_either(d, "requestId", "request_id")
                 request_id = request_id or (rid if isinstance(rid, str) else None)
         if delay is None:
             delay = reply.retry_after_s
@@ -161,21 +142,21 @@ class DataManagerClient(_GoogleClientBase):
         # answered as a whole-request failure (else every row would be resent for ever).
         named = [v for v in violations if v[0] is not None and 0 <= v[0] < n]
         if reply.status == 400 and named and not request_level:
-            verdicts: list[_Verdict] = [
-                _Verdict(
+            verdicts: list[Verdict] = [
+                Verdict(
                     Classification(OutcomeKind.RETRY, ErrorCategory.TRANSIENT, 0.0),
                     "COLLATERAL",
                     "not ingested: another event in the same request was invalid",
                 )
             ] * n
-            first: _Verdict | None = None
+            first: Verdict | None = None
             for idx, reason, text in named:
                 assert idx is not None
-                v = _Verdict(classify(400, reason or "INVALID_ARGUMENT"), reason or "INVALID_ARGUMENT", text)
+                v = Verdict(classify(400, reason or "INVALID_ARGUMENT"), reason or "INVALID_ARGUMENT", text)
                 if verdicts[idx].code == "COLLATERAL" or v.worse_than(verdicts[idx]):
                     verdicts[idx] = v
                 first = first or v
-            return _ChunkResult(verdicts, reply.status, request_id, first)
+            return ChunkResult(verdicts, reply.status, request_id, first)
 
         code: str | None = info_reason
         if request_level and request_level[0][1]:
@@ -184,5 +165,5 @@ class DataManagerClient(_GoogleClientBase):
             status_name = err.get("status")
             code = status_name if isinstance(status_name, str) else f"HTTP_{reply.status}"
         # classify() falls back to the HTTP status for reasons it does not know.
-        whole = _verdict(reply.status, code, message, delay)
-        return _ChunkResult([whole] * n, reply.status, request_id, whole)
+        whole = verdict(reply.status, code, message, delay)
+        return ChunkResult([whole] * n, reply.status, request_id, whole)

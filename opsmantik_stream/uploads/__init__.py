@@ -8,7 +8,8 @@ from opsmantik_stream.uploads.breaker import BreakerConfig, PgBreakerStorage, Si
 from opsmantik_stream.uploads.bucket import AccountBucket, BucketSet, split_share
 from opsmantik_stream.uploads.credentials import (
     CredentialsError,
-    CredentialsInput,
+    SiteCredentials,
+    credentials_from_mapping,
     open_credentials,
     save_credentials,
     vault_from_settings,
@@ -21,10 +22,11 @@ __all__ = [
     "BreakerConfig",
     "BucketSet",
     "CredentialsError",
-    "CredentialsInput",
     "PgBreakerStorage",
     "Signal",
+    "SiteCredentials",
     "UploadEngine",
+    "credentials_from_mapping",
     "open_credentials",
     "outcome_signal",
     "record_outcome",

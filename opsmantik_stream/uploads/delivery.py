@@ -22,19 +22,20 @@ from typing import Any
 
 import asyncpg
 
-from opsmantik_stream.enums import ActorType, Destination
+from opsmantik_stream.destinations import registry
+from opsmantik_stream.destinations.base import credentials_command, destination_command, requeue_command
+from opsmantik_stream.enums import ActorType
 from opsmantik_stream.queries import Q
 from opsmantik_stream.tenancy import write_audit
-from opsmantik_stream.uploads import hints
-from opsmantik_stream.uploads.credentials import CredentialsError, CredentialsInput, public_view, save_credentials
+from opsmantik_stream.uploads.credentials import CredentialsError, SiteCredentials, public_view, save_credentials
 from opsmantik_stream.vault import Vault
 
 __all__ = ["credentials_overview", "destination_names", "set_credentials", "set_destination", "sites_delivery"]
 
 
 def destination_names() -> list[str]:
-    """Every destination a site may choose."""
-    return [d.value for d in Destination]
+    """Every destination a site may choose (the registry's)."""
+    return registry.names()
 
 
 async def credentials_overview(conn: asyncpg.Connection, site_id: Any) -> dict[str, dict[str, Any]]:
@@ -62,14 +63,13 @@ async def set_credentials(
     vault: Vault,
     site_id: Any,
     public_id: str,
-    creds: CredentialsInput,
+    creds: SiteCredentials,
     *,
     actor_type: ActorType,
     actor_id: str | None,
 ) -> dict[str, Any]:
     """Seal and store one destination's credentials, reset its breaker, adopt it as the site's
     destination when it is the only one with credentials; audited. Returns no secret."""
-    creds.validate()
     async with conn.transaction():
         site = await conn.fetchrow(Q.uploads.lock_site_destination, site_id)
         if site is None:
@@ -104,7 +104,7 @@ async def set_credentials(
     elif current != creds.destination:
         note = (
             f"this site sends to {current}; to send to {creds.destination} instead run "
-            f"{hints.destination_command(public_id, creds.destination)} (PUT /api/sites/{public_id}/destination)"
+            f"{destination_command(public_id, creds.destination)} (PUT /api/sites/{public_id}/destination)"
         )
     else:
         note = f"{creds.destination} is this site's destination"
@@ -154,13 +154,13 @@ async def set_destination(
     notes = []
     if not with_credentials:
         notes.append(
-            f"no {destination} credentials yet: set them with {hints.credentials_command(public_id, destination)} "
+            f"no {destination} credentials yet: set them with {credentials_command(public_id, destination)} "
             f"(PUT /api/sites/{public_id}/credentials); until then conversions wait BLOCKED"
         )
     if blocked_elsewhere:
         notes.append(
             f"{blocked_elsewhere} BLOCKED row(s) queued for another destination: "
-            f"{hints.requeue_command(public_id)} moves them to {destination}"
+            f"{requeue_command(public_id)} moves them to {destination}"
         )
     return {
         "destination": destination,

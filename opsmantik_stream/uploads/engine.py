@@ -14,7 +14,8 @@
    for the account) in one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)``;
 4. the request (:meth:`UploadEngine._request`): open the credentials (missing/undecryptable ->
    every row BLOCKED), and for each request wait for the account's token bucket, re-check the
-   account's pause, commit the STARTED ledger row, send;
+   account's pause, commit the STARTED ledger row, and send through the group's destination
+   (``destinations/``: the registry names the class; the engine knows only the contract);
 5. plan the finish (:func:`~opsmantik_stream.uploads.plan.plan_finish`, pure);
 6. write it: a 429's pause and a smaller batch size for the whole pool at once, then in one
    transaction the guarded row transitions, the FINISHED ledger row, metrics and the breaker;
@@ -44,18 +45,18 @@ import asyncpg
 import httpx
 
 from opsmantik_stream.config import Settings
-from opsmantik_stream.enums import GateDecision
-from opsmantik_stream.google import (
+from opsmantik_stream.destinations import registry
+from opsmantik_stream.destinations.base import (
     Conversion,
-    ErrorCategory,
-    OutcomeKind,
+    Destination,
+    DestinationContext,
+    IdentifierKind,
+    Operation,
     RowOutcome,
-    TokenProvider,
-    UploadClient,
     UploadResult,
-    make_client,
+    UserIdentifier,
 )
-from opsmantik_stream.google.consent import google_consent
+from opsmantik_stream.enums import ErrorCategory, GateDecision, OutcomeKind
 from opsmantik_stream.queries import Q
 from opsmantik_stream.retry import RetryPolicy
 from opsmantik_stream.uploads import store
@@ -147,14 +148,13 @@ class UploadEngine:
         self._rng = random.Random(seed)
         timeout = httpx.Timeout(settings.upload_request_timeout_s, connect=min(5.0, settings.upload_request_timeout_s))
         self._owns_http = http is None
-        # Google's endpoints come from the deployment's settings only (never from a tenant),
-        # and redirects are not followed, so no answer can send a request elsewhere.
+        # Destinations take their endpoints from the deployment's settings only (never from a
+        # tenant), and redirects are not followed, so no answer can send a request elsewhere.
         self._http = http or httpx.AsyncClient(
             timeout=timeout, limits=httpx.Limits(max_connections=50), follow_redirects=False
         )
-        self._tokens = TokenProvider(self._http, token_url=settings.google_token_url, timeout=timeout)
-        self._timeout = timeout
-        self._clients: dict[str, UploadClient] = {}
+        self._ctx = DestinationContext(settings, self._http, timeout, settings.upload_chunk_size)
+        self._destinations: dict[str, Destination] = {}
         self.policy = retry_policy(settings)
         self.breaker_cfg = breaker_config(settings, self._clock)
         self.buckets = BucketSet(margin_s=settings.upload_bucket_margin_s, max_batch=settings.upload_chunk_size)
@@ -171,24 +171,18 @@ class UploadEngine:
             await conn.execute(Q.uploads.release_leases_of_holder_prefix, f"{self.name}:", self.uploader_id)
 
     async def aclose(self) -> None:
+        for d in self._destinations.values():
+            await d.aclose()
         if self._owns_http:
             await self._http.aclose()
 
-    def _client(self, destination: str) -> UploadClient:
-        client = self._clients.get(destination)
-        if client is None:
-            s = self.settings
-            client = make_client(
-                destination,
-                self._http,
-                tokens=self._tokens,
-                chunk_size=s.upload_chunk_size,
-                timeout=self._timeout,
-                base_url=s.google_ads_base_url if destination == "google_ads" else s.data_manager_base_url,
-                api_version=s.google_ads_api_version,
-            )
-            self._clients[destination] = client
-        return client
+    def _destination(self, name: str) -> Destination:
+        """The registered destination ``name`` (one instance per uploader)."""
+        dest = self._destinations.get(name)
+        if dest is None:
+            dest = registry.get(name)(self._ctx)
+            self._destinations[name] = dest
+        return dest
 
     async def _share(self) -> tuple[int, int]:
         if self._share_fn is None:
@@ -352,12 +346,7 @@ class UploadEngine:
             outcomes,
             policy=self.policy,
             now=self._clock(),
-            facts=GroupFacts(
-                public_id=ctx["public_id"],
-                row_destination=destination,
-                site_destination=ctx["site_destination"],
-                site_has_credentials=bool(ctx["site_has_credentials"]),
-            ),
+            facts=self._facts(destination, ctx),
             request_error=(result.error_code, result.error_category) if result else (None, None),
         )
         written = await self._write(site_id, destination, ctx["account_id"], batch_id, attempt, rows, plan, result, t0)
@@ -377,11 +366,36 @@ class UploadEngine:
         )
         return summary
 
+    @staticmethod
+    def _facts(destination: str, ctx: Any) -> GroupFacts:
+        """What the finish plan needs for BLOCKED hints: the site and its destinations."""
+        site_destination = ctx["site_destination"]
+        public_id = ctx["public_id"]
+        other = next((n for n in registry.names() if n != destination), None)
+        try:
+            cls: type[Destination] | None = registry.get(destination)
+        except registry.UnknownDestination:
+            cls = None
+
+        def destination_hint(code: str | None) -> str | None:
+            if cls is None:
+                return None
+            return cls.blocked_hint(
+                code,
+                public_id=public_id,
+                site_destination=site_destination,
+                site_has_credentials=bool(ctx["site_has_credentials"]),
+            )
+
+        return GroupFacts(public_id, destination, site_destination, other, destination_hint)
+
     async def _request(
         self, destination: str, ctx: Any, bucket: AccountBucket | None, rows: list[Any], started: _Started
     ) -> tuple[list[RowOutcome], UploadResult | None]:
-        """Open the credentials and send; one outcome per row (never raises for Google)."""
+        """Open the credentials and send; one outcome per row (never raises for the destination)."""
         try:
+            if destination not in registry.names() or Operation.UPLOAD not in registry.get(destination).operations:
+                raise CredentialsError("UNKNOWN_DESTINATION", f"no destination {destination!r} can upload here")
             if self._vault_error is not None:
                 raise self._vault_error
             creds = open_credentials(self._vault, ctx if ctx["destination"] is not None else None, destination)
@@ -405,7 +419,7 @@ class UploadEngine:
             return None
 
         try:
-            result = await self._client(destination).upload(
+            result = await self._destination(destination).upload(
                 creds, [_conversion(r) for r in rows], before_request=before_request
             )
             return result.rows, result
@@ -482,7 +496,8 @@ class UploadEngine:
 
 
 def _conversion(row: Any) -> Conversion:
-    ad_user_data, ad_personalization = google_consent(row["consent_scopes"])
+    phone = row["phone_sha256"]
+    scopes = row["consent_scopes"]
     return Conversion(
         queue_id=str(row["id"]),
         order_id=row["order_id"],
@@ -492,8 +507,7 @@ def _conversion(row: Any) -> Conversion:
         gclid=row["gclid"],
         wbraid=row["wbraid"],
         gbraid=row["gbraid"],
-        phone_sha256=row["phone_sha256"],
+        user_identifiers=(UserIdentifier(IdentifierKind.PHONE_SHA256, phone),) if phone else (),
         # the visitor's consent as recorded when the conversion was enqueued
-        ad_user_data_consent=ad_user_data,
-        ad_personalization_consent=ad_personalization,
+        consent_scopes=tuple(scopes) if scopes is not None else None,
     )

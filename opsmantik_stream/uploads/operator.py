@@ -11,7 +11,8 @@ from typing import Any
 
 import asyncpg
 
-from opsmantik_stream.enums import ActorType, Destination, QueueStatus
+from opsmantik_stream.destinations import registry
+from opsmantik_stream.enums import ActorType, QueueStatus
 from opsmantik_stream.queries import Q
 from opsmantik_stream.tenancy import write_audit
 
@@ -116,9 +117,10 @@ async def reset_breaker(
     actor_id: str | None,
 ) -> dict[str, Any]:
     """Close the site's breaker(s) now; audited. Call in a transaction."""
-    if destination is not None and destination not in {d.value for d in Destination}:
-        raise OperatorError("invalid_destination", "destination must be google_ads or data_manager")
-    targets = [destination] if destination else [d.value for d in Destination]
+    names = registry.names()
+    if destination is not None and destination not in names:
+        raise OperatorError("invalid_destination", f"destination must be one of {', '.join(names)}")
+    targets = [destination] if destination else names
     for d in targets:
         await conn.fetchval(Q.uploads.reset_breaker, site_id, d)
     await write_audit(

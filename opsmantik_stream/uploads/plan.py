@@ -10,13 +10,13 @@ source) are passed in, so it is tested with tables (``tests/unit/test_uploads_pl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from opsmantik_stream.enums import QueueStatus
-from opsmantik_stream.google.types import ErrorCategory, OutcomeKind, RowOutcome
+from opsmantik_stream.destinations.base import RowOutcome
+from opsmantik_stream.enums import ErrorCategory, OutcomeKind, QueueStatus
 from opsmantik_stream.retry import RetryPolicy
 from opsmantik_stream.uploads.breaker import Signal
 from opsmantik_stream.uploads.hints import blocked_hint
@@ -44,12 +44,15 @@ class ClaimedRow:
 
 @dataclass(frozen=True, slots=True)
 class GroupFacts:
-    """The group's site, for the hints on BLOCKED rows."""
+    """The group's site, for the hints on BLOCKED rows: its public id, where the rows were
+    queued, the site's current destination, another destination it could switch to, and the
+    destination's own fixes for its own error codes."""
 
     public_id: str
     row_destination: str
     site_destination: str
-    site_has_credentials: bool
+    other_destination: str | None = None
+    destination_hint: Callable[[str | None], str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +168,8 @@ def plan_finish(
                 row_destination=facts.row_destination,
                 site_destination=facts.site_destination,
                 public_id=facts.public_id,
-                site_has_credentials=facts.site_has_credentials,
+                other_destination=facts.other_destination,
+                destination_hint=facts.destination_hint(d.error_code) if facts.destination_hint else None,
                 # the destination's own words only when its (configured) endpoint answered
                 provider_message=o.message if o.http_status else None,
             )

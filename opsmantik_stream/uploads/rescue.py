@@ -22,7 +22,8 @@ from typing import Any
 import asyncpg
 
 from opsmantik_stream.config import Settings
-from opsmantik_stream.google import ErrorCategory, OutcomeKind, RowOutcome
+from opsmantik_stream.destinations.base import RowOutcome
+from opsmantik_stream.enums import ErrorCategory, OutcomeKind
 from opsmantik_stream.queries import Q
 from opsmantik_stream.retry import RetryPolicy
 from opsmantik_stream.uploads import store

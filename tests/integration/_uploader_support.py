@@ -15,7 +15,7 @@ import httpx
 
 from opsmantik_stream.config import Settings
 from opsmantik_stream.emulator import EmulatorConfig, create_app
-from opsmantik_stream.uploads.credentials import CredentialsInput, save_credentials
+from opsmantik_stream.uploads.credentials import SiteCredentials, credentials_from_mapping, save_credentials
 from opsmantik_stream.vault import Vault
 from tests.serving import serve_in_thread
 
@@ -96,6 +96,21 @@ def fast_settings(settings: Settings, emu_base: str | None = None, **kw: Any) ->
     return settings.with_overrides(**base)
 
 
+def site_credentials(destination: str = "google_ads", customer_id: str = "1234567890", **kw: Any) -> SiteCredentials:
+    """Validated credentials for the emulator's account (budget fields may be given in ``kw``)."""
+    return credentials_from_mapping(
+        {
+            "destination": destination,
+            "customer_id": customer_id,
+            "client_id": "client",
+            "client_secret": "secret-value",
+            "refresh_token": "refresh-value",
+            "conversion_action": ACTION,
+            **kw,
+        }
+    )
+
+
 async def set_creds(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -106,16 +121,10 @@ async def set_creds(
     requests_per_s: float | None = 1000.0,
     conversions_per_min: float | None = 1_000_000.0,
 ) -> None:
+    """Store credentials directly (no destination change, no audit: a test's set-up)."""
     assert settings.vault_key is not None
-    creds = CredentialsInput(
-        destination=destination,  # type: ignore[arg-type]
-        customer_id=customer_id,
-        client_id="client",
-        client_secret="secret-value",
-        refresh_token="refresh-value",
-        conversion_action=ACTION,
-        requests_per_s=requests_per_s,
-        conversions_per_min=conversions_per_min,
+    creds = site_credentials(
+        destination, customer_id, requests_per_s=requests_per_s, conversions_per_min=conversions_per_min
     )
     async with pool.acquire() as conn:
         await save_credentials(conn, Vault(settings.vault_key), site_id, creds)

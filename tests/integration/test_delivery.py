@@ -20,12 +20,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from actors.runtime import get_actor, start_stack, stop_stack
 from opsmantik_stream.cli import main as cli_main
 from opsmantik_stream.config import Settings
 from opsmantik_stream.enums import ActorType
 from opsmantik_stream.uploads import UploadEngine, delivery, operator
-from opsmantik_stream.uploads.credentials import CredentialsInput
 from opsmantik_stream.vault import Vault
 from tests.integration._leads_support import auth, make_intent, make_session
 from tests.integration._uploader_support import (
@@ -36,6 +34,7 @@ from tests.integration._uploader_support import (
     fast_settings,
     rows_of,
     set_creds,
+    site_credentials,
 )
 from tests.serving import serve_in_thread
 
@@ -63,34 +62,6 @@ async def engines(pool: asyncpg.Pool, fast: Settings) -> AsyncIterator[Callable[
         await e.aclose()
 
 
-@pytest.fixture
-def uploader_stack(ray_session: None, settings: Settings, db_url: str, emu_base: str) -> Iterator[Callable[..., Any]]:
-    """A stack with N Uploader actors sending to the emulator (loops not started)."""
-    started: list[str] = []
-
-    def start(uploaders: int, **kw: Any) -> tuple[Settings, list[Any]]:
-        s = fast_settings(settings, emu_base, uploaders=uploaders, partitions=1, **kw)
-        table = start_stack(s, db_url, start_maintenance=False)
-        started.append(s.ray_namespace)
-        return s, [get_actor(n, s.ray_namespace) for n in table["uploaders"]]
-
-    yield start
-    for ns in started:
-        stop_stack(ns)
-
-
-def _creds(destination: str, customer_id: str = ACCOUNT, **kw: Any) -> CredentialsInput:
-    return CredentialsInput(
-        destination=destination,  # type: ignore[arg-type]
-        customer_id=customer_id,
-        client_id="client",
-        client_secret="secret-value",
-        refresh_token="refresh-value",
-        conversion_action=ACTION,
-        **kw,
-    )
-
-
 async def _set(pool: asyncpg.Pool, fast: Settings, site: dict[str, Any], destination: str) -> dict[str, Any]:
     assert fast.vault_key is not None
     async with pool.acquire() as conn:
@@ -99,7 +70,7 @@ async def _set(pool: asyncpg.Pool, fast: Settings, site: dict[str, Any], destina
             Vault(fast.vault_key),
             site["site_id"],
             site["public_id"],
-            _creds(destination, requests_per_s=1000.0, conversions_per_min=1e6),
+            site_credentials(destination, requests_per_s=1000.0, conversions_per_min=1e6),
             actor_type=ActorType.CLI,
             actor_id="test",
         )
@@ -487,3 +458,24 @@ async def test_consent_is_copied_at_enqueue_and_sent_as_recorded(
         assert accepted["consent"] == {"adUserData": "GRANTED"}
     else:
         assert accepted["consent"] == {"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"}
+
+
+async def test_the_probe_rule_lives_in_one_sql_function_with_now_passed_in(pool) -> None:
+    now = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+    minute = timedelta(minutes=1)
+    cases = [
+        # state, next_probe_at, probe_holder, probe_started_at -> gate at `now` (stale after 120 s)
+        (None, None, None, None, "SEND"),
+        ("CLOSED", None, None, None, "SEND"),
+        ("OPEN", now + minute, None, None, "BREAKER_OPEN"),
+        ("OPEN", now, None, None, "PROBE"),
+        ("OPEN", now - minute, None, None, "PROBE"),
+        ("HALF_OPEN", now - minute, "u-1", now - minute, "PROBE_IN_PROGRESS"),
+        ("HALF_OPEN", now - 3 * minute, "u-1", now - 3 * minute, "PROBE"),  # the holder went quiet
+        ("HALF_OPEN", now - minute, None, None, "PROBE"),  # a neutral probe let go
+    ]
+    for state, next_probe_at, holder, started, expected in cases:
+        got = await pool.fetchval(
+            "SELECT provider_breaker_gate($1, $2, $3, $4, $5, 120)", state, next_probe_at, holder, started, now
+        )
+        assert got == expected, (state, next_probe_at, holder, started)

@@ -1,4 +1,4 @@
-"""Round trips of both Google clients against the emulator (in-process ASGI and real uvicorn)."""
+"""Round trips of both Google destinations against the emulator (in-process ASGI and real uvicorn)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,28 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from starlette.applications import Starlette
 
-from opsmantik_stream.emulator import EmulatorConfig, EmulatorState, create_app
-from opsmantik_stream.google import (
+from opsmantik_stream.config import Settings, load_settings
+from opsmantik_stream.destinations import registry
+from opsmantik_stream.destinations.base import (
     Conversion,
-    DataManagerClient,
+    DestinationContext,
     ErrorCategory,
-    GoogleAdsClient,
-    GoogleCredentials,
     OutcomeKind,
-    TokenProvider,
-    UploadClient,
-    make_client,
+    UserIdentifier,
 )
+from opsmantik_stream.destinations.data_manager import DataManagerDestination
+from opsmantik_stream.destinations.google.credentials import GoogleCredentials
+from opsmantik_stream.destinations.google.oauth import TokenProvider
+from opsmantik_stream.destinations.google.transport import GoogleDestination
+from opsmantik_stream.destinations.google_ads import GoogleAdsDestination
+from opsmantik_stream.emulator import EmulatorConfig, EmulatorState, create_app
 from tests.serving import serve_in_thread
 
 pytestmark = pytest.mark.integration
@@ -49,9 +54,8 @@ def creds(destination: str = "google_ads", **kw: object) -> GoogleCredentials:
         refresh_token="refresh",
         customer_id="123-456-7890",
         conversion_action="customers/1234567890/conversionActions/987654",
-        destination=destination,  # type: ignore[arg-type]
     )
-    return dataclasses.replace(c, **kw)  # type: ignore[arg-type]
+    return msgspec.structs.replace(c, **kw)
 
 
 def rows(n: int, prefix: str = "o", gclids: list[str] | None = None) -> list[Conversion]:
@@ -63,11 +67,34 @@ def rows(n: int, prefix: str = "o", gclids: list[str] | None = None) -> list[Con
             value_minor=1000 + i,
             currency="EUR",
             gclid=(gclids[i] if gclids else f"Cj0K{i}"),
-            phone_e164="+16502530000",
-            ad_user_data_consent=True,
+            user_identifiers=(UserIdentifier.phone("+16502530000"),),
+            consent_scopes=("analytics", "marketing"),
         )
         for i in range(n)
     ]
+
+
+def deployment(base: str, **kw: object) -> Settings:
+    """The deployment's Google endpoints, pointed at the emulator."""
+    return load_settings(
+        environ={}, google_ads_base_url=base, data_manager_base_url=base, google_token_url=f"{base}/token", **kw
+    )
+
+
+def make(
+    destination: str,
+    http: httpx.AsyncClient,
+    base: str,
+    *,
+    chunk_size: int = 200,
+    timeout: httpx.Timeout | None = None,
+    tokens: TokenProvider | None = None,
+    **settings: object,
+) -> GoogleDestination:
+    ctx = DestinationContext(deployment(base, **settings), http, timeout or httpx.Timeout(30.0), chunk_size)
+    cls = registry.get(destination)
+    assert issubclass(cls, GoogleDestination)
+    return cls(ctx, tokens=tokens)
 
 
 @dataclasses.dataclass
@@ -80,13 +107,8 @@ class Env:
     def configure(self, **kw: object) -> None:
         self.state.update_config(kw)
 
-    def client(self, destination: str = "google_ads", **kw: object) -> UploadClient:
-        # the deployment's endpoints: the in-process emulator
-        kw.setdefault("base_url", BASE)
-        kw.setdefault("tokens", TokenProvider(self.http, token_url=f"{BASE}/token"))
-        if destination == "google_ads":
-            return GoogleAdsClient(self.http, **kw)  # type: ignore[arg-type]
-        return DataManagerClient(self.http, **kw)  # type: ignore[arg-type]
+    def client(self, destination: str = "google_ads", **kw: Any) -> GoogleDestination:
+        return make(destination, self.http, BASE, **kw)
 
 
 @pytest.fixture
@@ -126,7 +148,7 @@ async def test_success_round_trip(env: Env, dest: str) -> None:
         assert rec["consent"] == {"adUserData": "GRANTED"}
     else:
         assert rec["conversion_date_time"] == "2026-11-02T13:05:09Z"
-        assert rec["consent"] == {"adUserData": "CONSENT_GRANTED"}
+        assert rec["consent"] == {"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"}
 
 
 async def test_ads_partial_failure_per_row(env: Env) -> None:
@@ -191,13 +213,13 @@ async def test_400_too_many_conversions_splits(env: Env) -> None:
 
 
 async def test_400_retired_and_unknown_versions_block(env: Env) -> None:
-    res = await GoogleAdsClient(env.http, api_version="v21").upload(creds(), rows(1))
+    res = await env.client(google_ads_api_version="v21").upload(creds(), rows(1))
     assert (res.rows[0].kind, res.rows[0].error_code, res.http_status) == (
         K.BLOCKED,
         "UNSUPPORTED_VERSION",
         400,
     )
-    res = await GoogleAdsClient(env.http, api_version="v99").upload(creds(), rows(1))
+    res = await env.client(google_ads_api_version="v99").upload(creds(), rows(1))
     assert (res.rows[0].kind, res.rows[0].error_category, res.http_status) == (
         K.BLOCKED,
         ErrorCategory.CONFIG,
@@ -343,7 +365,7 @@ async def test_data_manager_invalid_conversion_action_blocks(env: Env) -> None:
 async def test_token_cached_until_60s_before_expiry(env: Env) -> None:
     mono = FakeClock(1000.0)
     tokens = TokenProvider(env.http, token_url=f"{BASE}/token", clock=mono)
-    client = GoogleAdsClient(env.http, tokens=tokens, base_url=BASE)
+    client = env.client(tokens=tokens)
     for i in range(5):
         await client.upload(creds(), rows(1, f"a{i}"))
     assert env.state.token_requests == 1 and tokens.refreshes == 1
@@ -385,11 +407,17 @@ async def test_data_manager_dedupe_is_an_adjustment(env: Env) -> None:
     assert env.state.accepted[0]["value"] == 99.0
 
 
-async def test_make_client(env: Env) -> None:
-    assert isinstance(make_client("google_ads", env.http), GoogleAdsClient)
-    assert isinstance(make_client("data_manager", env.http), DataManagerClient)
-    with pytest.raises(ValueError):
-        make_client("meta", env.http)
+async def test_registry_builds_both_destinations_sharing_one_token_cache(env: Env) -> None:
+    assert registry.names()[:2] == ["google_ads", "data_manager"]
+    ctx = DestinationContext(deployment(BASE), env.http, httpx.Timeout(5.0), 10)
+    ads, dm = registry.get("google_ads")(ctx), registry.get("data_manager")(ctx)
+    assert isinstance(ads, GoogleAdsDestination) and isinstance(dm, DataManagerDestination)
+    assert ads.tokens is dm.tokens  # one OAuth client for both Google destinations
+    await ads.upload(creds(), rows(1, "x"))
+    await dm.upload(creds(), rows(1, "y"))
+    assert env.state.token_requests == 1
+    with pytest.raises(registry.UnknownDestination):
+        registry.get("meta")
 
 
 # ------------------------------------------------------------------ real uvicorn on 127.0.0.1
@@ -409,8 +437,7 @@ async def test_real_server_round_trip_and_timeout(dest: str) -> None:
         c = creds(dest)
         timeout = httpx.Timeout(0.3, connect=2.0)
         async with httpx.AsyncClient() as http:
-            tokens = TokenProvider(http, token_url=f"{base}/token", timeout=timeout)
-            client = make_client(dest, http, tokens=tokens, timeout=timeout, base_url=base)
+            client = make(dest, http, base, timeout=timeout)
             ok = await client.upload(c, rows(2, "a"))
             assert [r.kind for r in ok.rows] == [K.COMPLETED] * 2 and ok.request_id
             # slower than the client's read timeout: ambiguous, the row is retried

@@ -37,8 +37,8 @@ def fast(settings: Settings, emu_base: str) -> Settings:
 async def engines(pool: asyncpg.Pool, fast: Settings) -> AsyncIterator[list[UploadEngine]]:
     made: list[UploadEngine] = []
 
-    def make(name: str = "uploader-t-0", settings: Settings | None = None) -> UploadEngine:
-        e = UploadEngine(pool, settings or fast, name, seed=len(made))
+    def make(name: str = "uploader-t-0", settings: Settings | None = None, **kw: Any) -> UploadEngine:
+        e = UploadEngine(pool, settings or fast, name, seed=len(made), **kw)
         made.append(e)
         return e
 
@@ -112,7 +112,10 @@ async def test_breaker_opens_after_5_transient_failures_then_probe_closes(pool, 
     await set_creds(pool, fast, site["site_id"])
     rows = await add_rows(pool, site["site_id"], [f"Cj0K{i}" for i in range(12)])
     await emu.config(outage=True)  # every API request: 503
-    engine = engines()
+    # the breaker's clock is injected (and passed into the SQL gate), so the test moves it
+    # instead of sleeping through the open period
+    clock = {"now": datetime.now(UTC) + timedelta(seconds=1)}
+    engine = engines(clock=lambda: clock["now"])
     for i in range(5):
         s = await engine.run_once()
         assert s["claimed"] > 0 and s["signal"] == "transient", (i, s)
@@ -121,7 +124,7 @@ async def test_breaker_opens_after_5_transient_failures_then_probe_closes(pool, 
     sent = (await emu.state())["api_requests"]
     attempts_before = {r["id"]: r["attempt"] for r in (await rows_of(pool, [r["id"] for r in rows])).values()}
     # while open: no claim, no attempt, no request, for this uploader and any other
-    other = engines("uploader-t-1")
+    other = engines("uploader-t-1", clock=lambda: clock["now"])
     for e in (engine, other):
         gated = await e.run_once()
         assert gated.get("idle") and gated["gated_groups"] == 1
@@ -129,7 +132,7 @@ async def test_breaker_opens_after_5_transient_failures_then_probe_closes(pool, 
     assert {r["id"]: r["attempt"] for r in (await rows_of(pool, [r["id"] for r in rows])).values()} == attempts_before
     # after the open period: one small probe batch, which closes it on success
     await emu.config(outage=False)
-    await asyncio.sleep(max(0.0, (h["next_probe_at"] - datetime.now(UTC)).total_seconds()) + 0.05)
+    clock["now"] = h["next_probe_at"]  # the probe time has come
     probe = await engine.run_once()
     assert probe["probe"] is True and probe["claimed"] == fast.upload_breaker_probe_rows
     assert probe["breaker_state"] == "CLOSED"

@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import ray
 
-from actors.runtime import get_actor, start_stack, stop_stack
+from actors.runtime import get_actor
 from opsmantik_stream.config import Settings
 from opsmantik_stream.jobs import run_job
 from tests.integration._uploader_support import (
     add_rows,
     assert_ledger_complete,
-    fast_settings,
     rows_of,
     set_creds,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def uploader_stack(ray_session: None, settings: Settings, db_url: str, emu_base: str) -> Iterator[Callable[..., Any]]:
-    """Start a stack with N uploaders sending to the emulator (loops not started; maintenance off)."""
-    started: list[str] = []
-
-    def start(uploaders: int = 1, **kw: Any) -> tuple[Settings, list[Any]]:
-        s = fast_settings(settings, emu_base, uploaders=uploaders, partitions=1, **kw)
-        table = start_stack(s, db_url, start_maintenance=False)
-        started.append(s.ray_namespace)
-        return s, [get_actor(n, s.ray_namespace) for n in table["uploaders"]]
-
-    yield start
-    for ns in started:
-        stop_stack(ns)
 
 
 async def _wait_until(pred: Callable[[], Any], timeout_s: float = 60.0) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from opsmantik_stream.google.classify import CONVERSION_UPLOAD_ERRORS, TOO_RECENT_DELAY_S, classify
-from opsmantik_stream.google.types import ErrorCategory, OutcomeKind
+from opsmantik_stream.destinations.google.classify import CONVERSION_UPLOAD_ERRORS, TOO_RECENT_DELAY_S, classify
+from opsmantik_stream.enums import ErrorCategory, OutcomeKind
 
 pytestmark = pytest.mark.unit
 

@@ -9,21 +9,28 @@ import httpx
 import msgspec
 import pytest
 
-from opsmantik_stream.google import (
+from opsmantik_stream.config import load_settings
+from opsmantik_stream.destinations.base import (
     Conversion,
-    DataManagerClient,
-    GoogleAdsClient,
-    GoogleCredentials,
+    DestinationContext,
+    IdentifierKind,
     OutcomeKind,
+    UserIdentifier,
+    normalize_e164,
+)
+from opsmantik_stream.destinations.data_manager import DataManagerDestination, build_dm_event
+from opsmantik_stream.destinations.google.credentials import GoogleCredentials
+from opsmantik_stream.destinations.google.mapping import (
     currency_exponent,
     format_ads_datetime,
     format_rfc3339,
     hash_phone_e164,
     minor_to_major,
+    parse_duration,
     pick_click_id,
 )
-from opsmantik_stream.google.ads import build_ads_conversion, normalize_e164, parse_duration
-from opsmantik_stream.google.data_manager import build_dm_event
+from opsmantik_stream.destinations.google.transport import GoogleDestination
+from opsmantik_stream.destinations.google_ads import GoogleAdsDestination, build_ads_conversion
 
 pytestmark = pytest.mark.unit
 
@@ -123,8 +130,14 @@ def test_hashed_phone() -> None:
     assert len(expected) == 64 and expected == expected.lower()
 
 
+def destination(cls: type[GoogleDestination], http: httpx.AsyncClient) -> GoogleDestination:
+    """A destination as the uploader builds it (Google's default endpoints: MockTransport)."""
+    return cls(DestinationContext(load_settings(environ={}), http, httpx.Timeout(5.0), 200))
+
+
 def test_ads_conversion_shape() -> None:
-    c = conv(gbraid="B", phone_e164="+16502530000", ad_user_data_consent=False, ad_personalization_consent=True)
+    # the visitor gave no marketing consent: Google is told so (click conversions: adUserData only)
+    c = conv(gbraid="B", user_identifiers=(UserIdentifier.phone("+1 650 253 0000"),), consent_scopes=("analytics",))
     out = build_ads_conversion(c, "1234567890", "987654")
     assert out == {
         "gclid": "Cj0K",
@@ -138,7 +151,10 @@ def test_ads_conversion_shape() -> None:
     }
     # resource name in the row overrides the credentials' action; unknown consent is omitted
     out2 = build_ads_conversion(
-        conv(conversion_action="customers/1/conversionActions/55", phone_sha256="A" * 64),
+        conv(
+            target="customers/1/conversionActions/55",
+            user_identifiers=(UserIdentifier(IdentifierKind.PHONE_SHA256, "A" * 64),),
+        ),
         "1234567890",
         "987654",
     )
@@ -148,7 +164,9 @@ def test_ads_conversion_shape() -> None:
 
 
 def test_dm_event_shape() -> None:
-    c = conv(gclid=None, wbraid="W", phone_e164="+16502530000", ad_user_data_consent=True)
+    c = conv(
+        gclid=None, wbraid="W", user_identifiers=(UserIdentifier.phone("+16502530000"),), consent_scopes=("marketing",)
+    )
     ev = build_dm_event(c)
     assert ev == {
         "transactionId": "o-1",
@@ -158,7 +176,7 @@ def test_dm_event_shape() -> None:
         "conversionValue": 49.9,
         "currency": "EUR",
         "userData": {"userIdentifiers": [{"phoneNumber": hashlib.sha256(b"+16502530000").hexdigest()}]},
-        "consent": {"adUserData": "CONSENT_GRANTED"},
+        "consent": {"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"},
     }
 
 
@@ -177,7 +195,6 @@ CREDS = GoogleCredentials(
     refresh_token="rt",
     customer_id="123-456-7890",
     conversion_action="987654",
-    destination="google_ads",
 )
 
 
@@ -244,7 +261,7 @@ async def test_ads_partial_failure_parsed_in_both_casings(casing: str) -> None:
     }
     seen: list[httpx.Request] = []
     http = _mock(httpx.Response(200, json=body, headers={"request-id": "REQ-HDR"}), seen)
-    client = GoogleAdsClient(http)
+    client = destination(GoogleAdsDestination, http)
     convs = [conv(queue_id=str(i), order_id=f"o{i}") for i in range(4)]
     res = await client.upload(CREDS, convs)
     await http.aclose()
@@ -266,14 +283,8 @@ async def test_ads_partial_failure_parsed_in_both_casings(casing: str) -> None:
 async def test_ads_headers_when_configured() -> None:
     seen: list[httpx.Request] = []
     http = _mock(httpx.Response(200, json={"results": [{"gclid": "x"}]}), seen)
-    creds = GoogleCredentials(
-        **{
-            **{f: getattr(CREDS, f) for f in CREDS.__slots__},
-            "developer_token": "dev",
-            "login_customer_id": "111-222-3333",
-        }  # type: ignore[arg-type]
-    )
-    res = await GoogleAdsClient(http).upload(creds, [conv()])
+    creds = msgspec.structs.replace(CREDS, developer_token="dev", login_customer_id="111-222-3333")
+    res = await destination(GoogleAdsDestination, http).upload(creds, [conv()])
     await http.aclose()
     assert res.rows[0].kind is OutcomeKind.COMPLETED
     assert seen[0].headers["developer-token"] == "dev"
@@ -283,7 +294,7 @@ async def test_ads_headers_when_configured() -> None:
 async def test_ads_empty_result_without_error_is_retried() -> None:
     seen: list[httpx.Request] = []
     http = _mock(httpx.Response(200, json={"results": [{"gclid": "x"}, {}]}), seen)
-    res = await GoogleAdsClient(http).upload(CREDS, [conv(order_id="a"), conv(order_id="b")])
+    res = await destination(GoogleAdsDestination, http).upload(CREDS, [conv(order_id="a"), conv(order_id="b")])
     await http.aclose()
     assert [r.kind for r in res.rows] == [OutcomeKind.COMPLETED, OutcomeKind.RETRY]
     assert res.rows[1].error_code == "MISSING_RESULT"
@@ -313,8 +324,8 @@ async def test_dm_field_violations_name_event_indexes() -> None:
     }
     seen: list[httpx.Request] = []
     http = _mock(httpx.Response(400, json=body), seen)
-    creds = GoogleCredentials(**{**{f: getattr(CREDS, f) for f in CREDS.__slots__}, "destination": "data_manager"})  # type: ignore[arg-type]
-    res = await DataManagerClient(http).upload(creds, [conv(order_id=f"o{i}") for i in range(4)])
+    dm = destination(DataManagerDestination, http)
+    res = await dm.upload(CREDS, [conv(order_id=f"o{i}") for i in range(4)])
     await http.aclose()
     kinds = [(r.kind, r.error_code) for r in res.rows]
     assert kinds == [
@@ -331,7 +342,7 @@ async def test_dm_field_violations_name_event_indexes() -> None:
 async def test_rows_rejected_before_sending_cost_no_request() -> None:
     seen: list[httpx.Request] = []
     http = _mock(httpx.Response(500), seen)
-    client = GoogleAdsClient(http)
+    client = destination(GoogleAdsDestination, http)
     rows = [
         conv(gclid=None),
         conv(conversion_time=datetime(2026, 1, 1)),
@@ -349,7 +360,7 @@ async def test_rows_rejected_before_sending_cost_no_request() -> None:
     ]
     assert all(r.kind is OutcomeKind.FAILED for r in res.rows)
     assert seen == [] and client.tokens.refreshes == 0 and res.requests_sent == 0
-    no_action = GoogleCredentials(**{**{f: getattr(CREDS, f) for f in CREDS.__slots__}, "conversion_action": ""})  # type: ignore[arg-type]
+    no_action = msgspec.structs.replace(CREDS, conversion_action="")
     res2 = await client.upload(no_action, [conv()])
     assert (res2.rows[0].kind, res2.rows[0].error_code) == (OutcomeKind.BLOCKED, "MISSING_CONVERSION_ACTION")
     await http.aclose()

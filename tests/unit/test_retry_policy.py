@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from opsmantik_stream.google.types import ErrorCategory, OutcomeKind, RowOutcome
-from opsmantik_stream.retry import MAX_ATTEMPTS_CODE, QueueStatus, RetryPolicy
+from opsmantik_stream.destinations.base import ErrorCategory, OutcomeKind, RowOutcome
+from opsmantik_stream.enums import QueueStatus
+from opsmantik_stream.retry import MAX_ATTEMPTS_CODE, RetryPolicy
 
 pytestmark = pytest.mark.unit
 

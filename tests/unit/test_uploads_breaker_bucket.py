@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from opsmantik_stream.destinations.base import ErrorCategory, OutcomeKind, RowOutcome
 from opsmantik_stream.enums import CircuitState
-from opsmantik_stream.google import ErrorCategory, OutcomeKind, RowOutcome
 from opsmantik_stream.uploads import (
     AccountBucket,
     BreakerConfig,

@@ -7,10 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from opsmantik_stream.google.consent import google_consent
-from opsmantik_stream.google.types import ErrorCategory, OutcomeKind, RowOutcome
+from opsmantik_stream.destinations.base import ErrorCategory, OutcomeKind, RowOutcome
+from opsmantik_stream.destinations.google.consent import google_consent
+from opsmantik_stream.destinations.google_ads import GoogleAdsDestination
+from opsmantik_stream.enums import GateDecision
 from opsmantik_stream.retry import RetryPolicy
 from opsmantik_stream.uploads.breaker import Signal
+from opsmantik_stream.uploads.engine import gate_of
 from opsmantik_stream.uploads.hints import blocked_hint
 from opsmantik_stream.uploads.plan import ClaimedRow, GroupFacts, plan_finish
 
@@ -21,7 +24,13 @@ K = OutcomeKind
 C = ErrorCategory
 PID = "0123456789abcdef0123456789abcdef"
 FACTS = GroupFacts(
-    public_id=PID, row_destination="google_ads", site_destination="google_ads", site_has_credentials=True
+    public_id=PID,
+    row_destination="google_ads",
+    site_destination="google_ads",
+    other_destination="data_manager",
+    destination_hint=lambda code: GoogleAdsDestination.blocked_hint(
+        code, public_id=PID, site_destination="google_ads", site_has_credentials=True
+    ),
 )
 
 
@@ -136,19 +145,24 @@ def test_blocked_rows_carry_our_hint_and_googles_words_only_from_its_answer() ->
     [u] = plan([ALLOWLIST]).updates
     assert u.last_error is not None
     assert f"`opsmantik site destination set {PID} data_manager`" in u.last_error
-    assert u.last_error.endswith("Google said: use Data Manager")
+    assert u.last_error.endswith("The destination said: use Data Manager")
     ours = out(K.BLOCKED, "MISSING_CREDENTIALS", C.CONFIG, message="no google_ads credentials for this site")
     [m] = plan([ours]).updates
-    assert m.last_error is not None and "Google said" not in m.last_error
+    assert m.last_error is not None and "said" not in m.last_error
+
+
+def _google_hint(code: str | None, site_destination: str) -> str | None:
+    return GoogleAdsDestination.blocked_hint(
+        code, public_id=PID, site_destination=site_destination, site_has_credentials=True
+    )
 
 
 HINTS = [
-    # code, row destination, site destination, site has credentials -> fragments expected
+    # code, row destination, site destination -> fragments expected
     (
         "MISSING_CREDENTIALS",
         "data_manager",
         "data_manager",
-        False,
         [
             "no data_manager credentials for this site",
             f"`opsmantik site credentials set {PID} --destination data_manager ...`",
@@ -160,34 +174,36 @@ HINTS = [
         "MISSING_CREDENTIALS",
         "data_manager",
         "google_ads",
-        True,
         ["queued for data_manager", "the site now sends to google_ads", "moves these rows there"],
     ),
     (
         "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE",
         "google_ads",
         "google_ads",
-        True,
         ["Data Manager API", f"site destination set {PID} data_manager", "--destination data_manager", "requeue"],
     ),
     (
         "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE",
         "google_ads",
         "data_manager",
-        True,
         ["the site now sends to data_manager", "moves these rows there"],
     ),
-    ("invalid_grant", "google_ads", "google_ads", True, ["expired or revoked", "--destination google_ads"]),
-    ("CREDENTIALS_UNDECRYPTABLE", "google_ads", "google_ads", True, ["cannot be opened", "set them again"]),
-    ("VAULT_KEY_MISSING", "google_ads", "google_ads", True, ["OPSMANTIK_VAULT_KEY"]),
-    ("USER_PERMISSION_DENIED", "google_ads", "google_ads", True, ["USER_PERMISSION_DENIED", "requeue"]),
+    ("invalid_grant", "google_ads", "google_ads", ["expired or revoked", "--destination google_ads"]),
+    ("CREDENTIALS_UNDECRYPTABLE", "google_ads", "google_ads", ["cannot be opened", "set them again"]),
+    ("VAULT_KEY_MISSING", "google_ads", "google_ads", ["OPSMANTIK_VAULT_KEY"]),
+    ("USER_PERMISSION_DENIED", "google_ads", "google_ads", ["USER_PERMISSION_DENIED", "requeue"]),
 ]
 
 
-@pytest.mark.parametrize(("code", "row_dest", "site_dest", "ready", "fragments"), HINTS)
-def test_blocked_hints(code: str, row_dest: str, site_dest: str, ready: bool, fragments: list[str]) -> None:
+@pytest.mark.parametrize(("code", "row_dest", "site_dest", "fragments"), HINTS)
+def test_blocked_hints(code: str, row_dest: str, site_dest: str, fragments: list[str]) -> None:
     text = blocked_hint(
-        code, row_destination=row_dest, site_destination=site_dest, public_id=PID, site_has_credentials=ready
+        code,
+        row_destination=row_dest,
+        site_destination=site_dest,
+        public_id=PID,
+        other_destination="google_ads" if row_dest == "data_manager" else "data_manager",
+        destination_hint=_google_hint(code, site_dest) if row_dest == "google_ads" else None,
     )
     for fragment in fragments:
         assert fragment in text, (fragment, text)
@@ -205,3 +221,18 @@ def test_blocked_hints(code: str, row_dest: str, site_dest: str, ready: bool, fr
 )
 def test_google_consent_from_recorded_scopes(scopes: list[str] | None, expected: tuple[bool | None, ...]) -> None:
     assert google_consent(scopes) == expected
+
+
+@pytest.mark.parametrize(
+    ("gate", "paused", "expected"),
+    [
+        ("SEND", False, GateDecision.SEND),
+        ("PROBE", False, GateDecision.PROBE),
+        ("SEND", True, GateDecision.ACCOUNT_PAUSED),
+        ("PROBE", True, GateDecision.ACCOUNT_PAUSED),
+        ("BREAKER_OPEN", True, GateDecision.BREAKER_OPEN),
+        ("PROBE_IN_PROGRESS", False, GateDecision.PROBE_IN_PROGRESS),
+    ],
+)
+def test_gate_of_a_group(gate: str, paused: bool, expected: GateDecision) -> None:
+    assert gate_of({"gate": gate, "paused": paused}) is expected

@@ -8,7 +8,7 @@ name is unknown or absent. Sources: reference/google-apis.md §1.4, §1.6, §1.7
 
 from __future__ import annotations
 
-from .types import Classification, ErrorCategory, OutcomeKind
+from opsmantik_stream.destinations.base import Classification, ErrorCategory, OutcomeKind
 
 __all__ = [
     "ACCOUNT_CONFIG_ERRORS",

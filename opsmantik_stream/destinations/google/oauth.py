@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import httpx
 import msgspec
 
-from .types import GoogleCredentials
+from .credentials import GoogleCredentials
 
 __all__ = [
     "DEFAULT_TOKEN_URL",
