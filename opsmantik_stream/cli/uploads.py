@@ -144,7 +144,8 @@ def _register_site(ssub: Any) -> None:
     # its own flags with its schema; this command is not edited)
     for field, (text, secret, owners) in _credential_fields().items():
         env = f" (or OPSMANTIK_CRED_{field.upper()})" if secret else ""
-        p.add_argument("--" + field.replace("_", "-"), dest=_DEST + field, help=f"{text}{env}; for {', '.join(owners)}")
+        flag = "--" + field.replace("_", "-")
+        p.add_argument(flag, dest=_DEST + field, metavar=field.upper(), help=f"{text}{env}; for {', '.join(owners)}")
     p.add_argument("--requests-per-s", type=float, help="the account's request budget (whole pool)")
     p.add_argument("--conversions-per-min", type=float, help="the account's conversion budget (whole pool)")
     # Accepted by older versions; refused now with a pointer to the deployment settings.

@@ -82,8 +82,9 @@ async def test_rate_limited_rows_wait_and_count_one_attempt(pool, make_site, fas
     await set_creds(pool, fast, site["site_id"])
     rows = await add_rows(pool, site["site_id"], ["Cj0Ka", "Cj0Kb"])
     await emu.config(account_rates={"1234567890": {"rps": 0}})  # every request: 429 with retry info
-    engine = engines()
-    before = datetime.now(UTC)
+    clock = {"now": datetime.now(UTC) + timedelta(seconds=1)}  # moved, never slept through
+    engine = engines(clock=lambda: clock["now"])
+    before = clock["now"]
     summary = await engine.run_once()
     assert summary["claimed"] == 2 and summary["http_status"] == 429
     got = await rows_of(pool, [r["id"] for r in rows])
@@ -97,7 +98,7 @@ async def test_rate_limited_rows_wait_and_count_one_attempt(pool, make_site, fas
     h = await health(pool, site["site_id"])
     assert h["state"] == "CLOSED" and h["failure_count"] == 0  # rate limits never trip the breaker
     await emu.config(account_rates={})
-    await asyncio.sleep(max(0.0, (max(r["next_retry_at"] for r in got.values()) - datetime.now(UTC)).total_seconds()))
+    clock["now"] = max(r["next_retry_at"] for r in got.values())  # Google's delay has passed
     done = await engine.run_once()
     assert done["completed"] == 2
     final = await rows_of(pool, [r["id"] for r in rows])
