@@ -85,6 +85,18 @@ INSERT INTO provider_upload_attempts (batch_id, site_id, destination, uploader_i
 VALUES ($1, $2, $3, $4, $5, 'STARTED', $6)
 ON CONFLICT (batch_id, phase) DO NOTHING;
 
+-- name: start_request
+-- Right before a request leaves (the bucket's slot is taken): commit the attempt's STARTED row
+-- and read the account's pool-wide pause in one round trip, so nothing but this stands between
+-- the slot and the send. $7: the account; $8: "now" (NULL: the database's clock).
+WITH started AS (
+    INSERT INTO provider_upload_attempts (batch_id, site_id, destination, uploader_id, attempt, phase, row_count)
+    VALUES ($1, $2, $3, $4, $5, 'STARTED', $6)
+    ON CONFLICT (batch_id, phase) DO NOTHING
+)
+SELECT paused_until FROM provider_account_state
+WHERE destination = $3 AND account_id = $7 AND paused_until > coalesce($8, now());
+
 -- name: insert_finished
 -- DO NOTHING: the rescue job may already have closed this attempt (the late finish is a no-op).
 INSERT INTO provider_upload_attempts (
@@ -157,11 +169,6 @@ ON CONFLICT (destination, account_id) DO UPDATE SET
     paused_until = greatest(provider_account_state.paused_until, EXCLUDED.paused_until),
     pause_reason = EXCLUDED.pause_reason
 RETURNING paused_until;
-
--- name: account_paused_until
--- The account's pause, if it still runs at "now" ($3; NULL: the database's clock).
-SELECT paused_until FROM provider_account_state
-WHERE destination = $1 AND account_id = $2 AND paused_until > coalesce($3, now());
 
 -- name: lower_max_batch
 -- Google found a request too large: the account's batch size shrinks for the whole pool, for good.

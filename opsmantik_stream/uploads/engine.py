@@ -105,19 +105,38 @@ def _weighted_order(groups: list[Any], rng: random.Random) -> list[Any]:
 
 
 class _Started:
-    """Writes the attempt's STARTED ledger row once, when first needed."""
+    """The attempt's STARTED ledger row: written with the first request (together with the
+    pause check, :meth:`before_send`), or by :meth:`ensure` for attempts that sent nothing."""
 
-    def __init__(self, pool: asyncpg.Pool, args: tuple[Any, ...]) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        batch_id: uuid.UUID,
+        site_id: Any,
+        destination: str,
+        uploader_id: str,
+        attempt: int,
+        row_count: int,
+    ) -> None:
         self._pool = pool
-        self._args = args
+        self._row = (batch_id, site_id, destination, uploader_id, attempt, row_count)
         self.written = False
 
     async def ensure(self) -> None:
         if self.written:
             return
+        b, s, d, u, a, n = self._row
         async with self._pool.acquire() as conn:
-            await store.insert_started(conn, *self._args)
+            await store.insert_started(conn, b, s, d, u, a, n)
         self.written = True
+
+    async def before_send(self, account: str, now: datetime | None) -> datetime | None:
+        """STARTED committed (idempotent) and the account's pause read, in one round trip."""
+        b, s, d, u, a, n = self._row
+        async with self._pool.acquire() as conn:
+            until = await store.start_request(conn, b, s, d, u, a, n, account, now)
+        self.written = True
+        return until
 
 
 class UploadEngine:
@@ -338,7 +357,7 @@ class UploadEngine:
             return summary
         attempt = max(int(r["attempt"]) for r in rows)
         t0 = time.monotonic()
-        started = _Started(self.pool, (batch_id, site_id, destination, self.uploader_id, attempt, len(rows)))
+        started = _Started(self.pool, batch_id, site_id, destination, self.uploader_id, attempt, len(rows))
         outcomes, result = await self._request(destination, ctx, bucket, rows, started)
         await started.ensure()  # attempts that sent nothing (credentials, pause) are ledgered too
         plan = plan_finish(
@@ -408,14 +427,14 @@ class UploadEngine:
         account = ctx["account_id"]
 
         async def before_request(n: int) -> float | None:
-            # bucket first (waiting is never an attempt); then the pool-wide pause, which
-            # another uploader may have set meanwhile; then the durable STARTED row, then send
+            # The bucket first (waiting is never an attempt); then one round trip commits the
+            # durable STARTED row and reads the pool-wide pause (another uploader may have set
+            # it since the group was listed); then the send. Nothing else stands between the
+            # bucket's slot and the send, so the slot's timing (the budget per 1 s) holds.
             await bucket.acquire(n)
-            async with self.pool.acquire() as conn:
-                until = await store.account_paused_until(conn, destination, account, self._sql_now())
+            until = await started.before_send(account, self._sql_now())
             if until is not None:
                 return max(0.0, (until - (self._sql_now() or datetime.now(UTC))).total_seconds())
-            await started.ensure()
             return None
 
         try:

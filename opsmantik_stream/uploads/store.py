@@ -20,7 +20,6 @@ from opsmantik_stream.uploads.plan import FinishCounts, RowUpdate
 __all__ = [
     "FinishCounts",
     "RowUpdate",
-    "account_paused_until",
     "acquire_lease",
     "claim_rows",
     "finish_rows",
@@ -31,6 +30,7 @@ __all__ = [
     "mark_gate_ledgered",
     "pause_account",
     "release_lease",
+    "start_request",
 ]
 
 
@@ -67,11 +67,22 @@ async def pause_account(
     return await conn.fetchval(Q.uploads.pause_account, destination, account_id, float(seconds), now, reason)  # type: ignore[no-any-return]
 
 
-async def account_paused_until(
-    conn: asyncpg.Connection, destination: str, account_id: str, now: datetime | None = None
+async def start_request(
+    conn: asyncpg.Connection,
+    batch_id: uuid.UUID,
+    site_id: Any,
+    destination: str,
+    uploader_id: str,
+    attempt: int,
+    row_count: int,
+    account_id: str,
+    now: datetime | None = None,
 ) -> datetime | None:
-    """The end of the account's pause when it still runs, else ``None``."""
-    return await conn.fetchval(Q.uploads.account_paused_until, destination, account_id, now)  # type: ignore[no-any-return]
+    """Commit the attempt's STARTED row (once) and return the end of the account's pause when
+    one runs (then the request must not leave), in one round trip."""
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        Q.uploads.start_request, batch_id, site_id, destination, uploader_id, attempt, row_count, account_id, now
+    )
 
 
 async def lower_max_batch(conn: asyncpg.Connection, destination: str, account_id: str, size: int) -> int:
