@@ -9,7 +9,8 @@ aiolimiter leaky buckets:
   that reach Google within ``margin`` seconds of their slot put at most ``share`` of them in
   any 1 s window, so the pool never exceeds the budget in any 1 s window (sustained rate:
   ``budget / (1 + margin)``). A send that wakes a few milliseconds late keeps its slot, so
-  scheduling jitter does not push every later send back, and there are no bursts.
+  scheduling jitter does not push every later send back, and there are no bursts; one later
+  than the margin (an uploader starved of CPU) restarts the grid rather than catching up.
 - conversions: capacity ``c`` (at least one request's worth) and a leak of
   ``(share - c) / (60 + margin)`` per second, so any 60 s window holds at most ``share``.
 
@@ -34,24 +35,29 @@ __all__ = ["AccountBucket", "BucketSet", "Pacer", "split_share"]
 class Pacer:
     """One send per ``interval_s`` on a fixed grid.
 
-    A send that wakes a little late keeps its grid slot, so the next one may follow sooner
-    and the rate does not drift down (a capacity-1 leaky bucket restarts its period from the
-    late send and loses every wake-up delay for good). It never bursts: at most one send per
-    slot, and after an idle period longer than a slot the grid restarts at the next send.
-    aiolimiter offers either bursts (capacity > 1: up to twice the budget in one window) or
-    the drifting capacity-1 shape, hence this small limiter.
+    A send that wakes a little late (at most ``max_late_s``) keeps its grid slot, so the next
+    one may follow sooner and the rate does not drift down (a capacity-1 leaky bucket restarts
+    its period from the late send and loses every wake-up delay for good). It never bursts: at
+    most one send per slot, and a send later than ``max_late_s`` (after an idle spell, or an
+    uploader starved of CPU) restarts the grid at that send instead of catching up, so two sends
+    are never closer than ``interval_s - max_late_s``. aiolimiter offers either bursts
+    (capacity > 1: up to twice the budget in one window) or the drifting capacity-1 shape, hence
+    this small limiter.
     """
 
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, interval_s: float, clock: Callable[[], float] = time.monotonic, *, max_late_s: float | None = None
+    ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s > 0")
         self.interval_s = interval_s
+        self.max_late_s = interval_s if max_late_s is None else min(max(0.0, max_late_s), interval_s)
         self._clock = clock
         self._next: float | None = None
         self._lock = asyncio.Lock()
 
     def _idle(self, now: float) -> bool:
-        return self._next is None or now - self._next > self.interval_s
+        return self._next is None or now - self._next > self.max_late_s
 
     def delay(self, now: float | None = None) -> float:
         """Seconds until the next send may leave (0 when it may leave now)."""
@@ -117,8 +123,9 @@ class AccountBucket:
             self._conversions: AsyncLimiter | None = None
             self.max_batch = 0
             return
-        # one send per slot; the slot stretched by the margin
-        self._requests = Pacer((1.0 + margin_s) / requests_per_s)
+        # one send per slot; the slot stretched by the margin, and a send may be late by at most
+        # the margin (later: the grid restarts), so any 1 s window holds at most the share
+        self._requests = Pacer((1.0 + margin_s) / requests_per_s, max_late_s=margin_s)
         capacity = float(min(max_batch, max(1, math.floor(conversions_per_min / 2))))
         leak_per_s = (conversions_per_min - capacity) / (60.0 + margin_s)
         if leak_per_s <= 0:

@@ -410,22 +410,34 @@ async def test_too_many_conversions_splits_for_the_whole_pool(pool, make_site, e
     # the other uploader and a restarted one use the smaller size from their first request
     second = await uploaders[1].run_once.remote()
     assert second["claimed"] == 2 and second["completed"] == 2
+    before = (await uploaders[0].status.remote())["uploader_id"]
     ray.kill(uploaders[0], no_restart=False)
 
-    async def back() -> Any:
-        for _ in range(200):
-            try:
-                return await uploaders[0].run_once.remote()
-            except ray.exceptions.RayActorError:
-                await asyncio.sleep(0.05)
-        raise AssertionError("the uploader did not come back")
+    async def new_incarnation() -> bool:
+        # only a restarted actor (another uploader id, or none yet) may take the next call: a
+        # call racing the kill could claim rows on the dying one
+        try:
+            return bool((await uploaders[0].status.remote())["uploader_id"] != before)
+        except ray.exceptions.RayActorError:
+            return False
 
-    restarted = await back()
-    assert restarted["claimed"] == 2 and restarted["completed"] == 2
-    while (await uploaders[1].run_once.remote()).get("claimed"):
-        pass
+    for _ in range(600):
+        if await new_incarnation():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the uploader did not come back")
+    restarted = await uploaders[0].run_once.remote()
+    assert restarted["claimed"] == 2 and restarted["completed"] == 2, restarted
+    for _ in range(20):  # the rest, two rows per request
+        if not await pool.fetchval("SELECT count(*) FROM offline_conversion_queue WHERE status = 'QUEUED'"):
+            break
+        drained = await uploaders[1].run_once.remote()
+        assert drained.get("claimed", 0) <= 2, drained
     final = await rows_of(pool, [r["id"] for r in rows])
-    assert all(r["status"] == "COMPLETED" and r["attempt"] == 1 for r in final.values())
+    assert all(r["status"] == "COMPLETED" and r["attempt"] == 1 for r in final.values()), [
+        (r["status"], r["attempt"]) for r in final.values()
+    ]
     metrics = await pool.fetchrow("SELECT attempts_total FROM provider_upload_metrics")
     assert metrics["attempts_total"] == 9  # the split attempt spent nothing
     assert (await emu.state())["responses_by_status"] == {"400": 1, "200": 5}

@@ -3,6 +3,7 @@ shares, bucket shapes, and how an attempt's outcomes become a breaker signal."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -149,3 +150,36 @@ def test_pacer_keeps_its_grid_never_bursts_and_restarts_after_idle() -> None:
     assert p.delay() == 0
     p.record()
     assert p.delay() == pytest.approx(1.05 / 5)
+
+
+def test_pacer_never_catches_up_after_a_stall_longer_than_its_margin() -> None:
+    # an uploader starved of CPU for a moment must not send its missed slots in a burst: the
+    # share (3 per s, margin 50 ms) holds in every 1 s window, stalls or not
+    now = [0.0]
+    p = Pacer(1.05 / 3, clock=lambda: now[0], max_late_s=0.05)
+    sends: list[float] = []
+    stalls = iter([0.0, 0.3, 0.0, 0.04, 0.33, 0.0, 0.2, 0.0, 0.06, 0.5] * 40)
+    while now[0] < 60:
+        wait = p.delay()
+        if wait > 0:
+            now[0] += wait + next(stalls, 0.0)
+            continue
+        p.record()
+        sends.append(now[0])
+    j = 0
+    for i, t in enumerate(sends):
+        while sends[j] <= t - 1.0:
+            j += 1
+        assert i - j + 1 <= 3, sends[j : i + 1]
+    assert all(b - a >= 1.05 / 3 - 0.05 - 1e-9 for a, b in itertools.pairwise(sends))
+    # a few milliseconds late keeps the slot (the rate does not drift down)
+    p2 = Pacer(1.05 / 3, clock=lambda: now[0], max_late_s=0.05)
+    start, count = now[0], 0
+    while now[0] < start + 60:
+        wait = p2.delay()
+        if wait > 0:
+            now[0] += wait + 0.007
+            continue
+        p2.record()
+        count += 1
+    assert count / 60 >= 0.99 * 3 / 1.05
