@@ -56,7 +56,8 @@ LIMIT 1;
 SELECT default_destination, currency FROM sites WHERE id = $1;
 
 -- name: insert_conversion
--- DO NOTHING covers one row per source, one per order id and one pending per session.
+-- DO NOTHING covers one conversion per source, one per order id and one pending lead (call)
+-- per session (docs/queue-state-machine.md "One conversion per lead, one per sale").
 -- consent_scopes: the session's consent as recorded now (sent to Google as recorded).
 INSERT INTO offline_conversion_queue (
     site_id, destination, source_kind, source_id, session_id, order_id,
@@ -67,11 +68,13 @@ RETURNING id, order_id, status;
 
 -- name: conversion_by_source
 SELECT id, order_id, status, error_code FROM offline_conversion_queue
-WHERE source_kind = $1 AND source_id = $2;
+WHERE source_kind = $1 AND source_id = $2 AND kind = 'conversion';
 
--- name: pending_conversion_for_session
+-- name: pending_lead_for_session
+-- The session's pending lead conversion (a sealed call), if any: one lead is uploaded once.
 SELECT id, source_kind, source_id FROM offline_conversion_queue
-WHERE site_id = $1 AND session_id = $2 AND status IN ('QUEUED', 'PROCESSING', 'RETRY')
+WHERE site_id = $1 AND session_id = $2 AND kind = 'conversion' AND source_kind = 'call'
+  AND status IN ('QUEUED', 'PROCESSING', 'RETRY')
 LIMIT 1;
 
 -- name: revive_voided_conversion
@@ -82,7 +85,8 @@ SET status = 'QUEUED', attempt = 0, next_retry_at = now(), claimed_by = NULL, cl
     last_error = NULL, error_code = NULL, error_category = NULL,
     gclid = $3, wbraid = $4, gbraid = $5, conversion_time = $6, value_minor = $7, currency = $8,
     destination = $9, consent_scopes = $10
-WHERE source_kind = $1 AND source_id = $2 AND status = 'FAILED' AND error_code = 'VOIDED'
+WHERE source_kind = $1 AND source_id = $2 AND kind = 'conversion' AND status = 'FAILED'
+  AND error_code = 'VOIDED'
 RETURNING id, order_id, status;
 
 -- name: void_pending_conversion
@@ -90,5 +94,5 @@ RETURNING id, order_id, status;
 -- still unclaimed; a conversion already claimed or sent is left alone.
 UPDATE offline_conversion_queue
 SET status = 'FAILED', error_code = 'VOIDED', error_category = 'VALIDATION', last_error = $3
-WHERE source_kind = $1 AND source_id = $2 AND status IN ('QUEUED', 'RETRY')
+WHERE source_kind = $1 AND source_id = $2 AND kind = 'conversion' AND status IN ('QUEUED', 'RETRY')
 RETURNING id;
