@@ -119,7 +119,10 @@ async def enqueue_conversion(
         return EnqueueResult(True, None, str(row["id"]), row["order_id"], click_type)
     existing = await conn.fetchrow(Q.sales.conversion_by_source, kind, source_id)
     if existing is not None and existing["status"] == "FAILED" and existing["error_code"] == "VOIDED":
-        if kind != SourceKind.CALL or await conn.fetchrow(Q.sales.pending_lead_for_session, site_id, session["id"]) is None:
+        lead_waits = kind == SourceKind.CALL and (
+            await conn.fetchrow(Q.sales.pending_lead_for_session, site_id, session["id"]) is not None
+        )
+        if not lead_waits:
             revived = await conn.fetchrow(
                 Q.sales.revive_voided_conversion,
                 kind,
