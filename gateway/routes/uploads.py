@@ -89,6 +89,37 @@ async def put_credentials(site: str, request: Request, principal: CurrentPrincip
     return json_response({"ok": True, "site": site, **result})
 
 
+class CredentialsTestBody(msgspec.Struct, forbid_unknown_fields=True):
+    destination: str | None = None
+
+
+@router.post(
+    "/api/sites/{site}/credentials/test",
+    response_class=JSONResponse,
+    summary="Test the stored credentials without storing anything at the destination (needs site:write)",
+)
+async def test_credentials(site: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    site_id = await site_with_capability(request, principal, site, Capability.SITE_WRITE)
+    body: CredentialsTestBody = (
+        await _decode(request, CredentialsTestBody) if await request.body() else CredentialsTestBody()
+    )
+    ctx = request.app.state.ctx
+    try:
+        async with ctx.pool.acquire() as conn:
+            result = await delivery.test_credentials(
+                conn,
+                ctx.settings,
+                site_id,
+                site,
+                body.destination,
+                actor_type=ActorType.USER,
+                actor_id=principal.user_id,
+            )
+    except CredentialsError as exc:
+        raise _delivery_error(exc) from None
+    return json_response({"site": site, **result})
+
+
 @router.put(
     "/api/sites/{site}/destination",
     response_class=JSONResponse,

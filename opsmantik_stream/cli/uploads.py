@@ -154,6 +154,24 @@ def _register_site(ssub: Any) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_credentials_set)
 
+    p = csub.add_parser(
+        "test",
+        help="check the stored credentials without storing anything at the destination",
+        description="Test a site's stored credentials before the first lead: refresh the OAuth token, then "
+        "make one validate-only upload (Google Ads) or validate-only ingest (Data Manager), which Google "
+        "checks and does not store. Says in words what works and what does not (a revoked refresh token, "
+        "an account not allowlisted, a wrong conversion action, a wrong login customer id) and how to fix "
+        "it. Exit status 0 when everything works, 1 when a step failed.",
+    )
+    p.add_argument("public_id", help="the site's public id")
+    p.add_argument(
+        "--destination",
+        choices=delivery.destination_names(),
+        help="test this destination's credentials (default: the site's destination)",
+    )
+    add_json_flag(p)
+    p.set_defaults(func=cmd_credentials_test)
+
 
 _DEST = "cred_"
 
@@ -239,6 +257,31 @@ def cmd_credentials_set(args: argparse.Namespace) -> int:
         f"key {view['key_fingerprint']}); secrets are sealed and never shown\n{view['note']}",
     )
     return 0
+
+
+def cmd_credentials_test(args: argparse.Namespace) -> int:
+    async def body(conn: asyncpg.Connection, settings: Settings) -> dict[str, Any]:
+        site_id = await _site_id(conn, args.public_id)
+        try:
+            result = await delivery.test_credentials(
+                conn,
+                settings,
+                site_id,
+                args.public_id,
+                args.destination,
+                actor_type=ActorType.CLI,
+                actor_id=_actor(),
+            )
+        except CredentialsError as exc:
+            raise CliError(exc.message) from None
+        return {"public_id": args.public_id, **result}
+
+    result = run_with_db(body)
+    lines = [result["summary"]] + [
+        f"  {'ok  ' if s['ok'] else 'FAIL'} {s['step']}: {s['detail']}" for s in result["steps"]
+    ]
+    emit(args, result, "\n".join(lines))
+    return 0 if result["ok"] else 1
 
 
 def cmd_destination_set(args: argparse.Namespace) -> int:

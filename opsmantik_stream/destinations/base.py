@@ -40,6 +40,7 @@ from opsmantik_stream.enums import ErrorCategory, OutcomeKind
 
 __all__ = [
     "BeforeRequest",
+    "CheckStep",
     "Classification",
     "Conversion",
     "CredentialsError",
@@ -76,6 +77,8 @@ class Operation(StrEnum):
     """What a destination can be asked to do."""
 
     UPLOAD = "upload"
+    #: check credentials without storing anything at the destination (:meth:`Destination.test_connection`)
+    TEST = "test"
 
 
 class IdentifierKind(StrEnum):
@@ -193,6 +196,17 @@ class UploadResult:
 #: bucket (waiting there is not an attempt). Returns ``None`` to send, or a number of seconds to
 #: hold back this request and the rest of the upload (those rows come back ``DEFERRED``).
 BeforeRequest = Callable[[int], Awaitable[float | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckStep:
+    """One step of a connection test: what was tried (``token``, ``upload``...), whether it
+    worked, the destination's or our code when not, and what it means in words (with the fix)."""
+
+    step: str
+    ok: bool
+    detail: str
+    code: str | None = None
 
 
 class CredentialsError(Exception):
@@ -313,6 +327,12 @@ class Destination(abc.ABC):
         """The fix for a destination-specific account/config error, or ``None`` (the uploader
         then uses the generic hints of ``uploads/hints.py``)."""
         return None
+
+    async def test_connection(self, creds: Any, *, public_id: str) -> list[CheckStep]:
+        """Try the credentials without storing anything at the destination (refresh the token,
+        a validate-only upload...); one :class:`CheckStep` per step tried, stopping at the
+        first that fails. Never raises for a destination or network error."""
+        raise UnsupportedOperation(f"{self.name} cannot test a connection")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release what the destination owns (the shared HTTP client is the uploader's)."""

@@ -4,6 +4,8 @@ test, enhanced conversions for leads, and cancellations/restatements as adjustme
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,11 +14,13 @@ import asyncpg
 import httpx
 import pytest
 
+from opsmantik_stream.cli import main as cli_main
 from opsmantik_stream.config import Settings
 from opsmantik_stream.enums import ActorType
 from opsmantik_stream.leads.enqueue import order_id_for
 from opsmantik_stream.uploads import UploadEngine, delivery
 from opsmantik_stream.vault import Vault
+from tests.conftest import _make_app
 from tests.integration._leads_support import auth, make_session
 from tests.integration._uploader_support import Emu, assert_ledger_complete, fast_settings, site_credentials
 
@@ -28,6 +32,14 @@ OCCURRED = "2026-03-05T14:30:00+00:00"
 @pytest.fixture
 def fast(settings: Settings, emu_base: str) -> Settings:
     return fast_settings(settings, emu_base)
+
+
+@pytest.fixture
+async def client(fast: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway in-process with the deployment's Google endpoints at the emulator."""
+    app = _make_app(fast, pool, ray_enabled=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
+        yield c
 
 
 @pytest.fixture
@@ -123,3 +135,143 @@ async def test_two_sales_of_one_session_are_both_delivered(
     )
     assert [r["status"] for r in statuses] == ["COMPLETED", "COMPLETED"]
     await assert_ledger_complete(pool)
+
+
+# --------------------------------------------------------------------------- 4. credentials test
+
+
+#: emulator knobs the shared reset leaves alone (one test's account set-up must not leak)
+CLEAN: dict[str, Any] = {"invalid_grant_tokens": [], "conversion_actions": [], "manager_links": {}}
+
+
+async def _test_creds(client: httpx.AsyncClient, token: str, site: dict[str, Any], **body: Any) -> dict[str, Any]:
+    r = await client.post(f"/api/sites/{site['public_id']}/credentials/test", json=body, headers=auth(token))
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+@pytest.mark.parametrize("destination", ["google_ads", "data_manager"])
+async def test_credentials_test_works_and_stores_nothing(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    make_token: Callable[..., Any],
+    fast: Settings,
+    emu: Emu,
+    destination: str,
+) -> None:
+    site = await make_site()
+    await emu.config(**CLEAN)
+    owner = await make_token(site["public_id"], "owner")
+    missing = await _test_creds(client, owner, site, destination=destination)
+    assert missing["ok"] is False and missing["steps"][0]["code"] == "MISSING_CREDENTIALS"
+    assert f"opsmantik site credentials set {site['public_id']} --destination {destination}" in missing["summary"]
+    await use_destination(pool, fast, site, destination)
+    got = await _test_creds(client, owner, site)
+    assert got["destination"] == destination and got["ok"] is True, got["steps"]
+    assert [(s["step"], s["ok"]) for s in got["steps"]] == [("token", True), ("upload", True)]
+    assert "nothing was stored" in got["summary"]
+    state = await emu.state()
+    assert state["accepted_count"] == 0 and state["api_requests"] == 1 and state["token_requests"] >= 1
+    assert "secret-value" not in json.dumps(got) and "refresh-value" not in json.dumps(got)
+    audit = await pool.fetchrow(
+        "SELECT payload FROM audit_log WHERE action = 'credentials.test' AND site_id = $1 ORDER BY id DESC LIMIT 1",
+        uuid.UUID(site["site_id"]),
+    )
+    assert audit["payload"] == {"destination": destination, "ok": True, "code": None}
+    operator_token = await make_token(site["public_id"], "operator")
+    r = await client.post(f"/api/sites/{site['public_id']}/credentials/test", headers=auth(operator_token))
+    assert r.status_code == 403
+    r = await client.post(
+        f"/api/sites/{site['public_id']}/credentials/test", json={"destination": "x"}, headers=auth(owner)
+    )
+    assert r.status_code == 422 and r.headers["x-opsmantik-error-code"] == "invalid_destination"
+
+
+@pytest.mark.parametrize(
+    ("destination", "emulator", "step", "code", "words"),
+    [
+        ("google_ads", {"invalid_grant_tokens": ["refresh-value"]}, "token", "invalid_grant", "expired or revoked"),
+        ("data_manager", {"invalid_grant_tokens": ["refresh-value"]}, "token", "invalid_grant", "expired or revoked"),
+        (
+            "google_ads",
+            {"not_allowlisted": ["1234567890"]},
+            "upload",
+            "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE",
+            "site destination set {pid} data_manager",
+        ),
+        ("google_ads", {"conversion_actions": ["111"]}, "upload", "NO_CONVERSION_ACTION_FOUND", "does not exist"),
+        ("data_manager", {"conversion_actions": ["111"]}, "upload", "INVALID_CONVERSION_ACTION_ID", "does not exist"),
+        (
+            "google_ads",
+            {"manager_links": {"1234567890": ["5550001111"]}},
+            "upload",
+            "USER_PERMISSION_DENIED",
+            "--login-customer-id",
+        ),
+        (
+            "data_manager",
+            {"manager_links": {"1234567890": ["5550001111"]}},
+            "upload",
+            "PERMISSION_DENIED",
+            "--login-customer-id",
+        ),
+    ],
+)
+async def test_credentials_test_says_what_does_not_work(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    make_token: Callable[..., Any],
+    fast: Settings,
+    emu: Emu,
+    destination: str,
+    emulator: dict[str, Any],
+    step: str,
+    code: str,
+    words: str,
+) -> None:
+    site = await make_site()
+    owner = await make_token(site["public_id"], "owner")
+    await use_destination(pool, fast, site, destination)
+    await emu.config(**{**CLEAN, **emulator})
+    got = await _test_creds(client, owner, site)
+    assert got["ok"] is False, got
+    failed = got["steps"][-1]
+    assert (failed["step"], failed["ok"], failed["code"]) == (step, False, code), got["steps"]
+    assert words.format(pid=site["public_id"]) in failed["detail"] and failed["detail"] in got["summary"]
+    assert (await emu.state())["accepted_count"] == 0
+
+
+async def test_credentials_test_from_the_cli(
+    pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    fast: Settings,
+    emu: Emu,
+    emu_base: str,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    site = await make_site()
+    await emu.config(**CLEAN)
+    await use_destination(pool, fast, site, "google_ads")
+    for var, value in {
+        "OPSMANTIK_DATABASE_URL": db_url,
+        "OPSMANTIK_VAULT_KEY": fast.vault_key or "",
+        "OPSMANTIK_DATA_DIR": fast.data_dir,
+        "OPSMANTIK_GOOGLE_ADS_BASE_URL": emu_base,
+        "OPSMANTIK_DATA_MANAGER_BASE_URL": emu_base,
+        "OPSMANTIK_GOOGLE_TOKEN_URL": f"{emu_base}/token",
+    }.items():
+        monkeypatch.setenv(var, value)
+    args = ["site", "credentials", "test", site["public_id"]]
+    assert await asyncio.to_thread(cli_main, [*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    await emu.config(invalid_grant_tokens=["refresh-value"])
+    assert await asyncio.to_thread(cli_main, args) == 1
+    out = capsys.readouterr().out
+    assert "FAIL token" in out and "expired or revoked" in out
+    with pytest.raises(SystemExit) as bad:
+        await asyncio.to_thread(cli_main, [*args, "--destination", "meta"])
+    assert bad.value.code == 2
