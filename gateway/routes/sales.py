@@ -57,6 +57,9 @@ class SaleBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     external_ref: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     conversation_id: uuid.UUID | None = None
     notes: Note | None = None
+    #: the customer's email and phone (E.164), for enhanced conversions: hashed on arrival
+    email: Annotated[str, msgspec.Meta(max_length=320)] | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
 def _schema(props: dict[str, object], required: list[str]) -> dict[str, object]:
@@ -180,6 +183,8 @@ async def resolve_conversation(conversation_id: str, request: Request, principal
             "external_ref": {"type": "string"},
             "conversation_id": {"type": "string"},
             "notes": {"type": "string"},
+            "email": {"type": "string", "description": "customer email; only its normalised SHA-256 is kept"},
+            "phone": {"type": "string", "description": "customer phone in E.164; only its SHA-256 is kept"},
         },
         ["site", "amount_minor", "occurred_at"],
     ),
@@ -202,6 +207,8 @@ async def create_sale(request: Request, principal: CurrentPrincipal) -> JSONResp
                 conversation_id=body.conversation_id,
                 notes=body.notes,
                 user_id=principal.user_id,
+                email=body.email,
+                phone=body.phone,
             )
     except LeadError as exc:
         raise lead_error(exc) from None

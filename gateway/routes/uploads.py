@@ -89,6 +89,29 @@ async def put_credentials(site: str, request: Request, principal: CurrentPrincip
     return json_response({"ok": True, "site": site, **result})
 
 
+class EnhancedConversionsBody(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool
+
+
+@router.put(
+    "/api/sites/{site}/enhanced-conversions",
+    response_class=JSONResponse,
+    summary="Upload conversions with a hashed email/phone but no click id (needs site:write)",
+)
+async def put_enhanced_conversions(site: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    site_id = await site_with_capability(request, principal, site, Capability.SITE_WRITE)
+    body: EnhancedConversionsBody = await _decode(request, EnhancedConversionsBody)
+    ctx = request.app.state.ctx
+    try:
+        async with ctx.pool.acquire() as conn:
+            result = await delivery.set_enhanced_conversions(
+                conn, site_id, body.enabled, actor_type=ActorType.USER, actor_id=principal.user_id
+            )
+    except CredentialsError as exc:
+        raise _delivery_error(exc) from None
+    return json_response({"ok": True, "site": site, **result})
+
+
 class CredentialsTestBody(msgspec.Struct, forbid_unknown_fields=True):
     destination: str | None = None
 

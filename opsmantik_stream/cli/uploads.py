@@ -125,6 +125,22 @@ def _register_site(ssub: Any) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_destination_set)
 
+    ec = ssub.add_parser(
+        "enhanced-conversions",
+        help="upload conversions with a hashed email/phone but no click id",
+        description="Enhanced conversions for leads: when on, a confirmed sale or sealed call whose session has "
+        "no click id is still queued and uploaded when it carries the customer's hashed email or phone (and the "
+        "visitor gave marketing consent). The Google Ads account must have enhanced conversions for leads "
+        "turned on and the customer data terms accepted.",
+    )
+    esub = ec.add_subparsers(dest="ec_command", metavar="SUBCOMMAND")
+    esub.required = True
+    p = esub.add_parser("set", help="turn it on or off (audited)", description="Turn enhanced conversions on or off.")
+    p.add_argument("public_id", help="the site's public id")
+    p.add_argument("state", choices=["on", "off"], help="on or off")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_enhanced_conversions_set)
+
     creds = ssub.add_parser("credentials", help="destination credentials (write-only)", description="Credentials.")
     csub = creds.add_subparsers(dest="credentials_command", metavar="SUBCOMMAND")
     csub.required = True
@@ -256,6 +272,19 @@ def cmd_credentials_set(args: argparse.Namespace) -> int:
         f"credentials stored for {view['public_id']} ({view['destination']}, account {view['account_id']}, "
         f"key {view['key_fingerprint']}); secrets are sealed and never shown\n{view['note']}",
     )
+    return 0
+
+
+def cmd_enhanced_conversions_set(args: argparse.Namespace) -> int:
+    async def body(conn: asyncpg.Connection, settings: Settings) -> dict[str, Any]:
+        site_id = await _site_id(conn, args.public_id)
+        result = await delivery.set_enhanced_conversions(
+            conn, site_id, args.state == "on", actor_type=ActorType.CLI, actor_id=_actor()
+        )
+        return {"public_id": args.public_id, **result}
+
+    result = run_with_db(body)
+    emit(args, result, f"enhanced conversions for leads are {args.state} for {result['public_id']}")
     return 0
 
 

@@ -56,7 +56,10 @@ __all__ = [
     "UserIdentifier",
     "credentials_command",
     "destination_command",
+    "email_sha256",
     "normalize_e164",
+    "normalize_email",
+    "phone_sha256",
     "requeue_command",
 ]
 
@@ -73,6 +76,38 @@ def normalize_e164(phone: str) -> str | None:
     return p if _E164_RE.match(p) else None
 
 
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: Google removes the dots of the local part for these domains before matching (its rule).
+_DOTLESS_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+
+def normalize_email(email: str) -> str | None:
+    """Google's normalisation of an email address before hashing: trimmed, lower-cased, and
+    for gmail.com / googlemail.com without the dots before the ``@``; ``None`` if it is not
+    an address."""
+    e = email.strip().lower()
+    if len(e) > 254 or not _EMAIL_RE.match(e):
+        return None
+    local, _, domain = e.rpartition("@")
+    if domain in _DOTLESS_DOMAINS:
+        local = local.replace(".", "")
+        if not local:
+            return None
+    return f"{local}@{domain}"
+
+
+def email_sha256(email: str) -> str | None:
+    """Lower-case hex SHA-256 of the normalised email (``None`` if it is not an address)."""
+    e = normalize_email(email)
+    return None if e is None else hashlib.sha256(e.encode("utf-8")).hexdigest()
+
+
+def phone_sha256(phone: str) -> str | None:
+    """Lower-case hex SHA-256 of the E.164 phone number (``None`` if it is not E.164)."""
+    p = normalize_e164(phone)
+    return None if p is None else hashlib.sha256(p.encode("ascii")).hexdigest()
+
+
 class Operation(StrEnum):
     """What a destination can be asked to do."""
 
@@ -85,6 +120,7 @@ class IdentifierKind(StrEnum):
     """Kinds of user identifier a conversion may carry (values are SHA-256 hex digests)."""
 
     PHONE_SHA256 = "phone_sha256"
+    EMAIL_SHA256 = "email_sha256"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +135,18 @@ class UserIdentifier:
     def phone(cls, number: str) -> UserIdentifier:
         """The hashed identifier of a phone number in international form (``ValueError`` if it
         is not E.164 once formatting is stripped)."""
-        e164 = normalize_e164(number)
-        if e164 is None:
+        digest = phone_sha256(number)
+        if digest is None:
             raise ValueError("not an E.164 phone number")
-        return cls(IdentifierKind.PHONE_SHA256, hashlib.sha256(e164.encode("ascii")).hexdigest())
+        return cls(IdentifierKind.PHONE_SHA256, digest)
+
+    @classmethod
+    def email(cls, address: str) -> UserIdentifier:
+        """The hashed identifier of an email address (``ValueError`` if it is not one)."""
+        digest = email_sha256(address)
+        if digest is None:
+            raise ValueError("not an email address")
+        return cls(IdentifierKind.EMAIL_SHA256, digest)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from opsmantik_stream.destinations.base import Conversion, credentials_command, 
 from opsmantik_stream.destinations.google.consent import google_consent
 from opsmantik_stream.destinations.google.credentials import GoogleCredentials, action_id, digits
 from opsmantik_stream.destinations.google.mapping import (
+    email_hash,
     error_envelope,
     format_ads_datetime,
     get_either,
@@ -31,30 +32,45 @@ from opsmantik_stream.destinations.google.mapping import (
 )
 from opsmantik_stream.destinations.google.transport import OK, ChunkResult, GoogleDestination, Reply, Verdict, verdict
 
-__all__ = ["ALLOWLIST_CODES", "GoogleAdsDestination", "build_ads_conversion"]
+__all__ = ["ALLOWLIST_CODES", "ENHANCED_CONVERSIONS_CODES", "GoogleAdsDestination", "build_ads_conversion"]
 
 #: Google's answer for an account that may no longer upload click conversions through the
 #: Google Ads API (new adopters must use the Data Manager API since 2026-06-15).
 ALLOWLIST_CODES = frozenset({"CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"})
 _SWITCH_TO = "data_manager"
+#: Google's answers for identifiers sent to an account that has not turned enhanced conversions
+#: for leads on, or has not accepted the customer data terms (an account setting, not our row).
+ENHANCED_CONVERSIONS_CODES = frozenset(
+    {
+        "CUSTOMER_NOT_ENABLED_ENHANCED_CONVERSIONS_FOR_LEADS",
+        "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS",
+        "CUSTOMER_DATA_POLICY_PROHIBITS_ENHANCED_CONVERSIONS",
+    }
+)
+#: Most user identifiers one click conversion may carry.
+MAX_IDENTIFIERS = 5
 
 
 def build_ads_conversion(conv: Conversion, customer_id: str, default_action: str) -> dict[str, Any]:
     """Map one validated row to a lowerCamelCase ``ClickConversion`` dict."""
     click = pick_click_id(conv)
-    assert click is not None  # validated by the caller
     aid = action_id((conv.target or default_action).strip())
     out: dict[str, Any] = {
-        click[0]: click[1],
         "conversionAction": f"customers/{customer_id}/conversionActions/{aid}",
         "conversionDateTime": format_ads_datetime(conv.conversion_time),
         "conversionValue": minor_to_major(conv.value_minor, conv.currency),
         "currencyCode": conv.currency.upper(),
         "orderId": conv.order_id,
     }
-    phone = phone_hash(conv)
-    if phone is not None:
-        out["userIdentifiers"] = [{"hashedPhoneNumber": phone}]
+    if click is not None:
+        out[click[0]] = click[1]
+    # enhanced conversions for leads: hashed identifiers, with or without a click id (validated
+    # by the caller: at least one of them); Google takes at most 5, one kind per entry
+    ids = [{"hashedEmail": h} for h in [email_hash(conv)] if h] + [
+        {"hashedPhoneNumber": h} for h in [phone_hash(conv)] if h
+    ]
+    if ids:
+        out["userIdentifiers"] = ids[:MAX_IDENTIFIERS]
     ad_user_data, _ = google_consent(conv.consent_scopes)
     if ad_user_data is not None:
         # click conversions take adUserData only (adPersonalization is for the user-data services)
@@ -123,8 +139,17 @@ class GoogleAdsDestination(GoogleDestination):
     def blocked_hint(
         cls, code: str | None, *, public_id: str, site_destination: str, site_has_credentials: bool
     ) -> str | None:
-        if code not in ALLOWLIST_CODES or site_destination != cls.name:
+        if site_destination != cls.name:
             return None  # the generic hints cover it (e.g. the site already moved on)
+        if code in ENHANCED_CONVERSIONS_CODES:
+            return (
+                "this Google Ads account does not accept hashed email/phone identifiers yet: in Google Ads turn "
+                "on enhanced conversions for leads (Goals > Settings) and accept the customer data terms; or "
+                f"stop sending identifier-only conversions with `opsmantik site enhanced-conversions set "
+                f"{public_id} off`"
+            )
+        if code not in ALLOWLIST_CODES:
+            return None
         return (
             "Google refuses click-conversion uploads for this account through the Google Ads API (accounts new "
             f"to offline conversion import must use the Data Manager API): switch the site with "

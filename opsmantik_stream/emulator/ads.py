@@ -44,6 +44,10 @@ _MESSAGES = {
     "NO_CONVERSION_ACTION_FOUND": "The conversion action specified in the upload request cannot be found.",
     "GBRAID_WBRAID_BOTH_SET": "Only one of gbraid and wbraid may be set.",
     "INVALID_USER_IDENTIFIER": "The user identifier is not a valid SHA-256 hash.",
+    "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS": "The customer has not accepted the customer data terms "
+    "in the conversion settings page.",
+    "CUSTOMER_NOT_ENABLED_ENHANCED_CONVERSIONS_FOR_LEADS": "The customer has not enabled enhanced "
+    "conversions for leads in the conversion settings page.",
     "INTERNAL_ERROR": "An internal error has occurred.",
     "TRANSIENT_ERROR": "The operation failed due to a transient error. Retry the request.",
     "CONCURRENT_MODIFICATION": "Multiple requests tried to modify the same resource at once.",
@@ -432,6 +436,22 @@ class GoogleAdsApi(EmulatorCore):
                     "conversionUploadError", "INVALID_USER_IDENTIFIER", index=i, field_name="user_identifiers"
                 )
                 continue
+            if uids and customer in cfg.data_terms_not_accepted:
+                errors[i] = err(
+                    "conversionUploadError",
+                    "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS",
+                    index=i,
+                    field_name="user_identifiers",
+                )
+                continue
+            if uids and not present and customer in cfg.ec_leads_disabled:
+                errors[i] = err(
+                    "conversionUploadError",
+                    "CUSTOMER_NOT_ENABLED_ENHANCED_CONVERSIONS_FOR_LEADS",
+                    index=i,
+                    field_name="user_identifiers",
+                )
+                continue
             click_field = present[0] if present else None
             click = str(c[click_field]) if click_field else None
             if not_allowlisted:
@@ -526,6 +546,7 @@ class GoogleAdsApi(EmulatorCore):
                     "value": get_either(c, "conversionValue", "conversion_value"),
                     "currency": get_either(c, "currencyCode", "currency_code"),
                     "user_identifiers": len(uids) if isinstance(uids, list) else 0,
+                    "identifiers": uids if isinstance(uids, list) else [],
                     "consent": c.get("consent"),
                     "request_id": rid,
                     "received_at": now,

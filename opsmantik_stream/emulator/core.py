@@ -115,6 +115,12 @@ class EmulatorConfig(msgspec.Struct, forbid_unknown_fields=True):
     not_allowlisted: list[str] = []
     #: ``request`` (403 for the whole request) or ``row`` (every row in partial failure).
     not_allowlisted_mode: str = "request"
+    #: Customer ids that have not turned on enhanced conversions for leads: a conversion with user
+    #: identifiers and no click id fails CUSTOMER_NOT_ENABLED_ENHANCED_CONVERSIONS_FOR_LEADS.
+    ec_leads_disabled: list[str] = []
+    #: Customer ids that have not accepted the customer data terms: any conversion with user
+    #: identifiers fails CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS.
+    data_terms_not_accepted: list[str] = []
     #: When non-empty, the only conversion action ids that exist.
     conversion_actions: list[str] = []
     #: customer id -> manager ids allowed as login-customer-id (unlisted customers: any).

@@ -16,7 +16,8 @@ from typing import Any
 
 import asyncpg
 
-from opsmantik_stream.enums import ActorType, CallAction, CallStatus, SourceKind
+from opsmantik_stream.destinations.base import phone_sha256
+from opsmantik_stream.enums import ActorType, CallAction, CallSource, CallStatus, SourceKind
 from opsmantik_stream.leads.enqueue import EnqueueResult, enqueue_conversion
 from opsmantik_stream.leads.errors import LeadError
 from opsmantik_stream.queries import Q
@@ -177,6 +178,10 @@ async def apply_call_action(
             conversion_time=updated["confirmed_at"] or now,
             value_minor=updated["value_minor"],
             currency=updated["currency"] or "TRY",
+            # a phone system's call event carries the caller's number: only its hash is queued
+            phone_sha256=phone_sha256(row["phone_number"])
+            if row["source"] == CallSource.CALL_EVENT and row["phone_number"]
+            else None,
         )
     elif previous == S.CONFIRMED and updated["status"] != S.CONFIRMED:
         voided = bool(

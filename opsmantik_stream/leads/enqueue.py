@@ -29,6 +29,8 @@ class NotEnqueued:
     NO_SESSION = "no_session"
     SESSION_NOT_FOUND = "session_not_found"
     NO_CLICK_ID = "no_click_id"
+    #: no click id, identifiers present, but the site has not opted in to identifier-only uploads
+    ENHANCED_CONVERSIONS_OFF = "no_click_id_enhanced_conversions_off"
     NO_MARKETING_CONSENT = "no_marketing_consent"
     ALREADY_ENQUEUED = "already_enqueued"
     PENDING_FOR_SESSION = "pending_conversion_for_session"
@@ -75,9 +77,13 @@ async def enqueue_conversion(
     conversion_time: dt.datetime,
     value_minor: int | None,
     currency: str,
+    email_sha256: str | None = None,
+    phone_sha256: str | None = None,
 ) -> EnqueueResult:
-    """Enqueue (in the caller's transaction) when the session has a click id and
-    ``marketing`` consent. Never raises for a business reason; see ``EnqueueResult``."""
+    """Enqueue (in the caller's transaction) when the session has ``marketing`` consent and a
+    click id, or, on a site that opted in to enhanced conversions for leads, a hashed email or
+    phone instead. Identifiers (already normalised and hashed) go with the row either way. Never
+    raises for a business reason; see ``EnqueueResult``."""
     kind = SourceKind(source_kind).value
     if value_minor is None or value_minor <= 0:
         return EnqueueResult(False, NotEnqueued.ZERO_VALUE)
@@ -87,13 +93,16 @@ async def enqueue_conversion(
     if session is None:
         return EnqueueResult(False, NotEnqueued.SESSION_NOT_FOUND)
     click = choose_click_id(session["gclid"], session["wbraid"], session["gbraid"])
+    site = await conn.fetchrow(Q.sales.site_destination, site_id)
     if click is None:
-        return EnqueueResult(False, NotEnqueued.NO_CLICK_ID)
+        if email_sha256 is None and phone_sha256 is None:
+            return EnqueueResult(False, NotEnqueued.NO_CLICK_ID)
+        if not site["enhanced_conversions"]:
+            return EnqueueResult(False, NotEnqueued.ENHANCED_CONVERSIONS_OFF)
     if "marketing" not in (session["consent_scopes"] or []):
         return EnqueueResult(False, NotEnqueued.NO_MARKETING_CONSENT)
-    site = await conn.fetchrow(Q.sales.site_destination, site_id)
     destination = site["default_destination"]
-    click_type, click_value = click
+    click_type, click_value = click if click is not None else (None, None)
     # exactly one click id is stored: the uploader sends what it finds
     ids = {t.value: (click_value if t.value == click_type else None) for t in ClickIdType}
     order_id = order_id_for(site_id, kind, source_id)
@@ -114,6 +123,8 @@ async def enqueue_conversion(
         value_minor,
         currency,
         consent,
+        email_sha256,
+        phone_sha256,
     )
     if row is not None:
         return EnqueueResult(True, None, str(row["id"]), row["order_id"], click_type)
@@ -135,6 +146,8 @@ async def enqueue_conversion(
                 currency,
                 destination,
                 consent,
+                email_sha256,
+                phone_sha256,
             )
             if revived is not None:
                 return EnqueueResult(True, None, str(revived["id"]), revived["order_id"], click_type)

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from opsmantik_stream.destinations.base import email_sha256, phone_sha256
 from opsmantik_stream.enums import ActorType, SaleStatus, SourceKind
 from opsmantik_stream.leads.actions import session_of_call
 from opsmantik_stream.leads.enqueue import EnqueueResult, NotEnqueued, enqueue_conversion
@@ -19,10 +20,16 @@ from opsmantik_stream.tenancy import write_audit
 __all__ = ["confirm_sale", "list_sales", "parse_occurred_at", "sale_dict", "session_of_sale", "upsert_sale"]
 
 
+#: columns never returned: the customer's hashed identifiers stay inside delivery
+_HIDDEN = frozenset({"inserted", "notes", "email_sha256", "phone_sha256"})
+
+
 def sale_dict(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in dict(row).items() if k not in {"inserted", "notes"}
-    } | {"notes": row["notes"]}
+    out = {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in dict(row).items() if k not in _HIDDEN}
+    # whether delivery has identifiers for this sale, never what they are
+    out["has_email"] = row.get("email_sha256") is not None
+    out["has_phone"] = row.get("phone_sha256") is not None
+    return out | {"notes": row["notes"]}
 
 
 def parse_occurred_at(value: str) -> dt.datetime:
@@ -45,11 +52,20 @@ async def upsert_sale(
     conversation_id: uuid.UUID | None,
     notes: str | None,
     user_id: str,
+    email: str | None = None,
+    phone: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """(sale, created). With an external_ref the sale is upserted (DRAFT only: rewriting a
-    confirmed or canceled sale is 409)."""
+    confirmed or canceled sale is 409). ``email`` / ``phone`` are kept only as Google's
+    normalised SHA-256 (for enhanced conversions); the plain values are never stored."""
     if amount_minor < 0:
         raise LeadError(400, "invalid_amount", "amount_minor must be a non-negative integer")
+    email_hash = email_sha256(email) if email else None
+    if email and email_hash is None:
+        raise LeadError(400, "invalid_email", "email is not an email address")
+    phone_hash = phone_sha256(phone) if phone else None
+    if phone and phone_hash is None:
+        raise LeadError(400, "invalid_phone", "phone must be in international E.164 form, e.g. +905321234567")
     if conversation_id is not None:
         if await conn.fetchrow(Q.sales.conversation_for_sale, conversation_id, site_id) is None:
             raise LeadError(400, "ENTITY_SITE_MISMATCH", "the conversation does not belong to this site")
@@ -57,7 +73,16 @@ async def upsert_sale(
         currency = (await conn.fetchrow(Q.sales.site_destination, site_id))["currency"]
     ref = external_ref.strip() if external_ref and external_ref.strip() else None
     row = await conn.fetchrow(
-        Q.sales.upsert_sale, site_id, conversation_id, ref, occurred_at, amount_minor, currency, notes
+        Q.sales.upsert_sale,
+        site_id,
+        conversation_id,
+        ref,
+        occurred_at,
+        amount_minor,
+        currency,
+        notes,
+        email_hash,
+        phone_hash,
     )
     if row is None:
         existing = await conn.fetchrow(Q.sales.sale_by_external_ref, site_id, ref)
@@ -145,6 +170,8 @@ async def confirm_sale(conn: asyncpg.Connection, *, sale_id: uuid.UUID, user_id:
             conversion_time=confirmed["occurred_at"],
             value_minor=confirmed["amount_minor"],
             currency=confirmed["currency"],
+            email_sha256=confirmed["email_sha256"],
+            phone_sha256=confirmed["phone_sha256"],
         )
     await write_audit(
         conn,

@@ -2,15 +2,19 @@
 
 -- name: upsert_sale
 -- Idempotent per (site, external_ref). Only a DRAFT may be rewritten; a confirmed or
--- canceled sale returns no row and the caller answers 409.
-INSERT INTO sales (site_id, conversation_id, external_ref, occurred_at, amount_minor, currency, notes)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+-- canceled sale returns no row and the caller answers 409. $8/$9: the customer's hashed email
+-- and phone (never the plain values).
+INSERT INTO sales (site_id, conversation_id, external_ref, occurred_at, amount_minor, currency, notes,
+                   email_sha256, phone_sha256)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (site_id, external_ref) DO UPDATE
 SET amount_minor = EXCLUDED.amount_minor,
     occurred_at = EXCLUDED.occurred_at,
     currency = EXCLUDED.currency,
     conversation_id = coalesce(EXCLUDED.conversation_id, sales.conversation_id),
-    notes = coalesce(EXCLUDED.notes, sales.notes)
+    notes = coalesce(EXCLUDED.notes, sales.notes),
+    email_sha256 = coalesce(EXCLUDED.email_sha256, sales.email_sha256),
+    phone_sha256 = coalesce(EXCLUDED.phone_sha256, sales.phone_sha256)
 WHERE sales.status = 'DRAFT'
 RETURNING *, (xmax = 0) AS inserted;
 
@@ -53,7 +57,7 @@ ORDER BY created_month DESC
 LIMIT 1;
 
 -- name: site_destination
-SELECT default_destination, currency FROM sites WHERE id = $1;
+SELECT default_destination, currency, enhanced_conversions FROM sites WHERE id = $1;
 
 -- name: insert_conversion
 -- DO NOTHING covers one conversion per source, one per order id and one pending lead (call)
@@ -61,8 +65,9 @@ SELECT default_destination, currency FROM sites WHERE id = $1;
 -- consent_scopes: the session's consent as recorded now (sent to Google as recorded).
 INSERT INTO offline_conversion_queue (
     site_id, destination, source_kind, source_id, session_id, order_id,
-    gclid, wbraid, gbraid, conversion_time, value_minor, currency, consent_scopes
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+    gclid, wbraid, gbraid, conversion_time, value_minor, currency, consent_scopes,
+    email_sha256, phone_sha256
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 ON CONFLICT DO NOTHING
 RETURNING id, order_id, status;
 
@@ -84,7 +89,7 @@ UPDATE offline_conversion_queue
 SET status = 'QUEUED', attempt = 0, next_retry_at = now(), claimed_by = NULL, claimed_at = NULL,
     last_error = NULL, error_code = NULL, error_category = NULL,
     gclid = $3, wbraid = $4, gbraid = $5, conversion_time = $6, value_minor = $7, currency = $8,
-    destination = $9, consent_scopes = $10
+    destination = $9, consent_scopes = $10, email_sha256 = $11, phone_sha256 = $12
 WHERE source_kind = $1 AND source_id = $2 AND kind = 'conversion' AND status = 'FAILED'
   AND error_code = 'VOIDED'
 RETURNING id, order_id, status;

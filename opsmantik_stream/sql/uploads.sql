@@ -58,7 +58,8 @@ FROM (
 ) c
 WHERE q.id = c.id
 RETURNING q.id, q.order_id, q.attempt, q.gclid, q.wbraid, q.gbraid, q.conversion_time,
-          q.value_minor, q.currency, q.phone_sha256, q.consent_scopes, q.created_at;
+          q.value_minor, q.currency, q.phone_sha256, q.email_sha256, q.consent_scopes, q.created_at,
+          q.kind, q.adjusted_at;
 
 -- name: finish_rows
 -- Guarded transitions: only rows still PROCESSING under this uploader's claim and attempt
@@ -218,6 +219,11 @@ SELECT id, public_id, default_destination FROM sites WHERE id = $1 FOR UPDATE;
 
 -- name: set_site_destination
 UPDATE sites SET default_destination = $2 WHERE id = $1;
+
+-- name: set_enhanced_conversions
+-- Whether the site uploads conversions that have hashed identifiers but no click id.
+UPDATE sites SET enhanced_conversions = $2 WHERE id = $1
+RETURNING (SELECT enhanced_conversions FROM sites WHERE id = $1) AS previous, enhanced_conversions;
 
 -- name: blocked_elsewhere
 -- BLOCKED rows queued for another destination than the site's (a requeue moves them).

@@ -51,6 +51,7 @@ __all__ = [
     "destination_names",
     "set_credentials",
     "set_destination",
+    "set_enhanced_conversions",
     "sites_delivery",
     "test_credentials",
 ]
@@ -193,6 +194,28 @@ async def set_destination(
         "blocked_elsewhere": blocked_elsewhere,
         "note": "; ".join(notes) or None,
     }
+
+
+async def set_enhanced_conversions(
+    conn: asyncpg.Connection, site_id: Any, enabled: bool, *, actor_type: ActorType, actor_id: str | None
+) -> dict[str, Any]:
+    """Opt the site in or out of enhanced conversions for leads (conversions with a hashed email
+    or phone but no click id are then queued and uploaded, with marketing consent); audited."""
+    async with conn.transaction():
+        row = await conn.fetchrow(Q.uploads.set_enhanced_conversions, site_id, enabled)
+        if row is None:
+            raise CredentialsError("site_not_found", "no such site")
+        await write_audit(
+            conn,
+            actor_type,
+            actor_id,
+            "site.enhanced_conversions_set",
+            "site",
+            str(site_id),
+            site_id,
+            {"enabled": enabled, "previous": row["previous"]},
+        )
+    return {"enhanced_conversions": enabled, "previous": row["previous"]}
 
 
 async def test_credentials(

@@ -515,7 +515,11 @@ class UploadEngine:
 
 
 def _conversion(row: Any) -> Conversion:
-    phone = row["phone_sha256"]
+    ids = tuple(
+        UserIdentifier(kind, row[kind.value])
+        for kind in (IdentifierKind.EMAIL_SHA256, IdentifierKind.PHONE_SHA256)
+        if row[kind.value]
+    )
     scopes = row["consent_scopes"]
     return Conversion(
         queue_id=str(row["id"]),
@@ -526,7 +530,7 @@ def _conversion(row: Any) -> Conversion:
         gclid=row["gclid"],
         wbraid=row["wbraid"],
         gbraid=row["gbraid"],
-        user_identifiers=(UserIdentifier(IdentifierKind.PHONE_SHA256, phone),) if phone else (),
+        user_identifiers=ids,
         # the visitor's consent as recorded when the conversion was enqueued
         consent_scopes=tuple(scopes) if scopes is not None else None,
     )

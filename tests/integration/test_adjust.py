@@ -5,6 +5,7 @@ test, enhanced conversions for leads, and cancellations/restatements as adjustme
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -275,3 +276,107 @@ async def test_credentials_test_from_the_cli(
     with pytest.raises(SystemExit) as bad:
         await asyncio.to_thread(cli_main, [*args, "--destination", "meta"])
     assert bad.value.code == 2
+
+
+# --------------------------------------------------------------------------- 1. enhanced conversions
+
+
+JANE = hashlib.sha256(b"janedoe@gmail.com").hexdigest()
+JANE_PHONE = hashlib.sha256(b"+905321234567").hexdigest()
+
+
+@pytest.mark.parametrize("destination", ["google_ads", "data_manager"])
+async def test_identifier_only_conversion_is_uploaded_when_the_site_opts_in(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    make_token: Callable[..., Any],
+    fast: Settings,
+    emu: Emu,
+    engine: UploadEngine,
+    destination: str,
+) -> None:
+    site = await make_site()
+    await emu.config(**CLEAN)
+    await use_destination(pool, fast, site, destination)
+    owner = await make_token(site["public_id"], "owner")
+    no_click = await make_session(pool, site["site_id"], gclid=None)
+    conv_id = await conversation_of(client, owner, site, no_click)
+    contact = {"email": "  Jane.Doe@Gmail.com ", "phone": "+90 532 123 45 67"}
+
+    # off by default: the answer says why nothing was queued
+    off = await confirmed_sale(client, owner, site, conv_id, 5000, **contact)
+    assert (off["enqueued"], off["reason"]) == (False, "no_click_id_enhanced_conversions_off")
+    assert off["sale"]["has_email"] is True and "Jane" not in json.dumps(off) and JANE not in json.dumps(off)
+
+    r = await client.put(
+        f"/api/sites/{site['public_id']}/enhanced-conversions", json={"enabled": True}, headers=auth(owner)
+    )
+    assert r.status_code == 200 and r.json()["enhanced_conversions"] is True, r.text
+    got = await confirmed_sale(client, owner, site, conv_id, 7000, **contact)
+    assert got["enqueued"] is True and got["click_id_type"] is None, got
+    row = await pool.fetchrow(
+        "SELECT gclid, email_sha256, phone_sha256 FROM offline_conversion_queue WHERE order_id = $1", got["order_id"]
+    )
+    assert (row["gclid"], row["email_sha256"], row["phone_sha256"]) == (None, JANE, JANE_PHONE)
+
+    # no identifier and no click id: still nothing to upload; no marketing consent: never
+    bare = await confirmed_sale(client, owner, site, conv_id, 100)
+    assert (bare["enqueued"], bare["reason"]) == (False, "no_click_id")
+    analytics_only = await make_session(pool, site["site_id"], gclid=None, consent=("analytics",))
+    refused = await confirmed_sale(
+        client, owner, site, await conversation_of(client, owner, site, analytics_only), 100, **contact
+    )
+    assert (refused["enqueued"], refused["reason"]) == (False, "no_marketing_consent")
+
+    await drain(engine)
+    [sent] = await emulated(emu)
+    assert sent["order_id"] == got["order_id"] and sent["click_id"] is None and sent["value"] == 70.0
+    key = ("hashedEmail", "hashedPhoneNumber") if destination == "google_ads" else ("emailAddress", "phoneNumber")
+    assert sent["identifiers"] == [{key[0]: JANE}, {key[1]: JANE_PHONE}]
+    bad = await client.post(
+        "/api/sales",
+        json={"site": site["public_id"], "occurred_at": OCCURRED, "amount_minor": 1, "phone": "5321234567"},
+        headers=auth(owner),
+    )
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_phone"
+    audits = await pool.fetch("SELECT payload FROM audit_log WHERE site_id = $1", uuid.UUID(site["site_id"]))
+    assert not any("jane" in json.dumps(a["payload"]).lower() or JANE in json.dumps(a["payload"]) for a in audits)
+
+
+@pytest.mark.parametrize(
+    ("knob", "code"),
+    [
+        ("ec_leads_disabled", "CUSTOMER_NOT_ENABLED_ENHANCED_CONVERSIONS_FOR_LEADS"),
+        ("data_terms_not_accepted", "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS"),
+    ],
+)
+async def test_enhanced_conversions_not_enabled_blocks_with_a_hint(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    make_token: Callable[..., Any],
+    fast: Settings,
+    emu: Emu,
+    engine: UploadEngine,
+    knob: str,
+    code: str,
+) -> None:
+    site = await make_site()
+    await emu.config(**CLEAN, **{knob: ["1234567890"]})
+    await use_destination(pool, fast, site, "google_ads")
+    owner = await make_token(site["public_id"], "owner")
+    async with pool.acquire() as conn:
+        await delivery.set_enhanced_conversions(conn, site["site_id"], True, actor_type=ActorType.CLI, actor_id="t")
+    conv_id = await conversation_of(client, owner, site, await make_session(pool, site["site_id"], gclid=None))
+    got = await confirmed_sale(client, owner, site, conv_id, 7000, email="jane@example.com")
+    assert got["enqueued"] is True
+    await drain(engine)
+    row = await pool.fetchrow(
+        "SELECT status, error_code, last_error FROM offline_conversion_queue WHERE order_id = $1", got["order_id"]
+    )
+    assert (row["status"], row["error_code"]) == ("BLOCKED", code)
+    assert "enhanced conversions for leads" in row["last_error"]
+    assert f"opsmantik site enhanced-conversions set {site['public_id']} off" in row["last_error"]
+    assert (await emu.state())["accepted_count"] == 0
+    await assert_ledger_complete(pool)

@@ -40,7 +40,12 @@ from opsmantik_stream.destinations.google.credentials import (
     action_id,
     digits,
 )
-from opsmantik_stream.destinations.google.mapping import parse_duration, pick_click_id, request_id_from_headers
+from opsmantik_stream.destinations.google.mapping import (
+    has_identifier,
+    parse_duration,
+    pick_click_id,
+    request_id_from_headers,
+)
 from opsmantik_stream.destinations.google.oauth import OAuthConfigError, OAuthError, TokenProvider
 
 __all__ = ["OK", "ChunkResult", "GoogleDestination", "Reply", "Verdict", "verdict"]
@@ -181,8 +186,8 @@ class GoogleDestination(Destination):
             return verdict(0, "MISSING_CONVERSION_ACTION", "no conversion action in credentials or row")
         if action_id(action) is None:
             return verdict(0, "INVALID_CONVERSION_ACTION", "conversion action is not an id or resource name")
-        if pick_click_id(conv) is None:
-            return verdict(200, "MISSING_CLICK_ID", "row has no gclid, wbraid or gbraid")
+        if pick_click_id(conv) is None and not has_identifier(conv):
+            return verdict(200, "MISSING_CLICK_ID", "row has no gclid, wbraid or gbraid, and no hashed identifier")
         if not conv.order_id or not conv.order_id.strip():
             return verdict(200, "MISSING_ORDER_ID", "order id is required for idempotent uploads")
         t = conv.conversion_time
