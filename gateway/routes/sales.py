@@ -20,6 +20,7 @@ from gateway.routes.calls import (
     site_uuid,
 )
 from opsmantik_stream.db import api_transaction
+from opsmantik_stream.enums import ActorType
 from opsmantik_stream.leads import conversations as conv
 from opsmantik_stream.leads import sales as sales_core
 from opsmantik_stream.leads.errors import LeadError
@@ -261,6 +262,54 @@ async def confirm_sale(sale_id: str, request: Request, principal: CurrentPrincip
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             await require_on_row_site(conn, principal, Q.sales.sale_site, sid, "sale", Capability.LEADS_OPERATE)
             result = await sales_core.confirm_sale(conn, sale_id=sid, user_id=principal.user_id)
+    except LeadError as exc:
+        raise lead_error(exc) from None
+    return json_response({"ok": True, **result})
+
+
+class RestateBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    amount_minor: int
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
+
+
+@router.post(
+    "/api/sales/{sale_id}/cancel",
+    response_class=JSONResponse,
+    summary="Cancel a sale; its conversion is voided before upload, retracted after (audited)",
+)
+async def cancel_sale(sale_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    sid = parse_uuid_or_404(sale_id, "sale")
+    try:
+        async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
+            await require_on_row_site(conn, principal, Q.sales.sale_site, sid, "sale", Capability.LEADS_OPERATE)
+            result = await sales_core.cancel_sale(
+                conn, sale_id=sid, actor_type=ActorType.USER, user_id=principal.user_id
+            )
+    except LeadError as exc:
+        raise lead_error(exc) from None
+    return json_response({"ok": True, **result})
+
+
+@router.post(
+    "/api/sales/{sale_id}/restate",
+    response_class=JSONResponse,
+    summary="Change a confirmed sale's value; its conversion is restated (audited)",
+    openapi_extra=_schema({"amount_minor": {"type": "integer"}, "currency": {"type": "string"}}, ["amount_minor"]),
+)
+async def restate_sale(sale_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    sid = parse_uuid_or_404(sale_id, "sale")
+    body = decode_body(await request.body(), RestateBody)
+    try:
+        async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
+            await require_on_row_site(conn, principal, Q.sales.sale_site, sid, "sale", Capability.LEADS_OPERATE)
+            result = await sales_core.restate_sale(
+                conn,
+                sale_id=sid,
+                amount_minor=body.amount_minor,
+                currency=body.currency,
+                actor_type=ActorType.USER,
+                user_id=principal.user_id,
+            )
     except LeadError as exc:
         raise lead_error(exc) from None
     return json_response({"ok": True, **result})

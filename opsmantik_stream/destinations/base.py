@@ -114,6 +114,10 @@ class Operation(StrEnum):
     UPLOAD = "upload"
     #: check credentials without storing anything at the destination (:meth:`Destination.test_connection`)
     TEST = "test"
+    #: deliver adjustments (restatements, retractions) of uploaded conversions through ``upload``
+    #: (rows with :attr:`Conversion.adjustment` set); a destination that cannot do one kind
+    #: answers those rows FAILED with a code and words saying so
+    ADJUST = "adjust"
 
 
 class IdentifierKind(StrEnum):
@@ -172,6 +176,11 @@ class Conversion:
     user_identifiers: tuple[UserIdentifier, ...] = ()
     consent_scopes: tuple[str, ...] | None = None
     target: str | None = None
+    #: set for an adjustment of an uploaded conversion (``restatement`` / ``retraction``, the
+    #: queue's kind): ``order_id`` names the conversion, ``value_minor`` is the new value, and
+    #: ``adjusted_at`` (timezone-aware) is when the adjustment happened
+    adjustment: str | None = None
+    adjusted_at: datetime | None = None
 
     def identifier(self, kind: IdentifierKind) -> str | None:
         return next((u.value for u in self.user_identifiers if u.kind is kind), None)

@@ -33,11 +33,14 @@ from opsmantik_stream.destinations.google.mapping import (
     type_is,
 )
 from opsmantik_stream.destinations.google.transport import OK, ChunkResult, GoogleDestination, Reply, Verdict, verdict
+from opsmantik_stream.enums import QueueKind
 
-__all__ = ["DataManagerDestination", "build_dm_event"]
+__all__ = ["RETRACTION_NOT_SUPPORTED", "DataManagerDestination", "build_dm_event"]
 
 _EVENT_INDEX_RE = re.compile(r"^events\[(\d+)\]")
 _DEST_REF = "conversions"
+#: Our code for a retraction sent to Data Manager: refused, with words, never a silent drop.
+RETRACTION_NOT_SUPPORTED = "RETRACTION_NOT_SUPPORTED"
 #: Most user identifiers one event may carry.
 MAX_IDENTIFIERS = 10
 
@@ -81,6 +84,19 @@ class DataManagerDestination(GoogleDestination):
     name = "data_manager"
     label = "Google Data Manager API (events:ingest)"
     base_url_setting = "data_manager_base_url"
+
+    def refuse(self, conv: Conversion) -> Verdict | None:
+        # A restatement is the event re-sent with the same transactionId and the new value (an
+        # adjustment there); the Data Manager API has no way to withdraw an event.
+        if conv.adjustment == QueueKind.RETRACTION:
+            return Verdict(
+                Classification(OutcomeKind.FAILED, ErrorCategory.VALIDATION),
+                RETRACTION_NOT_SUPPORTED,
+                "refused: the Data Manager API cannot retract an uploaded conversion; remove or adjust it in "
+                "Google Ads (Goals > Conversions > Uploads), or send sales that can be cancelled through the "
+                "Google Ads API (`opsmantik site destination set PUBLIC_ID google_ads`)",
+            )
+        return None
 
     def chunk_key(self, conv: Conversion, creds: GoogleCredentials) -> str:
         # One destination (conversion action) per request keeps the body simple.

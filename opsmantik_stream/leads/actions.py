@@ -17,7 +17,8 @@ from typing import Any
 import asyncpg
 
 from opsmantik_stream.destinations.base import phone_sha256
-from opsmantik_stream.enums import ActorType, CallAction, CallSource, CallStatus, SourceKind
+from opsmantik_stream.enums import ActorType, CallAction, CallSource, CallStatus, QueueKind, SourceKind
+from opsmantik_stream.leads.adjust import adjust_conversion
 from opsmantik_stream.leads.enqueue import EnqueueResult, enqueue_conversion
 from opsmantik_stream.leads.errors import LeadError
 from opsmantik_stream.queries import Q
@@ -166,6 +167,7 @@ async def apply_call_action(
     )
     conversion: EnqueueResult | None = None
     voided = False
+    retracted = False
     if updated["status"] == S.CONFIRMED and previous != S.CONFIRMED:
         session_id, session_month = session_of_call(row)
         conversion = await enqueue_conversion(
@@ -187,6 +189,16 @@ async def apply_call_action(
         voided = bool(
             await conn.fetch(Q.sales.void_pending_conversion, SourceKind.CALL.value, call_id, f"call {action}")
         )
+        if not voided:
+            # already uploaded (or being uploaded: 409, the action rolls back): retract it there
+            retraction = await adjust_conversion(
+                conn,
+                source_kind=SourceKind.CALL.value,
+                source_id=call_id,
+                kind=QueueKind.RETRACTION,
+                reason=f"call {action}",
+            )
+            retracted = retraction.outcome == "adjustment_queued"
     await write_audit(
         conn,
         actor_type,
@@ -201,6 +213,7 @@ async def apply_call_action(
             "new_status": updated["status"],
             "enqueued": conversion.enqueued if conversion else None,
             "conversion_voided": voided,
+            "conversion_retracted": retracted,
         },
     )
     return {
@@ -209,4 +222,5 @@ async def apply_call_action(
         "previous_status": previous,
         "conversion": conversion.to_dict() if conversion else None,
         "conversion_voided": voided,
+        "conversion_retracted": retracted,
     }

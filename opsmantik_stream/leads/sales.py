@@ -10,14 +10,24 @@ from typing import Any
 import asyncpg
 
 from opsmantik_stream.destinations.base import email_sha256, phone_sha256
-from opsmantik_stream.enums import ActorType, SaleStatus, SourceKind
+from opsmantik_stream.enums import ActorType, QueueKind, SaleStatus, SourceKind
 from opsmantik_stream.leads.actions import session_of_call
+from opsmantik_stream.leads.adjust import adjust_conversion
 from opsmantik_stream.leads.enqueue import EnqueueResult, NotEnqueued, enqueue_conversion
 from opsmantik_stream.leads.errors import LeadError
 from opsmantik_stream.queries import Q
 from opsmantik_stream.tenancy import write_audit
 
-__all__ = ["confirm_sale", "list_sales", "parse_occurred_at", "sale_dict", "session_of_sale", "upsert_sale"]
+__all__ = [
+    "cancel_sale",
+    "confirm_sale",
+    "list_sales",
+    "parse_occurred_at",
+    "restate_sale",
+    "sale_dict",
+    "session_of_sale",
+    "upsert_sale",
+]
 
 
 #: columns never returned: the customer's hashed identifiers stay inside delivery
@@ -184,3 +194,78 @@ async def confirm_sale(conn: asyncpg.Connection, *, sale_id: uuid.UUID, user_id:
         {"enqueued": result.enqueued, "reason": result.reason, "conversion_id": result.conversion_id},
     )
     return {"sale": sale_dict(confirmed), **result.to_dict()}
+
+
+async def cancel_sale(
+    conn: asyncpg.Connection, *, sale_id: uuid.UUID, actor_type: ActorType, user_id: str | None
+) -> dict[str, Any]:
+    """Cancel a DRAFT or CONFIRMED sale and withdraw its conversion (voided before upload, a
+    retraction after), in the caller's transaction; audited. A canceled sale answers 409."""
+    sale = await conn.fetchrow(Q.sales.lock_sale, sale_id)
+    if sale is None:
+        raise LeadError(404, "sale_not_found", "no such sale")
+    if sale["status"] == SaleStatus.CANCELED:
+        raise LeadError(409, "sale_canceled", "the sale is already canceled")
+    adjusted = await adjust_conversion(
+        conn, source_kind=SourceKind.SALE.value, source_id=sale_id, kind=QueueKind.RETRACTION, reason="sale canceled"
+    )
+    canceled = await conn.fetchrow(Q.sales.cancel_sale, sale_id)
+    if canceled is None:
+        raise LeadError(409, "sale_canceled", "the sale changed while canceling")
+    await write_audit(
+        conn, actor_type, user_id, "sale.cancel", "sale", str(sale_id), sale["site_id"], adjusted.to_dict()
+    )
+    return {"sale": sale_dict(canceled), "conversion": adjusted.to_dict()}
+
+
+async def restate_sale(
+    conn: asyncpg.Connection,
+    *,
+    sale_id: uuid.UUID,
+    amount_minor: int,
+    currency: str | None,
+    actor_type: ActorType,
+    user_id: str | None,
+) -> dict[str, Any]:
+    """Change a CONFIRMED sale's value and its conversion's (before upload the queued figures,
+    after upload a restatement), in the caller's transaction; audited."""
+    if amount_minor <= 0:
+        raise LeadError(
+            400, "invalid_amount", "amount_minor must be a positive integer (cancel the sale to withdraw it)"
+        )
+    if currency is not None and not (len(currency) == 3 and currency.isascii() and currency.isupper()):
+        raise LeadError(400, "invalid_currency", "currency must be an ISO 4217 code such as EUR")
+    sale = await conn.fetchrow(Q.sales.lock_sale, sale_id)
+    if sale is None:
+        raise LeadError(404, "sale_not_found", "no such sale")
+    if sale["status"] != SaleStatus.CONFIRMED:
+        raise LeadError(409, "sale_not_confirmed", f"the sale is {sale['status']}: only a confirmed sale is restated")
+    cur = currency or sale["currency"]
+    adjusted = await adjust_conversion(
+        conn,
+        source_kind=SourceKind.SALE.value,
+        source_id=sale_id,
+        kind=QueueKind.RESTATEMENT,
+        value_minor=amount_minor,
+        currency=cur,
+        reason="sale restated",
+    )
+    restated = await conn.fetchrow(Q.sales.restate_sale, sale_id, amount_minor, cur)
+    if restated is None:
+        raise LeadError(409, "sale_not_confirmed", "the sale changed while restating")
+    await write_audit(
+        conn,
+        actor_type,
+        user_id,
+        "sale.restate",
+        "sale",
+        str(sale_id),
+        sale["site_id"],
+        {
+            "amount_minor": amount_minor,
+            "currency": cur,
+            "previous_amount_minor": sale["amount_minor"],
+            **adjusted.to_dict(),
+        },
+    )
+    return {"sale": sale_dict(restated), "conversion": adjusted.to_dict()}

@@ -101,3 +101,72 @@ UPDATE offline_conversion_queue
 SET status = 'FAILED', error_code = 'VOIDED', error_category = 'VALIDATION', last_error = $3
 WHERE source_kind = $1 AND source_id = $2 AND kind = 'conversion' AND status IN ('QUEUED', 'RETRY')
 RETURNING id;
+
+-- name: lock_conversion_of_source
+-- The conversion of a sale or call, locked while it is being adjusted (cancel, restate, undo).
+SELECT * FROM offline_conversion_queue
+WHERE source_kind = $1 AND source_id = $2 AND kind = 'conversion'
+FOR UPDATE;
+
+-- name: restate_unsent_conversion
+-- Before upload a restatement simply changes the figures the uploader will send.
+UPDATE offline_conversion_queue SET value_minor = $2, currency = $3
+WHERE id = $1 AND kind = 'conversion' AND status IN ('QUEUED', 'RETRY', 'FAILED', 'BLOCKED')
+RETURNING id, status;
+
+-- name: void_unsent_conversion
+-- Before upload a cancellation withdraws the conversion for good (a requeue never sends a
+-- VOIDED row; re-sealing a call revives it).
+UPDATE offline_conversion_queue
+SET status = 'FAILED', error_code = 'VOIDED', error_category = 'VALIDATION', last_error = $2
+WHERE id = $1 AND kind = 'conversion' AND status IN ('QUEUED', 'RETRY', 'FAILED', 'BLOCKED')
+RETURNING id, status;
+
+-- name: lock_adjustments_of
+-- The adjustments of one conversion, newest first, locked.
+SELECT id, kind, status, value_minor, currency, adjusted_at, error_code
+FROM offline_conversion_queue
+WHERE adjusts_id = $1
+ORDER BY adjusted_at DESC, created_at DESC
+FOR UPDATE;
+
+-- name: rewrite_pending_adjustment
+-- A newer cancel/restate replaces an adjustment that no uploader holds yet (one pending
+-- adjustment per conversion: the newest intent wins, with its own adjustment time).
+UPDATE offline_conversion_queue
+SET kind = $2, value_minor = $3, currency = $4, adjusted_at = $5, next_retry_at = now(),
+    last_error = NULL, error_code = NULL, error_category = NULL
+WHERE id = $1 AND status IN ('QUEUED', 'RETRY')
+RETURNING id, kind, status, order_id;
+
+-- name: supersede_unsent_adjustments
+-- Adjustments that failed or wait blocked are replaced by the new one: never sent later.
+UPDATE offline_conversion_queue
+SET status = 'FAILED', error_code = 'SUPERSEDED', error_category = 'VALIDATION',
+    last_error = 'replaced by a newer adjustment of the same conversion'
+WHERE adjusts_id = $1 AND status IN ('FAILED', 'BLOCKED') AND error_code IS DISTINCT FROM 'SUPERSEDED'
+RETURNING id;
+
+-- name: insert_adjustment
+-- An adjustment of an uploaded conversion: same destination, order id, source and identifiers,
+-- its own kind, value and adjustment time. Delivered by the uploader like a conversion.
+INSERT INTO offline_conversion_queue (
+    site_id, destination, source_kind, source_id, order_id, gclid, wbraid, gbraid,
+    email_sha256, phone_sha256, conversion_time, value_minor, currency, consent_scopes,
+    kind, adjusts_id, adjusted_at
+)
+SELECT c.site_id, c.destination, c.source_kind, c.source_id, c.order_id, c.gclid, c.wbraid, c.gbraid,
+       c.email_sha256, c.phone_sha256, c.conversion_time, $3, $4, c.consent_scopes, $2, c.id, $5
+FROM offline_conversion_queue c
+WHERE c.id = $1 AND c.kind = 'conversion' AND c.status = 'COMPLETED'
+RETURNING id, kind, status, order_id;
+
+-- name: cancel_sale
+UPDATE sales SET status = 'CANCELED', canceled_at = now()
+WHERE id = $1 AND status IN ('DRAFT', 'CONFIRMED')
+RETURNING *;
+
+-- name: restate_sale
+UPDATE sales SET amount_minor = $2, currency = $3, restated_at = clock_timestamp()
+WHERE id = $1 AND status = 'CONFIRMED'
+RETURNING *;

@@ -56,7 +56,7 @@ from opsmantik_stream.destinations.base import (
     UploadResult,
     UserIdentifier,
 )
-from opsmantik_stream.enums import ErrorCategory, GateDecision, OutcomeKind
+from opsmantik_stream.enums import ErrorCategory, GateDecision, OutcomeKind, QueueKind
 from opsmantik_stream.queries import Q
 from opsmantik_stream.retry import RetryPolicy
 from opsmantik_stream.uploads import store
@@ -531,6 +531,9 @@ def _conversion(row: Any) -> Conversion:
         wbraid=row["wbraid"],
         gbraid=row["gbraid"],
         user_identifiers=ids,
+        # an adjustment of an uploaded conversion (restatement, retraction), or None
+        adjustment=row["kind"] if row["kind"] != QueueKind.CONVERSION else None,
+        adjusted_at=row["adjusted_at"],
         # the visitor's consent as recorded when the conversion was enqueued
         consent_scopes=tuple(scopes) if scopes is not None else None,
     )

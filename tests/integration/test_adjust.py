@@ -22,7 +22,7 @@ from opsmantik_stream.leads.enqueue import order_id_for
 from opsmantik_stream.uploads import UploadEngine, delivery
 from opsmantik_stream.vault import Vault
 from tests.conftest import _make_app
-from tests.integration._leads_support import auth, make_session
+from tests.integration._leads_support import auth, make_intent, make_session
 from tests.integration._uploader_support import Emu, assert_ledger_complete, fast_settings, site_credentials
 
 pytestmark = pytest.mark.integration
@@ -380,3 +380,247 @@ async def test_enhanced_conversions_not_enabled_blocks_with_a_hint(
     assert f"opsmantik site enhanced-conversions set {site['public_id']} off" in row["last_error"]
     assert (await emu.state())["accepted_count"] == 0
     await assert_ledger_complete(pool)
+
+
+# --------------------------------------------------------------------------- 2. cancel / restate
+
+
+async def _post(client: httpx.AsyncClient, token: str, path: str, **body: Any) -> httpx.Response:
+    return await client.post(path, json=body or None, headers=auth(token))
+
+
+async def queue_rows(pool: asyncpg.Pool, order_id: str) -> list[asyncpg.Record]:
+    return list(
+        await pool.fetch(
+            """SELECT kind, status, value_minor, error_code, last_error, adjusted_at
+               FROM offline_conversion_queue WHERE order_id = $1 ORDER BY created_at""",
+            order_id,
+        )
+    )
+
+
+async def emu_state(emu: Emu) -> dict[str, Any]:
+    r = await emu.http.get("/_emulator/state")
+    r.raise_for_status()
+    return dict(r.json())
+
+
+@pytest.mark.parametrize("destination", ["google_ads", "data_manager"])
+async def test_cancel_and_restate_before_upload_change_the_queued_row(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    make_token: Callable[..., Any],
+    fast: Settings,
+    emu: Emu,
+    engine: UploadEngine,
+    destination: str,
+) -> None:
+    site = await make_site()
+    await emu.config(**CLEAN)
+    await use_destination(pool, fast, site, destination)
+    token = await make_token(site["public_id"], "operator")
+    conv_id = await conversation_of(client, token, site, await make_session(pool, site["site_id"]))
+    kept = await confirmed_sale(client, token, site, conv_id, 12000)
+    dropped = await confirmed_sale(client, token, site, conv_id, 5000)
+    r = await _post(client, token, f"/api/sales/{kept['sale']['id']}/restate", amount_minor=9000, currency="EUR")
+    assert r.status_code == 200, r.text
+    assert r.json()["conversion"]["outcome"] == "restated" and r.json()["sale"]["amount_minor"] == 9000
+    r = await _post(client, token, f"/api/sales/{dropped['sale']['id']}/cancel")
+    assert r.status_code == 200 and r.json()["conversion"]["outcome"] == "voided", r.text
+    assert r.json()["sale"]["status"] == "CANCELED"
+    await drain(engine)
+    [sent] = await emulated(emu)
+    assert (sent["order_id"], sent["value"]) == (kept["order_id"], 90.0)
+    [voided] = await queue_rows(pool, dropped["order_id"])
+    assert (voided["status"], voided["error_code"]) == ("FAILED", "VOIDED")
+    assert (await emu_state(emu))["adjustments"] == {}
+    # bad input changes nothing
+    for body in ({"amount_minor": -1}, {"amount_minor": 0}, {"amount_minor": 5, "currency": "eur"}, {}):
+        r = await _post(client, token, f"/api/sales/{kept['sale']['id']}/restate", **body)
+        assert r.status_code in (400, 422), (body, r.text)
+    r = await _post(client, token, f"/api/sales/{dropped['sale']['id']}/restate", amount_minor=10)
+    assert r.status_code == 409 and r.json()["error"] == "sale_not_confirmed"
+    analyst = await make_token(site["public_id"], "analyst")
+    assert (await _post(client, analyst, f"/api/sales/{kept['sale']['id']}/cancel")).status_code == 403
+
+
+@pytest.mark.parametrize("destination", ["google_ads", "data_manager"])
+async def test_restate_then_cancel_after_upload_are_adjustments_delivered_once(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    make_token: Callable[..., Any],
+    fast: Settings,
+    emu: Emu,
+    engine: UploadEngine,
+    destination: str,
+) -> None:
+    site = await make_site()
+    await emu.config(**CLEAN)
+    await use_destination(pool, fast, site, destination)
+    token = await make_token(site["public_id"], "operator")
+    conv_id = await conversation_of(client, token, site, await make_session(pool, site["site_id"]))
+    sale = await confirmed_sale(client, token, site, conv_id, 12000)
+    order = sale["order_id"]
+    await drain(engine)
+    assert [r["status"] for r in await queue_rows(pool, order)] == ["COMPLETED"]
+
+    r = await _post(client, token, f"/api/sales/{sale['sale']['id']}/restate", amount_minor=8000)
+    assert r.status_code == 200, r.text
+    assert r.json()["conversion"]["outcome"] == "adjustment_queued"
+    assert r.json()["conversion"]["adjustment_kind"] == "restatement"
+    await drain(engine)
+    state = await emu_state(emu)
+    [record] = state["conversions"]
+    assert record["value"] == 80.0 and state["adjustments"] == {order: 1}
+
+    r = await _post(client, token, f"/api/sales/{sale['sale']['id']}/cancel")
+    assert r.status_code == 200 and r.json()["conversion"]["adjustment_kind"] == "retraction", r.text
+    await drain(engine)
+    state = await emu_state(emu)
+    rows = await queue_rows(pool, order)
+    assert [r["kind"] for r in rows] == ["conversion", "restatement", "retraction"]
+    assert rows[1]["adjusted_at"] < rows[2]["adjusted_at"]
+    if destination == "google_ads":
+        assert [r["status"] for r in rows] == ["COMPLETED", "COMPLETED", "COMPLETED"]
+        assert state["adjustments"] == {order: 2} and state["conversions"][0]["retracted"] is True
+        assert [(a["type"], a["value"]) for a in state["adjustment_log"]] == [
+            ("RESTATEMENT", 80.0),
+            ("RETRACTION", None),
+        ]
+    else:
+        # Data Manager cannot retract: a clear refused state with the reason, nothing sent
+        assert [r["status"] for r in rows] == ["COMPLETED", "COMPLETED", "FAILED"]
+        assert rows[2]["error_code"] == "RETRACTION_NOT_SUPPORTED"
+        assert "cannot retract" in rows[2]["last_error"]
+        assert state["adjustments"] == {order: 1} and state["order_id_counts"] == {order: 1}
+    await assert_ledger_complete(pool)
+    ledger = await pool.fetch(
+        "SELECT row_count FROM provider_upload_attempts WHERE site_id = $1 AND phase = 'FINISHED' AND row_count > 0",
+        uuid.UUID(site["site_id"]),
+    )
+    assert len(ledger) == 3  # the conversion, the restatement, the retraction: one attempt each
+    r = await _post(client, token, f"/api/sales/{sale['sale']['id']}/cancel")
+    assert r.status_code == 409 and r.json()["error"] == "sale_canceled"
+    actions = await pool.fetch(
+        "SELECT action FROM audit_log WHERE site_id = $1 AND action LIKE 'sale.%' ORDER BY id",
+        uuid.UUID(site["site_id"]),
+    )
+    assert [a["action"] for a in actions][-2:] == ["sale.restate", "sale.cancel"]
+
+
+async def test_undo_after_upload_retracts_the_call_conversion(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    make_token: Callable[..., Any],
+    fast: Settings,
+    emu: Emu,
+    engine: UploadEngine,
+) -> None:
+    site = await make_site()
+    await emu.config(**CLEAN)
+    await use_destination(pool, fast, site, "google_ads")
+    token = await make_token(site["public_id"], "operator")
+    # the seal's conversion time is now: let the emulator accept an adjustment of it at once
+    await emu.config(adjustment_min_age_s=0)
+    call = await make_intent(pool, site["site_id"], await make_session(pool, site["site_id"]))
+    r = await _post(client, token, f"/api/calls/{call}/actions", action="seal", value_minor=5000, currency="EUR")
+    assert r.status_code == 200 and r.json()["conversion"]["enqueued"] is True, r.text
+    order = r.json()["conversion"]["order_id"]
+    await drain(engine)
+    r = await _post(client, token, f"/api/calls/{call}/actions", action="undo")
+    assert r.status_code == 200, r.text
+    assert (r.json()["conversion_voided"], r.json()["conversion_retracted"]) == (False, True)
+    await drain(engine)
+    state = await emu_state(emu)
+    assert [a["type"] for a in state["adjustment_log"]] == ["RETRACTION"]
+    assert [(r["kind"], r["status"]) for r in await queue_rows(pool, order)] == [
+        ("conversion", "COMPLETED"),
+        ("retraction", "COMPLETED"),
+    ]
+    await assert_ledger_complete(pool)
+
+
+async def test_emulator_adjustment_rules_and_their_handling(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    make_token: Callable[..., Any],
+    fast: Settings,
+    emu: Emu,
+    engine: UploadEngine,
+) -> None:
+    """Google's checks, reproduced: too recent (retried after 6 h, no attempt lost), unknown order
+    id, adjustment before the conversion, a resent restatement (already applied: delivered)."""
+    site = await make_site()
+    await emu.config(**CLEAN)
+    await use_destination(pool, fast, site, "google_ads")
+    token = await make_token(site["public_id"], "operator")
+    conv_id = await conversation_of(client, token, site, await make_session(pool, site["site_id"]))
+    body = {"site": site["public_id"], "occurred_at": "2026-01-01T00:00:00Z", "amount_minor": 100, "currency": "EUR"}
+    r = await client.post("/api/sales", json={**body, "conversation_id": conv_id}, headers=auth(token))
+    sale_id = r.json()["sale"]["id"]
+    await client.post(f"/api/sales/{sale_id}/confirm", headers=auth(token))
+    await drain(engine)
+    # too recent: the emulator wants the conversion older than a day
+    await emu.config(adjustment_min_age_s=10 * 365 * 86400.0)
+    await _post(client, token, f"/api/sales/{sale_id}/restate", amount_minor=300)
+    await drain(engine)
+    [_, restatement] = await pool.fetch(
+        "SELECT status, error_code, next_retry_at - now() AS wait FROM offline_conversion_queue WHERE source_id = $1 "
+        "ORDER BY created_at",
+        uuid.UUID(sale_id),
+    )
+    assert (restatement["status"], restatement["error_code"]) == ("RETRY", "TOO_RECENT_CONVERSION")
+    assert restatement["wait"].total_seconds() > 5 * 3600
+
+    # the wire rules, straight at the emulator
+    token_r = await emu.http.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": "r", "client_id": "c", "client_secret": "s"},
+    )
+    bearer = {"authorization": f"Bearer {token_r.json()['access_token']}"}
+    await emu.config(adjustment_min_age_s=0)
+    action = "customers/1234567890/conversionActions/987654"
+    order = await pool.fetchval(
+        "SELECT order_id FROM sales s JOIN offline_conversion_queue q ON q.source_id = s.id WHERE s.id = $1 LIMIT 1",
+        uuid.UUID(sale_id),
+    )
+
+    def adj(order_id: str, when: str, kind: str = "RESTATEMENT") -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "conversionAction": action,
+            "adjustmentType": kind,
+            "orderId": order_id,
+            "adjustmentDateTime": when,
+        }
+        if kind == "RESTATEMENT":
+            out["restatementValue"] = {"adjustedValue": 4.0, "currencyCode": "EUR"}
+        return out
+
+    async def send(*adjs: dict[str, Any]) -> list[str | None]:
+        r = await emu.http.post(
+            "/v23/customers/1234567890:uploadConversionAdjustments",
+            json={"conversionAdjustments": list(adjs), "partialFailure": True},
+            headers=bearer,
+        )
+        assert r.status_code == 200, r.text
+        codes: list[str | None] = [None] * len(adjs)
+        for d in r.json().get("partialFailureError", {}).get("details", []):
+            for e in d["errors"]:
+                idx = e["location"]["fieldPathElements"][0]["index"]
+                codes[idx] = next(iter(e["errorCode"].values()))
+        return codes
+
+    assert await send(
+        adj("om_unknown", "2026-06-01 00:00:00+00:00"),
+        adj(order, "2025-12-31 00:00:00+00:00"),
+        adj(order, "2026-06-01 00:00:00+00:00"),
+    ) == ["CONVERSION_NOT_FOUND", "ADJUSTMENT_PRECEDES_CONVERSION", None]
+    assert await send(adj(order, "2026-06-01 00:00:00+00:00")) == ["RESTATEMENT_ALREADY_EXISTS"]
+    assert await send(adj(order, "2026-05-01 00:00:00+00:00")) == ["MORE_RECENT_RESTATEMENT_FOUND"]
+    assert await send(adj(order, "2026-07-01 00:00:00+00:00", "RETRACTION")) == [None]
+    assert await send(adj(order, "2026-08-01 00:00:00+00:00", "RETRACTION")) == ["CONVERSION_ALREADY_RETRACTED"]
+    assert [a["type"] for a in (await emu_state(emu))["adjustment_log"]] == ["RESTATEMENT", "RETRACTION"]

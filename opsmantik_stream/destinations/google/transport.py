@@ -132,7 +132,7 @@ class GoogleDestination(Destination):
     credentials_schema = GoogleCredentials
     credential_help = GOOGLE_CREDENTIAL_HELP
     secret_fields = GOOGLE_SECRET_FIELDS
-    operations = frozenset({Operation.UPLOAD, Operation.TEST})
+    operations = frozenset({Operation.UPLOAD, Operation.TEST, Operation.ADJUST})
     max_batch = MAX_CHUNK_SIZE
     #: the deployment setting holding this destination's API root
     base_url_setting: ClassVar[str]
@@ -228,7 +228,7 @@ class GoogleDestination(Destination):
         else:
             valid: list[int] = []
             for i, conv in enumerate(conversions):
-                problem = self._check_row(conv, creds.conversion_action)
+                problem = self.refuse(conv) or self._check_row(conv, creds.conversion_action)
                 if problem is None:
                     valid.append(i)
                 else:
@@ -441,6 +441,11 @@ class GoogleDestination(Destination):
         if v.cls.kind in (OutcomeKind.RETRY, OutcomeKind.RETRY_AFTER_6H, OutcomeKind.SPLIT_BATCH):
             return f"{self.label} is temporarily unavailable or rate limited ({v.code}); try again later{said}"
         return f"{self.label} refused the test upload ({v.code}){said}"
+
+    def refuse(self, conv: Conversion) -> Verdict | None:
+        """A row this destination cannot deliver at all (e.g. an adjustment it does not offer):
+        its verdict, given without a request; ``None`` to send it."""
+        return None
 
     def chunk_key(self, conv: Conversion, creds: GoogleCredentials) -> str:
         """Rows with different keys never share a request."""
