@@ -18,12 +18,18 @@ import msgspec
 
 from gateway.metrics import HTTP_LATENCY
 
-__all__ = ["JsonFormatter", "RequestIdMiddleware", "configure_logging", "request_id_var"]
+__all__ = ["JsonFormatter", "RequestIdMiddleware", "configure_logging", "new_request_id", "request_id_var"]
 
 _RID_PREFIX = os.urandom(10).hex()
 _RID_COUNTER = itertools.count(1)
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+def new_request_id() -> str:
+    """A fresh request id, unique without a syscall: a random per-process prefix and a counter."""
+    return f"{_RID_PREFIX}{next(_RID_COUNTER):012x}"
+
 
 _STD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -68,8 +74,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # unique without a syscall per request: a random per-process prefix and a counter
-        rid = f"{_RID_PREFIX}{next(_RID_COUNTER):012x}"
+        rid = new_request_id()
         token = request_id_var.set(rid)
         started = time.perf_counter()
         status = 500

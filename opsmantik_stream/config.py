@@ -46,18 +46,28 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Pools.
     partitions: Annotated[int, msgspec.Meta(ge=1, le=256)] = 2
     uploaders: Annotated[int, msgspec.Meta(ge=0, le=256)] = 2
-    # Ingest micro-batching and backpressure.
+    # Ingest micro-batching and backpressure. An idle partition gets events at once; while a
+    # call is in flight the next batch fills for up to batch_max_wait_ms (or up to
+    # batch_max_events / batch_max_bytes, which keeps the call's argument inline in Ray).
     batch_max_events: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 256
-    batch_max_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 3.0
+    batch_max_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1_000_000)] = 90_000
+    batch_max_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 5.0
     partition_max_inflight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     partition_call_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 30.0
+    # connections each partition writes batches on (batches of different sites run in parallel)
+    partition_db_connections: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
     # events waiting for a partition beyond this -> 503 + Retry-After (bounded memory)
     partition_max_queued_events: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
     # how long the gateway trusts its copy of a site's origins, ingest key and rate limit
     ingest_site_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
-    # behind a reverse proxy: take the client ip from the first X-Forwarded-For entry
-    ingest_trust_forwarded_for: bool = False
+    # reverse proxies whose X-Forwarded-For is believed (comma-separated addresses or
+    # networks, e.g. "127.0.0.1,10.0.0.0/8"); the client is the right-most address not in
+    # this list. Empty: the TCP peer is the client.
+    trusted_proxies: str = ""
+    # ingest rate limit per (site, client address: IPv4, or IPv6 /64), in events per minute
     rate_limit_per_min: PositiveInt = 2000
+    # and per site, whatever the clients
+    site_rate_limit_per_min: PositiveInt = 120_000
     session_match_window_min: PositiveInt = 30
     # Signed call events: per (site, client) and per (site, fingerprint) token buckets.
     call_event_rate_limit_per_min: PositiveInt = 150

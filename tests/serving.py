@@ -18,7 +18,16 @@ def serve_in_thread(
 ) -> Iterator[str]:
     """Yields the base URL once the server accepts connections; stops it on exit."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan=lifespan, **config)
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            access_log=False,
+            lifespan=lifespan,
+            proxy_headers=False,
+            **config,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -54,8 +55,6 @@ TEMPLATE_KEYS = (
     "loc_physical_ms",
 )
 
-_CLICK_ID_SET = frozenset(CLICK_ID_KEYS)
-_TEMPLATE_SET = frozenset(TEMPLATE_KEYS)
 
 PAID_UTM_MEDIUMS = frozenset({"cpc", "ppc", "paid"})
 # traffic_source treats a wider set of paid mediums as paid (the classifier of the original)
@@ -74,19 +73,28 @@ class Attribution:
     ORGANIC = "Organic"
 
 
-def url_params(url: str | None) -> dict[str, str]:
-    """Query and fragment parameters of a URL; fragment values win.
+def url_params(url: str | None) -> Mapping[str, str]:
+    """Query and fragment parameters of a URL; fragment values win (read-only: results are
+    shared, landing pages repeat).
 
     Ads landing pages of single-page apps carry parameters in the fragment too
     (``/#/offer?gclid=...``): after ``#`` and an optional ``?`` the part after the first
     ``?`` is parsed when it holds ``key=value`` pairs.
     """
     if not url or ("?" not in url and "#" not in url):
-        return {}
+        return _EMPTY
+    return _url_params(url)
+
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@lru_cache(maxsize=8192)
+def _url_params(url: str) -> Mapping[str, str]:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return {}
+        return _EMPTY
     params = {k: v for k, v in parse_qsl(parts.query, keep_blank_values=False)}
     frag = parts.fragment
     if frag:
@@ -96,7 +104,7 @@ def url_params(url: str | None) -> dict[str, str]:
         if "=" in frag:
             for k, v in parse_qsl(frag, keep_blank_values=False):
                 params[k] = v
-    return params
+    return MappingProxyType(params)
 
 
 def _value(raw: Any, limit: int = 512) -> str | None:
@@ -127,11 +135,19 @@ class ClickIds(msgspec.Struct, frozen=True):
         return None, None
 
 
-def click_ids(params: Mapping[str, str], meta: Mapping[str, Any]) -> ClickIds:
+def _getter(meta: Any) -> Any:
+    """``meta`` may be a mapping or a struct (the typed ``MetaIn`` of ingest)."""
+    if isinstance(meta, Mapping):
+        return meta.get
+    return lambda key: getattr(meta, key, None)
+
+
+def click_ids(params: Mapping[str, str], meta: Any) -> ClickIds:
     """Click ids from the page URL, else from ``meta`` (the tracker persists them per session)."""
     found: dict[str, str] = {}
-    for key in (_CLICK_ID_SET & params.keys()) | (_CLICK_ID_SET & meta.keys()):
-        value = _value(params.get(key)) or _value(meta.get(key))
+    get = _getter(meta)
+    for key in CLICK_ID_KEYS:
+        value = (_value(params.get(key)) if params else None) or _value(get(key))
         if value:
             found[key] = value
     return ClickIds(
@@ -142,19 +158,26 @@ def click_ids(params: Mapping[str, str], meta: Mapping[str, Any]) -> ClickIds:
     )
 
 
-def template_params(params: Mapping[str, str], meta: Mapping[str, Any]) -> dict[str, str]:
+def template_params(params: Mapping[str, str], meta: Any) -> dict[str, str]:
     """UTM and template parameters from the URL, else from ``meta``."""
     out: dict[str, str] = {}
-    for key in (_TEMPLATE_SET & params.keys()) | (_TEMPLATE_SET & meta.keys()):
-        value = _value(params.get(key)) or _value(meta.get(key))
+    get = _getter(meta)
+    for key in TEMPLATE_KEYS:
+        value = (_value(params.get(key)) if params else None) or _value(get(key))
         if value:
             out[key] = value
     return out
 
 
 def host_of(url: str | None) -> str | None:
+    """The lower-cased host of a URL (or of ``host/path``), or None."""
     if not url:
         return None
+    return _host_of(url)
+
+
+@lru_cache(maxsize=8192)
+def _host_of(url: str) -> str | None:
     try:
         host = urlsplit(url if "//" in url else "//" + url).hostname
     except ValueError:
