@@ -118,9 +118,9 @@ CREATE TYPE ingest_batch_event AS (
     ver         smallint,
     billable    boolean,
     reason      text,
-    lc          text,         -- category / action / label as kept in the ledger
-    la          text,
-    ll          text,
+    lc          text,         -- category / action / label as sent (the ledger keeps them so; the
+    la          text,         -- event row defaults a missing category to 'interaction' and a
+    ll          text,         -- missing action to 'view')
     at_ms       bigint,       -- when the gateway received it (server clock, epoch ms)
     hb          boolean,      -- heartbeat: updates its session only, no event row
     sid         uuid,         -- the session id to use ...
@@ -167,10 +167,7 @@ CREATE TYPE ingest_batch_event AS (
     assist      boolean,      -- ... and, when this is set and the fingerprint had an earlier
     attr_a      text,         --     session with a click id on the site, with Ads Assisted
     score_a     int,
-    ec          text,         -- the event row
-    ea          text,
-    el          text,
-    ev          float8,
+    ev          float8,       -- the event row's value
     meta        jsonb,
     intent      text,         -- phone | whatsapp | form, or null
     target      text,
@@ -187,10 +184,12 @@ CREATE TYPE ingest_batch_event AS (
 -- Raises SQLSTATE 40001 when a session id turned out to belong to another site's session
 -- created concurrently: nothing is written, and the caller runs the batch again (the next
 -- snapshot sees that session and takes the derived id).
-CREATE FUNCTION ingest_batch(p_now timestamptz, p_events jsonb, OUT status text, OUT remaining int[])
+CREATE FUNCTION ingest_batch(p_now timestamptz, p_events json, OUT status text, OUT remaining int[])
 LANGUAGE plpgsql
 -- One plan per statement, kept for the connection's life: planning these statements anew on
--- every call (custom plans) would cost more than running them.
+-- every call (custom plans) would cost more than running them. Few statements, each doing a
+-- whole step for the whole batch: a statement's start-up costs about as much as a handful of
+-- rows.
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
@@ -201,7 +200,7 @@ DECLARE
     v_ym      text := to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM');
     v_ev      ingest_batch_event[];
     v_sites   uuid[];
-    v_new     boolean[];
+    v_consent boolean;
     v_state   "char"[];
     v_left    int[];
     v_sess    uuid[];
@@ -209,29 +208,41 @@ DECLARE
     v_fresh   boolean[];
     v_track   boolean[];
     v_round   int[];
+    v_want    int[];
     v_earlier boolean[];
     v_visits  int[];
     v_rounds  int;
-    v_want    int;
+    v_irounds int;
     v_got     int;
     v_clash   boolean;
 BEGIN
-    v_ev := ARRAY(SELECT e FROM jsonb_populate_recordset(NULL::ingest_batch_event, p_events) AS e ORDER BY e.i);
+    SELECT array_agg(e ORDER BY e.i), array_agg(DISTINCT e.site), coalesce(bool_or(e.consent_set), false)
+    INTO v_ev, v_sites, v_consent
+    FROM json_populate_recordset(NULL::ingest_batch_event, p_events) AS e;
 
-    -- The month's usage rows of the batch's sites, created once a month and locked in site
-    -- order: batches of one site are serialised here (also two writers during a resize), so
+    -- The month's usage rows of the batch's sites, locked in site order (created once a
+    -- month): batches of one site are serialised here (also two writers during a resize), so
     -- the quota below is decided from counts nobody can move before COMMIT.
-    v_sites := ARRAY(SELECT DISTINCT e.site FROM unnest(v_ev) AS e ORDER BY 1);
-    INSERT INTO site_usage_monthly (site_id, year_month)
-    SELECT s, v_ym FROM unnest(v_sites) AS s
-    WHERE NOT EXISTS (SELECT 1 FROM site_usage_monthly u WHERE u.site_id = s AND u.year_month = v_ym)
-    ON CONFLICT DO NOTHING;
-    PERFORM 1 FROM site_usage_monthly u
-    WHERE u.site_id = ANY (v_sites) AND u.year_month = v_ym
-    ORDER BY u.site_id
-    FOR UPDATE;
+    SELECT count(*) INTO v_got
+    FROM (SELECT 1 FROM site_usage_monthly u
+          WHERE u.site_id = ANY (v_sites) AND u.year_month = v_ym
+          ORDER BY u.site_id FOR UPDATE) AS locked;
+    IF v_got < cardinality(v_sites) THEN
+        INSERT INTO site_usage_monthly (site_id, year_month)
+        SELECT x, v_ym FROM unnest(v_sites) AS x ORDER BY 1
+        ON CONFLICT DO NOTHING;
+        PERFORM 1 FROM site_usage_monthly u
+        WHERE u.site_id = ANY (v_sites) AND u.year_month = v_ym
+        ORDER BY u.site_id FOR UPDATE;
+    END IF;
 
-    -- 1. The idempotency gate: a key already in the ledger is a duplicate.
+    -- 1-3, 9. The idempotency gate (a key already in the ledger is a duplicate), the quota in
+    --    arrival order from the locked usage (a site without a plan row gets the plan columns'
+    --    defaults; create_site always writes one), and the month's counters, which move in the
+    --    same transaction as the ledger so quota and invoice never drift from it. One
+    --    statement: each part takes what it needs from the one before through RETURNING and
+    --    the CTEs' values, and the usage rows it reads are locked and read as before this
+    --    statement, which is what the quota needs.
     WITH ins AS (
         INSERT INTO ingest_idempotency AS l (
             site_id, idempotency_key, created_at, expires_at, billable, billing_state, billing_reason,
@@ -242,32 +253,50 @@ BEGIN
         ORDER BY e.site, e.key
         ON CONFLICT (site_id, idempotency_key) DO NOTHING
         RETURNING l.site_id, l.idempotency_key
-    )
-    SELECT array_agg(ins.site_id IS NOT NULL ORDER BY e.i) INTO v_new
-    FROM unnest(v_ev) AS e
-    LEFT JOIN ins ON ins.site_id = e.site AND ins.idempotency_key = e.key;
-
-    -- 2. Quota, in arrival order, from the locked usage. A site without a plan row gets the
-    --    plan columns' defaults (create_site always writes one).
-    SELECT array_agg(CASE WHEN NOT v_new[e.i] THEN 'd'::"char" WHEN NOT e.billable THEN 'a'::"char" ELSE q.state END
-                     ORDER BY e.i),
-           array_agg(CASE WHEN v_new[e.i] AND e.billable THEN q.remaining END ORDER BY e.i)
-    INTO v_state, v_left
-    FROM unnest(v_ev) AS e
-    LEFT JOIN (
-        SELECT b.i,
-               ingest_quota(coalesce(p.monthly_limit, 100000), coalesce(p.soft_limit_enabled, false),
-                            coalesce(p.hard_cap_multiplier, 2), u.event_count + b.n - 1) AS state,
-               greatest(coalesce(p.monthly_limit, 100000) - u.event_count - b.n, 0)::int AS remaining
+    ), n AS (
+        SELECT e.i, e.site, e.key, e.billable, ins.site_id IS NOT NULL AS new
+        FROM unnest(v_ev) AS e
+        LEFT JOIN ins ON ins.site_id = e.site AND ins.idempotency_key = e.key
+    ), q AS (
+        SELECT n.i, n.site, n.key, n.billable AND n.new AS counted,
+               CASE WHEN NOT n.new THEN 'd'::"char" WHEN NOT n.billable THEN 'a'::"char" ELSE d.state END AS state,
+               CASE WHEN n.new AND n.billable THEN d.remaining END AS remaining
+        FROM n
+        LEFT JOIN (
+            SELECT b.i,
+                   ingest_quota(coalesce(p.monthly_limit, 100000), coalesce(p.soft_limit_enabled, false),
+                                coalesce(p.hard_cap_multiplier, 2), u.event_count + b.rank - 1) AS state,
+                   greatest(coalesce(p.monthly_limit, 100000) - u.event_count - b.rank, 0)::int AS remaining
+            FROM (
+                SELECT x.i, x.site, row_number() OVER (PARTITION BY x.site ORDER BY x.i) AS rank
+                FROM n AS x
+                WHERE x.billable AND x.new
+            ) AS b
+            JOIN site_usage_monthly u ON u.site_id = b.site AND u.year_month = v_ym
+            LEFT JOIN site_plans p ON p.site_id = b.site
+        ) AS d ON d.i = n.i
+    ), counted AS (
+        UPDATE site_usage_monthly AS u
+        SET event_count = u.event_count + c.billable,
+            overage_count = u.overage_count + c.overage,
+            rejected_count = u.rejected_count + c.rejected,
+            updated_at = p_now
         FROM (
-            SELECT x.i, x.site, row_number() OVER (PARTITION BY x.site ORDER BY x.i) AS n
-            FROM unnest(v_ev) AS x
-            WHERE x.billable AND v_new[x.i]
-        ) AS b
-        JOIN site_usage_monthly u ON u.site_id = b.site AND u.year_month = v_ym
-        LEFT JOIN site_plans p ON p.site_id = b.site
-    ) AS q ON q.i = e.i;
+            SELECT q.site,
+                   count(*) FILTER (WHERE q.state IN ('a', 'o')) AS billable,
+                   count(*) FILTER (WHERE q.state = 'o') AS overage,
+                   count(*) FILTER (WHERE q.state = 'r') AS rejected
+            FROM q
+            WHERE q.counted
+            GROUP BY q.site
+        ) AS c
+        WHERE u.site_id = c.site AND u.year_month = v_ym
+    )
+    SELECT array_agg(q.state ORDER BY q.i), array_agg(q.remaining ORDER BY q.i) INTO v_state, v_left
+    FROM q;
 
+    -- The ledger rows of overage and refused events say so (only at the limit; a statement of
+    -- its own because it must see the rows inserted above).
     IF 'o' = ANY (v_state) OR 'r' = ANY (v_state) THEN
         UPDATE ingest_idempotency AS l
         SET billable = (v_state[e.i] = 'o'),
@@ -277,31 +306,19 @@ BEGIN
         WHERE v_state[e.i] IN ('o', 'r') AND l.site_id = e.site AND l.idempotency_key = e.key;
     END IF;
 
-    -- 9 (here, while the usage rows are at hand). The month's counters move in the same
-    --    transaction as the ledger, so quota and invoice never drift from it.
-    UPDATE site_usage_monthly AS u
-    SET event_count = u.event_count + c.billable,
-        overage_count = u.overage_count + c.overage,
-        rejected_count = u.rejected_count + c.rejected,
-        updated_at = p_now
-    FROM (
-        SELECT e.site,
-               count(*) FILTER (WHERE v_state[e.i] IN ('a', 'o')) AS billable,
-               count(*) FILTER (WHERE v_state[e.i] = 'o') AS overage,
-               count(*) FILTER (WHERE v_state[e.i] = 'r') AS rejected
-        FROM unnest(v_ev) AS e
-        WHERE e.billable AND v_new[e.i]
-        GROUP BY e.site
-    ) AS c
-    WHERE u.site_id = c.site AND u.year_month = v_ym;
-
-    -- 4. The session of every stored event: the site's own session with that id (this or
-    --    last month), else, when another site holds the id, the site's derived id; else a
-    --    new session in the server's current UTC month.
+    -- 4-5. The session of every stored event: the site's own session with that id (this or
+    --    last month), else, when another site holds the id, the site's derived id; else a new
+    --    session in the server's current UTC month. What is written from here on: every stored
+    --    event, except a consent event without `analytics` for a session that does not exist
+    --    (a choice to be left alone: its ledger row is all that is kept). And the fingerprint
+    --    facts, read before this batch changes any session: how many sessions of the visitor
+    --    the site saw in the last 7 days (new sessions), whether an earlier session of it on
+    --    this site had a click id (Ads Assisted candidates) -- from its 100 latest sessions at
+    --    most, however many it has. And the rounds of the session upserts below.
     WITH k AS (
         SELECT DISTINCT e.site, e.sid, e.alt FROM unnest(v_ev) AS e WHERE v_state[e.i] IN ('a', 'o')
     ), r AS (
-        -- one primary-key probe per session id (the alternative id only when needed)
+        -- one primary-key probe per session id (the derived id only when needed)
         SELECT k.site, k.sid, k.alt, o.own, o.taken, a.own AS own_alt, a.taken AS alt_taken
         FROM k
         CROSS JOIN LATERAL (
@@ -327,63 +344,53 @@ BEGIN
                     ELSE r.own_alt IS NULL END AS fresh,
                r.own IS NULL AND r.taken AND r.own_alt IS NULL AND r.alt_taken AS clash
         FROM r
+    ), ev AS MATERIALIZED (
+        SELECT e.i, e.site, e.fp, e.assist, e.intent IS NOT NULL AS has_intent, m.id, m.month, m.fresh, m.clash,
+               v_state[e.i] IN ('a', 'o')
+               AND NOT (e.consent_set AND m.fresh AND NOT coalesce('analytics' = ANY (e.consent), false)) AS track
+        FROM unnest(v_ev) AS e
+        LEFT JOIN m ON m.site = e.site AND m.sid = e.sid
+    ), facts AS (
+        SELECT ev.i, h.visits, h.earlier,
+               CASE WHEN ev.track THEN row_number() OVER (PARTITION BY ev.id, ev.track ORDER BY ev.i) END AS n
+        FROM ev
+        CROSS JOIN LATERAL (
+            SELECT count(*) FILTER (WHERE ev.fresh AND x.created_at >= p_now - interval '7 days')::int AS visits,
+                   coalesce(bool_or(ev.assist AND x.id <> ev.id
+                                    AND (x.gclid IS NOT NULL OR x.wbraid IS NOT NULL OR x.gbraid IS NOT NULL)),
+                            false) AS earlier
+            FROM (
+                -- the conditions on `ev` make this a one-time filter: no index scan for events
+                -- that need neither fact
+                SELECT y.id, y.created_at, y.gclid, y.wbraid, y.gbraid
+                FROM sessions y
+                WHERE ev.fp IS NOT NULL AND ev.track AND (ev.fresh OR ev.assist)
+                  AND y.site_id = ev.site AND y.fingerprint = ev.fp AND y.created_month >= v_history
+                ORDER BY y.created_at DESC
+                LIMIT 100
+            ) AS x
+        ) AS h
     )
-    SELECT array_agg(m.id ORDER BY e.i), array_agg(m.month ORDER BY e.i), array_agg(m.fresh ORDER BY e.i),
-           coalesce(bool_or(m.clash), false)
-    INTO v_sess, v_month, v_fresh, v_clash
-    FROM unnest(v_ev) AS e
-    LEFT JOIN m ON m.site = e.site AND m.sid = e.sid;
+    SELECT array_agg(ev.id ORDER BY ev.i), array_agg(ev.month ORDER BY ev.i), array_agg(ev.fresh ORDER BY ev.i),
+           array_agg(ev.track ORDER BY ev.i), array_agg(f.visits ORDER BY ev.i), array_agg(f.earlier ORDER BY ev.i),
+           array_agg(f.n ORDER BY ev.i), coalesce(bool_or(ev.clash), false), max(f.n),
+           (SELECT array_agg(c.n ORDER BY c.k) FROM (SELECT f2.n AS k, count(*)::int AS n FROM facts f2
+                                                     WHERE f2.n IS NOT NULL GROUP BY f2.n) AS c),
+           (SELECT max(c.n) FROM (SELECT count(*) AS n FROM ev e2 WHERE e2.track AND e2.has_intent
+                                  GROUP BY e2.id) AS c)
+    INTO v_sess, v_month, v_fresh, v_track, v_visits, v_earlier, v_round, v_clash, v_rounds, v_want, v_irounds
+    FROM ev
+    JOIN facts f ON f.i = ev.i;
     IF v_clash THEN
         RAISE EXCEPTION 'session ids taken by another site' USING ERRCODE = '40001';
     END IF;
 
-    -- What is written from here on: every stored event, except a consent event without
-    -- `analytics` for a session that does not exist (a choice to be left alone: its ledger
-    -- row is all that is kept).
-    SELECT array_agg(v_state[e.i] IN ('a', 'o')
-                     AND NOT (e.consent_set AND v_fresh[e.i] AND NOT coalesce('analytics' = ANY (e.consent), false))
-                     ORDER BY e.i)
-    INTO v_track
-    FROM unnest(v_ev) AS e;
-
-    -- Fingerprint facts, read before this batch changes any session: how many sessions of
-    -- the visitor the site saw in the last 7 days (new sessions), and whether an earlier
-    -- session of it on this site had a click id (Ads Assisted candidates). Each looks at the
-    -- visitor's 100 latest sessions at most, however many it has.
-    SELECT array_agg(coalesce(h.visits, 0) ORDER BY e.i), array_agg(coalesce(h.earlier, false) ORDER BY e.i)
-    INTO v_visits, v_earlier
-    FROM unnest(v_ev) AS e
-    CROSS JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE v_fresh[e.i] AND x.created_at >= p_now - interval '7 days')::int AS visits,
-               bool_or(e.assist AND x.id <> v_sess[e.i]
-                       AND (x.gclid IS NOT NULL OR x.wbraid IS NOT NULL OR x.gbraid IS NOT NULL)) AS earlier
-        FROM (
-            -- the conditions on `e` make this a one-time filter: no index scan for events
-            -- that need neither fact
-            SELECT y.id, y.created_at, y.gclid, y.wbraid, y.gbraid
-            FROM sessions y
-            WHERE e.fp IS NOT NULL AND v_track[e.i] AND (v_fresh[e.i] OR e.assist)
-              AND y.site_id = e.site AND y.fingerprint = e.fp AND y.created_month >= v_history
-            ORDER BY y.created_at DESC
-            LIMIT 100
-        ) AS x
-    ) AS h;
-
-    -- 6. Sessions, one upsert per round: round k applies the k-th stored event of each
+    -- 6. Sessions, one upsert per round: round k applies the k-th written event of each
     --    session, so a session with several events in the batch gets exactly what it would
     --    get from them one at a time. Descriptive fields only fill empty columns (never
     --    overwritten, never set back to null); activity stats grow; a plain event can only
     --    narrow the consent scopes, a system/consent event sets them (below).
-    SELECT array_agg(z.n ORDER BY z.i), max(z.n) INTO v_round, v_rounds
-    FROM (
-        SELECT e.i, CASE WHEN v_track[e.i]
-                         THEN row_number() OVER (PARTITION BY v_sess[e.i], v_track[e.i] ORDER BY e.i)
-                    END AS n
-        FROM unnest(v_ev) AS e
-    ) AS z;
-
     FOR k IN 1..coalesce(v_rounds, 0) LOOP
-        SELECT count(*) INTO v_want FROM unnest(v_round) AS n WHERE n = k;
         INSERT INTO sessions AS s (
             id, site_id, created_month, created_at, last_activity_at, ip_address, entry_page, exit_page,
             referrer_host, gclid, wbraid, gbraid, other_click_ids, utm_source, utm_medium, utm_campaign,
@@ -459,25 +466,28 @@ BEGIN
                                          ELSE EXCLUDED.consent_updated_at END
         WHERE s.site_id = EXCLUDED.site_id;
         GET DIAGNOSTICS v_got = ROW_COUNT;
-        IF v_got <> v_want THEN
+        IF v_got <> v_want[k] THEN
             -- a row that exists for another site was not updated: its id was taken concurrently
             RAISE EXCEPTION 'session id taken by another site' USING ERRCODE = '40001';
         END IF;
 
-        -- A system/consent event records the visitor's choice as it is, raising or lowering.
-        UPDATE sessions AS s
-        SET consent_scopes = coalesce(e.consent, '{}'), consent_updated_at = to_timestamp(e.at_ms / 1000.0)
-        FROM unnest(v_ev) AS e
-        WHERE v_round[e.i] = k AND e.consent_set
-          AND s.id = v_sess[e.i] AND s.created_month = v_month[e.i] AND s.site_id = e.site
-          AND s.consent_scopes IS DISTINCT FROM coalesce(e.consent, '{}');
+        IF v_consent THEN
+            -- A system/consent event records the visitor's choice as it is, raising or lowering.
+            UPDATE sessions AS s
+            SET consent_scopes = coalesce(e.consent, '{}'), consent_updated_at = to_timestamp(e.at_ms / 1000.0)
+            FROM unnest(v_ev) AS e
+            WHERE v_round[e.i] = k AND e.consent_set
+              AND s.id = v_sess[e.i] AND s.created_month = v_month[e.i] AND s.site_id = e.site
+              AND s.consent_scopes IS DISTINCT FROM coalesce(e.consent, '{}');
+        END IF;
     END LOOP;
 
     -- 7. Event rows (heartbeats only update their session), with the decided score and
     --    attribution in their metadata.
     INSERT INTO events (session_id, session_month, site_id, created_at, url, event_category, event_action,
                         event_label, event_value, metadata, ingest_key)
-    SELECT v_sess[e.i], v_month[e.i], e.site, to_timestamp(e.at_ms / 1000.0), e.url, e.ec, e.ea, e.el, e.ev,
+    SELECT v_sess[e.i], v_month[e.i], e.site, to_timestamp(e.at_ms / 1000.0), e.url, coalesce(e.lc, 'interaction'),
+           coalesce(e.la, 'view'), e.ll, e.ev,
            coalesce(e.meta, '{}') || jsonb_build_object(
                'lead_score', CASE WHEN e.assist AND v_earlier[e.i] THEN e.score_a ELSE e.score END,
                'attribution_source', CASE WHEN e.assist AND v_earlier[e.i] THEN e.attr_a ELSE e.attr END),
@@ -489,13 +499,7 @@ BEGIN
     --    event of the session. Counters add up, the latest action and target win, the score
     --    only grows, the best click id (the event's, else its session's) is kept; the status is
     --    never touched here, so a sealed or junked intent stays so.
-    SELECT max(z.n) INTO v_rounds
-    FROM (
-        SELECT row_number() OVER (PARTITION BY v_sess[e.i] ORDER BY e.i) AS n
-        FROM unnest(v_ev) AS e
-        WHERE v_track[e.i] AND e.intent IS NOT NULL
-    ) AS z;
-    FOR k IN 1..coalesce(v_rounds, 0) LOOP
+    FOR k IN 1..coalesce(v_irounds, 0) LOOP
         INSERT INTO calls AS c (
             site_id, source, status, phone_number, matched_session_id, matched_session_month, matched_fingerprint,
             matched_at, lead_score, lead_score_at_match, intent_stamp, intent_action, intent_target, intent_page_url,

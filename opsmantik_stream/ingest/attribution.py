@@ -20,6 +20,7 @@ __all__ = [
     "Attribution",
     "ClickIds",
     "Device",
+    "attribution_pair",
     "attribution_source",
     "click_ids",
     "host_of",
@@ -144,29 +145,35 @@ def _getter(meta: Any) -> Any:
 
 def click_ids(params: Mapping[str, str], meta: Any) -> ClickIds:
     """Click ids from the page URL, else from ``meta`` (the tracker persists them per session)."""
-    found: dict[str, str] = {}
+    return ClickIds(**_pick(CLICK_ID_KEYS, params, meta, split_google=True))  # type: ignore[arg-type]
+
+
+def _pick(keys: tuple[str, ...], params: Mapping[str, str], meta: Any, *, split_google: bool = False) -> dict[str, Any]:
+    """``keys`` from the URL's parameters, else from ``meta`` (a mapping or a struct), junk
+    values dropped; with ``split_google`` the non-Google click ids go under ``other``."""
     get = _getter(meta)
-    for key in CLICK_ID_KEYS:
-        value = (_value(params.get(key)) if params else None) or _value(get(key))
+    found: dict[str, str] = {}
+    for key in keys:
+        raw = params.get(key) if params else None
+        value = _value(raw) if raw is not None else None
+        if value is None:
+            raw = get(key)
+            value = _value(raw) if raw is not None else None
         if value:
             found[key] = value
-    return ClickIds(
-        gclid=found.pop("gclid", None),
-        wbraid=found.pop("wbraid", None),
-        gbraid=found.pop("gbraid", None),
-        other=found,
-    )
+    if not split_google:
+        return found
+    return {
+        "gclid": found.pop("gclid", None),
+        "wbraid": found.pop("wbraid", None),
+        "gbraid": found.pop("gbraid", None),
+        "other": found,
+    }
 
 
 def template_params(params: Mapping[str, str], meta: Any) -> dict[str, str]:
     """UTM and template parameters from the URL, else from ``meta``."""
-    out: dict[str, str] = {}
-    get = _getter(meta)
-    for key in TEMPLATE_KEYS:
-        value = (_value(params.get(key)) if params else None) or _value(get(key))
-        if value:
-            out[key] = value
-    return out
+    return _pick(TEMPLATE_KEYS, params, meta)
 
 
 def host_of(url: str | None) -> str | None:
@@ -203,8 +210,12 @@ def is_google_host(host: str | None) -> bool:
     """google.com, www.google.com.tr, google.de ... (a ``google`` label before the suffix)."""
     if not host:
         return False
-    labels = host.split(".")
-    return "google" in labels[:-1]
+    return _is_google(host)
+
+
+@lru_cache(maxsize=4096)
+def _is_google(host: str) -> bool:
+    return "google" in host.split(".")[:-1]
 
 
 _SEARCH = ("bing", "yandex", "duckduckgo", "yahoo", "baidu", "ecosia")
@@ -224,19 +235,42 @@ _SOCIAL = (
 
 
 def social_platform(host: str | None) -> str | None:
+    """The social network a referrer host belongs to, or None."""
     if not host:
         return None
+    return _social_platform(host)
+
+
+@lru_cache(maxsize=4096)
+def _social_platform(host: str) -> str | None:
     for domain, name in _SOCIAL:
         if _matches(host, domain):
             return name
     return None
 
 
+@lru_cache(maxsize=4096)
 def _is_search(host: str) -> bool:
     if is_google_host(host):
         return True
     labels = host.split(".")
     return any(name in labels[:-1] for name in _SEARCH)
+
+
+def attribution_pair(ids: ClickIds, utm_medium: str | None, ref_host: str | None) -> tuple[str, str]:
+    """The attribution source without and with "an earlier session of this fingerprint *on
+    this site* had a click id" (the one fact that needs the database). First match: Google
+    click id -> First Click (Paid); paid utm_medium -> Paid (UTM); Google referrer and an
+    earlier click -> Ads Assisted; social referrer -> Social; else Organic.
+
+    wbraid/gbraid are Google Ads clicks (iOS) just like gclid, so they count as paid clicks.
+    """
+    if ids.google:
+        return Attribution.FIRST_CLICK_PAID, Attribution.FIRST_CLICK_PAID
+    if utm_medium and utm_medium.strip().lower() in PAID_UTM_MEDIUMS:
+        return Attribution.PAID_UTM, Attribution.PAID_UTM
+    rest = Attribution.SOCIAL if social_platform(ref_host) else Attribution.ORGANIC
+    return rest, (Attribution.ADS_ASSISTED if is_google_host(ref_host) else rest)
 
 
 def attribution_source(
@@ -246,21 +280,9 @@ def attribution_source(
     *,
     earlier_click_on_site: bool,
 ) -> str:
-    """First match: Google click id -> First Click (Paid); paid utm_medium -> Paid (UTM);
-    Google referrer and an earlier session of this fingerprint *on this site* with a click
-    id -> Ads Assisted; social referrer -> Social; else Organic.
-
-    wbraid/gbraid are Google Ads clicks (iOS) just like gclid, so they count as paid clicks.
-    """
-    if ids.google:
-        return Attribution.FIRST_CLICK_PAID
-    if (utm_medium or "").strip().lower() in PAID_UTM_MEDIUMS:
-        return Attribution.PAID_UTM
-    if is_google_host(ref_host) and earlier_click_on_site:
-        return Attribution.ADS_ASSISTED
-    if social_platform(ref_host):
-        return Attribution.SOCIAL
-    return Attribution.ORGANIC
+    """The attribution source (see ``attribution_pair``)."""
+    without, with_earlier = attribution_pair(ids, utm_medium, ref_host)
+    return with_earlier if earlier_click_on_site else without
 
 
 def traffic_source(ids: ClickIds, utm: Mapping[str, str], ref_host: str | None) -> tuple[str, str]:

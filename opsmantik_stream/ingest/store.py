@@ -175,9 +175,6 @@ class BatchEvent(msgspec.Struct, omit_defaults=True):
     cta: int | None = None
     attr_a: str | None = None
     score_a: int | None = None
-    ec: str | None = None
-    ea: str | None = None
-    el: str | None = None
     ev: float | None = None
     meta: EventMeta | None = None
     intent: str | None = None
@@ -216,8 +213,7 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
     device = attr.parse_device(ev.ua, utm.get("device"))
     source, medium = attr.traffic_source(ids, utm, ref_host)
     utm_medium = utm.get("utm_medium")
-    attribution = attr.attribution_source(ids, utm_medium, ref_host, earlier_click_on_site=False)
-    assisted = attr.attribution_source(ids, utm_medium, ref_host, earlier_click_on_site=True)
+    attribution, assisted = attr.attribution_pair(ids, utm_medium, ref_host)
     google = attr.is_google_host(ref_host)
     score_args: dict[str, Any] = {
         "category": ev.ec,
@@ -258,7 +254,7 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
         consent=ev.consent,
         ip=ev.ip,
         url=ev.url or None,
-        exit_page=meta.exit_page or ev.url or None,
+        exit_page=meta.exit_page,  # none: the page itself (ingest_batch falls back to url)
         ref=ref_host,
         gclid=ids.gclid,
         wbraid=ids.wbraid,
@@ -293,9 +289,6 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
         cta=meta.cta_hovers,
         attr_a=assisted if assist else None,
         score_a=lead_score(**score_args, ads_assisted=True) if assist else None,
-        ec=ev.ec or "interaction",
-        ea=ev.ea or "view",
-        el=ev.el,
         ev=ev.ev,
         meta=EventMeta(
             eid=ev.eid,
