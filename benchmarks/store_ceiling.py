@@ -28,7 +28,7 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["StoreCeiling", "measure_store_ceiling"]
+__all__ = ["StoreCeiling"]
 
 _LEDGER = """
 INSERT INTO ingest_idempotency (site_id, idempotency_key, billing_state, event_category, event_action, event_label)
@@ -79,6 +79,14 @@ class StoreCeiling:
             self.site_id = str(site["site_id"])
         finally:
             await conn.close()
+
+    async def count_rows(self) -> dict[str, int]:
+        """Rows in the ledger and in events (every run's, to check stored == reported)."""
+        async with _conn(self.url) as conn:
+            return {
+                "ledger_rows": int(await conn.fetchval("SELECT count(*) FROM ingest_idempotency")),
+                "event_rows": int(await conn.fetchval("SELECT count(*) FROM events")),
+            }
 
     def close(self) -> None:
         if self._pg is not None:
@@ -150,29 +158,6 @@ class StoreCeiling:
             "commits_per_s": commits / elapsed,
             "events": stored,
         }
-
-
-async def measure_store_ceiling(seconds: float, grid: list[tuple[int, int]]) -> dict[str, Any]:
-    """The best events/s over ``grid`` of (batch size, connections); every run reported."""
-    ceiling = StoreCeiling()
-    try:
-        await ceiling.setup()
-        runs = []
-        for i, (batch, conns) in enumerate(grid):
-            runs.append(await ceiling.run(batch=batch, connections=conns, seconds=seconds, run=f"r{i}"))
-        best = max(runs, key=lambda r: r["events_per_s"])
-        async with _conn(ceiling.url) as conn:
-            ledger = await conn.fetchval("SELECT count(*) FROM ingest_idempotency")
-            events = await conn.fetchval("SELECT count(*) FROM events")
-        return {
-            "best": best,
-            "runs": runs,
-            "ledger_rows": ledger,
-            "event_rows": events,
-            "stored_equals_reported": ledger == events == sum(r["events"] for r in runs),
-        }
-    finally:
-        await asyncio.to_thread(ceiling.close)
 
 
 class _conn:

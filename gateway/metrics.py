@@ -46,7 +46,7 @@ REGISTRY.register(_IngestOutcomes())
 BATCH_SIZE = Histogram(
     "opsmantik_ingest_batch_events",
     "Events per partition batch sent by the micro-batcher",
-    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
     registry=REGISTRY,
 )
 HTTP_LATENCY = Histogram(
