@@ -414,6 +414,7 @@ async def _store_runs(ctx: Context, grid: list[tuple[int, int]], *, repeats: int
         ordered = sorted(repeats_of_top, key=lambda r: r["events_per_s"])
         best = ordered[len(ordered) // 2]
         stored = await ceiling.count_rows()
+        await ceiling.close_pool()
         reported = sum(r["events"] for r in runs) + sum(r["events"] for r in repeats_of_top[1:])
         return {
             "best": best,
@@ -423,6 +424,7 @@ async def _store_runs(ctx: Context, grid: list[tuple[int, int]], *, repeats: int
             "stored_equals_reported": stored["ledger_rows"] == stored["event_rows"] == reported,
         }
     finally:
+        await ceiling.close_pool()
         await asyncio.to_thread(ceiling.close)
 
 

@@ -294,3 +294,23 @@ async def test_a_batch_past_its_deadline_is_not_written(pool: asyncpg.Pool, make
     assert await pool.fetchval("SELECT count(*) FROM ingest_idempotency") == 0
     [r] = await store.ingest([wire(site, now)], deadline=time.monotonic() + 30)
     assert r.status == "accepted"
+
+
+async def test_a_visitor_with_thousands_of_sessions_costs_every_batch_a_bounded_look_up(
+    pool: asyncpg.Pool, make_site: Any
+) -> None:
+    # Heartbeats (not billable) with one fingerprint and many session ids must not make later
+    # batches of the site slower and slower: the look-up reads the visitor's 100 latest
+    # sessions at most, and nothing about it is kept in the partition between batches.
+    site = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    store = IngestStore(pool)
+    beats = [wire(site, now, ec="system", ea="heartbeat", meta={"fp": "fp-many"}) for _ in range(600)]
+    for k in range(0, len(beats), 200):
+        assert {r.status for r in await store.ingest(beats[k : k + 200])} == {"accepted"}
+    assert await pool.fetchval("SELECT count(*) FROM sessions WHERE fingerprint = 'fp-many'") == 600
+    [r] = await store.ingest([wire(site, now, meta={"fp": "fp-many"}, referrer="https://www.google.com/")])
+    assert r.status == "accepted"
+    visits = await pool.fetchval("SELECT previous_visit_count FROM sessions ORDER BY created_at DESC, id LIMIT 1")
+    assert visits == 100
+    assert await pool.fetchval("SELECT count(*) FROM events") == 1  # heartbeats only touch sessions
