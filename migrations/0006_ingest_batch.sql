@@ -257,24 +257,28 @@ BEGIN
         SELECT e.i, e.site, e.key, e.billable, ins.site_id IS NOT NULL AS new
         FROM unnest(v_ev) AS e
         LEFT JOIN ins ON ins.site_id = e.site AND ins.idempotency_key = e.key
+    ), plan AS (
+        -- the batch's sites only (an index look-up each, however many sites there are)
+        SELECT x.site_id, x.event_count, y.monthly_limit, y.soft_limit_enabled, y.hard_cap_multiplier
+        FROM site_usage_monthly x
+        LEFT JOIN site_plans y ON y.site_id = x.site_id
+        WHERE x.site_id = ANY (v_sites) AND x.year_month = v_ym
     ), q AS (
+        -- the quota state of the k-th counted event of a site is decided with k - 1 counted
+        -- before it in this batch (a running count, not a join of the batch with itself)
         SELECT n.i, n.site, n.key, n.billable AND n.new AS counted,
-               CASE WHEN NOT n.new THEN 'd'::"char" WHEN NOT n.billable THEN 'a'::"char" ELSE d.state END AS state,
-               CASE WHEN n.new AND n.billable THEN d.remaining END AS remaining
-        FROM n
-        LEFT JOIN (
-            SELECT b.i,
-                   ingest_quota(coalesce(p.monthly_limit, 100000), coalesce(p.soft_limit_enabled, false),
-                                coalesce(p.hard_cap_multiplier, 2), u.event_count + b.rank - 1) AS state,
-                   greatest(coalesce(p.monthly_limit, 100000) - u.event_count - b.rank, 0)::int AS remaining
-            FROM (
-                SELECT x.i, x.site, row_number() OVER (PARTITION BY x.site ORDER BY x.i) AS rank
-                FROM n AS x
-                WHERE x.billable AND x.new
-            ) AS b
-            JOIN site_usage_monthly u ON u.site_id = b.site AND u.year_month = v_ym
-            LEFT JOIN site_plans p ON p.site_id = b.site
-        ) AS d ON d.i = n.i
+               CASE WHEN NOT n.new THEN 'd'::"char"
+                    WHEN NOT n.billable THEN 'a'::"char"
+                    ELSE ingest_quota(coalesce(u.monthly_limit, 100000), coalesce(u.soft_limit_enabled, false),
+                                      coalesce(u.hard_cap_multiplier, 2), u.event_count + n.rank - 1) END AS state,
+               CASE WHEN n.new AND n.billable
+                    THEN greatest(coalesce(u.monthly_limit, 100000) - u.event_count - n.rank, 0)::int END AS remaining
+        FROM (
+            SELECT n.*, count(*) FILTER (WHERE n.billable AND n.new)
+                            OVER (PARTITION BY n.site ORDER BY n.i ROWS UNBOUNDED PRECEDING) AS rank
+            FROM n
+        ) AS n
+        LEFT JOIN plan AS u ON u.site_id = n.site
     ), counted AS (
         UPDATE site_usage_monthly AS u
         SET event_count = u.event_count + c.billable,
