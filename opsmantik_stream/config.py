@@ -43,8 +43,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # data_dir/vault.key on first start when not given.
     vault_key: str | None = None
     cron_secret: str | None = None
-    # Pools.
-    partitions: Annotated[int, msgspec.Meta(ge=1, le=256)] = 2
+    # Pools. Partitions on first start; unset: one per two cores (a partition and its share
+    # of PostgreSQL take about a core, and the gateway needs one too).
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=256)] | None = None
     uploaders: Annotated[int, msgspec.Meta(ge=0, le=256)] = 2
     # Ingest micro-batching and backpressure. An idle partition gets events at once; while a
     # call is in flight the next batch fills for up to batch_max_wait_ms (or up to
@@ -97,6 +98,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     upload_idle_poll_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     uploader_concurrency: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
     log_level: str = "INFO"
+
+    @property
+    def partition_count(self) -> int:
+        """``partitions``, or one per two cores when unset."""
+        return self.partitions if self.partitions is not None else max(1, (os.cpu_count() or 2) // 2)
 
     @property
     def data_path(self) -> Path:
