@@ -136,13 +136,6 @@ class ClickIds(msgspec.Struct, frozen=True):
         return None, None
 
 
-def _getter(meta: Any) -> Any:
-    """``meta`` may be a mapping or a struct (the typed ``MetaIn`` of ingest)."""
-    if isinstance(meta, Mapping):
-        return meta.get
-    return lambda key: getattr(meta, key, None)
-
-
 def click_ids(params: Mapping[str, str], meta: Any) -> ClickIds:
     """Click ids from the page URL, else from ``meta`` (the tracker persists them per session)."""
     return ClickIds(**_pick(CLICK_ID_KEYS, params, meta, split_google=True))  # type: ignore[arg-type]
@@ -151,16 +144,32 @@ def click_ids(params: Mapping[str, str], meta: Any) -> ClickIds:
 def _pick(keys: tuple[str, ...], params: Mapping[str, str], meta: Any, *, split_google: bool = False) -> dict[str, Any]:
     """``keys`` from the URL's parameters, else from ``meta`` (a mapping or a struct), junk
     values dropped; with ``split_google`` the non-Google click ids go under ``other``."""
-    get = _getter(meta)
     found: dict[str, str] = {}
-    for key in keys:
-        raw = params.get(key) if params else None
-        value = _value(raw) if raw is not None else None
-        if value is None:
-            raw = get(key)
-            value = _value(raw) if raw is not None else None
-        if value:
-            found[key] = value
+    if params:
+        for key in keys:
+            raw = params.get(key)
+            if raw is not None:
+                value = _value(raw)
+                if value:
+                    found[key] = value
+    if meta is None:
+        pass
+    elif isinstance(meta, Mapping):
+        for key in keys:
+            raw = meta.get(key)
+            if raw is not None and key not in found:
+                value = _value(raw)
+                if value:
+                    found[key] = value
+    else:
+        # a struct: all its values at once, then by position (no attribute look-ups)
+        values = msgspec.structs.astuple(meta)
+        for key, pos in _positions(type(meta), keys):
+            raw = values[pos]
+            if raw is not None and key not in found:
+                value = _value(raw)
+                if value:
+                    found[key] = value
     if not split_google:
         return found
     return {
@@ -169,6 +178,12 @@ def _pick(keys: tuple[str, ...], params: Mapping[str, str], meta: Any, *, split_
         "gbraid": found.pop("gbraid", None),
         "other": found,
     }
+
+
+@lru_cache(maxsize=64)
+def _positions(struct: type, keys: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    fields = struct.__struct_fields__  # type: ignore[attr-defined]
+    return tuple((key, fields.index(key)) for key in keys if key in fields)
 
 
 def template_params(params: Mapping[str, str], meta: Any) -> dict[str, str]:
