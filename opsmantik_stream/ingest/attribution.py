@@ -164,7 +164,7 @@ def _pick(keys: tuple[str, ...], params: Mapping[str, str], meta: Any, *, split_
     else:
         # a struct: all its values at once, then by position (no attribute look-ups)
         values = msgspec.structs.astuple(meta)
-        for key, pos in _positions(type(meta), keys):
+        for key, pos in _positions(type(meta), keys):  # type: ignore[arg-type]
             raw = values[pos]
             if raw is not None and key not in found:
                 value = _value(raw)
