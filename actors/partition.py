@@ -9,8 +9,12 @@ exactly one round trip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import tempfile
 import time
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -43,6 +47,9 @@ class SitePartition:
         self._init_lock = asyncio.Lock()
         self._store: IngestStore | None = None
         self._pool: asyncpg.Pool | None = None
+        # the local data path (opsmantik_stream/channel.py): a Unix socket, opened on request
+        self._socket_path: str | None = None
+        self._server: asyncio.AbstractServer | None = None
 
     async def ping(self) -> str:
         return "ok"
@@ -87,6 +94,58 @@ class SitePartition:
             return encode_results(await store.ingest(decode_wire(payload), deadline=deadline))
         finally:
             self._leave()
+
+    async def data_address(self) -> str | None:
+        """The Unix socket a gateway on this node sends batches to (opened on first request;
+        ``None`` when sockets are switched off). A new actor incarnation has a new path."""
+        if not self._settings.partition_local_socket:
+            return None
+        async with self._init_lock:
+            if self._server is None:
+                folder = os.path.join(tempfile.gettempdir(), "opsmantik-sockets")
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+                path = os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex[:12]}.sock")
+                self._server = await asyncio.start_unix_server(self._serve_connection, path=path)
+                os.chmod(path, 0o600)  # the gateway runs as the same user; nobody else
+                self._socket_path = path
+        return self._socket_path
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from opsmantik_stream.channel import read_frame
+
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                frame = await read_frame(reader)
+                # each request on its own task: a connection carries several calls at once
+                task = asyncio.create_task(self._serve_frame(frame, writer))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass  # the gateway went away (or spoke nonsense): its calls are answered as far as possible
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve_frame(self, frame: list[Any], writer: asyncio.StreamWriter) -> None:
+        from opsmantik_stream.channel import EXPIRED, FAILED, OK, RETIRED, write_frame
+        from opsmantik_stream.ingest.store import CallExpired
+        from opsmantik_stream.routing import PartitionRetired
+
+        call_id, method, timeout_s, payload = frame
+        try:
+            if method != "ingest":
+                raise ValueError(f"unknown method {method!r}")
+            reply: list[Any] = [call_id, OK, await self.ingest(payload, timeout_s)]
+        except PartitionRetired:
+            reply = [call_id, RETIRED, b""]
+        except CallExpired:
+            reply = [call_id, EXPIRED, b""]
+        except Exception as exc:
+            reply = [call_id, FAILED, type(exc).__name__.encode()]
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            write_frame(writer, reply)
 
     async def replay_dead_letter(self, dead_letter_id: int, site_id: str) -> dict[str, object]:
         """Replay one ingest dead letter of a site this partition owns."""

@@ -55,6 +55,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     batch_max_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 5.0
     partition_max_inflight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     partition_call_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 30.0
+    # a gateway sends batches to a partition on the same machine over a Unix socket instead
+    # of a Ray call (Ray still places, restarts and finds it); off: always Ray calls
+    partition_local_socket: bool = True
     # connections each partition writes batches on (batches of different sites run in parallel)
     partition_db_connections: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
     # events waiting for a partition beyond this -> 503 + Retry-After (bounded memory)
