@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _HOPS = 3
 # how long a partition found on another node (or without a socket) is not asked again
 _REMOTE_RECHECK_S = 30.0
+_RETRY_S = 1.0
 
 
 class _Channel:
@@ -204,7 +205,8 @@ class PartitionClient:
                 # not reachable right now (restarting, another node): Ray calls; asked again later
                 log.info("partition channel unavailable", extra={"partition": name, "error": type(exc).__name__})
                 self._routing.forget(name)
-                self._channels[name] = time.monotonic()
+                # a restart in progress is over soon: ask again in a second, not in 30
+                self._channels[name] = time.monotonic() - _REMOTE_RECHECK_S + _RETRY_S
                 return None
             opened = _Channel(name, reader, writer)
             self._channels[name] = opened
