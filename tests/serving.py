@@ -8,7 +8,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,3 +63,18 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s:
             last = type(exc).__name__
         time.sleep(0.5)
     raise AssertionError(f"not healthy in time (last answer: {last}):\n{log.read_text()[-3000:]}")
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 30) -> Any:
+    """Poll ``check`` (e.g. a PostgreSQL query) until it returns something truthy; a server or a
+    browser works on its own, so tests wait for its effect instead of sleeping."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
