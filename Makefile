@@ -53,6 +53,7 @@ bench: install
 
 docs: install
 	$(BIN)/python -m opsmantik_stream.docgen
+	$(BIN)/python -m gateway.api_doc
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
