@@ -4,7 +4,6 @@ prints) as one JSON object with the gateway's fields plus the actor's name."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -12,13 +11,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
 import pytest
 import ray
 
 from opsmantik_stream.config import Settings
 from opsmantik_stream.logs import JsonFormatter
-from tests.conftest import _with_db
+from tests.conftest import _with_db, admin_sql
 
 pytestmark = pytest.mark.integration
 
@@ -27,19 +25,11 @@ pytestmark = pytest.mark.integration
 def empty_db_url(pg_server: str) -> Iterator[str]:
     """A database without the schema, so every job of a Maintenance actor on it fails."""
     name = f"empty_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(pg_server)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    admin_sql(pg_server, f"CREATE DATABASE {name}")
     try:
         yield _with_db(pg_server, name)
     finally:
-        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin_sql(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:
