@@ -65,8 +65,17 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
-    base = tmp_path_factory.mktemp("wheel")
+def installed() -> Iterator[Installed]:
+    # Not under pytest's tmp_path: its folders are 0700 (and pytest resets them to 0700), while
+    # the embedded PostgreSQL runs the venv's pg_ctl as its own user when the tests run as root.
+    base = Path(tempfile.mkdtemp(prefix="opsm-wheel-"))
+    try:
+        yield _install(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _install(base: Path) -> Installed:
     source = base / "source"
     shutil.copytree(ROOT, source, ignore=_ignore)
     wheels = base / "wheels"
@@ -100,7 +109,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     home = base / "elsewhere"
     home.mkdir()
-    yield Installed(wheel, venv, home)
+    return Installed(wheel, venv, home)
 
 
 def test_the_wheel_ships_migrations_named_sql_and_static_files(installed: Installed) -> None:
@@ -120,8 +129,7 @@ def test_installed_wheel_migrates_and_serves(installed: Installed) -> None:
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(installed.venv), where.stdout  # not the checkout
 
-    # not under tmp_path (0700 parents): the embedded server runs as its own user
-    data = Path(tempfile.mkdtemp(prefix="opsm-wheel-")) / "data"
+    data = installed.home / "data"
     try:
         migrated = installed.run("opsmantik", "migrate", "--json", OPSMANTIK_DATA_DIR=str(data))
         assert migrated.returncode == 0, migrated.stdout + migrated.stderr
@@ -160,4 +168,4 @@ def test_installed_wheel_migrates_and_serves(installed: Installed) -> None:
         assert proc.returncode == 0, log.read_text()[-3000:]
         assert "stopped" in log.read_text()
     finally:
-        shutil.rmtree(data.parent, ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
