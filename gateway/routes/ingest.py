@@ -1,5 +1,5 @@
-"""Routes: ingest (``POST``/``OPTIONS /api/sync``, SPEC.md §3) and the tracker script
-(``/assets/core.js``, legacy ``/ux-core.js``, SPEC.md §2).
+"""Routes: ingest (``POST``/``OPTIONS /api/sync``) and the tracker script
+(``/assets/core.js``, legacy ``/ux-core.js``).
 
 ``POST /api/sync`` is served by ``gateway.sync`` on the lean path (the app hands it over
 before FastAPI's stack); the route declared here describes it in the OpenAPI document and
@@ -113,7 +113,7 @@ async def _serve_tracker(request: Request) -> Response:
     return Response(data, media_type="application/javascript; charset=utf-8", headers=headers)
 
 
-@router.get("/assets/core.js", summary="The browser tracker (SPEC.md §2)", response_class=Response)
+@router.get("/assets/core.js", summary="The browser tracker", response_class=Response)
 async def tracker_core(request: Request) -> Response:
     return await _serve_tracker(request)
 
