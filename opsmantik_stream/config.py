@@ -86,6 +86,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     upload_bucket_margin_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
     upload_idle_poll_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     uploader_concurrency: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
+    # Privacy (GDPR / KVKK): the privacy_retention job anonymises sessions without analytics
+    # consent whose last activity is older than this (a dry run counts first) ...
+    privacy_retention_days: Annotated[int, msgspec.Meta(ge=30, le=365)] = 90
+    # ... and redacts dead-letter payloads older than this
+    privacy_dead_letter_days: Annotated[int, msgspec.Meta(ge=1, le=365)] = 30
+    # rows per retention transaction (short locks)
+    privacy_retention_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    # signed POST /api/consent requests per (site, client) per minute
+    consent_rate_limit_per_min: PositiveInt = 600
     log_level: str = "INFO"
 
     @property
