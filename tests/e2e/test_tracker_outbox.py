@@ -15,6 +15,7 @@ waits: 30 idle minutes and ten minutes of back-off take no real time.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import json
 import threading
@@ -299,7 +300,7 @@ async def test_back_off_on_429_and_5xx(
         await _ready(bt, page)
         for attempt in range(1, len(delays_s) + 2):
             # the answer to this attempt is processed (the outbox entry counts it) ...
-            entry = await until(lambda a=attempt: _entry(bt, page, a), f"attempt {attempt} settled")
+            entry = await until(functools.partial(_entry, bt, page, attempt), f"attempt {attempt} settled")
             if attempt == 1:
                 await bt(page.clock.pause_at(_at(await bt(page.evaluate("Date.now()")) + 1)))
             if attempt > len(delays_s):
