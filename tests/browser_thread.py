@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pytest
 
-__all__ = ["BrowserThread", "PageLog", "until"]
+__all__ = ["BrowserThread", "PageLog", "module_browser", "until"]
 
 T = TypeVar("T")
 
@@ -114,6 +114,21 @@ class BrowserThread:
 
     async def close_page(self, page: Any) -> None:
         await self(page.context.close())
+
+
+@pytest.fixture(scope="module", name="bt")
+def module_browser() -> Iterator[BrowserThread]:
+    """The fixture ``bt``: one browser per test module (import ``module_browser`` there)."""
+    from tests.cdp import ensure_chromium
+
+    binary, reason = ensure_chromium()
+    if binary is None:
+        pytest.fail(f"headless Chromium unavailable: {reason}")
+    browser = BrowserThread(binary).start()
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 async def until(check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 30) -> Any:

@@ -21,8 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.browser_thread import BrowserThread, until
-from tests.cdp import ensure_chromium
+from tests.browser_thread import BrowserThread, module_browser, until  # noqa: F401  (the fixture bt)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -39,18 +38,6 @@ PAGE = """<!doctype html>
           data-api="{api}/api/sync" async></script>
 </body></html>
 """
-
-
-@pytest.fixture(scope="module")
-def bt() -> Iterator[BrowserThread]:
-    binary, reason = ensure_chromium()
-    if binary is None:
-        pytest.fail(f"headless Chromium unavailable: {reason}")
-    browser = BrowserThread(binary).start()
-    try:
-        yield browser
-    finally:
-        browser.close()
 
 
 @pytest.fixture

@@ -28,8 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.browser_thread import BrowserThread, until
-from tests.cdp import ensure_chromium
+from tests.browser_thread import BrowserThread, module_browser, until  # noqa: F401  (the fixture bt)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -82,18 +81,6 @@ class Stub:
 
     def beacons(self) -> list[Hit]:
         return [h for h in self.hits if h.ts is None]
-
-
-@pytest.fixture(scope="module")
-def bt() -> Iterator[BrowserThread]:
-    binary, reason = ensure_chromium()
-    if binary is None:
-        pytest.fail(f"headless Chromium unavailable: {reason}")
-    browser = BrowserThread(binary).start()
-    try:
-        yield browser
-    finally:
-        browser.close()
 
 
 @pytest.fixture
@@ -194,12 +181,7 @@ async def test_outbox_keeps_the_newest_100_across_a_reload(bt: BrowserThread, st
         # the endpoint is back: everything kept is delivered, then the outbox is empty
         stub.answer = lambda hit: (202, {})
         await bt(page.clock.fast_forward(130_000))  # past any back-off
-
-        async def drained() -> bool:
-            await bt(page.evaluate("window.opsmantik.flush()"))
-            return bool(await bt(page.evaluate("window.opsmantik.pending() === 0")))
-
-        await until(drained, "the outbox delivered")
+        await until(functools.partial(_drained, bt, page), "the outbox delivered")
         delivered = {eid for h in stub.fetches() if h.status == 202 for eid in h.eids}
         assert set(eids[52:]) <= delivered
     finally:
@@ -265,12 +247,7 @@ async def test_page_hide_sends_the_pending_batch_by_beacon_and_keeps_it(bt: Brow
         assert set(beacon.eids) <= {e["id"] for e in await bt(page.evaluate(OUTBOX))}
         stub.answer = lambda hit: (202, {})
         await bt(page.clock.fast_forward(130_000))
-
-        async def drained() -> bool:
-            await bt(page.evaluate("window.opsmantik.flush()"))
-            return bool(await bt(page.evaluate("window.opsmantik.pending() === 0")))
-
-        await until(drained, "the outbox delivered")
+        await until(functools.partial(_drained, bt, page), "the outbox delivered")
         delivered = {eid for h in stub.fetches() if h.status == 202 for eid in h.eids}
         assert set(beacon.eids) <= delivered
     finally:
@@ -302,7 +279,9 @@ async def test_back_off_on_429_and_5xx(
             # the answer to this attempt is processed (the outbox entry counts it) ...
             entry = await until(functools.partial(_entry, bt, page, attempt), f"attempt {attempt} settled")
             if attempt == 1:
-                await bt(page.clock.pause_at(_at(await bt(page.evaluate("Date.now()")) + 1)))
+                # from here on the page's time moves only when the test moves it (the clock
+                # ran until now: a second ahead is still before the entry is due again)
+                await bt(page.clock.pause_at(_at(await bt(page.evaluate("Date.now()")) + 1000)))
             if attempt > len(delays_s):
                 break
             # ... then the page's clock runs exactly to the time the entry is due again
@@ -317,6 +296,12 @@ async def test_back_off_on_429_and_5xx(
             assert delay * 1000 <= gap < delay * 1000 + slack, (n, gaps)
     finally:
         await bt.close_page(page)
+
+
+async def _drained(bt: BrowserThread, page: Any) -> bool:
+    """Flush now (past the 2 s gap); true once the outbox is empty."""
+    await bt(page.evaluate("window.opsmantik.flush()"))
+    return bool(await bt(page.evaluate("window.opsmantik.pending() === 0")))
 
 
 def _at(ms: int) -> dt.datetime:

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.context import AppContext
+from opsmantik_stream.cli.status import _text as status_text
 from opsmantik_stream.jobs import JOBS, run_job
 from opsmantik_stream.privacy import run_retention
 from tests.integration._leads_support import make_session
@@ -154,13 +155,14 @@ async def test_last_run_in_status_metrics_and_cron(
             [sys.executable, "-m", "opsmantik_stream.cli", *args], capture_output=True, text=True, env=env, timeout=90
         )
 
-    status = cli("status", "--json")
-    assert json.loads(status.stdout)["privacy_retention"]["counts"]["sessions"] == 1
-    assert "privacy:   retention last run" in cli("status").stdout
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["privacy_retention"]["counts"]["sessions"] == 1
+    assert "privacy:   retention last run" in status_text(status)
     dry = cli("privacy", "retention", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["would_anonymize"]["sessions"] == 0
     assert cli("privacy", "retention", "--days", "7").returncode == 2
+    assert "erase" in cli("privacy", "--help").stdout
 
 
 async def test_cli_erase_and_export(pool: asyncpg.Pool, db_url: str, tmp_path: Path, make_site: Any) -> None:
@@ -197,6 +199,4 @@ async def test_cli_erase_and_export(pool: asyncpg.Pool, db_url: str, tmp_path: P
 
     bad = cli("erase", "--site", site["public_id"], "--type", "phone", "--value", "nope")
     assert bad.returncode == 2 and "not a phone number" in bad.stderr
-    assert cli("erase", "--site", site["public_id"], "--type", "ip", "--value", "1").returncode == 2
     assert cli("erase", "--site", "f" * 32, "--type", "fingerprint", "--value", "x").returncode == 1
-    assert cli("--help").returncode == 0 and cli("export", "--help").returncode == 0
