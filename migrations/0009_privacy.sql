@@ -122,7 +122,10 @@ $$;
 -- After a session's consent scopes changed: record the change, and when marketing was
 -- withdrawn, void the session's pending conversions. The WHEN clause keeps the hot path
 -- (the partition's session upsert) free of any function call unless the scopes changed.
-CREATE FUNCTION sessions_consent_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER: whichever role changed the session (a partition, the consent endpoint),
+-- the history and the voiding are written.
+CREATE FUNCTION sessions_consent_changed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
     INSERT INTO consent_changes (site_id, session_id, session_month, previous_scopes, scopes, source, consent_at)
     VALUES (NEW.site_id, NEW.id, NEW.created_month, OLD.consent_scopes, NEW.consent_scopes,
