@@ -65,7 +65,9 @@ class RequestIdMiddleware:
                     "request",
                     extra={
                         "method": scope.get("method"),
-                        "path": scope.get("path"),
+                        # the route template, never the path itself: ids in a path can be
+                        # anything a client typed (a phone number, an address)
+                        "path": template,
                         "status": status,
                         "duration_ms": round(elapsed * 1000, 2),
                     },

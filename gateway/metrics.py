@@ -4,6 +4,7 @@ reports the same cluster-wide truth."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from opsmantik_stream.privacy.retention import last_run
 from opsmantik_stream.queries import Q
 
 __all__ = [
@@ -71,6 +73,7 @@ class _DatabaseFigures(Collector):
                 "breakers": {r["state"]: r["n"] for r in await conn.fetch(Q.ops.breakers_by_state)},
                 "uploads": dict(await conn.fetchrow(Q.ops.upload_totals)),
                 "dead_letters": await conn.fetchval(Q.ops.dead_letters_pending),
+                "privacy_retention": await last_run(conn),
             }
 
     def collect(self) -> Iterator[Any]:
@@ -90,6 +93,25 @@ class _DatabaseFigures(Collector):
             uploads.add_metric([outcome], snap["uploads"].get(outcome, 0))
         yield uploads
         yield GaugeMetricFamily("opsmantik_dead_letters_pending", "Dead letters waiting", value=snap["dead_letters"])
+        yield from _retention_metrics(snap.get("privacy_retention"))
+
+
+def _retention_metrics(run: dict[str, Any] | None) -> Iterator[Any]:
+    """The last privacy_retention run: when, and rows anonymised per table."""
+    if not run:
+        return
+    finished = dt.datetime.fromisoformat(run["finished_at"]).timestamp()
+    yield GaugeMetricFamily(
+        "opsmantik_privacy_retention_last_run_timestamp_seconds",
+        "End of the last privacy_retention run",
+        value=finished,
+    )
+    rows = GaugeMetricFamily(
+        "opsmantik_privacy_retention_last_run_rows", "Rows the last privacy_retention run changed", labels=["table"]
+    )
+    for table, n in sorted(run["counts"].items()):
+        rows.add_metric([table], n)
+    yield rows
 
 
 _DB_FIGURES = _DatabaseFigures()

@@ -268,6 +268,24 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     uploader_concurrency: Annotated[
         int, msgspec.Meta(ge=1, le=32), doc("Batches one uploader actor works on at once.")
     ] = 4
+    privacy_retention_days: Annotated[
+        int,
+        msgspec.Meta(ge=30, le=365),
+        doc("The privacy_retention job anonymises data of sessions without consent older than this many days."),
+    ] = 90
+    privacy_dead_letter_days: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=365),
+        doc("The privacy_retention job redacts dead-letter payloads older than this many days."),
+    ] = 30
+    privacy_retention_batch: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=10_000),
+        doc("Rows the privacy_retention job anonymises per transaction (short locks, bounded work)."),
+    ] = 500
+    consent_rate_limit_per_min: Annotated[
+        PositiveInt, doc("Signed consent updates (`POST /api/consent`) per (site, client) and minute.")
+    ] = 600
     log_level: Annotated[
         str,
         doc(
