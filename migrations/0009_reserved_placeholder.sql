@@ -1,0 +1,3 @@
+-- Placeholder so 0010 loads in the console branch (the loader refuses gaps).
+-- DROP THIS FILE AT MERGE: the real 0009 comes from another branch.
+SELECT 1;
