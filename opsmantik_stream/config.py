@@ -86,6 +86,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     upload_bucket_margin_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
     upload_idle_poll_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     uploader_concurrency: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
+    # Operator console (/console): one-time sign-in links and the cookie sessions they open.
+    console_link_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 86400)] = 900
+    console_session_ttl_s: Annotated[int, msgspec.Meta(ge=300, le=30 * 86400)] = 12 * 3600
+    # Watchtower (SPEC §9). Alerts are posted to this URL (a deployment setting, never tenant
+    # input); unset, alerts are only stored and shown.
+    alert_webhook_url: str | None = None
+    alert_webhook_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+    # "a site that had traffic the day before": this many sessions in the 24 h before the last hour
+    watchtower_traffic_min_sessions: PositiveInt = 24
+    # "a site that usually has click ids": this many click-id sessions in the 7 days before the last 3 h
+    watchtower_click_min_sessions: PositiveInt = 56
+    # the oldest due upload row may wait this long before the queue counts as stalled
+    watchtower_queue_age_max_s: PositiveInt = 3600
     log_level: str = "INFO"
 
     @property
@@ -119,6 +132,8 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
         raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR")
     if settings.database_url is not None and not settings.database_url.startswith(("postgres://", "postgresql://")):
         raise ConfigError(f"{ENV_PREFIX}DATABASE_URL: expected a postgresql:// URL")
+    if settings.alert_webhook_url is not None and not settings.alert_webhook_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{ENV_PREFIX}ALERT_WEBHOOK_URL: expected an http:// or https:// URL")
     return settings
 
 
