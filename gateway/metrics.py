@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from opsmantik_stream.enums import AlertKind
 from opsmantik_stream.queries import Q
 
 __all__ = [
@@ -58,6 +59,7 @@ class _DatabaseFigures(Collector):
                 "breakers": {r["state"]: r["n"] for r in await conn.fetch(Q.ops.breakers_by_state)},
                 "uploads": dict(await conn.fetchrow(Q.ops.upload_totals)),
                 "dead_letters": await conn.fetchval(Q.ops.dead_letters_pending),
+                "alerts": {r["kind"]: r["n"] for r in await conn.fetch(Q.watchtower.open_alerts_by_kind)},
             }
 
     def collect(self) -> Iterator[Any]:
@@ -77,6 +79,12 @@ class _DatabaseFigures(Collector):
             uploads.add_metric([outcome], snap["uploads"].get(outcome, 0))
         yield uploads
         yield GaugeMetricFamily("opsmantik_dead_letters_pending", "Dead letters waiting", value=snap["dead_letters"])
+        alerts = GaugeMetricFamily(
+            "opsmantik_watchtower_alerts_open", "Open watchtower alerts by kind", labels=["kind"]
+        )
+        for kind in AlertKind:
+            alerts.add_metric([kind.value], snap["alerts"].get(kind.value, 0))
+        yield alerts
 
 
 _DB_FIGURES = _DatabaseFigures()

@@ -19,6 +19,7 @@ from opsmantik_stream.console.signin import expire_sessions
 from opsmantik_stream.leads.auto_approve import auto_approve
 from opsmantik_stream.queries import Q
 from opsmantik_stream.uploads.rescue import rescue_job
+from opsmantik_stream.watchtower import watchtower
 
 __all__ = ["JOBS", "Job", "JobContext", "run_job"]
 
@@ -58,6 +59,7 @@ JOBS: dict[str, Job] = {
     "reconcile_usage": Job("reconcile_usage", 3600, reconcile_usage, "recount the billing ledger, record drift"),
     "invoice_freeze": Job("invoice_freeze", 6 * 3600, invoice_freeze, "freeze last month's invoice snapshots"),
     "ledger_retention": Job("ledger_retention", 24 * 3600, ledger_retention, "drop expired ledger rows (90 days)"),
+    "watchtower": Job("watchtower", 60, watchtower, "raise/resolve alerts and post them to the alert webhook"),
     "console_sessions": Job("console_sessions", 300, expire_sessions, "end expired console sessions, revoke tokens"),
 }
 

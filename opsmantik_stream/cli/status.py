@@ -11,6 +11,7 @@ import asyncpg
 from opsmantik_stream.cli._common import add_json_flag, emit, run_with_db, settings_or_exit
 from opsmantik_stream.config import Settings
 from opsmantik_stream.queries import Q
+from opsmantik_stream.watchtower import LAST_RUN_KEY
 
 
 def register(sub: Any) -> None:
@@ -75,6 +76,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             "breakers": {r["state"]: r["n"] for r in await conn.fetch(Q.ops.breakers_by_state)},
             "ingest_last_minute": int(await conn.fetchval(Q.ops.ingest_last_minute)),
             "dead_letters_pending": int(await conn.fetchval(Q.ops.dead_letters_pending)),
+            "alerts": {
+                "open": [
+                    {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dict(r).items()}
+                    for r in await conn.fetch(Q.watchtower.open_alerts_list, 20)
+                ],
+                "by_kind": {r["kind"]: r["n"] for r in await conn.fetch(Q.watchtower.open_alerts_by_kind)},
+                "last_checked_at": ((await conn.fetchval(Q.runtime.get_state, LAST_RUN_KEY)) or {}).get("checked_at"),
+            },
         }
 
     result: dict[str, Any] = run_with_db(body, migrate=False)
@@ -93,6 +102,7 @@ def _text(r: dict[str, Any]) -> str:
         f"{r['dead_letters_pending']} dead letters pending",
         f"queue:     {queue}",
         f"breakers:  {breakers}",
+        _alerts_line(r["alerts"]),
         f"ray:       {r['ray']}" + (f" ({r['nodes']} node(s) at {r['address']})" if r.get("nodes") else ""),
     ]
     routing = r.get("routing")
@@ -103,4 +113,15 @@ def _text(r: dict[str, Any]) -> str:
         )
     for name, state in sorted(r["actors"].items()):
         lines.append(f"  {name:<24} {state}")
+    return "\n".join(lines)
+
+
+def _alerts_line(alerts: dict[str, Any]) -> str:
+    total = sum(alerts["by_kind"].values())
+    checked = alerts["last_checked_at"] or "never"
+    if not total:
+        return f"alerts:    none open (watchtower last ran {checked})"
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(alerts["by_kind"].items()))
+    lines = [f"alerts:    {total} open ({kinds}); watchtower last ran {checked}"]
+    lines += [f"  {a['kind']:<16} {a['summary']}" for a in alerts["open"]]
     return "\n".join(lines)
