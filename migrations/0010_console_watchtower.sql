@@ -99,3 +99,57 @@ CREATE INDEX sessions_site_click_created_idx ON sessions (site_id, created_at DE
     WHERE gclid IS NOT NULL OR wbraid IS NOT NULL OR gbraid IS NOT NULL;
 CREATE INDEX ocq_blocked_site_idx ON offline_conversion_queue (site_id) WHERE status = 'BLOCKED';
 CREATE INDEX billing_reconciliation_runs_site_idx ON billing_reconciliation_runs (site_id, year_month, id DESC);
+
+-- Traffic aggregates for the console. Row-level security would call app_can() once per row
+-- (seconds over a month of sessions), so these run as the owner and check the caller's
+-- capability on the one site themselves: app_can(p_site, ...) has no row in it and is
+-- evaluated once. A caller without site:read gets no rows, exactly as RLS would do.
+CREATE FUNCTION console_traffic_sessions(p_site uuid, p_from timestamptz, p_to timestamptz, p_zone text)
+    RETURNS TABLE (day date, source text, medium text, attribution text, sessions bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    -- grouped by the plain columns (their statistics make the planner pick a small hash
+    -- aggregate); the "(unknown)" labels are applied to the few groups afterwards
+    SELECT g.day, coalesce(g.source, '(unknown)'), coalesce(g.medium, '(unknown)'),
+           coalesce(g.attribution, '(unknown)'), g.n
+    FROM (
+        SELECT (s.created_at AT TIME ZONE p_zone)::date AS day, s.traffic_source AS source,
+               s.traffic_medium AS medium, s.attribution_source AS attribution, count(*)::bigint AS n
+        FROM sessions s
+        WHERE app_can(p_site, 'site:read')
+          AND s.site_id = p_site AND s.created_at >= p_from AND s.created_at < p_to
+          AND s.created_month >= date_trunc('month', p_from AT TIME ZONE 'UTC')::date
+        GROUP BY s.traffic_source, s.traffic_medium, s.attribution_source, 1
+    ) g
+$$;
+
+-- A lead counts as sold when it was sealed, or a confirmed sale belongs to the conversation
+-- that started from it.
+CREATE FUNCTION console_traffic_leads(p_site uuid, p_from timestamptz, p_to timestamptz, p_zone text)
+    RETURNS TABLE (day date, source text, medium text, attribution text, intents bigint, sealed bigint,
+                   sold bigint, sealed_value_minor bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT g.day, coalesce(g.source, '(unknown)'), coalesce(g.medium, '(unknown)'),
+           coalesce(g.attribution, '(unknown)'), g.intents, g.sealed, g.sold, g.sealed_value_minor
+    FROM (
+        SELECT (c.created_at AT TIME ZONE p_zone)::date AS day, s.traffic_source AS source,
+               s.traffic_medium AS medium, s.attribution_source AS attribution,
+               count(*)::bigint AS intents,
+               count(*) FILTER (WHERE c.status = 'confirmed')::bigint AS sealed,
+               count(*) FILTER (WHERE c.status = 'confirmed' OR EXISTS (
+                   SELECT 1 FROM conversations cv
+                   JOIN sales sa ON sa.conversation_id = cv.id AND sa.status = 'CONFIRMED'
+                   WHERE cv.site_id = c.site_id AND cv.primary_call_id = c.id))::bigint AS sold,
+               coalesce(sum(c.value_minor) FILTER (WHERE c.status = 'confirmed'), 0)::bigint AS sealed_value_minor
+        FROM calls c
+        LEFT JOIN sessions s
+               ON s.id = c.matched_session_id AND s.created_month = c.matched_session_month
+              AND s.site_id = c.site_id
+        WHERE app_can(p_site, 'site:read')
+          AND c.site_id = p_site AND c.created_at >= p_from AND c.created_at < p_to
+        GROUP BY s.traffic_source, s.traffic_medium, s.attribution_source, 1
+    ) g
+$$;
+REVOKE ALL ON FUNCTION console_traffic_sessions(uuid, timestamptz, timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION console_traffic_leads(uuid, timestamptz, timestamptz, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION console_traffic_sessions(uuid, timestamptz, timestamptz, text) TO opsmantik_api;
+GRANT EXECUTE ON FUNCTION console_traffic_leads(uuid, timestamptz, timestamptz, text) TO opsmantik_api;

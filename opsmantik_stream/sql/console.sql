@@ -142,8 +142,10 @@ SELECT s.id, s.created_month, s.created_at, s.last_activity_at, s.entry_page, s.
        s.browser, s.city, s.is_returning, s.previous_visit_count, s.event_count,
        s.total_duration_sec, s.total_active_seconds, s.max_scroll_percentage, s.cta_hover_count,
        s.lead_score, s.consent_scopes, s.gclid, s.wbraid, s.gbraid,
-       EXISTS (SELECT 1 FROM calls c WHERE c.site_id = s.site_id AND c.intent_stamp = 'session:' || s.id::text)
-           AS has_intent
+       -- a scalar subquery is probed per row through the (site_id, intent_stamp) key; an EXISTS
+       -- may be planned as a hashed scan of every call of the site (each checked by RLS)
+       (SELECT c.id FROM calls c WHERE c.site_id = s.site_id AND c.intent_stamp = 'session:' || s.id::text
+        LIMIT 1) AS intent_id
 FROM sessions s
 WHERE s.site_id = $1
   AND ($2::timestamptz IS NULL
@@ -168,39 +170,14 @@ ORDER BY e.created_at, e.id
 LIMIT $4;
 
 -- name: traffic_sessions
--- Sessions per local day, channel and attribution in [$2, $3), days in the site's time zone $4.
-SELECT (s.created_at AT TIME ZONE $4)::date AS day,
-       coalesce(s.traffic_source, '(unknown)') AS source,
-       coalesce(s.traffic_medium, '(unknown)') AS medium,
-       coalesce(s.attribution_source, '(unknown)') AS attribution,
-       count(*)::bigint AS sessions
-FROM sessions s
-WHERE s.site_id = $1 AND s.created_at >= $2 AND s.created_at < $3
-  AND s.created_month >= date_trunc('month', $2 AT TIME ZONE 'UTC')::date
-GROUP BY 1, 2, 3, 4;
+-- Sessions per local day, channel and attribution in [$2, $3), days in the site's time zone $4
+-- (a guarded function: see migration 0010).
+SELECT day, source, medium, attribution, sessions FROM console_traffic_sessions($1, $2, $3, $4);
 
 -- name: traffic_leads
--- Intents per local day, channel and attribution; how many were sealed, and how many became a
--- sale (sealed, or a confirmed sale in the conversation that started from the intent).
-SELECT (c.created_at AT TIME ZONE $4)::date AS day,
-       coalesce(s.traffic_source, '(unknown)') AS source,
-       coalesce(s.traffic_medium, '(unknown)') AS medium,
-       coalesce(s.attribution_source, '(unknown)') AS attribution,
-       count(*)::bigint AS intents,
-       count(*) FILTER (WHERE c.status = 'confirmed')::bigint AS sealed,
-       count(*) FILTER (WHERE c.status = 'confirmed' OR sold.yes)::bigint AS sold,
-       coalesce(sum(c.value_minor) FILTER (WHERE c.status = 'confirmed'), 0)::bigint AS sealed_value_minor
-FROM calls c
-LEFT JOIN sessions s
-       ON s.id = c.matched_session_id AND s.created_month = c.matched_session_month AND s.site_id = c.site_id
-LEFT JOIN LATERAL (
-    SELECT true AS yes FROM conversations cv
-    JOIN sales sa ON sa.conversation_id = cv.id AND sa.status = 'CONFIRMED'
-    WHERE cv.site_id = c.site_id AND cv.primary_call_id = c.id
-    LIMIT 1
-) sold ON true
-WHERE c.site_id = $1 AND c.created_at >= $2 AND c.created_at < $3
-GROUP BY 1, 2, 3, 4;
+-- Intents per local day, channel and attribution, with how many were sealed and sold.
+SELECT day, source, medium, attribution, intents, sealed, sold, sealed_value_minor
+FROM console_traffic_leads($1, $2, $3, $4);
 
 -- name: sales_page
 -- Sales newest first (by occurred_at) with their conversion row and the lead they came from.

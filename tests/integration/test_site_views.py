@@ -165,6 +165,7 @@ async def test_traffic_counts_per_day_by_channel_with_lead_to_sale(
     client: httpx.AsyncClient, pool: asyncpg.Pool, make_site: Any, make_token: Any
 ) -> None:
     site = await make_site()
+    site_id = uuid.UUID(site["site_id"])
     token = await make_token(site["public_id"], "operator")
     sealed = await _lead(pool, site, minutes_ago=1)
     sold = await _lead(pool, site, minutes_ago=2)
@@ -203,6 +204,18 @@ async def test_traffic_counts_per_day_by_channel_with_lead_to_sale(
     earlier = [row for row in data["rows"] if row["day"] == data["days"][-4]]
     assert sum(row["sessions"] for row in earlier) == 1 and sum(row["intents"] for row in earlier) == 0
     assert (await _get(client, token, f"/api/sites/{site['public_id']}/traffic", days=0)).status_code == 422
+
+    # the aggregates run in guarded functions: called by hand for another site they give nothing
+    outsider = await make_token((await make_site())["public_id"], "owner", email="outsider@example.com")
+    assert outsider
+    outsider_id = await pool.fetchval("SELECT id::text FROM users WHERE email = 'outsider@example.com'")
+    window = (NOW - dt.timedelta(days=7), NOW + dt.timedelta(days=1), "UTC")
+    async with api_transaction(pool, outsider_id) as conn:
+        assert await conn.fetch("SELECT * FROM console_traffic_sessions($1, $2, $3, $4)", site_id, *window) == []
+        assert await conn.fetch("SELECT * FROM console_traffic_leads($1, $2, $3, $4)", site_id, *window) == []
+    member = await pool.fetchval("SELECT user_id::text FROM site_members WHERE site_id = $1", site_id)
+    async with api_transaction(pool, member) as conn:
+        assert await conn.fetch("SELECT * FROM console_traffic_sessions($1, $2, $3, $4)", site_id, *window)
 
     sales = (await _get(client, token, f"/api/sites/{site['public_id']}/sales")).json()["sales"]
     assert [(s["status"], s["lead_id"], s["conversion_status"]) for s in sales] == [("CONFIRMED", sold, "QUEUED")]
