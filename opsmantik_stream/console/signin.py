@@ -70,6 +70,11 @@ class ConsoleSession:
         return csrf_token(self.token)
 
 
+def _plausible(secret: str, prefix: str) -> bool:
+    """Cheap shape check before a hash lookup: the right prefix and a sane length."""
+    return secret.startswith(prefix) and len(secret) <= _MAX_SECRET_LEN
+
+
 def csrf_token(session_token: str) -> str:
     """The double-submit token bound to a session: derived from the session token (which the
     page's script cannot read), handed to the page by ``GET /console/session`` and required in
@@ -111,7 +116,7 @@ _BAD_LINK = SignInError(401, "invalid_link", "this sign-in link is not valid: it
 async def exchange_link(conn: asyncpg.Connection, link_token: str, *, ttl_s: int) -> ConsoleSession:
     """Use up a sign-in link and open a session (one transaction: a failed session leaves
     the link unused)."""
-    if not link_token.startswith(LINK_PREFIX) or len(link_token) > _MAX_SECRET_LEN:
+    if not _plausible(link_token, LINK_PREFIX):
         raise _BAD_LINK
     async with conn.transaction():
         user_id = await conn.fetchval(Q.console.use_link, hash_token(link_token))
@@ -131,14 +136,14 @@ async def session_for_token(conn: asyncpg.Connection, bearer: str, *, ttl_s: int
 
 async def live_session(conn: asyncpg.Connection, session_token: str) -> asyncpg.Record | None:
     """The session behind a cookie value while it is live (not ended, expired or revoked)."""
-    if not session_token.startswith(TOKEN_PREFIX) or len(session_token) > _MAX_SECRET_LEN:
+    if not _plausible(session_token, TOKEN_PREFIX):
         return None
     return await conn.fetchrow(Q.console.live_session, hash_token(session_token))
 
 
 async def end_session(conn: asyncpg.Connection, session_token: str) -> bool:
     """Sign out: end the session and revoke its token; False when there was nothing to end."""
-    if not session_token.startswith(TOKEN_PREFIX) or len(session_token) > _MAX_SECRET_LEN:
+    if not _plausible(session_token, TOKEN_PREFIX):
         return False
     async with conn.transaction():
         user_id = await conn.fetchval(Q.console.end_session, hash_token(session_token))

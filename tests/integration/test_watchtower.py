@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.app import create_app
+from gateway.context import AppContext
 from opsmantik_stream.config import Settings
 from opsmantik_stream.enums import AlertKind
 from opsmantik_stream.jobs import JOBS, run_job
@@ -260,3 +266,45 @@ async def test_alerts_reach_metrics_ops_and_status(
 
 def test_the_maintenance_actor_runs_the_watchtower_every_minute() -> None:
     assert JOBS["watchtower"].interval_s == 60
+
+
+async def test_watchtower_runs_from_the_cli_and_the_cron_endpoint_and_shows_in_status(
+    db_url: str, tmp_path: Path, pool: asyncpg.Pool, settings: Settings, make_site: Any, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    site = await make_site(name="Cli shop")
+    await _queue_row(pool, site["site_id"], "BLOCKED", error_code="MISSING_CREDENTIALS")
+    env = {
+        **os.environ,
+        "OPSMANTIK_DATABASE_URL": db_url,
+        "OPSMANTIK_DATA_DIR": str(tmp_path / "data"),
+        "OPSMANTIK_ALERT_WEBHOOK_URL": url,
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "opsmantik_stream.cli", *args], capture_output=True, text=True, env=env, timeout=90
+        )
+
+    ran = cli("jobs", "run", "watchtower", "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert [a["kind"] for a in json.loads(ran.stdout)["result"]["raised"]] == ["blocked_rows"]
+    assert rec.events() == [("raised", "blocked_rows", site["public_id"])]
+    # status exits 1 without a running Ray, but reports the open alert
+    status = cli("status", "--json")
+    alerts = json.loads(status.stdout)["alerts"]
+    assert alerts["by_kind"] == {"blocked_rows": 1} and alerts["last_checked_at"]
+    assert "Cli shop" in cli("status").stdout
+
+    app = create_app(
+        AppContext(
+            settings=_settings(settings, url).with_overrides(cron_secret="cron-s3cret"), pool=pool, ray_enabled=False
+        )
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        assert (await http.post("/api/jobs/watchtower")).status_code == 403
+        await pool.execute("UPDATE offline_conversion_queue SET status = 'FAILED'")
+        r = await http.post("/api/jobs/watchtower", headers={"X-Cron-Secret": "cron-s3cret"})
+        assert r.status_code == 200, r.text
+        assert [a["kind"] for a in r.json()["result"]["resolved"]] == ["blocked_rows"]
+    assert [e[0] for e in rec.events()] == ["raised", "resolved"]

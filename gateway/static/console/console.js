@@ -89,6 +89,29 @@
 
   const $ = (sel, root) => (root || document).querySelector(sel);
 
+  function thead(titles) {
+    return h("thead", {}, h("tr", {}, titles.filter((t) => t !== null).map((t) => h("th", { text: t }))));
+  }
+
+  // A table filled page by page (the API's keyset cursor) with a "Load more" button; returns
+  // its body once the first page is in.
+  async function pagedTable(view, cls, titles, fetchPage, rowsOf, emptyText) {
+    const body = h("tbody");
+    const more = h("button", { type: "button", class: "secondary", text: "Load more", hidden: true });
+    add(view, h("div", { class: "card" }, h("table", { class: cls }, thead(titles), body), more));
+    let cursor = null;
+    const load = async () => {
+      const page = await fetchPage(cursor);
+      add(body, rowsOf(page));
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+      if (!body.children.length) add(body, h("tr", {}, h("td", { colspan: titles.length, class: "empty", text: emptyText })));
+    };
+    more.onclick = load;
+    await load();
+    return body;
+  }
+
   // ------------------------------------------------------------------ formatting
 
   function when(iso) {
@@ -111,6 +134,17 @@
     if (sec < 60) return sec + " s";
     const m = Math.floor(sec / 60);
     return m < 60 ? m + " min " + (sec % 60) + " s" : Math.floor(m / 60) + " h " + (m % 60) + " min";
+  }
+
+  // pages are shown as host + path: queries carry click ids and campaign tags, not the page
+  function pagePath(url) {
+    if (!url) return "";
+    try {
+      const u = new URL(url);
+      return u.host + u.pathname;
+    } catch (e) {
+      return url.split("?")[0];
+    }
   }
 
   function pct(n, d) {
@@ -167,6 +201,7 @@
 
   function showSignIn(message) {
     stopTimers();
+    S.me = null;
     $("#app").hidden = true;
     $("#signin").hidden = false;
     $("#signin-message").textContent = message || "";
@@ -197,16 +232,26 @@
         showSignIn("Signed out.");
       }
     });
-    const link = /(?:^#|&)link=([^&]+)/.exec(location.hash);
-    if (link) {
-      // the one-time token leaves the address bar and the history at once
-      history.replaceState(null, "", location.pathname);
-      try {
-        await signIn({ link: decodeURIComponent(link[1]) });
-      } catch (e) {
-        showSignIn(e.message);
-        return;
-      }
+    // a sign-in link may also arrive while the page is open (pasted into the address bar)
+    window.addEventListener("hashchange", () => (linkInHash() ? useLink() : S.me ? render() : null));
+    if (linkInHash()) await useLink();
+    else await start();
+  }
+
+  function linkInHash() {
+    const m = /(?:^#|&)link=([^&]+)/.exec(location.hash);
+    return m ? decodeURIComponent(m[1]) : null;
+  }
+
+  async function useLink() {
+    const link = linkInHash();
+    // the one-time token leaves the address bar and the history at once
+    history.replaceState(null, "", location.pathname);
+    try {
+      await signIn({ link });
+    } catch (e) {
+      showSignIn(e.message);
+      return;
     }
     await start();
   }
@@ -230,7 +275,6 @@
     const select = clear($("#site-select"));
     S.sites.forEach((s) => add(select, h("option", { value: s.public_id, text: s.name + " · " + s.role })));
     select.onchange = () => go(S.route.view, { site: select.value });
-    window.onhashchange = render;
     render();
   }
 
@@ -346,9 +390,7 @@
     }
   }
 
-  function actionIcon(action) {
-    return { phone: "☎", whatsapp: "💬", form: "✉" }[action] || "•";
-  }
+  const ACTION_LABELS = { phone: "Phone", whatsapp: "WhatsApp", form: "Form" };
 
   async function inbox(view, params) {
     const filters = {
@@ -405,29 +447,6 @@
         h("button", { type: "button", class: "secondary", text: "Refresh", onclick: () => render() }),
       ),
     );
-    const operate = can("leads:operate");
-    const table = h(
-      "table",
-      { class: "leads" },
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          ["When", "Lead", "Score", "Source", "Session", "Status", "Conversion", operate ? "Actions" : null]
-            .filter(Boolean)
-            .map((t) => h("th", { text: t })),
-        ),
-      ),
-    );
-    const body = h("tbody");
-    add(table, body);
-    const card = h("div", { class: "card" }, table);
-    add(view, card);
-    const more = h("button", { type: "button", class: "secondary", text: "Load more", hidden: true });
-    add(card, more);
-    let cursor = null;
     // dates are the operator's local days; "to" includes its whole day
     const dayStart = (day, plus) => new Date(new Date(day + "T00:00:00").getTime() + (plus || 0) * 86400000).toISOString();
     const query = {
@@ -438,15 +457,14 @@
       from: filters.from ? dayStart(filters.from, 0) : "",
       to: filters.to ? dayStart(filters.to, 1) : "",
     };
-    const load = async () => {
-      const page = await api.get("/sites/" + S.site.public_id + "/leads" + q(Object.assign({ cursor, limit: 50 }, query)));
-      page.leads.forEach((lead) => add(body, leadRows(lead)));
-      cursor = page.next_cursor;
-      more.hidden = !cursor;
-      if (!body.children.length) add(body, h("tr", {}, h("td", { colspan: 8, class: "empty", text: "No leads match." })));
-    };
-    more.onclick = () => load();
-    await load();
+    const body = await pagedTable(
+      view,
+      "leads",
+      ["When", "Lead", "Score", "Source", "Session", "Status", "Conversion", can("leads:operate") ? "Actions" : null],
+      (cursor) => api.get("/sites/" + S.site.public_id + "/leads" + q(Object.assign({ cursor, limit: 50 }, query))),
+      (page) => page.leads.map(leadRows),
+      "No leads match.",
+    );
     // conversions on their way to Google: refresh those rows in place
     every(2500, async () => {
       const rows = Array.from(body.querySelectorAll("tr.lead")).filter((r) => PENDING.has(r.getAttribute("data-conv")));
@@ -483,8 +501,10 @@
       h(
         "td",
         {},
-        h("span", { class: "target", text: actionIcon(lead.action) + " " + (lead.target || "") }),
-        h("span", { class: "sub", text: lead.page_url || "" }),
+        h("span", { class: "badge action " + (lead.action || ""), text: ACTION_LABELS[lead.action] || "Call" }),
+        " ",
+        h("span", { class: "target", text: lead.target || "" }),
+        h("span", { class: "sub", text: pagePath(lead.page_url) }),
       ),
       h("td", {}, score),
       h(
@@ -504,7 +524,7 @@
           class: "sub",
           text: sess
             ? (sess.returning ? "returning (" + sess.previous_visits + " earlier)" : "first visit") +
-              (sess.entry_page ? " · landed on " + sess.entry_page : "")
+              (sess.entry_page ? " · landed on " + pagePath(sess.entry_page) : "")
             : "",
         }),
       ),
@@ -650,7 +670,7 @@
         "ol",
         { class: "timeline" },
         (data.timeline || []).map((e) =>
-          h("li", {}, when(e.created_at) + " · " + e.event_action + " ", h("span", { class: "sub", text: e.url })),
+          h("li", {}, when(e.created_at) + " · " + e.event_action + " ", h("span", { class: "sub", text: pagePath(e.url) })),
         ),
       ),
     );
@@ -741,37 +761,14 @@
       ),
     );
     const operate = can("leads:operate");
-    const body = h("tbody");
-    const table = h(
-      "table",
-      { class: "sales" },
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          ["Occurred", "Amount", "Status", "Reference", "Lead", "Conversion", operate ? "Actions" : null]
-            .filter(Boolean)
-            .map((t) => h("th", { text: t })),
-        ),
-      ),
-      body,
+    await pagedTable(
+      view,
+      "sales",
+      ["Occurred", "Amount", "Status", "Reference", "Lead", "Conversion", operate ? "Actions" : null],
+      (cursor) => api.get("/sites/" + S.site.public_id + "/sales" + q({ status, cursor, limit: 50 })),
+      (page) => page.sales.map((sale) => saleRow(sale, operate)),
+      "No sales yet. Create one from a lead in the Inbox.",
     );
-    const card = h("div", { class: "card" }, table);
-    add(view, card);
-    const more = h("button", { type: "button", class: "secondary", text: "Load more", hidden: true });
-    add(card, more);
-    let cursor = null;
-    const load = async () => {
-      const page = await api.get("/sites/" + S.site.public_id + "/sales" + q({ status, cursor, limit: 50 }));
-      page.sales.forEach((s) => add(body, saleRow(s, operate)));
-      cursor = page.next_cursor;
-      more.hidden = !cursor;
-      if (!body.children.length) add(body, h("tr", {}, h("td", { colspan: 7, class: "empty", text: "No sales yet. Create one from a lead in the Inbox." })));
-    };
-    more.onclick = load;
-    await load();
   }
 
   function saleRow(sale, operate) {
@@ -1174,7 +1171,7 @@
           ? h(
               "table",
               { class: "queue-rows" },
-              h("thead", {}, h("tr", {}, ["Created", "Kind", "State", "Attempt", "Last error and fix", operate ? "" : null].filter((x) => x !== null).map((t) => h("th", { text: t })))),
+              thead(["Created", "Kind", "State", "Attempt", "Last error and fix", operate ? "" : null]),
               h("tbody", {}, rows.rows.map((r) =>
                 h(
                   "tr",
@@ -1202,7 +1199,7 @@
           ? h(
               "table",
               { class: "ledger" },
-              h("thead", {}, h("tr", {}, ["Time", "Phase", "Rows", "Done / failed / retry / blocked", "HTTP", "Error", "Breaker", "ms"].map((t) => h("th", { text: t })))),
+              thead(["Time", "Phase", "Rows", "Done / failed / retry / blocked", "HTTP", "Error", "Breaker", "ms"]),
               h("tbody", {}, ledger.attempts.map((a) =>
                 h(
                   "tr",
@@ -1255,7 +1252,7 @@
           ? h(
               "table",
               { class: "alerts" },
-              h("thead", {}, h("tr", {}, ["Alert", "Kind", "First seen", "Last seen", "State"].map((t) => h("th", { text: t })))),
+              thead(["Alert", "Kind", "First seen", "Last seen", "State"]),
               h("tbody", {}, data.alerts.map((a) =>
                 h(
                   "tr",
@@ -1290,7 +1287,7 @@
           h(
             "table",
             {},
-            h("thead", {}, h("tr", {}, ["Month", "Events", "Overage", "Rejected", "Ledger"].map((t) => h("th", { text: t })))),
+            thead(["Month", "Events", "Overage", "Rejected", "Ledger"]),
             h("tbody", {}, usage.months.map((m) =>
               h(
                 "tr",
