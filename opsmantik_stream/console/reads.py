@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
-from opsmantik_stream.console.views import decode_cursor, encode_cursor, lead_card, score_explanation
+from opsmantik_stream.console.views import decode_cursor, encode_cursor, lead_card, page_of, score_explanation
 from opsmantik_stream.queries import Q
 
 __all__ = [
@@ -91,12 +91,11 @@ async def lead_detail(conn: asyncpg.Connection, site_id: Any, call_id: uuid.UUID
     timeline: list[dict[str, Any]] = []
     if row["session_id"] is not None:
         top = await conn.fetchrow(Q.console.lead_top_event, site_id, row["session_id"], row["matched_session_month"])
-        timeline = [
-            dict(r)
-            for r in await conn.fetch(
+        timeline = _timeline(
+            await conn.fetch(
                 Q.console.session_events, site_id, row["session_id"], row["matched_session_month"], TIMELINE_EVENTS
             )
-        ]
+        )
     card["score"] = score_explanation(row, dict(top) if top is not None else None)
     card["timeline"] = timeline
     card["actions"] = [
@@ -110,8 +109,13 @@ async def lead_detail(conn: asyncpg.Connection, site_id: Any, call_id: uuid.UUID
     return card
 
 
+def _timeline(rows: list[Any]) -> list[dict[str, Any]]:
+    return [{**dict(r), "url": page_of(r["url"])} for r in rows]
+
+
 def _session(row: Any) -> dict[str, Any]:
     out = {k: _plain(v) for k, v in dict(row).items() if k not in {"gclid", "wbraid", "gbraid", "created_month"}}
+    out["entry_page"], out["exit_page"] = page_of(row["entry_page"]), page_of(row["exit_page"])
     # the click id's type tells the story; its value is an identifier operators do not need
     out["click_id_type"] = next((k for k in ("gclid", "wbraid", "gbraid") if row[k]), None)
     return out
@@ -144,7 +148,7 @@ async def session_detail(conn: asyncpg.Connection, site_id: Any, session_id: uui
         return None
     out = _session(row)
     events = await conn.fetch(Q.console.session_events, site_id, session_id, row["created_month"], TIMELINE_EVENTS)
-    out["timeline"] = [dict(r) for r in events]
+    out["timeline"] = _timeline(events)
     return out
 
 

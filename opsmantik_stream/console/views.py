@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from opsmantik_stream.enums import CallAction, CallStatus, QueueStatus
 from opsmantik_stream.ingest import attribution as attr
@@ -24,6 +25,7 @@ __all__ = [
     "encode_cursor",
     "lead_card",
     "mask_target",
+    "page_of",
     "score_explanation",
     "session_card",
 ]
@@ -91,6 +93,18 @@ def allowed_actions(status: str, last_action: str | None) -> list[str]:
     return [str(a) for a in actions]
 
 
+def page_of(url: str | None) -> str | None:
+    """A URL without its query and fragment: views show which page, while the query carries
+    click ids and campaign tags that the session fields already report."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
 def conversion_state(row: Mapping[str, Any]) -> dict[str, Any] | None:
     """What happened to a lead's offline conversion: its queue row, or why there is none.
 
@@ -127,7 +141,7 @@ def session_card(row: Mapping[str, Any]) -> dict[str, Any] | None:
     click = choose_click_id(row.get("gclid"), row.get("wbraid"), row.get("gbraid"))
     return {
         "id": str(row["session_id"]),
-        "entry_page": row.get("entry_page"),
+        "entry_page": page_of(row.get("entry_page")),
         "attribution_source": row.get("attribution_source"),
         "traffic_source": row.get("traffic_source"),
         "traffic_medium": row.get("traffic_medium"),
@@ -154,7 +168,7 @@ def lead_card(row: Mapping[str, Any]) -> dict[str, Any]:
         "lead_score": row["lead_score"],
         "action": row["intent_action"],
         "target": mask_target(row["intent_target"]),
-        "page_url": row["intent_page_url"],
+        "page_url": page_of(row["intent_page_url"]),
         "clicks": {
             "phone": row["intent_phone_clicks"],
             "whatsapp": row["intent_whatsapp_clicks"],

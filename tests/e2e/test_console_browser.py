@@ -302,8 +302,13 @@ async def test_an_analyst_sees_no_actions_and_a_user_never_sees_another_site(
         uuid.UUID(site_a["site_id"]),
         uuid.uuid4(),
     )
+    site_c = await make_site(name="Shop Gamma")
+    await make_intent(pool, site_c["site_id"], await make_session(pool, site_c["site_id"]))
     analyst = await make_token(site_a["public_id"], "analyst", email="analyst@example.com")
     operator = await make_token(site_a["public_id"], "operator", email="operator@example.com")
+    # the operator only reads Shop Gamma; a billing user sees billing
+    await make_token(site_c["public_id"], "analyst", email="operator@example.com")
+    billing = await make_token(site_a["public_id"], "billing", email="billing@example.com")
 
     async def sign_in(token: str) -> Page:
         ctx = await browser.new_context()
@@ -321,7 +326,23 @@ async def test_an_analyst_sees_no_actions_and_a_user_never_sees_another_site(
     await loaded(op, "delivery")
     await expect(op.locator("button[data-action=requeue]")).to_have_count(1)
     await expect(op.locator("table.queue-rows")).to_contain_text("Set the site's credentials")
+    # the site switcher: on Shop Gamma the same user is an analyst, and the actions go
+    options = await op.locator("#site-select option").all_text_contents()
+    assert sorted(options) == ["Shop Alpha · operator", "Shop Gamma · analyst"]
+    await op.select_option("#site-select", site_c["public_id"])
+    await op.click("#nav a[data-view=inbox]")
+    await loaded(op, "inbox")
+    assert site_c["public_id"] in op.url
+    await expect(op.locator("tr.lead")).to_have_count(1)
+    await expect(op.locator("#view button[data-action]")).to_have_count(0)
     await op.context.close()
+
+    bill = await sign_in(billing)
+    await bill.click("#nav a[data-view=billing]")
+    await loaded(bill, "billing")
+    await expect(bill.locator("#view")).to_contain_text("Usage by month")
+    await expect(bill.locator("#view button[data-action]")).to_have_count(0)
+    await bill.context.close()
 
     page = await sign_in(analyst)
     await expect(page.locator("tr.lead")).to_have_count(1)
@@ -333,8 +354,7 @@ async def test_an_analyst_sees_no_actions_and_a_user_never_sees_another_site(
     await expect(page.locator("#view button[data-action]")).to_have_count(0)
 
     # site A only: the switcher, the pages, and the API behind them
-    options = await page.locator("#site-select option").all_text_contents()
-    assert options == ["Shop Alpha · analyst"]
+    assert await page.locator("#site-select option").all_text_contents() == ["Shop Alpha · analyst"]
     await page.goto(f"{live_server}/console#/inbox?site={site_b['public_id']}")
     await loaded(page, "inbox")
     await expect(page.locator("#view .notice")).to_have_text("You have no access to this site.")

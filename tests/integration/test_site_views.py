@@ -140,7 +140,9 @@ async def test_a_tracked_intent_explains_its_score(
     assert [s["id"] for s in sessions["sessions"]] == [detail["session"]["id"]]
     one = await _get(stack_client, token, f"/api/sites/{site['public_id']}/sessions/{detail['session']['id']}")
     assert one.status_code == 200 and len(one.json()["session"]["timeline"]) == 2
-    assert "fp-why" not in one.text and "CJ-why-1" not in one.text.replace("gclid=CJ-why-1", "")
+    # no fingerprint, and no click id value (pages are shown without their query)
+    assert "fp-why" not in one.text and "CJ-why-1" not in one.text and "CJ-why-1" not in r.text
+    assert one.json()["session"]["entry_page"] == "https://shop.example.com/"
 
 
 async def test_sessions_are_paged_and_scoped(

@@ -18,6 +18,7 @@ from opsmantik_stream.console.views import (
     decode_cursor,
     encode_cursor,
     mask_target,
+    page_of,
     score_explanation,
 )
 from opsmantik_stream.enums import AlertEvent
@@ -42,6 +43,12 @@ pytestmark = pytest.mark.unit
 )
 def test_targets_are_masked(target: str | None, masked: str | None) -> None:
     assert mask_target(target) == masked
+
+
+def test_pages_lose_their_query_and_fragment() -> None:
+    assert page_of("https://shop.example.com/klima?gclid=CJ1&utm_source=google#top") == "https://shop.example.com/klima"
+    assert page_of(None) is None and page_of("") == ""
+    assert page_of("http://[::1") is None
 
 
 def test_cursor_round_trip_and_rejects_what_it_did_not_make() -> None:
