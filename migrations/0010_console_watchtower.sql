@@ -102,53 +102,70 @@ CREATE INDEX billing_reconciliation_runs_site_idx ON billing_reconciliation_runs
 
 -- Traffic aggregates for the console. Row-level security would call app_can() once per row
 -- (seconds over a month of sessions), so these run as the owner and check the caller's
--- capability on the one site themselves: app_can(p_site, ...) has no row in it and is
--- evaluated once. A caller without site:read gets no rows, exactly as RLS would do.
+-- capability on the one site first: a caller without site:read gets no rows, exactly as RLS
+-- would give. The query runs through EXECUTE so it is planned with the actual site and dates
+-- (a 7-day window is an index range scan, a generic plan would scan the month).
 CREATE FUNCTION console_traffic_sessions(p_site uuid, p_from timestamptz, p_to timestamptz, p_zone text)
     RETURNS TABLE (day date, source text, medium text, attribution text, sessions bigint)
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+BEGIN
+    IF NOT coalesce(app_can(p_site, 'site:read'), false) THEN
+        RETURN;
+    END IF;
     -- grouped by the plain columns (their statistics make the planner pick a small hash
     -- aggregate); the "(unknown)" labels are applied to the few groups afterwards
-    SELECT g.day, coalesce(g.source, '(unknown)'), coalesce(g.medium, '(unknown)'),
-           coalesce(g.attribution, '(unknown)'), g.n
-    FROM (
-        SELECT (s.created_at AT TIME ZONE p_zone)::date AS day, s.traffic_source AS source,
-               s.traffic_medium AS medium, s.attribution_source AS attribution, count(*)::bigint AS n
-        FROM sessions s
-        WHERE app_can(p_site, 'site:read')
-          AND s.site_id = p_site AND s.created_at >= p_from AND s.created_at < p_to
-          AND s.created_month >= date_trunc('month', p_from AT TIME ZONE 'UTC')::date
-        GROUP BY s.traffic_source, s.traffic_medium, s.attribution_source, 1
-    ) g
-$$;
+    RETURN QUERY EXECUTE $q$
+        SELECT g.day, coalesce(g.source, '(unknown)'), coalesce(g.medium, '(unknown)'),
+               coalesce(g.attribution, '(unknown)'), g.n
+        FROM (
+            SELECT (s.created_at AT TIME ZONE $4)::date AS day, s.traffic_source AS source,
+                   s.traffic_medium AS medium, s.attribution_source AS attribution, count(*)::bigint AS n
+            FROM sessions s
+            WHERE s.site_id = $1 AND s.created_at >= $2 AND s.created_at < $3
+              AND s.created_month >= date_trunc('month', $2 AT TIME ZONE 'UTC')::date
+            GROUP BY s.traffic_source, s.traffic_medium, s.attribution_source, 1
+        ) g
+    $q$ USING p_site, p_from, p_to, p_zone;
+END
+$fn$;
 
 -- A lead counts as sold when it was sealed, or a confirmed sale belongs to the conversation
--- that started from it.
+-- that started from it (the site's sold leads are collected once and hash-joined).
 CREATE FUNCTION console_traffic_leads(p_site uuid, p_from timestamptz, p_to timestamptz, p_zone text)
     RETURNS TABLE (day date, source text, medium text, attribution text, intents bigint, sealed bigint,
                    sold bigint, sealed_value_minor bigint)
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
-    SELECT g.day, coalesce(g.source, '(unknown)'), coalesce(g.medium, '(unknown)'),
-           coalesce(g.attribution, '(unknown)'), g.intents, g.sealed, g.sold, g.sealed_value_minor
-    FROM (
-        SELECT (c.created_at AT TIME ZONE p_zone)::date AS day, s.traffic_source AS source,
-               s.traffic_medium AS medium, s.attribution_source AS attribution,
-               count(*)::bigint AS intents,
-               count(*) FILTER (WHERE c.status = 'confirmed')::bigint AS sealed,
-               count(*) FILTER (WHERE c.status = 'confirmed' OR EXISTS (
-                   SELECT 1 FROM conversations cv
-                   JOIN sales sa ON sa.conversation_id = cv.id AND sa.status = 'CONFIRMED'
-                   WHERE cv.site_id = c.site_id AND cv.primary_call_id = c.id))::bigint AS sold,
-               coalesce(sum(c.value_minor) FILTER (WHERE c.status = 'confirmed'), 0)::bigint AS sealed_value_minor
-        FROM calls c
-        LEFT JOIN sessions s
-               ON s.id = c.matched_session_id AND s.created_month = c.matched_session_month
-              AND s.site_id = c.site_id
-        WHERE app_can(p_site, 'site:read')
-          AND c.site_id = p_site AND c.created_at >= p_from AND c.created_at < p_to
-        GROUP BY s.traffic_source, s.traffic_medium, s.attribution_source, 1
-    ) g
-$$;
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+BEGIN
+    IF NOT coalesce(app_can(p_site, 'site:read'), false) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE $q$
+        SELECT g.day, coalesce(g.source, '(unknown)'), coalesce(g.medium, '(unknown)'),
+               coalesce(g.attribution, '(unknown)'), g.intents, g.sealed, g.sold, g.sealed_value_minor
+        FROM (
+            SELECT (c.created_at AT TIME ZONE $4)::date AS day, s.traffic_source AS source,
+                   s.traffic_medium AS medium, s.attribution_source AS attribution,
+                   count(*)::bigint AS intents,
+                   count(*) FILTER (WHERE c.status = 'confirmed')::bigint AS sealed,
+                   count(*) FILTER (WHERE c.status = 'confirmed' OR sold.call_id IS NOT NULL)::bigint AS sold,
+                   coalesce(sum(c.value_minor) FILTER (WHERE c.status = 'confirmed'), 0)::bigint
+                       AS sealed_value_minor
+            FROM calls c
+            LEFT JOIN sessions s
+                   ON s.id = c.matched_session_id AND s.created_month = c.matched_session_month
+                  AND s.site_id = c.site_id
+            LEFT JOIN (
+                SELECT DISTINCT cv.primary_call_id AS call_id
+                FROM conversations cv
+                JOIN sales sa ON sa.conversation_id = cv.id AND sa.site_id = cv.site_id AND sa.status = 'CONFIRMED'
+                WHERE cv.site_id = $1 AND cv.primary_call_id IS NOT NULL
+            ) sold ON sold.call_id = c.id
+            WHERE c.site_id = $1 AND c.created_at >= $2 AND c.created_at < $3
+            GROUP BY s.traffic_source, s.traffic_medium, s.attribution_source, 1
+        ) g
+    $q$ USING p_site, p_from, p_to, p_zone;
+END
+$fn$;
 REVOKE ALL ON FUNCTION console_traffic_sessions(uuid, timestamptz, timestamptz, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION console_traffic_leads(uuid, timestamptz, timestamptz, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION console_traffic_sessions(uuid, timestamptz, timestamptz, text) TO opsmantik_api;

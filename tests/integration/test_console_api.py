@@ -124,7 +124,9 @@ async def test_console_calls_run_with_the_users_roles_only(
     assert r.status_code == 403 and r.json()["error"] == "forbidden"
     assert await pool.fetchval("SELECT status FROM calls WHERE id = $1", uuid.UUID(intent)) == "intent"
     # only /api routes are reachable, and nothing without a session
-    assert (await client.get("/console/api/../metrics")).status_code == 404
+    for sneaky in ("/console/api/sites/%2E%2E/%2E%2E/metrics", "/console/api/%2E/me", "/console/api/sites//leads"):
+        r = await client.get(sneaky)
+        assert r.status_code == 404 and r.json()["error"] == "not_found", sneaky
     async with httpx.AsyncClient(transport=client._transport, base_url="http://testserver") as anon:
         r = await anon.get(f"/console/api/sites/{site_a['public_id']}/leads")
         assert r.status_code == 401 and r.json()["error"] == "console_signed_out"
