@@ -100,18 +100,79 @@ CREATE INDEX sessions_site_click_created_idx ON sessions (site_id, created_at DE
 CREATE INDEX ocq_blocked_site_idx ON offline_conversion_queue (site_id) WHERE status = 'BLOCKED';
 CREATE INDEX billing_reconciliation_runs_site_idx ON billing_reconciliation_runs (site_id, year_month, id DESC);
 
--- Traffic aggregates for the console. Row-level security would call app_can() once per row
--- (seconds over a month of sessions), so these run as the owner and check the caller's
--- capability on the one site first: a caller without site:read gets no rows, exactly as RLS
--- would give. The query runs through EXECUTE so it is planned with the actual site and dates
--- (a 7-day window is an index range scan, a generic plan would scan the month).
-CREATE FUNCTION console_traffic_sessions(p_site uuid, p_from timestamptz, p_to timestamptz, p_zone text)
-    RETURNS TABLE (day date, source text, medium text, attribution text, sessions bigint)
+-- Traffic for the console: sessions and intents per site-local day, channel (traffic source /
+-- medium) and attribution. A closed day never changes (sessions and intents keep their time and
+-- session), so the `traffic_rollup` job stores it once; only the open day (and any day not yet
+-- rolled up) is counted from the raw rows. Sealed / sold figures change with operators' work and
+-- are always counted live, from the few sealed or sold leads.
+CREATE TABLE console_traffic_daily (
+    site_id     uuid NOT NULL REFERENCES sites (id) ON DELETE CASCADE,
+    zone        text NOT NULL,
+    day         date NOT NULL,
+    source      text NOT NULL,
+    medium      text NOT NULL,
+    attribution text NOT NULL,
+    sessions    bigint NOT NULL CHECK (sessions >= 0),
+    intents     bigint NOT NULL CHECK (intents >= 0),
+    PRIMARY KEY (site_id, zone, day, source, medium, attribution)
+);
+-- which days are rolled up (a day without traffic has a marker and no rows)
+CREATE TABLE console_traffic_days (
+    site_id     uuid NOT NULL REFERENCES sites (id) ON DELETE CASCADE,
+    zone        text NOT NULL,
+    day         date NOT NULL,
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site_id, zone, day)
+);
+-- service tables: the API role has no grant; reads go through the guarded functions below
+ALTER TABLE console_traffic_daily ENABLE ROW LEVEL SECURITY;
+ALTER TABLE console_traffic_days ENABLE ROW LEVEL SECURITY;
+
+-- Row-level security would call app_can() once per row (seconds over a month of sessions), so
+-- the read functions run as the owner and check the caller's capability on the one site first:
+-- a caller without site:read gets no rows, exactly as RLS would give. Live parts run through
+-- EXECUTE so they are planned with the actual site and times (an index range scan for a day).
+
+-- Sessions and intents per day for local days [p_first_day, p_last_day] in p_zone: rolled-up
+-- days from the rollup, the rest (from the first day without one) counted live. Rows of one key
+-- may come twice (a sessions row and an intents row); the caller adds them up.
+CREATE FUNCTION console_traffic_counts(p_site uuid, p_zone text, p_first_day date, p_last_day date)
+    RETURNS TABLE (day date, source text, medium text, attribution text, sessions bigint, intents bigint)
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+DECLARE
+    live_from date;
 BEGIN
     IF NOT coalesce(app_can(p_site, 'site:read'), false) THEN
         RETURN;
     END IF;
+    SELECT min(d::date) INTO live_from
+    FROM generate_series(p_first_day, p_last_day, interval '1 day') AS d
+    WHERE NOT EXISTS (SELECT 1 FROM console_traffic_days t
+                      WHERE t.site_id = p_site AND t.zone = p_zone AND t.day = d::date);
+    RETURN QUERY
+        SELECT r.day, r.source, r.medium, r.attribution, r.sessions, r.intents
+        FROM console_traffic_daily r
+        WHERE r.site_id = p_site AND r.zone = p_zone AND r.day >= p_first_day
+          AND r.day < coalesce(live_from, p_last_day + 1);
+    IF live_from IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE $q$
+        SELECT g.day, g.source, g.medium, g.attribution, g.n, 0::bigint
+        FROM console_traffic_live_sessions($1, $2, $3, $4) g
+        UNION ALL
+        SELECT g.day, g.source, g.medium, g.attribution, 0::bigint, g.n
+        FROM console_traffic_live_intents($1, $2, $3, $4) g
+    $q$ USING p_site, (live_from::timestamp AT TIME ZONE p_zone),
+              ((p_last_day + 1)::timestamp AT TIME ZONE p_zone), p_zone;
+END
+$fn$;
+
+-- The raw counts of [p_from, p_to) (also what the rollup job stores for a closed day).
+CREATE FUNCTION console_traffic_live_sessions(p_site uuid, p_from timestamptz, p_to timestamptz, p_zone text)
+    RETURNS TABLE (day date, source text, medium text, attribution text, n bigint)
+    LANGUAGE plpgsql STABLE AS $fn$
+BEGIN
     -- grouped by the plain columns (their statistics make the planner pick a small hash
     -- aggregate); the "(unknown)" labels are applied to the few groups afterwards
     RETURN QUERY EXECUTE $q$
@@ -129,44 +190,76 @@ BEGIN
 END
 $fn$;
 
--- A lead counts as sold when it was sealed, or a confirmed sale belongs to the conversation
--- that started from it (the site's sold leads are collected once and hash-joined).
-CREATE FUNCTION console_traffic_leads(p_site uuid, p_from timestamptz, p_to timestamptz, p_zone text)
-    RETURNS TABLE (day date, source text, medium text, attribution text, intents bigint, sealed bigint,
-                   sold bigint, sealed_value_minor bigint)
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+CREATE FUNCTION console_traffic_live_intents(p_site uuid, p_from timestamptz, p_to timestamptz, p_zone text)
+    RETURNS TABLE (day date, source text, medium text, attribution text, n bigint)
+    LANGUAGE plpgsql STABLE AS $fn$
 BEGIN
-    IF NOT coalesce(app_can(p_site, 'site:read'), false) THEN
-        RETURN;
-    END IF;
     RETURN QUERY EXECUTE $q$
         SELECT g.day, coalesce(g.source, '(unknown)'), coalesce(g.medium, '(unknown)'),
-               coalesce(g.attribution, '(unknown)'), g.intents, g.sealed, g.sold, g.sealed_value_minor
+               coalesce(g.attribution, '(unknown)'), g.n
         FROM (
             SELECT (c.created_at AT TIME ZONE $4)::date AS day, s.traffic_source AS source,
-                   s.traffic_medium AS medium, s.attribution_source AS attribution,
-                   count(*)::bigint AS intents,
-                   count(*) FILTER (WHERE c.status = 'confirmed')::bigint AS sealed,
-                   count(*) FILTER (WHERE c.status = 'confirmed' OR sold.call_id IS NOT NULL)::bigint AS sold,
-                   coalesce(sum(c.value_minor) FILTER (WHERE c.status = 'confirmed'), 0)::bigint
-                       AS sealed_value_minor
+                   s.traffic_medium AS medium, s.attribution_source AS attribution, count(*)::bigint AS n
             FROM calls c
             LEFT JOIN sessions s
                    ON s.id = c.matched_session_id AND s.created_month = c.matched_session_month
                   AND s.site_id = c.site_id
-            LEFT JOIN (
-                SELECT DISTINCT cv.primary_call_id AS call_id
-                FROM conversations cv
-                JOIN sales sa ON sa.conversation_id = cv.id AND sa.site_id = cv.site_id AND sa.status = 'CONFIRMED'
-                WHERE cv.site_id = $1 AND cv.primary_call_id IS NOT NULL
-            ) sold ON sold.call_id = c.id
             WHERE c.site_id = $1 AND c.created_at >= $2 AND c.created_at < $3
             GROUP BY s.traffic_source, s.traffic_medium, s.attribution_source, 1
         ) g
     $q$ USING p_site, p_from, p_to, p_zone;
 END
 $fn$;
-REVOKE ALL ON FUNCTION console_traffic_sessions(uuid, timestamptz, timestamptz, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION console_traffic_leads(uuid, timestamptz, timestamptz, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION console_traffic_sessions(uuid, timestamptz, timestamptz, text) TO opsmantik_api;
-GRANT EXECUTE ON FUNCTION console_traffic_leads(uuid, timestamptz, timestamptz, text) TO opsmantik_api;
+
+-- Sealed and sold leads of [p_from, p_to) per day, channel and attribution, always live: a lead
+-- is sold when it was sealed or a confirmed sale belongs to the conversation started from it.
+-- Only sealed or sold leads are read (the (site, status, created_at) index and the sold set).
+CREATE FUNCTION console_traffic_outcomes(p_site uuid, p_from timestamptz, p_to timestamptz, p_zone text)
+    RETURNS TABLE (day date, source text, medium text, attribution text, sealed bigint, sold bigint,
+                   sealed_value_minor bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+BEGIN
+    IF NOT coalesce(app_can(p_site, 'site:read'), false) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE $q$
+        WITH sold AS (
+            SELECT DISTINCT cv.primary_call_id AS id
+            FROM conversations cv
+            JOIN sales sa ON sa.conversation_id = cv.id AND sa.site_id = cv.site_id AND sa.status = 'CONFIRMED'
+            WHERE cv.site_id = $1 AND cv.primary_call_id IS NOT NULL
+        ), picked AS (
+            SELECT c.id, c.created_at, c.status, c.value_minor, c.matched_session_id, c.matched_session_month,
+                   c.site_id
+            FROM calls c
+            WHERE c.site_id = $1 AND c.status = 'confirmed' AND c.created_at >= $2 AND c.created_at < $3
+            UNION
+            SELECT c.id, c.created_at, c.status, c.value_minor, c.matched_session_id, c.matched_session_month,
+                   c.site_id
+            FROM calls c JOIN sold ON sold.id = c.id
+            WHERE c.site_id = $1 AND c.created_at >= $2 AND c.created_at < $3
+        )
+        SELECT g.day, coalesce(g.source, '(unknown)'), coalesce(g.medium, '(unknown)'),
+               coalesce(g.attribution, '(unknown)'), g.sealed, g.sold, g.value
+        FROM (
+            SELECT (p.created_at AT TIME ZONE $4)::date AS day, s.traffic_source AS source,
+                   s.traffic_medium AS medium, s.attribution_source AS attribution,
+                   count(*) FILTER (WHERE p.status = 'confirmed')::bigint AS sealed,
+                   count(*)::bigint AS sold,
+                   coalesce(sum(p.value_minor) FILTER (WHERE p.status = 'confirmed'), 0)::bigint AS value
+            FROM picked p
+            LEFT JOIN sessions s
+                   ON s.id = p.matched_session_id AND s.created_month = p.matched_session_month
+                  AND s.site_id = p.site_id
+            GROUP BY s.traffic_source, s.traffic_medium, s.attribution_source, 1
+        ) g
+    $q$ USING p_site, p_from, p_to, p_zone;
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION console_traffic_counts(uuid, text, date, date) FROM PUBLIC;
+REVOKE ALL ON FUNCTION console_traffic_outcomes(uuid, timestamptz, timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION console_traffic_live_sessions(uuid, timestamptz, timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION console_traffic_live_intents(uuid, timestamptz, timestamptz, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION console_traffic_counts(uuid, text, date, date) TO opsmantik_api;
+GRANT EXECUTE ON FUNCTION console_traffic_outcomes(uuid, timestamptz, timestamptz, text) TO opsmantik_api;

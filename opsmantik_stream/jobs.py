@@ -15,6 +15,7 @@ import asyncpg
 
 from opsmantik_stream.billing import invoice_freeze, ledger_retention, reconcile_usage
 from opsmantik_stream.config import Settings
+from opsmantik_stream.console.rollup import traffic_rollup
 from opsmantik_stream.console.signin import expire_sessions
 from opsmantik_stream.leads.auto_approve import auto_approve
 from opsmantik_stream.queries import Q
@@ -61,6 +62,7 @@ JOBS: dict[str, Job] = {
     "ledger_retention": Job("ledger_retention", 24 * 3600, ledger_retention, "drop expired ledger rows (90 days)"),
     "watchtower": Job("watchtower", 60, watchtower, "raise/resolve alerts and post them to the alert webhook"),
     "console_sessions": Job("console_sessions", 300, expire_sessions, "end expired console sessions, revoke tokens"),
+    "traffic_rollup": Job("traffic_rollup", 300, traffic_rollup, "store closed days of traffic for the console"),
 }
 
 

@@ -12,11 +12,18 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from opsmantik_stream.console.views import decode_cursor, encode_cursor, lead_card, page_of, score_explanation
+from opsmantik_stream.console.views import (
+    decode_cursor,
+    encode_cursor,
+    lead_card,
+    page_of,
+    score_explanation,
+    site_zone,
+)
 from opsmantik_stream.queries import Q
 
 __all__ = [
@@ -152,38 +159,33 @@ async def session_detail(conn: asyncpg.Connection, site_id: Any, session_id: uui
     return out
 
 
-def _zone(name: str | None) -> str:
-    try:
-        ZoneInfo(name or "UTC")
-        return name or "UTC"
-    except (ZoneInfoNotFoundError, ValueError):
-        return "UTC"
-
-
 async def traffic(conn: asyncpg.Connection, site_id: Any, *, days: int, now: dt.datetime) -> dict[str, Any]:
     """Sessions, intents, sealed leads and sales per local day for the last ``days`` days, by
-    channel (traffic source/medium) and attribution source; the client sums what it shows."""
+    channel (traffic source/medium) and attribution source; the client sums what it shows.
+
+    Closed days' sessions and intents come from the ``traffic_rollup`` job when it has stored
+    them (they never change), the rest is counted live; sealed and sold are always live."""
     site = await conn.fetchrow(Q.console.site_basics, site_id)
-    zone = _zone(site["timezone"] if site else None)
+    zone = site_zone(site["timezone"] if site else None)
     local_today = now.astimezone(ZoneInfo(zone)).date()
     first_day = local_today - dt.timedelta(days=days - 1)
     start = dt.datetime.combine(first_day, dt.time(), ZoneInfo(zone))
     end = dt.datetime.combine(local_today + dt.timedelta(days=1), dt.time(), ZoneInfo(zone))
-    sessions = await conn.fetch(Q.console.traffic_sessions, site_id, start, end, zone)
-    leads = await conn.fetch(Q.console.traffic_leads, site_id, start, end, zone)
     cells: dict[tuple[Any, ...], dict[str, Any]] = {}
-    zero = {"sessions": 0, "intents": 0, "sealed": 0, "sold": 0, "sealed_value_minor": 0}
-    for r in sessions:
+
+    def cell(r: Any) -> dict[str, Any]:
         key = (r["day"], r["source"], r["medium"], r["attribution"])
-        cells.setdefault(key, dict(zero))["sessions"] = r["sessions"]
-    for r in leads:
-        key = (r["day"], r["source"], r["medium"], r["attribution"])
-        cell = cells.setdefault(key, dict(zero))
-        for field in ("intents", "sealed", "sold", "sealed_value_minor"):
-            cell[field] = r[field]
+        return cells.setdefault(key, {"sessions": 0, "intents": 0, "sealed": 0, "sold": 0, "sealed_value_minor": 0})
+
+    for r in await conn.fetch(Q.console.traffic_counts, site_id, zone, first_day, local_today):
+        c = cell(r)
+        c["sessions"] += r["sessions"]
+        c["intents"] += r["intents"]
+    for r in await conn.fetch(Q.console.traffic_outcomes, site_id, start, end, zone):
+        cell(r).update(sealed=r["sealed"], sold=r["sold"], sealed_value_minor=r["sealed_value_minor"])
     rows = [
         {"day": k[0].isoformat(), "source": k[1], "medium": k[2], "attribution": k[3], **v}
-        for k, v in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3]))
+        for k, v in sorted(cells.items(), key=lambda kv: kv[0])
     ]
     return {
         "days": [(first_day + dt.timedelta(days=i)).isoformat() for i in range(days)],

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opsmantik_stream.enums import CallAction, CallStatus, QueueStatus
 from opsmantik_stream.ingest import attribution as attr
@@ -28,6 +29,7 @@ __all__ = [
     "page_of",
     "score_explanation",
     "session_card",
+    "site_zone",
 ]
 
 _DIGITS = re.compile(r"\d")
@@ -91,6 +93,15 @@ def allowed_actions(status: str, last_action: str | None) -> list[str]:
     if last_action is not None and last_action != CallAction.UNDO:
         actions.append(CallAction.UNDO.value)
     return [str(a) for a in actions]
+
+
+def site_zone(name: str | None) -> str:
+    """The site's time zone when it names a real one, else UTC (days are counted in it)."""
+    try:
+        ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return "UTC"
+    return name or "UTC"
 
 
 def page_of(url: str | None) -> str | None:

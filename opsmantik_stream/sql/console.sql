@@ -169,15 +169,49 @@ WHERE e.site_id = $1 AND e.session_id = $2 AND e.session_month = $3
 ORDER BY e.created_at, e.id
 LIMIT $4;
 
--- name: traffic_sessions
--- Sessions per local day, channel and attribution in [$2, $3), days in the site's time zone $4
--- (a guarded function: see migration 0010).
-SELECT day, source, medium, attribution, sessions FROM console_traffic_sessions($1, $2, $3, $4);
+-- name: traffic_counts
+-- Sessions and intents per local day $3..$4 (zone $2), channel and attribution: closed days from
+-- the rollup, the rest live (guarded function, migration 0010). A key may come twice: add up.
+SELECT day, source, medium, attribution, sessions, intents FROM console_traffic_counts($1, $2, $3, $4);
 
--- name: traffic_leads
--- Intents per local day, channel and attribution, with how many were sealed and sold.
-SELECT day, source, medium, attribution, intents, sealed, sold, sealed_value_minor
-FROM console_traffic_leads($1, $2, $3, $4);
+-- name: traffic_outcomes
+-- Sealed and sold leads of [$2, $3) per local day (zone $4), channel and attribution (live).
+SELECT day, source, medium, attribution, sealed, sold, sealed_value_minor
+FROM console_traffic_outcomes($1, $2, $3, $4);
+
+-- name: rollup_sites
+SELECT id, timezone FROM sites ORDER BY id;
+
+-- name: rollup_forget_zone
+-- A site's time zone changed: its days in the old zone are not read any more.
+WITH gone AS (DELETE FROM console_traffic_daily WHERE site_id = $1 AND zone <> $2)
+DELETE FROM console_traffic_days WHERE site_id = $1 AND zone <> $2;
+
+-- name: rollup_done_days
+SELECT day FROM console_traffic_days WHERE site_id = $1 AND zone = $2 AND day >= $3;
+
+-- name: rollup_day
+-- Stores closed local day $3 of site $1 in zone $2: sessions and intents per channel and
+-- attribution, and the day's marker, in one statement (a concurrent run inserts nothing).
+WITH bounds AS (
+    SELECT ($3::date)::timestamp AT TIME ZONE $2 AS t0, ($3::date + 1)::timestamp AT TIME ZONE $2 AS t1
+), s AS (
+    SELECT x.* FROM bounds b, console_traffic_live_sessions($1, b.t0, b.t1, $2) x
+), i AS (
+    SELECT x.* FROM bounds b, console_traffic_live_intents($1, b.t0, b.t1, $2) x
+), counts AS (
+    SELECT coalesce(s.source, i.source) AS source, coalesce(s.medium, i.medium) AS medium,
+           coalesce(s.attribution, i.attribution) AS attribution,
+           coalesce(s.n, 0) AS sessions, coalesce(i.n, 0) AS intents
+    FROM s FULL JOIN i ON i.source = s.source AND i.medium = s.medium AND i.attribution = s.attribution
+), stored AS (
+    INSERT INTO console_traffic_daily (site_id, zone, day, source, medium, attribution, sessions, intents)
+    SELECT $1, $2, $3, source, medium, attribution, sessions, intents FROM counts
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+INSERT INTO console_traffic_days (site_id, zone, day) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING;
 
 -- name: sales_page
 -- Sales newest first (by occurred_at) with their conversion row and the lead they came from.

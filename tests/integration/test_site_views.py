@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from opsmantik_stream.db import api_transaction
+from opsmantik_stream.jobs import run_job
 from tests.ingest_support import event, post
 from tests.integration._leads_support import auth, make_intent, make_session
 
@@ -211,13 +212,21 @@ async def test_traffic_counts_per_day_by_channel_with_lead_to_sale(
     outsider = await make_token((await make_site())["public_id"], "owner", email="outsider@example.com")
     assert outsider
     outsider_id = await pool.fetchval("SELECT id::text FROM users WHERE email = 'outsider@example.com'")
+    days = ("UTC", NOW.date() - dt.timedelta(days=7), NOW.date())
     window = (NOW - dt.timedelta(days=7), NOW + dt.timedelta(days=1), "UTC")
-    async with api_transaction(pool, outsider_id) as conn:
-        assert await conn.fetch("SELECT * FROM console_traffic_sessions($1, $2, $3, $4)", site_id, *window) == []
-        assert await conn.fetch("SELECT * FROM console_traffic_leads($1, $2, $3, $4)", site_id, *window) == []
     member = await pool.fetchval("SELECT user_id::text FROM site_members WHERE site_id = $1", site_id)
-    async with api_transaction(pool, member) as conn:
-        assert await conn.fetch("SELECT * FROM console_traffic_sessions($1, $2, $3, $4)", site_id, *window)
+    for user, visible in ((outsider_id, False), (member, True)):
+        async with api_transaction(pool, user) as conn:
+            assert (
+                bool(await conn.fetch("SELECT * FROM console_traffic_counts($1, $2, $3, $4)", site_id, *days))
+                is visible
+            )
+            assert (
+                bool(await conn.fetch("SELECT * FROM console_traffic_outcomes($1, $2, $3, $4)", site_id, *window))
+                is visible
+            )
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # the raw counters are not the API's
+                await conn.fetch("SELECT * FROM console_traffic_live_sessions($1, $2, $3, 'UTC')", site_id, *window[:2])
 
     sales = (await _get(client, token, f"/api/sites/{site['public_id']}/sales")).json()["sales"]
     assert [(s["status"], s["lead_id"], s["conversion_status"]) for s in sales] == [("CONFIRMED", sold, "QUEUED")]
@@ -249,3 +258,48 @@ async def test_alerts_are_visible_to_their_sites_members_only(
         assert await conn.fetchval("SELECT array_agg(kind) FROM watchtower_alerts") == ["blocked_rows"]
     summary = (await _get(client, admin, "/api/ops/summary")).json()
     assert summary["alerts"]["by_kind"] == {"blocked_rows": 1, "breaker_open": 1, "dead_letters": 1}
+
+
+async def test_closed_days_come_from_the_rollup_and_equal_the_live_count(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, settings: Any, make_site: Any, make_token: Any
+) -> None:
+    site = await make_site(timezone="Europe/Istanbul")
+    token = await make_token(site["public_id"], "operator")
+    # leads on three closed days (one of them across UTC midnight in Istanbul) and today
+    for minutes in (60 * 24 * 3 + 5, 60 * 24 * 3 + 30, 60 * 24 * 2, 60 * 26, 3):
+        await _lead(pool, site, minutes_ago=minutes)
+    await _lead(pool, site, minutes_ago=60 * 24 * 2 + 7, channel=("SEO", "organic"))
+    old_lead = await _lead(pool, site, minutes_ago=60 * 24 * 3 + 10)
+    path = f"/api/sites/{site['public_id']}/traffic"
+
+    live = (await _get(client, token, path, days=7)).json()
+    assert live["timezone"] == "Europe/Istanbul"
+    first = await run_job("traffic_rollup", pool, settings, now=dt.datetime.now(dt.UTC))
+    assert first["stored_days"] >= 7 and first["pending_days"] == 0
+    assert (await run_job("traffic_rollup", pool, settings, now=dt.datetime.now(dt.UTC)))["stored_days"] == 0
+    stored = await pool.fetchval(
+        "SELECT sum(intents) FROM console_traffic_daily WHERE site_id = $1", uuid.UUID(site["site_id"])
+    )
+    assert stored == 6  # every lead but today's
+    rolled = (await _get(client, token, path, days=7)).json()
+    assert rolled == live
+
+    # a late seal of an old lead shows at once: sealed and sold are never stored
+    r = await client.post(
+        f"/api/calls/{old_lead}/actions", json={"action": "seal", "value_minor": 700}, headers=auth(token)
+    )
+    assert r.status_code == 200
+    after = (await _get(client, token, path, days=7)).json()
+    assert sum(row["sealed"] for row in after["rows"]) == 1
+    assert sum(row["sealed_value_minor"] for row in after["rows"]) == 700
+    assert sum(row["intents"] for row in after["rows"]) == sum(row["intents"] for row in live["rows"]) == 7
+
+    # a new time zone: the stored days are dropped and counted again in it
+    await pool.execute("UPDATE sites SET timezone = 'UTC' WHERE id = $1", uuid.UUID(site["site_id"]))
+    await run_job("traffic_rollup", pool, settings, now=dt.datetime.now(dt.UTC))
+    zones = await pool.fetch(
+        "SELECT DISTINCT zone FROM console_traffic_days WHERE site_id = $1", uuid.UUID(site["site_id"])
+    )
+    assert [z["zone"] for z in zones] == ["UTC"]
+    utc = (await _get(client, token, path, days=7)).json()
+    assert utc["timezone"] == "UTC" and sum(row["intents"] for row in utc["rows"]) == 7
