@@ -9,10 +9,12 @@ from collections.abc import Sequence
 
 from opsmantik_stream.cli import (
     _common,
+    console,
     database,
     emulator,
     ingest_key,  # noqa: F401  (registers `site ingest-key rotate` via SITE_EXTENSIONS)
     jobs,
+    privacy,
     sales,
     scale,
     serve,
@@ -24,7 +26,7 @@ from opsmantik_stream.cli import (
 
 __all__ = ["main"]
 
-COMMAND_MODULES = [serve, database, site, token, status, scale, jobs, uploads, sales, emulator]
+COMMAND_MODULES = [serve, database, site, token, console, status, scale, jobs, uploads, sales, privacy, emulator]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,14 @@ import msgspec
 from opsmantik_stream.enums import ClickIdType, SourceKind
 from opsmantik_stream.queries import Q
 
-__all__ = ["EnqueueResult", "NotEnqueued", "choose_click_id", "enqueue_conversion", "order_id_for"]
+__all__ = [
+    "EnqueueResult",
+    "NotEnqueued",
+    "choose_click_id",
+    "enqueue_conversion",
+    "not_enqueued_reason",
+    "order_id_for",
+]
 
 
 class NotEnqueued:
@@ -66,6 +73,35 @@ def choose_click_id(gclid: str | None, wbraid: str | None, gbraid: str | None) -
     return None
 
 
+def not_enqueued_reason(
+    value_minor: int | None,
+    has_session: bool,
+    session_found: bool,
+    click: tuple[str, str] | None,
+    consent_scopes: list[str] | None,
+    *,
+    has_identifier: bool = False,
+    enhanced_conversions: bool = False,
+) -> str | None:
+    """Why a conversion of this source cannot be enqueued (a ``NotEnqueued`` reason), or
+    None when it can. The enqueue and the console's "not queued: ..." read this one rule.
+    Without a click id a hashed identifier is enough on a site with enhanced conversions on."""
+    if value_minor is None or value_minor <= 0:
+        return NotEnqueued.ZERO_VALUE
+    if not has_session:
+        return NotEnqueued.NO_SESSION
+    if not session_found:
+        return NotEnqueued.SESSION_NOT_FOUND
+    if click is None:
+        if not has_identifier:
+            return NotEnqueued.NO_CLICK_ID
+        if not enhanced_conversions:
+            return NotEnqueued.ENHANCED_CONVERSIONS_OFF
+    if "marketing" not in (consent_scopes or []):
+        return NotEnqueued.NO_MARKETING_CONSENT
+    return None
+
+
 async def enqueue_conversion(
     conn: asyncpg.Connection,
     *,
@@ -85,22 +121,23 @@ async def enqueue_conversion(
     phone instead. Identifiers (already normalised and hashed) go with the row either way. Never
     raises for a business reason; see ``EnqueueResult``."""
     kind = SourceKind(source_kind).value
-    if value_minor is None or value_minor <= 0:
-        return EnqueueResult(False, NotEnqueued.ZERO_VALUE)
-    if session_id is None:
-        return EnqueueResult(False, NotEnqueued.NO_SESSION)
-    session = await conn.fetchrow(Q.sales.session_for_conversion, site_id, session_id, session_month)
-    if session is None:
-        return EnqueueResult(False, NotEnqueued.SESSION_NOT_FOUND)
-    click = choose_click_id(session["gclid"], session["wbraid"], session["gbraid"])
+    session = None
+    if value_minor is not None and value_minor > 0 and session_id is not None:
+        session = await conn.fetchrow(Q.sales.session_for_conversion, site_id, session_id, session_month)
+    click = choose_click_id(session["gclid"], session["wbraid"], session["gbraid"]) if session else None
     site = await conn.fetchrow(Q.sales.site_destination, site_id)
-    if click is None:
-        if email_sha256 is None and phone_sha256 is None:
-            return EnqueueResult(False, NotEnqueued.NO_CLICK_ID)
-        if not site["enhanced_conversions"]:
-            return EnqueueResult(False, NotEnqueued.ENHANCED_CONVERSIONS_OFF)
-    if "marketing" not in (session["consent_scopes"] or []):
-        return EnqueueResult(False, NotEnqueued.NO_MARKETING_CONSENT)
+    reason = not_enqueued_reason(
+        value_minor,
+        session_id is not None,
+        session is not None,
+        click,
+        session["consent_scopes"] if session else None,
+        has_identifier=email_sha256 is not None or phone_sha256 is not None,
+        enhanced_conversions=bool(site["enhanced_conversions"]),
+    )
+    if reason is not None:
+        return EnqueueResult(False, reason)
+    assert session is not None
     destination = site["default_destination"]
     click_type, click_value = click if click is not None else (None, None)
     # exactly one click id is stored: the uploader sends what it finds

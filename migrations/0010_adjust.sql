@@ -34,19 +34,11 @@ CREATE UNIQUE INDEX ocq_one_pending_adjustment ON offline_conversion_queue (adju
     WHERE adjusts_id IS NOT NULL AND status IN ('QUEUED', 'PROCESSING', 'RETRY');
 CREATE INDEX ocq_adjusts_idx ON offline_conversion_queue (adjusts_id) WHERE adjusts_id IS NOT NULL;
 
--- 3. Enhanced conversions for leads: a conversion needs a click id or a hashed identifier.
-DO $$
-DECLARE
-    v_name text;
-BEGIN
-    SELECT conname INTO v_name FROM pg_constraint
-    WHERE conrelid = 'offline_conversion_queue'::regclass AND contype = 'c'
-      AND pg_get_constraintdef(oid) LIKE '%num_nonnulls(gclid, wbraid, gbraid)%';
-    EXECUTE format('ALTER TABLE offline_conversion_queue DROP CONSTRAINT %I', v_name);
-END
-$$;
-ALTER TABLE offline_conversion_queue ADD CONSTRAINT ocq_click_id_or_identifier
-    CHECK (num_nonnulls(gclid, wbraid, gbraid, email_sha256, phone_sha256) >= 1);
+-- 3. Enhanced conversions for leads: a conversion needs a click id or a hashed identifier
+-- (anonymised rows, erase and retention, keep neither).
+ALTER TABLE offline_conversion_queue DROP CONSTRAINT ocq_click_id_unless_anonymized;
+ALTER TABLE offline_conversion_queue ADD CONSTRAINT ocq_click_id_or_identifier_unless_anonymized
+    CHECK (num_nonnulls(gclid, wbraid, gbraid, email_sha256, phone_sha256) >= 1 OR anonymized_at IS NOT NULL);
 ALTER TABLE offline_conversion_queue ADD CONSTRAINT ocq_phone_sha256_shape
     CHECK (phone_sha256 ~ '^[0-9a-f]{64}$');
 
