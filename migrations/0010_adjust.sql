@@ -39,8 +39,6 @@ CREATE INDEX ocq_adjusts_idx ON offline_conversion_queue (adjusts_id) WHERE adju
 ALTER TABLE offline_conversion_queue DROP CONSTRAINT ocq_click_id_unless_anonymized;
 ALTER TABLE offline_conversion_queue ADD CONSTRAINT ocq_click_id_or_identifier_unless_anonymized
     CHECK (num_nonnulls(gclid, wbraid, gbraid, email_sha256, phone_sha256) >= 1 OR anonymized_at IS NOT NULL);
-ALTER TABLE offline_conversion_queue ADD CONSTRAINT ocq_phone_sha256_shape
-    CHECK (phone_sha256 ~ '^[0-9a-f]{64}$');
 
 -- A site opts in to upload identifier-only conversions (no click id), with marketing consent.
 ALTER TABLE sites ADD COLUMN enhanced_conversions boolean NOT NULL DEFAULT false;

@@ -134,6 +134,33 @@ class GoogleAdsApi(EmulatorCore):
             e["location"] = {"fieldPathElements": path}
         return e
 
+    def _ads_admit(self, version: str, customer: str, req: dict[str, Any], n_rows: int) -> EmuReply | None:
+        """The account's rate limits (429 with a retry delay) and the partial-failure flag both
+        upload services require; ``None`` when the request may go on."""
+        limited = self._rate_check(customer, n_rows)
+        if limited is not None:
+            enum, delay, rate_name = limited
+            err = self._err("quotaError", enum, f"Too many requests. Retry in {int(delay + 0.999)} seconds.")
+            err["details"] = {
+                "quotaErrorDetails": {
+                    "rateScope": "DEVELOPER" if enum == "RESOURCE_EXHAUSTED" else "ACCOUNT",
+                    "rateName": rate_name,
+                    "retryDelay": f"{int(delay + 0.999)}s",
+                }
+            }
+            return self._ads_error(
+                version, 429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", [err]
+            )
+        if get_either(req, "partialFailure", "partial_failure") is not True:
+            return self._ads_error(
+                version,
+                400,
+                "INVALID_ARGUMENT",
+                "Request contains an invalid argument.",
+                [self._err("fieldError", "REQUIRED", "partial_failure must be true for this service.")],
+            )
+        return None
+
     def handle_ads_upload(
         self,
         version: str,
@@ -230,28 +257,9 @@ class GoogleAdsApi(EmulatorCore):
         if not isinstance(convs, list):
             return self._status_error(400, "INVALID_ARGUMENT", "Invalid value at 'conversions'.")
         self.rows_received += len(convs)
-        limited = self._rate_check(customer, len(convs))
-        if limited is not None:
-            enum, delay, rate_name = limited
-            err = self._err("quotaError", enum, f"Too many requests. Retry in {int(delay + 0.999)} seconds.")
-            err["details"] = {
-                "quotaErrorDetails": {
-                    "rateScope": "DEVELOPER" if enum == "RESOURCE_EXHAUSTED" else "ACCOUNT",
-                    "rateName": rate_name,
-                    "retryDelay": f"{int(delay + 0.999)}s",
-                }
-            }
-            return self._ads_error(
-                version, 429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", [err]
-            )
-        if get_either(req, "partialFailure", "partial_failure") is not True:
-            return self._ads_error(
-                version,
-                400,
-                "INVALID_ARGUMENT",
-                "Request contains an invalid argument.",
-                [self._err("fieldError", "REQUIRED", "partial_failure must be true for this service.")],
-            )
+        refused = self._ads_admit(version, customer, req, len(convs))
+        if refused is not None:
+            return refused
         if len(convs) > cfg.max_conversions:
             return self._ads_error(
                 version,
@@ -602,28 +610,9 @@ class GoogleAdsApi(EmulatorCore):
         if not isinstance(adjs, list):
             return self._status_error(400, "INVALID_ARGUMENT", "Invalid value at 'conversion_adjustments'.")
         self.rows_received += len(adjs)
-        limited = self._rate_check(customer, len(adjs))
-        if limited is not None:
-            enum, delay, rate_name = limited
-            quota = self._err("quotaError", enum, f"Too many requests. Retry in {int(delay + 0.999)} seconds.")
-            quota["details"] = {
-                "quotaErrorDetails": {
-                    "rateScope": "ACCOUNT",
-                    "rateName": rate_name,
-                    "retryDelay": f"{int(delay + 0.999)}s",
-                }
-            }
-            return self._ads_error(
-                version, 429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", [quota]
-            )
-        if get_either(req, "partialFailure", "partial_failure") is not True:
-            return self._ads_error(
-                version,
-                400,
-                "INVALID_ARGUMENT",
-                "Request contains an invalid argument.",
-                [self._err("fieldError", "REQUIRED", "partial_failure must be true for this service.")],
-            )
+        refused = self._ads_admit(version, customer, req, len(adjs))
+        if refused is not None:
+            return refused
         if len(adjs) > cfg.max_conversions:
             return self._ads_error(
                 version,

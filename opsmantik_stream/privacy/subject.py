@@ -28,6 +28,7 @@ from typing import Any
 
 import asyncpg
 
+from opsmantik_stream.destinations.base import email_sha256
 from opsmantik_stream.destinations.google.mapping import hash_phone_e164
 from opsmantik_stream.enums import PrivacyIdentifier
 from opsmantik_stream.ingest.store import session_uuid
@@ -182,9 +183,11 @@ async def expand(
     digits = subject.phone_digits if subject else None
     calls = await _ids(conn, Q.privacy.related_calls, site, sessions, call_ids, fp, email, digits)
     conversations = await _ids(conn, Q.privacy.related_conversations, site, sessions, calls, email, digits)
-    sales = await _ids(conn, Q.privacy.related_sales, site, conversations, email, digits)
     phone_hash = hash_phone_e164(subject.value) if subject and subject.kind == PrivacyIdentifier.PHONE else None
-    queue_rows = await _ids(conn, Q.privacy.related_queue_rows, site, sessions, calls, sales, phone_hash)
+    # an address is hashed by Google's rule, as sales store it for enhanced conversions
+    email_hash = email_sha256(email) if email else None
+    sales = await _ids(conn, Q.privacy.related_sales, site, conversations, email, digits, email_hash, phone_hash)
+    queue_rows = await _ids(conn, Q.privacy.related_queue_rows, site, sessions, calls, sales, phone_hash, email_hash)
     sids = {str(s) for s in sessions}
     if sessions:
         sids.update(await _ids(conn, Q.privacy.client_session_ids, site, sessions))

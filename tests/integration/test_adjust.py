@@ -624,3 +624,68 @@ async def test_emulator_adjustment_rules_and_their_handling(
     assert await send(adj(order, "2026-07-01 00:00:00+00:00", "RETRACTION")) == [None]
     assert await send(adj(order, "2026-08-01 00:00:00+00:00", "RETRACTION")) == ["CONVERSION_ALREADY_RETRACTED"]
     assert [a["type"] for a in (await emu_state(emu))["adjustment_log"]] == ["RESTATEMENT", "RETRACTION"]
+
+
+async def test_erasing_a_customer_removes_their_hashed_identifiers(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    make_token: Callable[..., Any],
+    fast: Settings,
+) -> None:
+    site = await make_site()
+    owner = await make_token(site["public_id"], "owner")
+    async with pool.acquire() as conn:
+        await delivery.set_enhanced_conversions(conn, site["site_id"], True, actor_type=ActorType.CLI, actor_id="t")
+    conv_id = await conversation_of(client, owner, site, await make_session(pool, site["site_id"], gclid=None))
+    got = await confirmed_sale(client, owner, site, conv_id, 7000, email="Jane.Doe@gmail.com", phone="+905321234567")
+    assert got["enqueued"] is True
+    r = await client.post(
+        "/api/privacy/erase",
+        json={"site": site["public_id"], "identifier_type": "email", "identifier_value": "janedoe@gmail.com"},
+        headers=auth(owner),
+    )
+    assert r.status_code == 200, r.text
+    sale = await pool.fetchrow(
+        "SELECT email_sha256, phone_sha256 FROM sales WHERE id = $1", uuid.UUID(got["sale"]["id"])
+    )
+    assert (sale["email_sha256"], sale["phone_sha256"]) == (None, None)
+    row = await pool.fetchrow(
+        "SELECT status, email_sha256, phone_sha256, anonymized_at FROM offline_conversion_queue WHERE order_id = $1",
+        got["order_id"],
+    )
+    assert (row["email_sha256"], row["phone_sha256"]) == (None, None) and row["anonymized_at"] is not None
+    assert row["status"] == "FAILED"
+
+
+async def test_sale_cancel_and_restate_from_the_cli(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    make_token: Callable[..., Any],
+    fast: Settings,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    site = await make_site()
+    token = await make_token(site["public_id"], "operator")
+    conv_id = await conversation_of(client, token, site, await make_session(pool, site["site_id"]))
+    sale = await confirmed_sale(client, token, site, conv_id, 12000)
+    monkeypatch.setenv("OPSMANTIK_DATABASE_URL", db_url)
+    monkeypatch.setenv("OPSMANTIK_DATA_DIR", fast.data_dir)
+    sid = sale["sale"]["id"]
+    assert await asyncio.to_thread(cli_main, ["sale", "restate", sid, "--amount-minor", "9900", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["sale"]["amount_minor"] == 9900 and out["conversion"]["outcome"] == "restated"
+    assert await asyncio.to_thread(cli_main, ["sale", "cancel", sid]) == 0
+    assert "its conversion was not uploaded yet and is withdrawn" in capsys.readouterr().out
+    assert await asyncio.to_thread(cli_main, ["sale", "cancel", sid]) == 1
+    assert "sale_canceled" in capsys.readouterr().err
+    assert await asyncio.to_thread(cli_main, ["sale", "cancel", "not-a-uuid"]) == 2
+    [row] = await queue_rows(pool, sale["order_id"])
+    assert (row["status"], row["error_code"], row["value_minor"]) == ("FAILED", "VOIDED", 9900)
+    audit = await pool.fetch(
+        "SELECT actor_type FROM audit_log WHERE resource_id = $1 AND action IN ('sale.restate', 'sale.cancel')", sid
+    )
+    assert [a["actor_type"] for a in audit] == ["cli", "cli"]
