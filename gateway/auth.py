@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.errors import ApiError
+from opsmantik_stream.fields import is_site_public_id
 from opsmantik_stream.rbac import Capability
 from opsmantik_stream.tenancy import Principal, TenancyError, get_site, resolve_token
 
@@ -36,8 +37,10 @@ def require_capability(principal: Principal, public_id: str, capability: Capabil
     """The site's uuid when the caller holds ``capability`` on it; 403 otherwise.
 
     A site the caller cannot see at all also answers 403 (not 404), so site ids cannot be
-    probed by strangers.
+    probed by strangers. A malformed id names no site: the same answers, without a query.
     """
+    if not is_site_public_id(public_id) and principal.is_platform_admin:
+        raise ApiError(404, "site_not_found", "no such site")
     if not principal.can(public_id, capability):
         raise ApiError(403, "forbidden", f"missing capability {capability.value} on this site")
     access = principal.sites.get(public_id)

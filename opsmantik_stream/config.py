@@ -62,6 +62,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Signed call events: per (site, client) and per (site, fingerprint) token buckets.
     call_event_rate_limit_per_min: PositiveInt = 150
     call_event_fingerprint_rate_limit_per_min: PositiveInt = 20
+    # database look-ups of call-event sites (cache misses, unknown ids) per client ip
+    call_event_lookup_rate_limit_per_min: PositiveInt = 60
+    # how long the gateway trusts its copy of a site's call-event secrets (a failed signature
+    # re-reads them, so a rotation takes effect at once)
+    call_event_site_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
     # PostgreSQL pools.
     db_pool_min: Annotated[int, msgspec.Meta(ge=0, le=100)] = 1
     db_pool_max: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10

@@ -22,10 +22,11 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from gateway.auth import CurrentPrincipal, require_capability
-from gateway.errors import ApiError, JSONResponse, json_response
+from gateway.errors import ApiError, JSONResponse, decode_json, json_response
 from opsmantik_stream import tenancy
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType, CallSource, CallStatus
+from opsmantik_stream.fields import MinorUnits, Note, Text32, to_utc
 from opsmantik_stream.leads import signing
 from opsmantik_stream.leads.actions import apply_call_action, call_dict
 from opsmantik_stream.leads.call_events import (
@@ -69,13 +70,8 @@ def lead_error(exc: LeadError) -> ApiError:
 
 
 def decode_body(raw: bytes, typ: type[T]) -> T:
-    """Strict JSON decode into a msgspec Struct: 400 with the field path on failure."""
-    try:
-        return msgspec.json.decode(raw, type=typ)
-    except msgspec.ValidationError as exc:
-        raise ApiError(400, "invalid_body", str(exc)) from None
-    except msgspec.DecodeError:
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    """Strict JSON decode into a msgspec Struct: 400 ``invalid_json``, or 422 naming the field."""
+    return decode_json(raw, typ)
 
 
 def parse_uuid_or_404(value: str, what: str) -> uuid.UUID:
@@ -89,10 +85,12 @@ def parse_time_param(value: str | None, name: str) -> dt.datetime | None:
     if value is None or value == "":
         return None
     try:
-        parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        parsed = to_utc(dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
     except ValueError:
+        parsed = None
+    if parsed is None:
         raise ApiError(400, f"invalid_{name}", f"{name} must be an ISO 8601 date or date-time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return parsed
 
 
 async def site_uuid(conn: asyncpg.Connection, principal: Principal, public_id: str, cap: Capability) -> uuid.UUID:
@@ -159,6 +157,57 @@ def _site_key(header: str) -> tuple[str, uuid.UUID | None] | None:
         return None
 
 
+# Unknown ids are remembered this long, so a flood of one made-up id costs one query.
+_NEGATIVE_TTL_S = 5.0
+_MAX_CACHED_SITES = 50_000
+
+
+class CallEventSites:
+    """The gateway's short-lived copy of call-event sites (id, public id, secrets).
+
+    Every database look-up (a cache miss, known or unknown id) first takes a token from a
+    per-client bucket, so a client cycling through made-up site ids costs at most
+    ``call_event_lookup_rate_limit_per_min`` queries a minute; a known site is looked up
+    once per ``call_event_site_cache_ttl_s``. (A dict with expiry times is all this needs.)
+    """
+
+    def __init__(self, ttl_s: float, lookups_per_min: int) -> None:
+        self.ttl_s = ttl_s
+        self.lookups = KeyedTokenBucket(lookups_per_min)
+        self._entries: dict[tuple[str, uuid.UUID | None], tuple[asyncpg.Record | None, float]] = {}
+
+    def cached(self, key: tuple[str, uuid.UUID | None], now: float) -> tuple[bool, asyncpg.Record | None]:
+        hit = self._entries.get(key)
+        if hit is None or hit[1] <= now:
+            return False, None
+        return True, hit[0]
+
+    def may_query(self, client: str, now: float) -> float:
+        """0 when this client may cause one more look-up now, else seconds to wait."""
+        return self.lookups.take(client, now)
+
+    async def load(self, pool: asyncpg.Pool, key: tuple[str, uuid.UUID | None], now: float) -> asyncpg.Record | None:
+        row = await pool.fetchrow(Q.leads.site_for_call_event, key[0], key[1])
+        if len(self._entries) >= _MAX_CACHED_SITES:
+            self._entries.clear()
+        self._entries[key] = (row, now + (self.ttl_s if row is not None else _NEGATIVE_TTL_S))
+        return row
+
+
+def _sites(ctx: Any) -> CallEventSites:
+    sites = ctx.extras.get("call_event_sites")
+    if sites is None:
+        s = ctx.settings
+        sites = ctx.extras["call_event_sites"] = CallEventSites(
+            s.call_event_site_cache_ttl_s, s.call_event_lookup_rate_limit_per_min
+        )
+    return sites  # type: ignore[no-any-return]
+
+
+def _rate_limited(wait: float, message: str) -> ApiError:
+    return ApiError(429, "rate_limited", message, {"Retry-After": str(max(1, round(wait + 0.5)))})
+
+
 @router.post(
     "/api/call-event",
     summary="A signed call event (HMAC-SHA256 over '<ts>.<raw body>')",
@@ -181,9 +230,23 @@ async def call_event(request: Request) -> Response:
     key = _site_key(header_site)
     if key is None or signature is None:
         return _unauthorized()
-    site = await ctx.pool.fetchrow(Q.leads.site_for_call_event, key[0], key[1])
+    client_ip = request.client.host if request.client else "unknown"
+    sites = _sites(ctx)
+    now = time.monotonic()
+    fresh, site = sites.cached(key, now)
+    if not fresh:
+        wait = sites.may_query(client_ip, now)
+        if wait > 0:
+            raise _rate_limited(wait, "too many call events for unknown or uncached sites")
+        site = await sites.load(ctx.pool, key, now)
     secrets = (site["current_secret"], site["next_secret"]) if site is not None else ()
-    if not signing.verify_signature(secrets, ts_header, signature, raw, clock()):
+    verified = signing.verify_signature(secrets, ts_header, signature, raw, clock())
+    if not verified and fresh and site is not None and sites.may_query(client_ip, now) == 0:
+        # the cached secrets may predate a rotation: look once more before refusing
+        site = await sites.load(ctx.pool, key, now)
+        secrets = (site["current_secret"], site["next_secret"]) if site is not None else ()
+        verified = signing.verify_signature(secrets, ts_header, signature, raw, clock())
+    if not verified or site is None:
         return _unauthorized()
     body = decode_body(raw, CallEventBody)
     body_site = body.site_id.strip().lower()
@@ -197,11 +260,11 @@ async def call_event(request: Request) -> Response:
             _answer("noop", replay["id"], replay["matched_session_id"], replay["lead_score"], replay["status"])
         )
     by_client, by_fp = _limiters(ctx)
-    client = f"{request.client.host if request.client else 'unknown'}|{request.headers.get('user-agent', '')[:64]}"
+    client = f"{client_ip}|{request.headers.get('user-agent', '')[:64]}"
     now = time.monotonic()
     wait = max(by_client.take(f"{site['id']}|{client}", now), by_fp.take(f"{site['id']}|{body.fingerprint}", now))
     if wait > 0:
-        raise ApiError(429, "rate_limited", "too many call events", {"Retry-After": str(max(1, round(wait + 0.5)))})
+        raise _rate_limited(wait, "too many call events")
     if not ctx.ray_enabled:
         raise ApiError(503, "partition_unavailable", "the site's partition is not running", {"Retry-After": "1"})
     job = CallEventJob(
@@ -209,7 +272,8 @@ async def call_event(request: Request) -> Response:
         call_at=float(int(ts_header or 0)),
         signature_sha256=sig_hash,
         body=body,
-        referer=request.headers.get("referer"),
+        # a header is not schema-checked: keep what a text column can hold
+        referer=(request.headers.get("referer") or "")[:2048].replace("\x00", "") or None,
     )
     name = None
     try:
@@ -279,11 +343,11 @@ async def list_intents(
 
 
 class CallActionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    action: str
-    value_minor: Annotated[int, msgspec.Meta(ge=0, le=10**15)] | None = None
+    action: Text32
+    value_minor: MinorUnits | None = None
     currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
     score: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
-    note: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+    note: Note | None = None
 
 
 @router.post(

@@ -20,6 +20,7 @@ from gateway.routes.calls import (
     site_uuid,
 )
 from opsmantik_stream.db import api_transaction
+from opsmantik_stream.fields import NO_NUL_PATTERN, MinorUnits, Note, SitePublicId, Text32, Text64
 from opsmantik_stream.leads import conversations as conv
 from opsmantik_stream.leads import sales as sales_core
 from opsmantik_stream.leads.errors import LeadError
@@ -28,33 +29,32 @@ from opsmantik_stream.rbac import Capability
 
 router = APIRouter(tags=["sales"])
 
-Note = Annotated[str, msgspec.Meta(max_length=2000)]
-
 
 class ConversationBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    site: str
+    site: SitePublicId
     primary_call_id: uuid.UUID | None = None
     primary_session_id: uuid.UUID | None = None
     note: Note | None = None
 
 
 class LinkBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    entity_type: str
+    entity_type: Text32
     entity_id: uuid.UUID
 
 
 class ResolveBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    status: str
+    status: Text32
     sale_id: uuid.UUID | None = None
     note: Note | None = None
 
 
 class SaleBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    site: str
-    amount_minor: int
-    occurred_at: str
+    site: SitePublicId
+    # the column is a bigint; no real sale comes near it (fields.MAX_MINOR_UNITS)
+    amount_minor: MinorUnits
+    occurred_at: Text64
     currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
-    external_ref: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    external_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL_PATTERN)] | None = None
     conversation_id: uuid.UUID | None = None
     notes: Note | None = None
 

@@ -189,7 +189,7 @@ async def test_next_secret_rotation_body_rules_and_rate_limits(
     # strict body: unknown keys, broken JSON, oversize
     bad = json.dumps({"site_id": site["public_id"], "fingerprint": "fp", "consent": ["analytics"]}).encode()
     resp = await stack_client.post("/api/call-event", content=bad, headers=signed_headers(site, bad))
-    assert resp.status_code == 400 and resp.json()["error"] == "invalid_body"
+    assert resp.status_code == 422 and resp.json()["error"] == "validation_error"
     broken = b'{"site_id": '
     resp = await stack_client.post("/api/call-event", content=broken, headers=signed_headers(site, broken))
     assert resp.status_code == 400 and resp.json()["error"] == "invalid_json"

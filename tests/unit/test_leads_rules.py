@@ -89,11 +89,22 @@ def test_client_value_parsing() -> None:
     assert parse_client_value(None) is None
 
 
+_EID = b'"event_id":"4b7ad0c6-5d0e-4a8e-9a65-3a6f2f9c1d10"'
+
+
 def test_body_is_strict() -> None:
-    ok = msgspec.json.decode(b'{"site_id":"a","fingerprint":"f","value":"9"}', type=CallEventBody)
+    ok = msgspec.json.decode(b'{"site_id":"a","fingerprint":"f","value":"9",' + _EID + b"}", type=CallEventBody)
     assert ok.value == "9"
     with pytest.raises(msgspec.ValidationError, match="consent"):
-        msgspec.json.decode(b'{"site_id":"a","fingerprint":"f","consent":["analytics"]}', type=CallEventBody)
+        msgspec.json.decode(
+            b'{"site_id":"a","fingerprint":"f","consent":["analytics"],' + _EID + b"}", type=CallEventBody
+        )
+    # event_id is required: a retry signed again must be recognised as the same call
+    with pytest.raises(msgspec.ValidationError, match="event_id"):
+        msgspec.json.decode(b'{"site_id":"a","fingerprint":"f"}', type=CallEventBody)
+    # PostgreSQL text cannot hold NUL: refused here rather than failing in the partition
+    with pytest.raises(msgspec.ValidationError, match="fingerprint"):
+        msgspec.json.decode(b'{"site_id":"a","fingerprint":"f\u0000",' + _EID + b"}", type=CallEventBody)
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"site_id":"a","fingerprint":""}', type=CallEventBody)
     with pytest.raises(msgspec.ValidationError):
