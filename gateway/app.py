@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import asyncpg
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request
+from starlette.responses import Response
 
 from gateway.context import AppContext
-from gateway.errors import ApiError, JSONResponse, api_error_handler, json_response
+from gateway.errors import ApiError, ErrorMiddleware, JSONResponse, api_error_handler, validation_error
 from gateway.logs import RequestIdMiddleware
 from gateway.routes import ROUTERS
 from opsmantik_stream.config import Settings
@@ -19,24 +19,11 @@ from opsmantik_stream.config import Settings
 __all__ = ["create_app"]
 
 
-async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
+async def _validation_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
     path = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return json_response(
-        {"ok": False, "error": "validation_error", "message": first.get("msg", "invalid"), "field": path},
-        422,
-        {"X-OpsMantik-Error-Code": f"validation_error:{path}"},
-    )
-
-
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    # PostgreSQL restarting or unreachable: nothing was committed, so the client may retry
-    return json_response(
-        {"ok": False, "error": "database_unavailable", "message": "the database is not reachable; retry later"},
-        503,
-        {"X-OpsMantik-Error-Code": "database_unavailable", "Retry-After": "1"},
-    )
+    return await api_error_handler(request, validation_error(path, str(first.get("msg", "invalid"))))
 
 
 def create_app(
@@ -83,19 +70,8 @@ def create_app(
     app.state.ctx = ctx
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
-    for exc_type in (
-        asyncpg.PostgresConnectionError,  # connection lost mid-query
-        asyncpg.InterfaceError,  # connection closed under the pool
-        asyncpg.exceptions.OperatorInterventionError,  # server shutting down / starting up
-        # a pooled connection the restart broke mid-protocol ("cannot switch to state ...");
-        # the pool closes it on release, and the client's retry gets a fresh one
-        asyncpg.exceptions.InternalClientError,
-        # refused/reset, the unix socket gone while the server restarts, or asyncio's plain
-        # OSError("Multiple exceptions: ...") when every address failed; the gateway does no
-        # other I/O that raises OSError in a request (the static files ship with it)
-        OSError,
-    ):
-        app.add_exception_handler(exc_type, _database_unavailable)
+    # database connection loss -> 503, anything else unhandled -> 500 internal_error
+    app.add_middleware(ErrorMiddleware)
     app.add_middleware(RequestIdMiddleware)
     for router in ROUTERS:
         app.include_router(router)

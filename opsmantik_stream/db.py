@@ -26,6 +26,7 @@ __all__ = [
     "close_pool",
     "create_pool",
     "resolve_database_url",
+    "url_with_user",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-def api_database_url(url: str) -> str:
-    """``url`` with the API role as user and no password."""
+def url_with_user(url: str, user: str) -> str:
+    """``url`` with ``user`` as its user and no password (enough for trust authentication,
+    as on the embedded server's unix socket)."""
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{API_ROLE}@{host}", parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def api_database_url(url: str) -> str:
+    """``url`` with the API role as user and no password."""
+    return url_with_user(url, API_ROLE)
 
 
 class _Companion:

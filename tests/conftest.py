@@ -50,6 +50,12 @@ def _with_db(url: str, dbname: str) -> str:
     return f"{base}/{dbname}" + (f"?{query}" if query else "")
 
 
+def _with_user(url: str, user: str) -> str:
+    from opsmantik_stream.db import url_with_user
+
+    return url_with_user(url, user)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     """The server's admin URL. OPSMANTIK_TEST_DATABASE_URL points the suite at another server."""
