@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
+import uvicorn
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from gateway.context import AppContext
 from gateway.errors import ApiError, ErrorMiddleware, JSONResponse, api_error_handler, validation_error
 from gateway.logs import RequestIdMiddleware
 from gateway.routes import ROUTERS
+from opsmantik_stream.budget import PoolPlan
 from opsmantik_stream.config import Settings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "gateway_settings"]
 
 
 async def _validation_handler(request: Request, exc: Exception) -> Response:
@@ -24,6 +30,64 @@ async def _validation_handler(request: Request, exc: Exception) -> Response:
     first = exc.errors()[0] if exc.errors() else {}
     path = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     return await api_error_handler(request, validation_error(path, str(first.get("msg", "invalid"))))
+
+
+async def _plan(url: str, settings: Settings) -> PoolPlan:
+    """The gateway's pool sizes from the server's limits. The gateways' share of the budget
+    does not depend on how many actors run (the actors' plan is checked where they start)."""
+    import asyncpg
+
+    from opsmantik_stream.budget import plan_pools, read_server_limits
+
+    conn = await asyncpg.connect(url)
+    try:
+        limits = await read_server_limits(conn, settings)
+    finally:
+        await conn.close()
+    return plan_pools(limits, partitions=1, uploaders=0, settings=settings)
+
+
+class _MetricsServer(uvicorn.Server):
+    """The /metrics port's server: it runs beside the main server, which owns the process's
+    signals (Ctrl-C stops the main server, whose shutdown stops this one)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _start_metrics_server(app: FastAPI) -> tuple[_MetricsServer, asyncio.Task[None]]:
+    """Serve ``/metrics`` alone on 127.0.0.1:``metrics_port`` with the gateway's context."""
+    from gateway.routes.ops import metrics_response
+
+    metrics_app = Starlette(routes=[Route("/metrics", metrics_response)])
+    metrics_app.state.ctx = app.state.ctx
+    metrics_app.add_exception_handler(ApiError, api_error_handler)
+    cfg = app.state.ctx.settings
+    server = _MetricsServer(
+        uvicorn.Config(
+            metrics_app, host="127.0.0.1", port=cfg.metrics_port, log_config=None, access_log=False, lifespan="off"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():  # e.g. the port is taken: fail the start-up with uvicorn's reason
+            await task
+            raise RuntimeError(f"could not serve metrics on 127.0.0.1:{cfg.metrics_port}")
+        await asyncio.sleep(0.01)
+    return server, task
+
+
+def gateway_settings(settings: Settings) -> Settings:
+    """The gateway seals credentials but never opens them: it keeps the vault's public key
+    and drops the private one (only the uploaders hold it; see opsmantik_stream.vault)."""
+    from opsmantik_stream.vault import VaultError, public_key
+
+    try:
+        public = public_key(settings)
+    except (VaultError, OSError):
+        public = None  # the credentials route answers 503 VAULT_KEY_MISSING / INVALID
+    return settings.with_overrides(vault_key=None, vault_open_credentials=False, vault_public_key=public)
 
 
 def create_app(
@@ -43,18 +107,38 @@ def create_app(
             yield
             return
         from opsmantik_stream.config import load_settings
-        from opsmantik_stream.db import close_pool, create_pool, resolve_database_url
+        from opsmantik_stream.db import (
+            api_database_url,
+            close_pool,
+            create_pool,
+            gateway_database_url,
+            resolve_database_url,
+        )
 
-        cfg = settings or load_settings()
+        cfg = gateway_settings(settings or load_settings())
         embedded = None
         url = db_url
         if url is None:
             url, embedded = resolve_database_url(cfg)
-        pool = await create_pool(url, min_size=cfg.db_pool_min, max_size=cfg.db_pool_max, api_url=cfg.api_database_url)
+        # least privilege: the gateway's own queries run as the narrow gateway role, operator
+        # requests as the API role under row-level security; never as the schema owner
+        service_url = cfg.gateway_database_url or gateway_database_url(url)
+        plan = await _plan(service_url, cfg)
+        pool = await create_pool(
+            service_url,
+            min_size=cfg.db_pool_min,
+            max_size=plan.gateway,
+            api_url=cfg.api_database_url or api_database_url(url),
+            api_max_size=plan.gateway_api,
+        )
         app.state.ctx = AppContext(settings=cfg, pool=pool, ray_enabled=ray_enabled)
+        metrics = await _start_metrics_server(app) if cfg.metrics_port else None
         try:
             yield
         finally:
+            if metrics is not None:
+                metrics[0].should_exit = True
+                await metrics[1]
             app.state.ctx = None
             await close_pool(pool)
             if embedded is not None:

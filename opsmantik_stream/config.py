@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from opsmantik_stream.budget import PoolPlan
+
 __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
 
 ENV_PREFIX = "OPSMANTIK_"
@@ -26,10 +28,15 @@ class ConfigError(Exception):
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Where the data lives. No URL -> an embedded PostgreSQL (pgserver) in data_dir/pg.
+    # The URL's role owns the schema (opsmantik_owner, not a superuser: docs/security.md);
+    # migrations, partitions, uploaders, maintenance and the CLI use it.
     database_url: str | None = None
     # API queries log in as the non-owner role opsmantik_api. Default: database_url with that
     # user and no password (enough for the embedded server's local trust authentication).
     api_database_url: str | None = None
+    # The gateway's service queries (tokens, call-event secrets, credential writes, /metrics,
+    # /ops) log in as the narrow role opsmantik_gateway. Default: database_url with that user.
+    gateway_database_url: str | None = None
     data_dir: str = ".opsmantik"
     # Ray: no address -> a local Ray bound to 127.0.0.1.
     ray_address: str | None = None
@@ -39,9 +46,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # HTTP gateway.
     host: str = "127.0.0.1"
     port: Port = 8000
-    # Secrets. vault_key: base64 of a 32-byte Curve25519 private key; generated into
-    # data_dir/vault.key on first start when not given.
+    # Secrets. vault_key: base64 of a 32-byte Curve25519 private key (only uploaders use
+    # it); without it the key file vault_key_file (default ~/.config/opsmantik/vault.key,
+    # outside the data folder) is used, generated on first start. The gateway and the CLI
+    # seal with the public key only: vault_public_key, else derived / read beside the file.
     vault_key: str | None = None
+    vault_key_file: str | None = None
+    vault_public_key: str | None = None
+    # set by the runtime for the uploaders only: this process may read the private key file
+    vault_open_credentials: bool = False
     cron_secret: str | None = None
     # Pools.
     partitions: Annotated[int, msgspec.Meta(ge=1, le=256)] = 2
@@ -67,9 +80,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # how long the gateway trusts its copy of a site's call-event secrets (a failed signature
     # re-reads them, so a rotation takes effect at once)
     call_event_site_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
-    # PostgreSQL pools.
+    # PostgreSQL pools. Every pool is sized by opsmantik_stream.budget from the server's
+    # max_connections (or db_max_connections, to use only a share of a server), keeping
+    # db_reserved_connections free for the CLI, migrations and administrators; db_pool_max is
+    # what a gateway pool wants when the budget allows it.
     db_pool_min: Annotated[int, msgspec.Meta(ge=0, le=100)] = 1
     db_pool_max: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10
+    db_max_connections: Annotated[int, msgspec.Meta(ge=10, le=100_000)] | None = None
+    db_reserved_connections: Annotated[int, msgspec.Meta(ge=2, le=1000)] = 5
+    # gateway processes that share the database (each has its own pools)
+    gateways: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # set by the runtime from the budget (not an environment variable)
+    pool_plan: PoolPlan | None = None
     # Uploads.
     upload_chunk_size: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 200
     upload_stale_after_s: PositiveInt = 900
@@ -91,6 +113,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     upload_bucket_margin_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
     upload_idle_poll_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     uploader_concurrency: Annotated[int, msgspec.Meta(ge=1, le=32)] = 4
+    # /metrics: database figures cached this long per gateway; optionally a bearer token to
+    # scrape, and/or a port of its own (127.0.0.1 only; the main port then answers 404)
+    metrics_cache_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 15.0
+    metrics_bearer_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
+    metrics_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
     log_level: str = "INFO"
 
     @property
@@ -101,8 +128,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return msgspec.structs.replace(self, **changes)
 
 
+# computed at start-up, never read from the environment
+_NOT_FROM_ENV = frozenset({"pool_plan", "vault_open_credentials"})
+
+
 def _field_names() -> tuple[str, ...]:
-    return tuple(f.name for f in msgspec.structs.fields(Settings))
+    return tuple(f.name for f in msgspec.structs.fields(Settings) if f.name not in _NOT_FROM_ENV)
 
 
 def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -122,8 +153,10 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
         raise ConfigError(f"{ENV_PREFIX}DB_POOL_MIN: must not exceed {ENV_PREFIX}DB_POOL_MAX")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR")
-    if settings.database_url is not None and not settings.database_url.startswith(("postgres://", "postgresql://")):
-        raise ConfigError(f"{ENV_PREFIX}DATABASE_URL: expected a postgresql:// URL")
+    for name in ("database_url", "api_database_url", "gateway_database_url"):
+        value = getattr(settings, name)
+        if value is not None and not value.startswith(("postgres://", "postgresql://")):
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()}: expected a postgresql:// URL")
     return settings
 
 

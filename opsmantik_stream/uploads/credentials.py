@@ -11,7 +11,6 @@ uploader alone.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -21,7 +20,7 @@ from opsmantik_stream.config import Settings
 from opsmantik_stream.google import GoogleCredentials
 from opsmantik_stream.google.ads import action_id
 from opsmantik_stream.queries import Q
-from opsmantik_stream.vault import Vault, VaultError
+from opsmantik_stream.vault import Vault, VaultError, private_key, public_key
 
 __all__ = [
     "CredentialsError",
@@ -80,22 +79,23 @@ class CredentialsInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 
 
 def vault_from_settings(settings: Settings) -> Vault:
-    """The vault of this deployment: ``OPSMANTIK_VAULT_KEY`` or ``data_dir/vault.key``.
+    """The vault of this process (see opsmantik_stream.vault): the private key in an
+    uploader (``vault_key``, or the key file when ``vault_open_credentials``), a sealing-only
+    vault from the public key everywhere else (gateway, CLI).
 
-    Raises :class:`CredentialsError` when neither exists (never creates a key here: a fresh
+    Raises :class:`CredentialsError` when there is no key (never creates a key here: a fresh
     key could not open anything sealed before).
     """
-    key = settings.vault_key
-    if key is None:
-        path = Path(settings.data_path) / "vault.key"
-        if path.exists():
-            key = path.read_text().strip()
-    if not key:
-        raise CredentialsError("VAULT_KEY_MISSING", "no vault key: set OPSMANTIK_VAULT_KEY")
     try:
-        return Vault(key)
+        key = private_key(settings) if settings.vault_key or settings.vault_open_credentials else None
+        if key:
+            return Vault(key)
+        public = public_key(settings)
+        if public:
+            return Vault.sealing_only(public)
     except VaultError as exc:
         raise CredentialsError("VAULT_KEY_INVALID", str(exc)) from None
+    raise CredentialsError("VAULT_KEY_MISSING", "no vault key: set OPSMANTIK_VAULT_KEY or start `opsmantik serve` once")
 
 
 async def save_credentials(
