@@ -1,0 +1,97 @@
+"""The connection budget at run time (issue 14): the actors' pools come from the plan, and a
+resize that cannot fit is refused before anything changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import ray
+
+from actors.registry import REGISTRY_NAME
+from actors.runtime import get_actor, plan_stack, scale_stack
+from opsmantik_stream.budget import BudgetError, pool_size
+
+pytestmark = pytest.mark.integration
+
+
+def test_actors_size_their_pools_from_the_plan_and_a_resize_that_cannot_fit_is_refused(
+    stack: dict[str, Any], settings: Any, db_url: str
+) -> None:
+    ns = settings.ray_namespace
+    plan = plan_stack(settings, db_url, len(stack["actors"]), len(stack["uploaders"]))
+    for name in stack["actors"]:
+        size = ray.get(get_actor(name, ns).__ray_call__.remote(lambda self: self._settings.db_pool_max), timeout=30)
+        assert size == plan.partition
+    for name in stack["uploaders"]:
+        size = ray.get(
+            get_actor(name, ns).__ray_call__.remote(lambda self: pool_size(self._settings, "uploader")), timeout=30
+        )
+        assert size == plan.uploader
+    registry = get_actor(REGISTRY_NAME, ns)
+    before = ray.get(registry.routing.remote(), timeout=30)
+    small = settings.with_overrides(db_max_connections=40)
+    with pytest.raises(BudgetError, match="6 partition"):
+        scale_stack(small, db_url, 6, 6, timeout_s=30)
+    assert ray.get(registry.routing.remote(), timeout=30) == before
+    for name in stack["actors"]:
+        assert ray.get(get_actor(name, ns).ping.remote(), timeout=30) == "ok"
+
+
+async def test_a_slow_dispute_export_holds_no_connection_or_transaction(
+    settings: Any, db_url: str, pool: Any, make_site: Any, make_token: Any
+) -> None:
+    import asyncio
+    import csv
+    import io
+    import uuid
+
+    import httpx
+
+    from gateway.app import create_app
+    from tests.serving import serve_in_thread
+
+    site = await make_site()
+    token = await make_token(site["public_id"], "billing")
+    rows = 60_000  # ~7 MB of CSV: more than the socket buffers hold, so the server must wait
+    await pool.execute(
+        """INSERT INTO ingest_idempotency (site_id, idempotency_key, created_at, billing_reason)
+           SELECT $1, md5(i::text) || md5((i + 1)::text), '2026-11-10T00:00:00Z'::timestamptz + i * interval '1 s',
+                  'a reason with "quotes" and, commas'
+           FROM generate_series(1, $2) AS i""",
+        uuid.UUID(site["site_id"]),
+        rows,
+    )
+    app = create_app(settings=settings, db_url=db_url)
+
+    async def api_backends(state: str) -> int:
+        return int(
+            await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'opsmantik_api' "
+                "AND datname = current_database() AND state = $1",
+                state,
+            )
+        )
+
+    url_path = f"/api/billing/dispute-export?site={site['public_id']}&month=2026-11"
+    with serve_in_thread(app, lifespan="on") as base:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as c:
+            async with c.stream("GET", url_path, headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status_code == 200
+                chunks = resp.aiter_raw()
+                received = [await anext(chunks)]
+                # the client reads nothing more for now: once the socket buffers are full the
+                # server waits to send a page; it must wait outside any transaction (the old
+                # export stayed "idle in transaction" on its cursor for the whole download)
+                for _ in range(200):
+                    if await api_backends("idle in transaction") == 0 and await api_backends("active") == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await api_backends("idle in transaction") == 0
+                assert await api_backends("active") == 0
+                received += [chunk async for chunk in chunks]
+    lines = list(csv.reader(io.StringIO(b"".join(received).decode())))
+    assert lines[0] == ["idempotency_key", "created_at", "billable", "billing_reason"]
+    keys = [line[0] for line in lines[1:]]
+    assert len(keys) == rows and len(set(keys)) == rows and keys == sorted(keys)
+    assert lines[1][3] == 'a reason with "quotes" and, commas'
