@@ -314,3 +314,20 @@ async def test_an_installation_migrated_by_a_superuser_is_handed_to_the_owner(pg
     finally:
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         await admin.close()
+
+
+async def test_jobs_through_the_gateway_run_in_maintenance_as_the_owner(
+    settings: Any, gateway_pool: asyncpg.Pool, pool: asyncpg.Pool, stack: dict[str, Any]
+) -> None:
+    """The cron endpoint's jobs write as the schema owner (e.g. create partitions): the
+    gateway's narrow role could not, so the Maintenance actor runs them."""
+    from gateway.app import create_app
+    from gateway.context import AppContext
+
+    cfg = settings.with_overrides(cron_secret="cron-secret-value")
+    app = create_app(AppContext(settings=cfg, pool=gateway_pool, ray_enabled=True))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.post("/api/jobs/partitions", headers={"X-Cron-Secret": "cron-secret-value"})
+    assert r.status_code == 200, r.text
+    months = await pool.fetchval("SELECT count(*) FROM pg_tables WHERE tablename ~ '^sessions_[0-9]{4}_[0-9]{2}$'")
+    assert months >= 5
