@@ -2,6 +2,7 @@
 #   make run    create .venv if missing, install, serve the whole stack (Ctrl-C stops it)
 #   make test   create .venv if missing, install with test extras, run the whole suite
 #   make lint   ruff + mypy
+#   make fuzz   >= 10,000 property-based requests against a served stack; prints counts by status
 #   make bench  the benchmark scenarios in benchmarks/
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,7 +12,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml 2>/dev/null | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help install run test lint format bench clean
+FUZZ_REQUESTS ?= 10000
+
+.PHONY: help install run test fuzz lint format bench clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -33,6 +36,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the same suite make test runs briefly (tests/fuzz), at full length, with its counts printed
+fuzz: install
+	OPSMANTIK_FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(BIN)/python -m pytest tests/fuzz -q -s -p no:randomly --durations=0
 
 lint: install
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from gateway.context import AppContext
 from gateway.errors import ApiError, ErrorMiddleware, JSONResponse, api_error_handler, validation_error
 from gateway.logs import RequestIdMiddleware
+from gateway.openapi import install as install_openapi
 from gateway.routes import ROUTERS
 from opsmantik_stream.budget import PoolPlan
 from opsmantik_stream.config import Settings
@@ -159,4 +160,5 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     for router in ROUTERS:
         app.include_router(router)
+    install_openapi(app)
     return app

@@ -354,25 +354,6 @@ class CallActionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     "/api/calls/{call_id}/actions",
     response_class=JSONResponse,
     summary="seal (value_minor, currency, score), junk, cancel, restore or undo a call",
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["action"],
-                        "properties": {
-                            "action": {"enum": ["seal", "junk", "cancel", "restore", "undo"]},
-                            "value_minor": {"type": "integer", "minimum": 0},
-                            "currency": {"type": "string"},
-                            "score": {"type": "integer", "minimum": 0, "maximum": 100},
-                            "note": {"type": "string"},
-                        },
-                    }
-                }
-            }
-        }
-    },
 )
 async def call_action(call_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     cid = parse_uuid_or_404(call_id, "call")

@@ -59,28 +59,11 @@ class SaleBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     notes: Note | None = None
 
 
-def _schema(props: dict[str, object], required: list[str]) -> dict[str, object]:
-    return {
-        "requestBody": {
-            "content": {"application/json": {"schema": {"type": "object", "required": required, "properties": props}}}
-        }
-    }
-
-
 @router.post(
     "/api/conversations",
     response_class=JSONResponse,
     status_code=201,
     summary="Create a conversation with exactly one primary call or session",
-    openapi_extra=_schema(
-        {
-            "site": {"type": "string"},
-            "primary_call_id": {"type": "string"},
-            "primary_session_id": {"type": "string"},
-            "note": {"type": "string"},
-        },
-        ["site"],
-    ),
 )
 async def create_conversation(request: Request, principal: CurrentPrincipal) -> JSONResponse:
     body = decode_body(await request.body(), ConversationBody)
@@ -105,10 +88,6 @@ async def create_conversation(request: Request, principal: CurrentPrincipal) -> 
     response_class=JSONResponse,
     status_code=201,
     summary="Link a session, call, event or sale of the same site (duplicate -> 200)",
-    openapi_extra=_schema(
-        {"entity_type": {"enum": ["session", "call", "event", "sale"]}, "entity_id": {"type": "string"}},
-        ["entity_type", "entity_id"],
-    ),
 )
 async def link_conversation(conversation_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     cid = parse_uuid_or_404(conversation_id, "conversation")
@@ -135,14 +114,6 @@ async def link_conversation(conversation_id: str, request: Request, principal: C
     "/api/conversations/{conversation_id}/resolve",
     response_class=JSONResponse,
     summary="Resolve to WON, LOST or JUNK (optionally attaching a sale)",
-    openapi_extra=_schema(
-        {
-            "status": {"enum": ["WON", "LOST", "JUNK"]},
-            "sale_id": {"type": "string"},
-            "note": {"type": "string"},
-        },
-        ["status"],
-    ),
 )
 async def resolve_conversation(conversation_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     cid = parse_uuid_or_404(conversation_id, "conversation")
@@ -171,18 +142,6 @@ async def resolve_conversation(conversation_id: str, request: Request, principal
     response_class=JSONResponse,
     status_code=201,
     summary="Create a DRAFT sale, or update the DRAFT with the same external_ref",
-    openapi_extra=_schema(
-        {
-            "site": {"type": "string"},
-            "amount_minor": {"type": "integer", "minimum": 0},
-            "currency": {"type": "string"},
-            "occurred_at": {"type": "string", "format": "date-time"},
-            "external_ref": {"type": "string"},
-            "conversation_id": {"type": "string"},
-            "notes": {"type": "string"},
-        },
-        ["site", "amount_minor", "occurred_at"],
-    ),
 )
 async def create_sale(request: Request, principal: CurrentPrincipal) -> JSONResponse:
     body = decode_body(await request.body(), SaleBody)
