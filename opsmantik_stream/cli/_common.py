@@ -80,7 +80,7 @@ def run_with_pool(
         except asyncpg.TooManyConnectionsError:
             raise CliError(
                 "the database has no free connection (max_connections reached): retry shortly, or raise "
-                "max_connections / OPSMANTIK_DB_RESERVED_CONNECTIONS (docs/operations.md, connection budget)"
+                "max_connections / OPSMANTIK_DB_RESERVED_CONNECTIONS (docs/reliability.md, connection budget)"
             ) from None
         except (OSError, asyncpg.PostgresError) as exc:
             raise CliError(f"cannot connect to the database: {type(exc).__name__}: {exc}") from None

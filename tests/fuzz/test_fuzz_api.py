@@ -136,6 +136,18 @@ async def _seed(pool: asyncpg.Pool) -> dict[str, Any]:
     }
 
 
+# values that get a generated body past the checks a route makes beyond its schema
+_MEANINGFUL: dict[str, dict[str, list[Any]]] = {
+    "/api/calls/{call_id}/actions": {"action": ["seal", "junk", "cancel", "restore", "undo"]},
+    "/api/conversations/{conversation_id}/links": {"entity_type": ["session", "call", "event", "sale"]},
+    "/api/conversations/{conversation_id}/resolve": {"status": ["WON", "LOST", "JUNK"]},
+    "/api/sales": {"occurred_at": ["2026-11-20T10:00:00Z", "2026-11-20", "2026-11-20T10:00:00+03:00"]},
+    "/api/call-event": {"fingerprint": ["fuzz-fp"]},
+    "/api/oci/requeue": {"status": ["FAILED", "BLOCKED"]},
+    "/api/oci/breaker/reset": {"destination": ["google_ads", "data_manager"]},
+}
+
+
 class Fuzzer:
     def __init__(self, base: str, db: Db, seed: dict[str, Any], cron_secret: str) -> None:
         self.base = base
@@ -166,16 +178,26 @@ class Fuzzer:
                 case.path_parameters[name] = pick(name)
         if case.query is not None and "site" in case.query:
             case.query["site"] = ids["site"]
-        if isinstance(case.body, dict):
+        body = case.body
+        if isinstance(body, dict):
             for key in ("site", "s", "site_id"):
-                if key in case.body:
-                    case.body[key] = ids["site"]
-            if "entity_id" in case.body:
-                case.body["entity_id"] = pick("entity_id")
-            if case.path == "/api/sync" and isinstance(case.body.get("events"), list):
-                for event in case.body["events"]:
+                if key in body:
+                    body[key] = ids["site"]
+            if "entity_id" in body:
+                body["entity_id"] = pick("entity_id")
+            # values the routes check beyond the schema, so generated bodies also get past
+            # those checks and into the deeper code (sometimes; the rest stay as generated)
+            for key, choices in _MEANINGFUL.get(case.operation.path, {}).items():
+                if rnd.random() < 0.7:
+                    body[key] = rnd.choice(choices)
+            if case.operation.path == "/api/sync":
+                events = body.get("events") if isinstance(body.get("events"), list) else [body]
+                for event in events:
                     if isinstance(event, dict):
                         event["s"] = ids["site"]
+                        event.setdefault("u", "https://fuzz.example.com/")
+                        if rnd.random() < 0.7:
+                            event["consent"] = ["analytics", "marketing"]
 
     def send(self, case: Any, valid: bool, known: bool, rnd: random.Random) -> None:
         if known:

@@ -132,9 +132,10 @@ async def test_connection_loss_classification_on_real_driver_errors(pg_server: s
 
 
 async def test_too_many_connections_is_a_503_with_its_own_code(
-    pg_server: str, db_url: str, settings: Any, make_token: Any
+    pg_server: str, db_url: str, settings: Any, make_token: Any, tmp_path: Path
 ) -> None:
-    """A role capped at its connection limit: the server refuses with SQLSTATE 53300."""
+    """A role capped at its connection limit: the server refuses with SQLSTATE 53300. The
+    gateway answers 503 database_busy; the CLI says so in one line."""
     token = await make_token(None, None, platform_admin=True)
     role = f"capped_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(pg_server)
@@ -150,6 +151,14 @@ async def test_too_many_connections_is_a_503_with_its_own_code(
                 resp = await c.get("/api/me", headers={"Authorization": f"Bearer {token}"})
         finally:
             await close_pool(capped)
+        from tests.integration.test_cli import run
+
+        cli = await asyncio.to_thread(run, _with_user(db_url, role), tmp_path, "site", "list")
+        assert cli.returncode == 1
+        assert cli.stderr.strip().splitlines() == [
+            "opsmantik: error: the database has no free connection (max_connections reached): retry shortly, "
+            "or raise max_connections / OPSMANTIK_DB_RESERVED_CONNECTIONS (docs/reliability.md, connection budget)"
+        ]
     finally:
         await admin.execute(f"DROP ROLE {role}")
         await admin.close()
