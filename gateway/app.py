@@ -29,7 +29,10 @@ __all__ = ["create_app", "gateway_settings"]
 async def _validation_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
-    path = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    loc = list(first.get("loc", ()))
+    if loc and loc[0] in ("body", "path", "query", "header", "cookie"):
+        loc = loc[1:]  # the field's name, as msgspec-decoded bodies name it too
+    path = ".".join(str(p) for p in loc) or "body"
     return await api_error_handler(request, validation_error(path, str(first.get("msg", "invalid"))))
 
 

@@ -135,6 +135,11 @@ async def test_operator_routes_refuse_out_of_range_integers_and_nul(
         assert resp.status_code == 400, resp.text
     resp = await client.get("/api/sales", params={"site": pid, "status": "DRAFT\x00"}, headers=h)
     assert resp.status_code == 400
+    # a dead letter id beyond its bigserial column: 422 here, not a failed query in the partition
+    for bad_id in (2**63, 0):
+        resp = await client.post(f"/api/dead-letters/{bad_id}/replay", params={"site": pid}, headers=h)
+        assert resp.status_code == 422, resp.text
+        assert resp.headers["x-opsmantik-error-code"] == "validation_error:dead_letter_id"
     assert await _counts(pool) == before
 
 
