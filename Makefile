@@ -13,6 +13,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml 2>/dev/null | cut -d' '
 PYTEST_ARGS ?=
 
 FUZZ_REQUESTS ?= 10000
+FUZZ_SEED ?= $(shell date +%s)
 
 .PHONY: help install run test fuzz lint format bench clean
 
@@ -39,7 +40,8 @@ test: install
 
 # the same suite make test runs briefly (tests/fuzz), at full length, with its counts printed
 fuzz: install
-	OPSMANTIK_FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(BIN)/python -m pytest tests/fuzz -q -s -p no:randomly --durations=0
+	OPSMANTIK_FUZZ_REQUESTS=$(FUZZ_REQUESTS) OPSMANTIK_FUZZ_SEED=$(FUZZ_SEED) \
+		$(BIN)/python -m pytest tests/fuzz -q -s --durations=0
 
 lint: install
 	$(BIN)/ruff check .

@@ -35,6 +35,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from opsmantik_stream import tenancy
@@ -45,6 +46,8 @@ from tests.integration._leads_support import make_intent, make_session
 pytestmark = [pytest.mark.e2e, pytest.mark.fuzz]
 
 REQUESTS = int(os.environ.get("OPSMANTIK_FUZZ_REQUESTS", "400"))
+# generation is reproducible from this seed (printed with the counts): rerun a finding with it
+SEED = int(os.environ.get("OPSMANTIK_FUZZ_SEED", "20261126"))
 
 # one query: counts and high-water marks of everything an API request can write
 FINGERPRINT = """
@@ -272,6 +275,7 @@ class Fuzzer:
             suppress_health_check=list(HealthCheck),
             report_multiple_bugs=False,
         )
+        @hypothesis_seed(seed)
         @given(case=operation.as_strategy(), known=st.booleans())
         def check(case: Any, known: bool) -> None:
             self.send(case, valid, known, rnd)
@@ -279,7 +283,7 @@ class Fuzzer:
         check()
 
     def report(self) -> str:
-        lines = [f"fuzz: {self.sent} requests; by status: {dict(sorted(self.by_status.items()))}"]
+        lines = [f"fuzz: {self.sent} requests (seed {SEED}); by status: {dict(sorted(self.by_status.items()))}"]
         lines.append(f"5xx answers: {sum(n for s, n in self.by_status.items() if s >= 500)}")
         for route, counts in sorted(self.by_route.items()):
             lines.append(f"  {route}: {dict(sorted(counts.items()))}")
@@ -330,8 +334,8 @@ def test_fuzz_every_route_with_and_without_credentials(fuzz_stack: tuple[str, Db
     rounds = 0
     while fuzzer.sent < REQUESTS:
         per_group = max(1, (REQUESTS - fuzzer.sent) // len(groups) + 1)
-        for op, valid in groups:
-            fuzzer.run_operation(op, valid, per_group, seed=rounds * 1000 + len(fuzzer.by_route))
+        for i, (op, valid) in enumerate(groups):
+            fuzzer.run_operation(op, valid, per_group, seed=SEED + rounds * 1000 + i)
         rounds += 1
     print("\n" + fuzzer.report())
     summary_path = os.environ.get("OPSMANTIK_FUZZ_SUMMARY")
@@ -340,6 +344,7 @@ def test_fuzz_every_route_with_and_without_credentials(fuzz_stack: tuple[str, Db
             json.dump(
                 {
                     "requests": fuzzer.sent,
+                    "seed": SEED,
                     "by_status": {str(k): v for k, v in sorted(fuzzer.by_status.items())},
                     "server_errors": len(fuzzer.server_errors),
                     "changed_on_reject": len(fuzzer.changed_on_reject),
