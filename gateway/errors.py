@@ -117,14 +117,15 @@ _CLOSED = re.compile(r"\b(connection|pool) (is|was) clos(ed|ing)\b")
 
 
 def _raised_by_driver(exc: BaseException) -> bool:
-    """True when the innermost frame of ``exc`` is in asyncpg (or the asyncio transport it
-    drives): an ``OSError`` from there is a failed connect or a broken socket, not our code."""
+    """True when the innermost frame of ``exc`` is in asyncpg (or in the event loop's
+    transport code it drives: asyncio, uvloop): an ``OSError`` from there is a failed connect
+    or a broken socket, not our code."""
     frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
     for frame in reversed(frames):
         name = frame.filename.replace("\\", "/")
-        if "/asyncpg/" in name:
+        if "/asyncpg/" in name or name.startswith("asyncpg/"):
             return True
-        if "/asyncio/" not in name:
+        if "/asyncio/" not in name and "uvloop" not in name:
             return False
     return False
 

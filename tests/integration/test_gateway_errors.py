@@ -29,6 +29,19 @@ def _app(settings: Any, pool: Any) -> Any:
     return create_app(AppContext(settings=settings, pool=pool, ray_enabled=False))
 
 
+def _connect_error_under_uvloop(url: str) -> BaseException:
+    import uvloop
+
+    async def connect() -> BaseException:
+        try:
+            await asyncpg.connect(url)
+        except Exception as exc:
+            return exc
+        raise AssertionError("connected")
+
+    return uvloop.run(connect())
+
+
 @pytest.fixture
 async def bug_client(settings: Any, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway with three routes that fail the way bugs do, on real components."""
@@ -114,6 +127,9 @@ async def test_connection_loss_classification_on_real_driver_errors(pg_server: s
     with pytest.raises(OSError) as refused:
         await asyncpg.connect(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
     assert is_connection_loss(refused.value)
+    # the same under uvloop (what `opsmantik serve` runs), for TCP and a unix socket that is gone
+    for url in (f"postgresql://nobody@127.0.0.1:{free_port()}/none", "postgresql://nobody@/none?host=/nonexistent"):
+        assert is_connection_loss(await asyncio.to_thread(_connect_error_under_uvloop, url)), url
     # and the bug classes are not
     conn = await asyncpg.connect(db_url)
     try:
