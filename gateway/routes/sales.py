@@ -147,8 +147,6 @@ async def create_sale(request: Request, principal: CurrentPrincipal) -> JSONResp
     body = decode_body(await request.body(), SaleBody)
     try:
         occurred_at = sales_core.parse_occurred_at(body.occurred_at)
-        if body.amount_minor < 0:
-            raise LeadError(400, "invalid_amount", "amount_minor must be a non-negative integer (minor units)")
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             site_id = await site_uuid(conn, principal, body.site, Capability.LEADS_OPERATE)
             sale, created = await sales_core.upsert_sale(

@@ -21,18 +21,22 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+async def _queue_row(pool: asyncpg.Pool, site: dict[str, Any], status: str = "QUEUED") -> None:
+    await pool.execute(
+        "INSERT INTO offline_conversion_queue (site_id, destination, source_kind, source_id, order_id, "
+        "gclid, conversion_time, value_minor, currency, status) "
+        "VALUES ($1, 'google_ads', 'sale', $2, $3, 'g', now(), 100, 'TRY', $4)",
+        site["site_id"],
+        uuid.uuid4(),
+        f"order-{uuid.uuid4().hex}",
+        status,
+    )
+
+
 async def test_metrics_report_queue_and_breakers(client: httpx.AsyncClient, pool: asyncpg.Pool, make_site: Any) -> None:
     site = await make_site()
-    for i, status in enumerate(["QUEUED", "QUEUED", "FAILED"]):
-        await pool.execute(
-            "INSERT INTO offline_conversion_queue (site_id, destination, source_kind, source_id, order_id, "
-            "gclid, conversion_time, value_minor, currency, status) "
-            "VALUES ($1, 'google_ads', 'sale', $2, $3, 'g', now(), 100, 'TRY', $4)",
-            site["site_id"],
-            uuid.uuid4(),
-            f"order-{i}",
-            status,
-        )
+    for status in ["QUEUED", "QUEUED", "FAILED"]:
+        await _queue_row(pool, site, status)
     await pool.execute(
         "INSERT INTO provider_health_state (site_id, destination, state) VALUES ($1, 'google_ads', 'OPEN')",
         site["site_id"],
@@ -63,18 +67,6 @@ async def test_ops_page_and_summary(client: httpx.AsyncClient, make_site: Any, m
     r = await client.get("/api/ops/summary", headers={"Authorization": f"Bearer {admin}"})
     assert r.status_code == 200
     assert set(r.json()) == {"queue", "breakers", "ingest_last_minute", "dead_letters_pending", "actors"}
-
-
-async def _queue_row(pool: asyncpg.Pool, site: dict[str, Any], status: str = "QUEUED") -> None:
-    await pool.execute(
-        "INSERT INTO offline_conversion_queue (site_id, destination, source_kind, source_id, order_id, "
-        "gclid, conversion_time, value_minor, currency, status) "
-        "VALUES ($1, 'google_ads', 'sale', $2, $3, 'g', now(), 100, 'TRY', $4)",
-        site["site_id"],
-        uuid.uuid4(),
-        f"order-{uuid.uuid4().hex}",
-        status,
-    )
 
 
 async def test_database_figures_are_cached_not_read_per_scrape(
