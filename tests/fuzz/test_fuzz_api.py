@@ -194,7 +194,8 @@ class Fuzzer:
                 if rnd.random() < 0.7:
                     body[key] = rnd.choice(choices)
             if case.operation.path == "/api/sync":
-                events = body.get("events") if isinstance(body.get("events"), list) else [body]
+                batch = body.get("events")
+                events: list[Any] = batch if isinstance(batch, list) else [body]
                 for event in events:
                     if isinstance(event, dict):
                         event["s"] = ids["site"]
