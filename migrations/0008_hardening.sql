@@ -179,3 +179,35 @@ ALTER TABLE private.api_tokens ADD COLUMN expires_at timestamptz;
 ALTER TABLE private.api_tokens ADD CONSTRAINT api_tokens_expiry_after_creation
     CHECK (expires_at IS NULL OR expires_at > created_at);
 CREATE INDEX api_tokens_user_idx ON private.api_tokens (user_id, created_at);
+
+-- 6. Two runs of the partitions job at once (the Maintenance loop and `POST /api/jobs`, or
+--    the CLI) raced between the existence check and CREATE TABLE, and the loser failed with
+--    "relation already exists". One transaction-level lock per call serialises them: the
+--    second caller then finds the partitions and creates nothing.
+CREATE OR REPLACE FUNCTION ensure_month_partitions(p_month date) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    m_start date := date_trunc('month', p_month)::date;
+    m_end   date := (date_trunc('month', p_month) + interval '1 month')::date;
+    suffix  text := to_char(m_start, 'YYYY_MM');
+    created boolean := false;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('opsm-month-partitions', 0));
+    IF to_regclass('public.sessions_' || suffix) IS NULL THEN
+        IF EXISTS (SELECT 1 FROM sessions_default WHERE created_month >= m_start AND created_month < m_end) THEN
+            RETURN false;
+        END IF;
+        EXECUTE format('CREATE TABLE sessions_%s PARTITION OF sessions FOR VALUES FROM (%L) TO (%L)',
+                       suffix, m_start, m_end);
+        created := true;
+    END IF;
+    IF to_regclass('public.events_' || suffix) IS NULL THEN
+        IF EXISTS (SELECT 1 FROM events_default WHERE session_month >= m_start AND session_month < m_end) THEN
+            RETURN false;
+        END IF;
+        EXECUTE format('CREATE TABLE events_%s PARTITION OF events FOR VALUES FROM (%L) TO (%L)',
+                       suffix, m_start, m_end);
+        created := true;
+    END IF;
+    RETURN created;
+END
+$$;

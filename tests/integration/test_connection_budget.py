@@ -3,8 +3,15 @@ resize that cannot fit is refused before anything changes."""
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import io
+import socket
+import uuid
 from typing import Any
 
+import h11
+import httpx
 import pytest
 import ray
 
@@ -38,22 +45,44 @@ def test_actors_size_their_pools_from_the_plan_and_a_resize_that_cannot_fit_is_r
         assert ray.get(get_actor(name, ns).ping.remote(), timeout=30) == "ok"
 
 
+def _slow_reader(base: str, path: str, token: str) -> tuple[socket.socket, h11.Connection, bytes]:
+    """A client with a tiny receive buffer that reads the answer's head and first bytes, then
+    stops: the server soon cannot send more and must wait for this client."""
+    url = httpx.URL(base)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.connect((url.host, url.port))
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(method="GET", target=path, headers=[("Host", url.host), ("Authorization", f"Bearer {token}")])
+    sock.sendall(conn.send(request) + conn.send(h11.EndOfMessage()))
+    conn.receive_data(sock.recv(4096))
+    event = conn.next_event()
+    assert isinstance(event, h11.Response) and event.status_code == 200, event
+    return sock, conn, b""
+
+
+def _read_rest(sock: socket.socket, conn: h11.Connection) -> bytes:
+    body = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(sock.recv(65536))
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return bytes(body)
+
+
+@pytest.mark.timeout(300)
 async def test_a_slow_dispute_export_holds_no_connection_or_transaction(
     settings: Any, db_url: str, pool: Any, make_site: Any, make_token: Any
 ) -> None:
-    import asyncio
-    import csv
-    import io
-    import uuid
-
-    import httpx
-
     from gateway.app import create_app
     from tests.serving import serve_in_thread
 
     site = await make_site()
     token = await make_token(site["public_id"], "billing")
-    rows = 60_000  # ~7 MB of CSV: more than the socket buffers hold, so the server must wait
+    rows = 30_000  # ~4 MB of CSV: far more than the slow client's window and the server's buffers
     await pool.execute(
         """INSERT INTO ingest_idempotency (site_id, idempotency_key, created_at, billing_reason)
            SELECT $1, md5(i::text) || md5((i + 1)::text), '2026-11-10T00:00:00Z'::timestamptz + i * interval '1 s',
@@ -73,24 +102,23 @@ async def test_a_slow_dispute_export_holds_no_connection_or_transaction(
             )
         )
 
-    url_path = f"/api/billing/dispute-export?site={site['public_id']}&month=2026-11"
+    path = f"/api/billing/dispute-export?site={site['public_id']}&month=2026-11"
     with serve_in_thread(app, lifespan="on") as base:
-        async with httpx.AsyncClient(base_url=base, timeout=60) as c:
-            async with c.stream("GET", url_path, headers={"Authorization": f"Bearer {token}"}) as resp:
-                assert resp.status_code == 200
-                chunks = resp.aiter_raw()
-                received = [await anext(chunks)]
-                # the client reads nothing more for now: once the socket buffers are full the
-                # server waits to send a page; it must wait outside any transaction (the old
-                # export stayed "idle in transaction" on its cursor for the whole download)
-                for _ in range(200):
-                    if await api_backends("idle in transaction") == 0 and await api_backends("active") == 0:
-                        break
-                    await asyncio.sleep(0.05)
-                assert await api_backends("idle in transaction") == 0
-                assert await api_backends("active") == 0
-                received += [chunk async for chunk in chunks]
-    lines = list(csv.reader(io.StringIO(b"".join(received).decode())))
+        sock, conn, _ = await asyncio.to_thread(_slow_reader, base, path, token)
+        try:
+            # the client reads nothing more for now: once the buffers are full the server waits
+            # to send a page; it must wait outside any transaction (the old export stayed "idle
+            # in transaction" on its cursor for the whole download)
+            for _ in range(200):
+                if await api_backends("idle in transaction") == 0 and await api_backends("active") == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert await api_backends("idle in transaction") == 0
+            assert await api_backends("active") == 0
+            body = await asyncio.to_thread(_read_rest, sock, conn)
+        finally:
+            sock.close()
+    lines = list(csv.reader(io.StringIO(body.decode())))
     assert lines[0] == ["idempotency_key", "created_at", "billable", "billing_reason"]
     keys = [line[0] for line in lines[1:]]
     assert len(keys) == rows and len(set(keys)) == rows and keys == sorted(keys)

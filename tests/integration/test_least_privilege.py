@@ -4,6 +4,7 @@ key only in the uploaders and outside the data folder, conversions unique per si
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import shutil
 import stat
@@ -331,3 +332,25 @@ async def test_jobs_through_the_gateway_run_in_maintenance_as_the_owner(
     assert r.status_code == 200, r.text
     months = await pool.fetchval("SELECT count(*) FROM pg_tables WHERE tablename ~ '^sessions_[0-9]{4}_[0-9]{2}$'")
     assert months >= 5
+
+
+async def test_two_partition_jobs_at_once_do_not_collide(db_url: str) -> None:
+    """The cron endpoint and the Maintenance loop may run the partitions job together: the
+    second waits for the first and creates nothing (it used to fail: relation exists)."""
+    first = await asyncpg.connect(db_url)
+    second = await asyncpg.connect(db_url)
+    watcher = await asyncpg.connect(db_url)  # outside any transaction: sees activity live
+    try:
+        tx = first.transaction()
+        await tx.start()
+        assert await first.fetchval("SELECT ensure_month_partitions('2031-03-01')") is True
+        pid = second.get_server_pid()
+        racing = asyncio.ensure_future(second.fetchval("SELECT ensure_month_partitions('2031-03-01')"))
+        waiting = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1"
+        while await watcher.fetchval(waiting, pid) != "Lock":
+            await asyncio.sleep(0.01)  # the second call now waits for the first transaction
+        await tx.commit()
+        assert await racing is False
+    finally:
+        for conn in (first, second, watcher):
+            await conn.close()
