@@ -66,14 +66,15 @@ def role_settings(settings: Settings, role: str, plan: PoolPlan | None = None) -
     """What one kind of actor is given.
 
     Only uploaders may open credentials, so only they get the vault's private key (or may
-    read its file); every other actor gets neither. Each actor carries the pool plan, and a
-    partition's ``db_pool_max`` is its planned pool size (the partition sizes its pool from it).
+    read its file); every other actor gets neither. Each actor carries the pool plan; a
+    partition's planned connections are its ingest pool (``partition_db_connections``) plus
+    its call-event pool, whose size it reads from ``db_pool_max``.
     """
     changes: dict[str, Any] = {}
     if plan is not None:
         changes["pool_plan"] = plan
         if role == "partition":
-            changes.update(db_pool_max=plan.partition, db_pool_min=0)
+            changes.update(db_pool_max=max(1, plan.partition - settings.partition_db_connections), db_pool_min=0)
     if role == "uploader":
         return settings.with_overrides(vault_open_credentials=True, **changes)
     return settings.with_overrides(vault_key=None, vault_open_credentials=False, **changes)
@@ -137,7 +138,7 @@ def start_stack(
     registry = (
         _actor_class(Registry)
         .options(name=REGISTRY_NAME, namespace=ns, get_if_exists=True)
-        .remote(db_url, settings.partitions, settings.uploaders)
+        .remote(db_url, settings.partition_count, settings.uploaders)
     )
     table: dict[str, Any] = ray.get(registry.routing.remote(), timeout=60)
     plan = plan_stack(settings, db_url, len(table["actors"]), len(table["uploaders"]))

@@ -31,10 +31,12 @@ class ErrorBody(msgspec.Struct, kw_only=True):
 def _request_bodies() -> dict[tuple[str, str], type]:
     # imported here: the route modules import this module's users
     from gateway.routes.calls import CallActionBody
+    from gateway.routes.privacy import EraseBody
     from gateway.routes.sales import ConversationBody, LinkBody, ResolveBody, SaleBody
     from gateway.routes.uploads import BreakerResetBody, RequeueBody
     from opsmantik_stream.ingest.schema import Envelope
     from opsmantik_stream.leads.call_events import CallEventBody
+    from opsmantik_stream.privacy import ConsentBody
     from opsmantik_stream.uploads.credentials import CredentialsInput
 
     return {
@@ -48,6 +50,8 @@ def _request_bodies() -> dict[tuple[str, str], type]:
         ("put", "/api/sites/{site}/credentials"): CredentialsInput,
         ("post", "/api/oci/requeue"): RequeueBody,
         ("post", "/api/oci/breaker/reset"): BreakerResetBody,
+        ("post", "/api/consent"): ConsentBody,
+        ("post", "/api/privacy/erase"): EraseBody,
     }
 
 
@@ -60,8 +64,17 @@ _MEDIA = {
     ("get", "/api/billing/dispute-export"): "text/csv",
 }
 # routes that take no bearer token (their own authentication, or none)
-_PUBLIC = {"/health", "/api/sync", "/api/call-event", "/assets/core.js", "/ux-core.js", "/ops", "/metrics"}
-_SIGNED = {"/api/call-event"}
+_PUBLIC = {
+    "/health",
+    "/api/sync",
+    "/api/call-event",
+    "/api/consent",
+    "/assets/core.js",
+    "/ux-core.js",
+    "/ops",
+    "/metrics",
+}
+_SIGNED = {"/api/call-event", "/api/consent"}
 _CRON = {"/api/jobs/{name}"}
 _ERROR_CODES = {
     "400": "invalid JSON or a rule the body breaks",
@@ -73,6 +86,7 @@ _ERROR_CODES = {
     "422": "a field does not fit its schema (named in X-OpsMantik-Error-Code)",
     "429": "rate limited or over quota (Retry-After)",
     "503": "the database or a partition is unavailable (Retry-After); nothing was written",
+    "500": "a bug (logged with the request id)",
 }
 _OK_OBJECT = {"type": "object", "additionalProperties": True}
 
@@ -94,7 +108,7 @@ def _build(app: FastAPI) -> dict[str, Any]:
             "in": "header",
             "name": "X-Ops-Signature",
             "description": "hex HMAC-SHA256 of '<X-Ops-Ts>.<raw body>' with the site's secret; "
-            "X-Ops-Site-Id and X-Ops-Ts are required too",
+            "X-Ops-Site-Id and X-Ops-Ts are required too (call events and consent updates)",
         },
         "cronSecret": {"type": "apiKey", "in": "header", "name": "X-Cron-Secret"},
     }
@@ -111,11 +125,22 @@ def _build(app: FastAPI) -> dict[str, Any]:
                 media = _MEDIA.get(key, "application/json")
                 schema: dict[str, Any] = {"type": "string"} if media != "application/json" else _OK_OBJECT
                 answer["content"] = {media: {"schema": schema}}
-            # FastAPI's own validation answer is ours (see gateway.app): one error schema
-            for status, text in _ERROR_CODES.items():
-                answer = responses.setdefault(status, {"description": text})
-                answer["content"] = error
-            responses.setdefault("500", {"description": "a bug (logged with the request id)", "content": error})
+            # the errors this operation can answer, all with the one error schema: what it
+            # declares, plus what its authentication, parameters and body imply
+            has_params = bool(op.get("parameters")) or key in bodies
+            implied = {
+                "401": path not in _PUBLIC or path == "/metrics",
+                "403": path not in _PUBLIC or path in ("/api/sync",),
+                "404": "{" in path,
+                "422": has_params,
+            }
+            for status, applies in implied.items():
+                if applies:
+                    responses.setdefault(status, {"description": _ERROR_CODES[status]})
+            for status, answer in responses.items():
+                if not status.startswith("2"):
+                    answer.setdefault("description", _ERROR_CODES.get(status, "error"))
+                    answer["content"] = error
             if path in _SIGNED:
                 op["security"] = [{"callEventSignature": []}]
             elif path in _CRON:

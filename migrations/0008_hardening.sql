@@ -27,14 +27,11 @@ GRANT SELECT ON private.api_tokens, private.identity_key, private.site_secrets T
 GRANT UPDATE (last_used_at) ON private.api_tokens TO opsmantik_gateway;
 -- sites and memberships (principals, ingest admission, call-event site look-up)
 GRANT SELECT ON sites, site_origins, site_plans, site_members, users, role_capabilities TO opsmantik_gateway;
--- call-event replay detection reads these columns of calls, no personal data
-GRANT SELECT (id, site_id, created_at, event_id, signature_sha256, matched_session_id, lead_score, status)
-    ON calls TO opsmantik_gateway;
--- /metrics and /ops: counts by state, never the rows' contents
-GRANT SELECT (status) ON offline_conversion_queue TO opsmantik_gateway;
-GRANT SELECT (status) ON dead_letters TO opsmantik_gateway;
+-- /metrics and /ops: counts by state (queue, dead letters: see 2b), the ledger's recent rows
 GRANT SELECT (site_id, created_at) ON ingest_idempotency TO opsmantik_gateway;
 GRANT SELECT ON provider_upload_metrics TO opsmantik_gateway;
+-- /metrics reads the last privacy_retention run's summary from the runtime state
+GRANT SELECT ON runtime_state TO opsmantik_gateway;
 -- credential writes and the breaker reset that goes with them, audited. (Upserting reads
 -- EXCLUDED.sealed, which needs SELECT on it: the ciphertext opens only with the private key,
 -- which the gateway never has.)
@@ -64,9 +61,45 @@ CREATE POLICY provider_credentials_gateway_insert ON provider_credentials FOR IN
     WITH CHECK (true);
 CREATE POLICY provider_credentials_gateway_update ON provider_credentials FOR UPDATE TO opsmantik_gateway
     USING (true) WITH CHECK (true);
--- the gateway audits as a user acting on a site (credentials), never anonymously
+-- the gateway audits what it does on a site (credentials, privacy), never without a site
 CREATE POLICY audit_log_gateway_insert ON audit_log FOR INSERT TO opsmantik_gateway
-    WITH CHECK (site_id IS NOT NULL AND actor_type = 'user' AND actor_id IS NOT NULL);
+    WITH CHECK (site_id IS NOT NULL);
+
+-- 2b. Privacy (migration 0007): the signed consent endpoint and the operators' erase run on
+--     the gateway's service connection. They get the reads that find a data subject's rows
+--     and UPDATE on exactly the columns consent sets and erase anonymises; nothing else of
+--     these tables is writable by the gateway (no values, states, ids or schema).
+GRANT SELECT ON private.privacy_key TO opsmantik_gateway;
+GRANT SELECT ON sessions, events, calls, call_actions, conversations, conversation_links, sales,
+    offline_conversion_queue, dead_letters TO opsmantik_gateway;
+GRANT UPDATE (consent_scopes, consent_updated_at, fingerprint, ip_address, gclid, wbraid, gbraid,
+    other_click_ids, city, district, device_type, device_os, browser, browser_language, screen_width,
+    screen_height, entry_page, exit_page, anonymized_at) ON sessions TO opsmantik_gateway;
+GRANT UPDATE (url, event_label, metadata, anonymized_at) ON events TO opsmantik_gateway;
+GRANT UPDATE (phone_number, matched_fingerprint, click_id, click_id_type, note, intent_target,
+    intent_page_url, anonymized_at) ON calls TO opsmantik_gateway;
+GRANT UPDATE (revert_snapshot) ON call_actions TO opsmantik_gateway;
+GRANT UPDATE (note, primary_source) ON conversations TO opsmantik_gateway;
+GRANT UPDATE (notes) ON sales TO opsmantik_gateway;
+-- voiding a conversion (FAILED with the reason) and dropping its click ids
+GRANT UPDATE (status, error_code, error_category, last_error, gclid, wbraid, gbraid, phone_sha256,
+    anonymized_at) ON offline_conversion_queue TO opsmantik_gateway;
+GRANT UPDATE (payload, redacted_at, status) ON dead_letters TO opsmantik_gateway;
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['sessions', 'events', 'call_actions', 'conversations', 'conversation_links',
+                             'sales'] LOOP
+        EXECUTE format('CREATE POLICY %I ON %I FOR SELECT TO opsmantik_gateway USING (true)', t || '_gateway_read', t);
+    END LOOP;
+    FOREACH t IN ARRAY ARRAY['sessions', 'events', 'calls', 'call_actions', 'conversations', 'sales',
+                             'offline_conversion_queue', 'dead_letters'] LOOP
+        EXECUTE format('CREATE POLICY %I ON %I FOR UPDATE TO opsmantik_gateway USING (true) WITH CHECK (true)',
+                       t || '_gateway_update', t);
+    END LOOP;
+END
+$$;
 
 -- 3. Within a site, the API role (an operator's request) may no longer:
 -- 3a. change the site's plan (monthly_limit, soft limit, rate limit): plans are set by the

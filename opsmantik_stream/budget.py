@@ -8,7 +8,8 @@ What is counted (per stack):
   an administrator's psql;
 - per gateway process (``gateways``): its service pool and its API-role pool;
 - the Registry and the Maintenance actor: small fixed pools;
-- per partition and per uploader actor: one pool each, sized so that the partitions and
+- per partition actor: its ingest pool (``partition_db_connections``) and a pool for call
+  events and replays; per uploader actor: one pool. Sized so that the partitions and
   uploaders fit **twice**: a resize (``opsmantik scale``) runs the old and the new
   generation side by side until the old one drains, and both generations are sized from the
   same budget, so any resize fits.
@@ -49,7 +50,6 @@ _MAINTENANCE_POOL = 2
 _DEFAULT_MAX_CONNECTIONS = 100
 _DEFAULT_SERVER_RESERVED = 3
 _MIN_GATEWAY_POOL = 2
-_MIN_PARTITION_POOL = 2
 
 
 class BudgetError(Exception):
@@ -123,10 +123,11 @@ def plan_pools(limits: ServerLimits, *, partitions: int, uploaders: int, setting
     gateways = settings.gateways
     kept_free = limits.server_reserved + settings.db_reserved_connections
     available = limits.max_connections - kept_free
-    # a partition runs one transaction per in-flight batch of each gateway, plus call
-    # events and dead-letter replays; an uploader's workers each hold at most two
-    # connections at a time, so one more than its workers can never deadlock
-    partition_want = max(_MIN_PARTITION_POOL, settings.partition_max_inflight * gateways + 2)
+    # a partition writes ingest batches on its own fixed pool (partition_db_connections) and
+    # call events and dead-letter replays on a second one; an uploader's workers each hold at
+    # most two connections at a time, so one more than its workers can never deadlock
+    partition_min = settings.partition_db_connections + 1
+    partition_want = settings.partition_db_connections + 2
     uploader_min = settings.uploader_concurrency + 1
     uploader_want = max(uploader_min, settings.uploader_concurrency * 3)
     gateway_want = max(_MIN_GATEWAY_POOL, settings.db_pool_max)
@@ -140,7 +141,7 @@ def plan_pools(limits: ServerLimits, *, partitions: int, uploaders: int, setting
         max(min_fixed, available // 4) - REGISTRY_POOL - _MAINTENANCE_POOL,
     )
     fixed = gateways * 2 * gateway + REGISTRY_POOL + _MAINTENANCE_POOL
-    min_actors = partitions * _MIN_PARTITION_POOL + uploaders * uploader_min
+    min_actors = partitions * partition_min + uploaders * uploader_min
     if fixed + 2 * min_actors > available:
         raise BudgetError(
             f"{partitions} partition(s) and {uploaders} uploader(s) need at least {fixed + 2 * min_actors} "
@@ -151,7 +152,7 @@ def plan_pools(limits: ServerLimits, *, partitions: int, uploaders: int, setting
             "(or OPSMANTIK_DB_MAX_CONNECTIONS)."
         )
     partition, uploader = _shrink(
-        [_MIN_PARTITION_POOL, uploader_min],
+        [partition_min, uploader_min],
         [partition_want, uploader_want],
         [partitions, uploaders],
         (available - fixed) // 2,
@@ -197,7 +198,7 @@ def plan_for_settings(settings: Settings) -> PoolPlan:
         server_reserved=_DEFAULT_SERVER_RESERVED,
     )
     try:
-        return plan_pools(limits, partitions=settings.partitions, uploaders=settings.uploaders, settings=settings)
+        return plan_pools(limits, partitions=settings.partition_count, uploaders=settings.uploaders, settings=settings)
     except BudgetError:
         return plan_pools(limits, partitions=1, uploaders=min(settings.uploaders, 1), settings=settings)
 

@@ -17,6 +17,8 @@ __all__ = [
     "CallStatus",
     "CircuitState",
     "ClickIdType",
+    "ConsentScope",
+    "ConsentSource",
     "ConversationStatus",
     "DeadLetterStatus",
     "Destination",
@@ -25,10 +27,12 @@ __all__ = [
     "LedgerPhase",
     "LinkEntity",
     "PlatformRole",
+    "PrivacyIdentifier",
     "QueueStatus",
     "SaleStatus",
     "SiteRole",
     "SourceKind",
+    "VoidReason",
 ]
 
 
@@ -159,6 +163,37 @@ class LedgerPhase(StrEnum):
     FINISHED = "FINISHED"
 
 
+class ConsentScope(StrEnum):
+    # analytics: required to store anything; marketing: required to upload a conversion
+    ANALYTICS = "analytics"
+    MARKETING = "marketing"
+
+
+class ConsentSource(StrEnum):
+    # who changed a session's consent (consent_changes.source)
+    INGEST = "ingest"  # a tracker event through /api/sync
+    API = "api"  # the signed POST /api/consent
+
+
+class PrivacyIdentifier(StrEnum):
+    """What a data-subject request names the subject by (erase, export; consent takes the
+    first two only)."""
+
+    SESSION_ID = "session_id"
+    FINGERPRINT = "fingerprint"
+    PHONE = "phone"
+    EMAIL = "email"
+
+
+class VoidReason(StrEnum):
+    """``offline_conversion_queue.error_code`` of a row ended by a privacy rule (final:
+    the schema never lets such a row change status again)."""
+
+    CONSENT_WITHDRAWN = "consent_withdrawn"  # marketing consent withdrawn
+    ERASED = "erased"  # a data-subject erase request
+    RETENTION = "retention"  # the retention job (a session without consent)
+
+
 # (table, column) -> enum.  Every CHECK ... IN (...) list in the schema must be listed here.
 CHECKED_COLUMNS: dict[tuple[str, str], type[StrEnum]] = {
     ("users", "platform_role"): PlatformRole,
@@ -190,4 +225,5 @@ CHECKED_COLUMNS: dict[tuple[str, str], type[StrEnum]] = {
     ("provider_upload_attempts", "error_category"): ErrorCategory,
     ("provider_upload_attempts", "breaker_state"): CircuitState,
     ("provider_upload_metrics", "destination"): Destination,
+    ("consent_changes", "source"): ConsentSource,
 }

@@ -1,6 +1,6 @@
 """Every router of the gateway, one module per area (each area owns its routes)."""
 
-from gateway.routes import billing, calls, dead_letters, health, ingest, jobs, ops, sales, sites, uploads
+from gateway.routes import billing, calls, dead_letters, health, ingest, jobs, ops, privacy, sales, sites, uploads
 
 ROUTERS = [
     health.router,
@@ -13,6 +13,7 @@ ROUTERS = [
     dead_letters.router,
     jobs.router,
     ops.router,
+    privacy.router,
 ]
 
 __all__ = ["ROUTERS"]

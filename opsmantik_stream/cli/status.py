@@ -10,6 +10,7 @@ import asyncpg
 
 from opsmantik_stream.cli._common import add_json_flag, emit, run_with_db, settings_or_exit
 from opsmantik_stream.config import Settings
+from opsmantik_stream.privacy.retention import last_run
 from opsmantik_stream.queries import Q
 
 
@@ -75,6 +76,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "breakers": {r["state"]: r["n"] for r in await conn.fetch(Q.ops.breakers_by_state)},
             "ingest_last_minute": int(await conn.fetchval(Q.ops.ingest_last_minute)),
             "dead_letters_pending": int(await conn.fetchval(Q.ops.dead_letters_pending)),
+            "privacy_retention": await last_run(conn),
         }
 
     result: dict[str, Any] = run_with_db(body, migrate=False)
@@ -93,6 +95,7 @@ def _text(r: dict[str, Any]) -> str:
         f"{r['dead_letters_pending']} dead letters pending",
         f"queue:     {queue}",
         f"breakers:  {breakers}",
+        f"privacy:   {_retention_text(r.get('privacy_retention'))}",
         f"ray:       {r['ray']}" + (f" ({r['nodes']} node(s) at {r['address']})" if r.get("nodes") else ""),
     ]
     routing = r.get("routing")
@@ -104,3 +107,10 @@ def _text(r: dict[str, Any]) -> str:
     for name, state in sorted(r["actors"].items()):
         lines.append(f"  {name:<24} {state}")
     return "\n".join(lines)
+
+
+def _retention_text(run: dict[str, Any] | None) -> str:
+    if not run:
+        return "retention has not run yet"
+    changed = ", ".join(f"{k} {v}" for k, v in run["counts"].items() if v) or "nothing anonymised"
+    return f"retention last run {run['finished_at']} ({run['days']} days): {changed}"

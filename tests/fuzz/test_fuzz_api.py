@@ -146,6 +146,8 @@ _MEANINGFUL: dict[str, dict[str, list[Any]]] = {
     "/api/conversations/{conversation_id}/resolve": {"status": ["WON", "LOST", "JUNK"]},
     "/api/sales": {"occurred_at": ["2026-11-20T10:00:00Z", "2026-11-20", "2026-11-20T10:00:00+03:00"]},
     "/api/call-event": {"fingerprint": ["fuzz-fp"]},
+    "/api/consent": {"identifier_type": ["session_id", "fingerprint"], "scopes": [["analytics"], []]},
+    "/api/privacy/erase": {"identifier_type": ["session_id", "fingerprint", "phone", "email"]},
     "/api/oci/requeue": {"status": ["FAILED", "BLOCKED"]},
     "/api/oci/breaker/reset": {"destination": ["google_ads", "data_manager"]},
 }
@@ -224,7 +226,7 @@ class Fuzzer:
         path = case.operation.path
         site = self.seed["site"]
         if valid:
-            if path == "/api/call-event":
+            if path in ("/api/call-event", "/api/consent"):
                 ts = int(time.time())
                 headers.update(
                     {

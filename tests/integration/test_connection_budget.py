@@ -28,8 +28,13 @@ def test_actors_size_their_pools_from_the_plan_and_a_resize_that_cannot_fit_is_r
     ns = settings.ray_namespace
     plan = plan_stack(settings, db_url, len(stack["actors"]), len(stack["uploaders"]))
     for name in stack["actors"]:
-        size = ray.get(get_actor(name, ns).__ray_call__.remote(lambda self: self._settings.db_pool_max), timeout=30)
-        assert size == plan.partition
+        sizes = ray.get(
+            get_actor(name, ns).__ray_call__.remote(
+                lambda self: (self._settings.partition_db_connections, self._settings.db_pool_max)
+            ),
+            timeout=30,
+        )
+        assert sum(sizes) == plan.partition  # ingest pool + call-event pool
     for name in stack["uploaders"]:
         size = ray.get(
             get_actor(name, ns).__ray_call__.remote(lambda self: pool_size(self._settings, "uploader")), timeout=30

@@ -29,7 +29,8 @@ def test_every_plan_fits_including_any_resize(max_connections: int, gateways: in
     assert plans
     for plan in plans:
         assert plan.steady <= available
-        assert plan.partition >= 2 and plan.uploader >= settings.uploader_concurrency + 1
+        assert plan.partition >= settings.partition_db_connections + 1
+        assert plan.uploader >= settings.uploader_concurrency + 1
         assert plan.gateway >= 2 and plan.gateway_api >= 2
     # a resize runs two generations at once: any two plans of this budget fit together
     fixed = {p.fixed for p in plans}
@@ -51,7 +52,7 @@ def test_the_issue_case_fits_and_bigger_is_refused_with_the_numbers() -> None:
 def test_a_large_server_gives_every_pool_what_it_wants() -> None:
     plan = plan_pools(ServerLimits(1000, 3), partitions=2, uploaders=2, settings=SETTINGS)
     assert plan.gateway == SETTINGS.db_pool_max
-    assert plan.partition == SETTINGS.partition_max_inflight + 2
+    assert plan.partition == SETTINGS.partition_db_connections + 2
     assert plan.uploader == SETTINGS.uploader_concurrency * 3
 
 
