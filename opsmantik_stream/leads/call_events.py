@@ -22,8 +22,8 @@ from opsmantik_stream.config import Settings
 from opsmantik_stream.enums import CallStatus
 from opsmantik_stream.fields import NO_NUL_PATTERN, Text32, Text64, Text256, Text512, Text2048
 from opsmantik_stream.leads.enqueue import choose_click_id
-from opsmantik_stream.leads.targets import infer_action, normalize_target
 from opsmantik_stream.queries import Q
+from opsmantik_stream.targets import infer_action, normalize_target
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -188,7 +188,7 @@ async def process_call_event(pool: asyncpg.Pool, payload: bytes, settings: Setti
             score,
             breakdown,
             body.intent_stamp,
-            action,
+            action.value,
             target,
             body.intent_page_url or body.url or job.referer,
             call_at,

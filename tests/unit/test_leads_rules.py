@@ -1,4 +1,4 @@
-"""Pure rules of the leads package: score, targets, click-id choice, order id, strict
+"""Pure rules of the leads package: score, click-id choice, order id, strict
 body, rate-limit bucket, transitions."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from opsmantik_stream.leads.actions import ALLOWED_FROM
 from opsmantik_stream.leads.call_events import CallEventBody, compute_lead_score, parse_client_value
 from opsmantik_stream.leads.enqueue import choose_click_id, order_id_for
 from opsmantik_stream.leads.ratelimit import KeyedTokenBucket
-from opsmantik_stream.leads.targets import infer_action, normalize_phone, normalize_whatsapp
 
 pytestmark = pytest.mark.unit
 
@@ -43,42 +42,6 @@ def test_order_id_is_deterministic_and_distinct_per_source() -> None:
     assert first != order_id_for(site, "call", sale)
     assert first != order_id_for(uuid.uuid4(), "sale", sale)
     assert first.startswith("om_") and len(first) == 35
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("tel:+90 555 111 22 33", "tel:+905551112233"),
-        ("0555 111 22 33", "tel:+905551112233"),
-        ("5551112233", "tel:+905551112233"),
-        ("0049 30 1234567", "tel:+49301234567"),
-        ("", "tel:unknown"),
-        (None, "tel:unknown"),
-    ],
-)
-def test_phone_targets(raw: str | None, expected: str) -> None:
-    assert normalize_phone(raw) == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("https://wa.me/905551112233", "wa:+905551112233"),
-        ("https://api.whatsapp.com/send?phone=905551112233", "wa:+905551112233"),
-        ("https://chat.whatsapp.com/AbCdEf", "wa:chat/AbCdEf"),
-        ("https://example.com/whatsapp-redirect", "wa:example.com/whatsapp-redirect"),
-        ("", "wa:unknown"),
-    ],
-)
-def test_whatsapp_targets(raw: str, expected: str) -> None:
-    assert normalize_whatsapp(raw) == expected
-
-
-def test_action_inference() -> None:
-    assert infer_action(None, "https://wa.me/90555") == "whatsapp"
-    assert infer_action("WhatsApp", "+90555") == "whatsapp"
-    assert infer_action("phone", "https://wa.me/90555") == "phone"
-    assert infer_action(None, "+90 555") == "phone"
 
 
 def test_client_value_parsing() -> None:
