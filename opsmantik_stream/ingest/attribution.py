@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
+from opsmantik_stream.clickids import CLICK_ID_PRECEDENCE, best_click_id
+
 __all__ = [
     "CLICK_ID_KEYS",
     "GOOGLE_CLICK_IDS",
@@ -32,7 +34,7 @@ __all__ = [
     "url_params",
 ]
 
-GOOGLE_CLICK_IDS = ("gclid", "wbraid", "gbraid")
+GOOGLE_CLICK_IDS = CLICK_ID_PRECEDENCE
 OTHER_CLICK_IDS = ("gclsrc", "dclid", "fbclid", "ttclid", "msclkid")
 CLICK_ID_KEYS = GOOGLE_CLICK_IDS + OTHER_CLICK_IDS
 
@@ -128,12 +130,8 @@ class ClickIds(msgspec.Struct, frozen=True):
         return bool(self.gclid or self.wbraid or self.gbraid)
 
     def best(self) -> tuple[str | None, str | None]:
-        """(click id, type): gclid, else wbraid, else gbraid."""
-        for name in GOOGLE_CLICK_IDS:
-            value = getattr(self, name)
-            if value:
-                return value, name
-        return None, None
+        """(click id, type): gclid, else wbraid, else gbraid (``opsmantik_stream.clickids``)."""
+        return best_click_id(None, None, self.gclid or None, self.wbraid or None, self.gbraid or None)
 
 
 def click_ids(params: Mapping[str, str], meta: Any) -> ClickIds:

@@ -18,10 +18,10 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 
+from opsmantik_stream.clickids import choose_click_id
 from opsmantik_stream.config import Settings
 from opsmantik_stream.enums import CallStatus
 from opsmantik_stream.fields import NO_NUL_PATTERN, Text32, Text64, Text256, Text512, Text2048
-from opsmantik_stream.leads.enqueue import choose_click_id
 from opsmantik_stream.queries import Q
 from opsmantik_stream.targets import infer_action, normalize_target
 

@@ -8,10 +8,11 @@ import uuid
 import msgspec
 import pytest
 
+from opsmantik_stream.clickids import choose_click_id
 from opsmantik_stream.enums import CallAction, CallStatus
 from opsmantik_stream.leads.actions import ALLOWED_FROM
 from opsmantik_stream.leads.call_events import CallEventBody, compute_lead_score, parse_client_value
-from opsmantik_stream.leads.enqueue import choose_click_id, order_id_for
+from opsmantik_stream.leads.enqueue import order_id_for
 from opsmantik_stream.leads.ratelimit import KeyedTokenBucket
 
 pytestmark = pytest.mark.unit
