@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from gateway.auth import CurrentPrincipal, require_capability
 from gateway.errors import ApiError, JSONResponse, decode_json, json_response
+from gateway.limits import KeyedLimit, client_key, limit, rate_limited
 from gateway.partitions import PartitionUnavailable
 from opsmantik_stream import tenancy
 from opsmantik_stream.db import api_transaction
@@ -37,7 +38,6 @@ from opsmantik_stream.leads.call_events import (
     encode_job,
 )
 from opsmantik_stream.leads.errors import LeadError
-from opsmantik_stream.leads.ratelimit import KeyedTokenBucket
 from opsmantik_stream.queries import Q
 from opsmantik_stream.rbac import Capability
 from opsmantik_stream.tenancy import Principal
@@ -137,16 +137,6 @@ def _unauthorized() -> JSONResponse:
     return json_response(_UNAUTHORIZED_BODY, 401, {"X-OpsMantik-Error-Code": "unauthorized"})
 
 
-def _limiters(ctx: Any) -> tuple[KeyedTokenBucket, KeyedTokenBucket]:
-    pair = ctx.extras.get("call_event_limiters")
-    if pair is None:
-        pair = ctx.extras["call_event_limiters"] = (
-            KeyedTokenBucket(ctx.settings.call_event_rate_limit_per_min),
-            KeyedTokenBucket(ctx.settings.call_event_fingerprint_rate_limit_per_min),
-        )
-    return pair  # type: ignore[no-any-return]
-
-
 def _site_key(header: str) -> tuple[str, uuid.UUID | None] | None:
     if _HEX32.match(header):
         return header.lower(), None
@@ -172,7 +162,7 @@ class CallEventSites:
 
     def __init__(self, ttl_s: float, lookups_per_min: int) -> None:
         self.ttl_s = ttl_s
-        self.lookups = KeyedTokenBucket(lookups_per_min)
+        self.lookups = KeyedLimit(lookups_per_min)
         self._entries: dict[tuple[str, uuid.UUID | None], tuple[asyncpg.Record | None, float]] = {}
 
     def cached(self, key: tuple[str, uuid.UUID | None], now: float) -> tuple[bool, asyncpg.Record | None]:
@@ -181,9 +171,9 @@ class CallEventSites:
             return False, None
         return True, hit[0]
 
-    def may_query(self, client: str, now: float) -> float:
+    def may_query(self, client: str) -> float:
         """0 when this client may cause one more look-up now, else seconds to wait."""
-        return self.lookups.take(client, now)
+        return self.lookups.take(client)
 
     async def load(self, pool: asyncpg.Pool, key: tuple[str, uuid.UUID | None], now: float) -> asyncpg.Record | None:
         row = await pool.fetchrow(Q.leads.site_for_call_event, key[0], key[1])
@@ -201,10 +191,6 @@ def _sites(ctx: Any) -> CallEventSites:
             s.call_event_site_cache_ttl_s, s.call_event_lookup_rate_limit_per_min
         )
     return sites  # type: ignore[no-any-return]
-
-
-def _rate_limited(wait: float, message: str) -> ApiError:
-    return ApiError(429, "rate_limited", message, {"Retry-After": str(max(1, round(wait + 0.5)))})
 
 
 @router.post(
@@ -229,18 +215,18 @@ async def call_event(request: Request) -> Response:
     key = _site_key(header_site)
     if key is None or signature is None:
         return _unauthorized()
-    client_ip = request.client.host if request.client else "unknown"
+    client = client_key(request)
     sites = _sites(ctx)
     now = time.monotonic()
     fresh, site = sites.cached(key, now)
     if not fresh:
-        wait = sites.may_query(client_ip, now)
+        wait = sites.may_query(client)
         if wait > 0:
-            raise _rate_limited(wait, "too many call events for unknown or uncached sites")
+            raise rate_limited(wait, "too many call events for unknown or uncached sites")
         site = await sites.load(ctx.pool, key, now)
     secrets = (site["current_secret"], site["next_secret"]) if site is not None else ()
     verified = signing.verify_signature(secrets, ts_header, signature, raw, clock())
-    if not verified and fresh and site is not None and sites.may_query(client_ip, now) == 0:
+    if not verified and fresh and site is not None and sites.may_query(client) == 0:
         # the cached secrets may predate a rotation: look once more before refusing
         site = await sites.load(ctx.pool, key, now)
         secrets = (site["current_secret"], site["next_secret"]) if site is not None else ()
@@ -258,12 +244,11 @@ async def call_event(request: Request) -> Response:
         return json_response(
             _answer("noop", replay["id"], replay["matched_session_id"], replay["lead_score"], replay["status"])
         )
-    by_client, by_fp = _limiters(ctx)
-    client = f"{client_ip}|{request.headers.get('user-agent', '')[:64]}"
-    now = time.monotonic()
-    wait = max(by_client.take(f"{site['id']}|{client}", now), by_fp.take(f"{site['id']}|{body.fingerprint}", now))
+    by_client = limit(ctx, "call_event_client_limit", ctx.settings.call_event_rate_limit_per_min)
+    by_fp = limit(ctx, "call_event_fingerprint_limit", ctx.settings.call_event_fingerprint_rate_limit_per_min)
+    wait = max(by_client.take((site["id"], client)), by_fp.take((site["id"], body.fingerprint)))
     if wait > 0:
-        raise _rate_limited(wait, "too many call events")
+        raise rate_limited(wait, "too many call events")
     job = CallEventJob(
         site_id=str(site["id"]),
         call_at=float(int(ts_header or 0)),

@@ -24,11 +24,11 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import CurrentPrincipal, site_with_capability
 from gateway.errors import ApiError, JSONResponse, json_response
+from gateway.limits import client_key, limit, rate_limited
 from gateway.routes.calls import _read_limited, _site_key, _unauthorized, decode_body
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType, PrivacyIdentifier
 from opsmantik_stream.leads import signing
-from opsmantik_stream.leads.ratelimit import KeyedTokenBucket
 from opsmantik_stream.privacy import (
     ConsentBody,
     PrivacyError,
@@ -55,21 +55,15 @@ def _privacy_error(exc: PrivacyError) -> ApiError:
 # ---------------------------------------------------------------- POST /api/consent
 
 
-def _limiter(ctx: Any) -> KeyedTokenBucket:
-    bucket = ctx.extras.get("consent_limiter")
-    if bucket is None:
-        bucket = ctx.extras["consent_limiter"] = KeyedTokenBucket(ctx.settings.consent_rate_limit_per_min)
-    return bucket  # type: ignore[no-any-return]
-
-
 @router.post(
     "/api/consent",
     summary="Set a visitor's consent scopes (signed like call events)",
     response_class=JSONResponse,
     responses={
         200: {"description": "the scopes now recorded, with matched/updated session counts"},
-        400: {"description": "invalid_body, invalid_json, invalid_scope, invalid_identifier, invalid_consent_at"},
+        400: {"description": "invalid_json, invalid_scope, invalid_identifier, invalid_consent_at"},
         401: {"description": "any authentication failure (one body for all)"},
+        422: {"description": "validation_error: a field does not fit the schema"},
         413: {},
         429: {},
     },
@@ -115,10 +109,9 @@ async def consent(request: Request) -> Response:
     if body.site_id.strip().lower() not in {site["public_id"], str(site["id"])}:
         # a signature is bound to the site that signed it
         return _unauthorized()
-    client = request.client.host if request.client else "unknown"
-    wait = _limiter(ctx).take(f"{site['id']}|{client}", time.monotonic())
+    wait = limit(ctx, "consent_limit", ctx.settings.consent_rate_limit_per_min).take((site["id"], client_key(request)))
     if wait > 0:
-        raise ApiError(429, "rate_limited", "too many consent updates", {"Retry-After": str(max(1, round(wait + 0.5)))})
+        raise rate_limited(wait, "too many consent updates")
     now = dt.datetime.fromtimestamp(clock(), dt.UTC)
     try:
         async with ctx.pool.acquire() as conn:

@@ -1,5 +1,5 @@
 """Pure rules of the leads package: score, click-id choice, order id, strict
-body, rate-limit bucket, transitions."""
+body, transitions."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from opsmantik_stream.enums import CallAction, CallStatus
 from opsmantik_stream.leads.actions import ALLOWED_FROM
 from opsmantik_stream.leads.call_events import CallEventBody, compute_lead_score, parse_client_value
 from opsmantik_stream.leads.enqueue import order_id_for
-from opsmantik_stream.leads.ratelimit import KeyedTokenBucket
 
 pytestmark = pytest.mark.unit
 
@@ -75,16 +74,6 @@ def test_body_is_strict() -> None:
         msgspec.json.decode(b'{"site_id":"a","fingerprint":"f","event_id":"not-a-uuid"}', type=CallEventBody)
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"site_id":"a","fingerprint":"' + b"x" * 129 + b'"}', type=CallEventBody)
-
-
-def test_token_bucket_limits_and_refills() -> None:
-    bucket = KeyedTokenBucket(per_min=3, max_keys=2)
-    assert [bucket.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert bucket.take("a", 0.0) == pytest.approx(20.0)
-    assert bucket.take("b", 0.0) == 0.0  # keys are independent
-    assert bucket.take("a", 20.0) == 0.0  # one token back after 20 s
-    bucket.take("c", 20.0)
-    assert len(bucket._buckets) == 2  # bounded memory: the oldest key was evicted
 
 
 def test_transitions_are_guarded() -> None:
