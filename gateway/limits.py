@@ -19,7 +19,7 @@ from starlette.requests import Request
 from gateway.errors import ApiError
 from opsmantik_stream.ingest.admission import TokenBucketLimiter, client_net
 
-__all__ = ["KeyedLimit", "client_key", "limit", "rate_limited"]
+__all__ = ["KeyedLimit", "client_key", "rate_limited", "route_limit"]
 
 
 def client_key(request: Request) -> str:
@@ -39,7 +39,7 @@ class KeyedLimit:
         return self._buckets.take(key, self.per_min, cost)
 
 
-def limit(ctx: Any, name: str, per_min: int) -> KeyedLimit:
+def route_limit(ctx: Any, name: str, per_min: int) -> KeyedLimit:
     """The gateway's limiter called ``name`` (made on first use; a test may put its own
     into ``ctx.extras[name]``)."""
     found = ctx.extras.get(name)

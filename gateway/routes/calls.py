@@ -1,33 +1,28 @@
 """Routes: signed call events and the operator's intent/call API (SPEC §4, §5, §10).
 
-``POST /api/call-event`` authenticates in the gateway (size, HMAC with the site's current
-or next secret, time window, strict body, same site in header and body), answers replays
-from PostgreSQL, rate limits, and hands the call to the site's partition. Operator routes
+``POST /api/call-event`` authenticates in the gateway (``gateway.signed``: size, HMAC with
+the site's current or next secret, time window, strict body, same site in header and body),
+answers replays from PostgreSQL, rate limits, and hands the call to the site's partition. Operator routes
 run under ``api_transaction`` so row-level security applies to every query.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import re
-import time
-import uuid
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import asyncpg
 import msgspec
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from gateway.auth import CurrentPrincipal, require_capability
+from gateway.auth import CurrentPrincipal, site_uuid
 from gateway.errors import ApiError, JSONResponse, decode_json, json_response
-from gateway.limits import KeyedLimit, client_key, limit, rate_limited
+from gateway.limits import rate_limited, route_limit
+from gateway.operator import lead_error, parse_time_param, parse_uuid_or_404, require_on_row_site
 from gateway.partitions import PartitionUnavailable
-from opsmantik_stream import tenancy
+from gateway.signed import authenticate, unauthorized
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType, CallSource, CallStatus
-from opsmantik_stream.fields import MinorUnits, Note, Text32, to_utc
+from opsmantik_stream.fields import MinorUnits, Note, Text32
 from opsmantik_stream.leads import signing
 from opsmantik_stream.leads.actions import apply_call_action, call_dict
 from opsmantik_stream.leads.call_events import (
@@ -40,157 +35,13 @@ from opsmantik_stream.leads.call_events import (
 from opsmantik_stream.leads.errors import LeadError
 from opsmantik_stream.queries import Q
 from opsmantik_stream.rbac import Capability
-from opsmantik_stream.tenancy import Principal
 
-__all__ = [
-    "decode_body",
-    "lead_error",
-    "parse_time_param",
-    "parse_uuid_or_404",
-    "require_on_row_site",
-    "router",
-    "site_uuid",
-]
+__all__ = ["router"]
 
 router = APIRouter(tags=["leads"])
 
-T = TypeVar("T")
-
-_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
-# One body for every authentication failure: nothing tells a prober which check failed.
-_UNAUTHORIZED_BODY = {"ok": False, "error": "unauthorized", "message": "unauthorized"}
-
-
-# ---------------------------------------------------------------- helpers (also used by sales)
-
-
-def lead_error(exc: LeadError) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message)
-
-
-def decode_body(raw: bytes, typ: type[T]) -> T:
-    """Strict JSON decode into a msgspec Struct: 400 ``invalid_json``, or 422 naming the field."""
-    return decode_json(raw, typ)
-
-
-def parse_uuid_or_404(value: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise ApiError(404, f"{what}_not_found", f"no such {what}") from None
-
-
-def parse_time_param(value: str | None, name: str) -> dt.datetime | None:
-    if value is None or value == "":
-        return None
-    try:
-        parsed = to_utc(dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
-    except ValueError:
-        parsed = None
-    if parsed is None:
-        raise ApiError(400, f"invalid_{name}", f"{name} must be an ISO 8601 date or date-time") from None
-    return parsed
-
-
-async def site_uuid(conn: asyncpg.Connection, principal: Principal, public_id: str, cap: Capability) -> uuid.UUID:
-    """403 without ``cap`` on the site; else its uuid (looked up for platform admins)."""
-    known = require_capability(principal, public_id, cap)
-    if known:
-        return uuid.UUID(known)
-    try:
-        return uuid.UUID((await tenancy.get_site(conn, public_id))["site_id"])
-    except tenancy.TenancyError:
-        raise ApiError(404, "site_not_found", "no such site") from None
-
-
-async def require_on_row_site(
-    conn: asyncpg.Connection, principal: Principal, query: str, row_id: uuid.UUID, what: str, cap: Capability
-) -> asyncpg.Record:
-    """The (id, site_id, public_id) of a row visible to the caller under RLS; 404 when it
-    is not visible (another tenant's row looks missing), 403 without ``cap`` on its site."""
-    row = await conn.fetchrow(query, row_id)
-    if row is None:
-        raise ApiError(404, f"{what}_not_found", f"no such {what}")
-    if not principal.can(row["public_id"], cap):
-        raise ApiError(403, "forbidden", f"missing capability {cap.value} on this site")
-    return row
-
 
 # ---------------------------------------------------------------- POST /api/call-event
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _unauthorized() -> JSONResponse:
-    return json_response(_UNAUTHORIZED_BODY, 401, {"X-OpsMantik-Error-Code": "unauthorized"})
-
-
-def _site_key(header: str) -> tuple[str, uuid.UUID | None] | None:
-    if _HEX32.match(header):
-        return header.lower(), None
-    try:
-        return "", uuid.UUID(header)
-    except ValueError:
-        return None
-
-
-# Unknown ids are remembered this long, so a flood of one made-up id costs one query.
-_NEGATIVE_TTL_S = 5.0
-_MAX_CACHED_SITES = 50_000
-
-
-class CallEventSites:
-    """The gateway's short-lived copy of call-event sites (id, public id, secrets).
-
-    Every database look-up (a cache miss, known or unknown id) first takes a token from a
-    per-client bucket, so a client cycling through made-up site ids costs at most
-    ``call_event_lookup_rate_limit_per_min`` queries a minute; a known site is looked up
-    once per ``call_event_site_cache_ttl_s``. (A dict with expiry times is all this needs.)
-    """
-
-    def __init__(self, ttl_s: float, lookups_per_min: int) -> None:
-        self.ttl_s = ttl_s
-        self.lookups = KeyedLimit(lookups_per_min)
-        self._entries: dict[tuple[str, uuid.UUID | None], tuple[asyncpg.Record | None, float]] = {}
-
-    def cached(self, key: tuple[str, uuid.UUID | None], now: float) -> tuple[bool, asyncpg.Record | None]:
-        hit = self._entries.get(key)
-        if hit is None or hit[1] <= now:
-            return False, None
-        return True, hit[0]
-
-    def may_query(self, client: str) -> float:
-        """0 when this client may cause one more look-up now, else seconds to wait."""
-        return self.lookups.take(client)
-
-    async def load(self, pool: asyncpg.Pool, key: tuple[str, uuid.UUID | None], now: float) -> asyncpg.Record | None:
-        row = await pool.fetchrow(Q.leads.site_for_call_event, key[0], key[1])
-        if len(self._entries) >= _MAX_CACHED_SITES:
-            self._entries.clear()
-        self._entries[key] = (row, now + (self.ttl_s if row is not None else _NEGATIVE_TTL_S))
-        return row
-
-
-def _sites(ctx: Any) -> CallEventSites:
-    sites = ctx.extras.get("call_event_sites")
-    if sites is None:
-        s = ctx.settings
-        sites = ctx.extras["call_event_sites"] = CallEventSites(
-            s.call_event_site_cache_ttl_s, s.call_event_lookup_rate_limit_per_min
-        )
-    return sites  # type: ignore[no-any-return]
 
 
 @router.post(
@@ -207,51 +58,24 @@ def _sites(ctx: Any) -> CallEventSites:
 )
 async def call_event(request: Request) -> Response:
     ctx = request.app.state.ctx
-    clock: Callable[[], float] = ctx.extras.get("clock") or time.time
-    raw = await _read_limited(request, MAX_BODY_BYTES)
-    header_site = request.headers.get("x-ops-site-id", "")
-    ts_header = request.headers.get("x-ops-ts")
-    signature = request.headers.get("x-ops-signature")
-    key = _site_key(header_site)
-    if key is None or signature is None:
-        return _unauthorized()
-    client = client_key(request)
-    sites = _sites(ctx)
-    now = time.monotonic()
-    fresh, site = sites.cached(key, now)
-    if not fresh:
-        wait = sites.may_query(client)
-        if wait > 0:
-            raise rate_limited(wait, "too many call events for unknown or uncached sites")
-        site = await sites.load(ctx.pool, key, now)
-    secrets = (site["current_secret"], site["next_secret"]) if site is not None else ()
-    verified = signing.verify_signature(secrets, ts_header, signature, raw, clock())
-    if not verified and fresh and site is not None and sites.may_query(client) == 0:
-        # the cached secrets may predate a rotation: look once more before refusing
-        site = await sites.load(ctx.pool, key, now)
-        secrets = (site["current_secret"], site["next_secret"]) if site is not None else ()
-        verified = signing.verify_signature(secrets, ts_header, signature, raw, clock())
-    if not verified or site is None:
-        return _unauthorized()
-    body = decode_body(raw, CallEventBody)
-    body_site = body.site_id.strip().lower()
-    if body_site not in {site["public_id"], str(site["id"])}:
-        # a signature is bound to the site that signed it; reuse across sites fails auth
-        return _unauthorized()
-    sig_hash = signing.signature_sha256(signature)
+    signed = await authenticate(request, CallEventBody, MAX_BODY_BYTES)
+    if signed is None:
+        return unauthorized()
+    site, body = signed.site, signed.body
+    sig_hash = signing.signature_sha256(signed.signature)
     replay = await ctx.pool.fetchrow(Q.leads.call_by_idempotency, site["id"], body.event_id, sig_hash)
     if replay is not None:
         return json_response(
             _answer("noop", replay["id"], replay["matched_session_id"], replay["lead_score"], replay["status"])
         )
-    by_client = limit(ctx, "call_event_client_limit", ctx.settings.call_event_rate_limit_per_min)
-    by_fp = limit(ctx, "call_event_fingerprint_limit", ctx.settings.call_event_fingerprint_rate_limit_per_min)
-    wait = max(by_client.take((site["id"], client)), by_fp.take((site["id"], body.fingerprint)))
+    by_client = route_limit(ctx, "call_event_client_limit", ctx.settings.call_event_rate_limit_per_min)
+    by_fp = route_limit(ctx, "call_event_fingerprint_limit", ctx.settings.call_event_fingerprint_rate_limit_per_min)
+    wait = max(by_client.take((site["id"], signed.client)), by_fp.take((site["id"], body.fingerprint)))
     if wait > 0:
         raise rate_limited(wait, "too many call events")
     job = CallEventJob(
         site_id=str(site["id"]),
-        call_at=float(int(ts_header or 0)),
+        call_at=float(signed.ts),
         signature_sha256=sig_hash,
         body=body,
         # a header is not schema-checked: keep what a text column can hold
@@ -323,7 +147,7 @@ class CallActionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 )
 async def call_action(call_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     cid = parse_uuid_or_404(call_id, "call")
-    body = decode_body(await request.body(), CallActionBody)
+    body = decode_json(await request.body(), CallActionBody)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             await require_on_row_site(conn, principal, Q.leads.call_site, cid, "call", Capability.LEADS_OPERATE)

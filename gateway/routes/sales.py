@@ -9,16 +9,9 @@ from typing import Annotated
 import msgspec
 from fastapi import APIRouter, Query, Request
 
-from gateway.auth import CurrentPrincipal
-from gateway.errors import ApiError, JSONResponse, json_response
-from gateway.routes.calls import (
-    decode_body,
-    lead_error,
-    parse_time_param,
-    parse_uuid_or_404,
-    require_on_row_site,
-    site_uuid,
-)
+from gateway.auth import CurrentPrincipal, site_uuid
+from gateway.errors import ApiError, JSONResponse, decode_json, json_response
+from gateway.operator import lead_error, parse_time_param, parse_uuid_or_404, require_on_row_site
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.fields import NO_NUL_PATTERN, MinorUnits, Note, SitePublicId, Text32, Text64
 from opsmantik_stream.leads import conversations as conv
@@ -66,7 +59,7 @@ class SaleBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     summary="Create a conversation with exactly one primary call or session",
 )
 async def create_conversation(request: Request, principal: CurrentPrincipal) -> JSONResponse:
-    body = decode_body(await request.body(), ConversationBody)
+    body = decode_json(await request.body(), ConversationBody)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             site_id = await site_uuid(conn, principal, body.site, Capability.LEADS_OPERATE)
@@ -91,7 +84,7 @@ async def create_conversation(request: Request, principal: CurrentPrincipal) -> 
 )
 async def link_conversation(conversation_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     cid = parse_uuid_or_404(conversation_id, "conversation")
-    body = decode_body(await request.body(), LinkBody)
+    body = decode_json(await request.body(), LinkBody)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             row = await require_on_row_site(
@@ -117,7 +110,7 @@ async def link_conversation(conversation_id: str, request: Request, principal: C
 )
 async def resolve_conversation(conversation_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     cid = parse_uuid_or_404(conversation_id, "conversation")
-    body = decode_body(await request.body(), ResolveBody)
+    body = decode_json(await request.body(), ResolveBody)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             row = await require_on_row_site(
@@ -144,7 +137,7 @@ async def resolve_conversation(conversation_id: str, request: Request, principal
     summary="Create a DRAFT sale, or update the DRAFT with the same external_ref",
 )
 async def create_sale(request: Request, principal: CurrentPrincipal) -> JSONResponse:
-    body = decode_body(await request.body(), SaleBody)
+    body = decode_json(await request.body(), SaleBody)
     try:
         occurred_at = sales_core.parse_occurred_at(body.occurred_at)
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:

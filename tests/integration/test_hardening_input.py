@@ -231,3 +231,29 @@ async def test_unknown_call_event_sites_cost_bounded_queries(settings: Any, pool
         assert codes.count(401) == 4 and codes.count(429) == 6, codes
         assert counting.queries == 5
     assert json.loads(body)["event_id"]
+
+
+async def test_signed_consent_shares_the_bounded_site_lookups(
+    settings: Any, pool: asyncpg.Pool, make_site: Any
+) -> None:
+    """/api/consent authenticates like call events (gateway.signed): made-up site ids cost at
+    most the client's look-up budget, and a malformed one no query (it queried per request)."""
+    from gateway.app import create_app
+    from gateway.context import AppContext
+
+    counting = _CountingPool(pool)
+    cfg = settings.with_overrides(call_event_lookup_rate_limit_per_min=3)
+    app = create_app(AppContext(settings=cfg, pool=counting, ray_enabled=False))  # type: ignore[arg-type]
+    site = await make_site()
+    body = json.dumps(
+        {"site_id": site["public_id"], "identifier_type": "fingerprint", "identifier_value": "fp", "scopes": []}
+    ).encode()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        resp = await c.post("/api/consent", content=body, headers={**signed_headers(site, body), "X-Ops-Site-Id": "x"})
+        assert resp.status_code == 401 and counting.queries == 0
+        codes = []
+        for _ in range(6):
+            headers = {**signed_headers(site, body), "X-Ops-Site-Id": uuid.uuid4().hex}
+            codes.append((await c.post("/api/consent", content=body, headers=headers)).status_code)
+    assert codes == [401, 401, 401, 429, 429, 429]
+    assert counting.queries == 3
