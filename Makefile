@@ -45,7 +45,7 @@ test: install
 
 # the same suite make test runs briefly (tests/fuzz), at full length, with its counts printed
 fuzz: install
-	OPSMANTIK_FUZZ_REQUESTS=$(FUZZ_REQUESTS) OPSMANTIK_FUZZ_SEED=$(FUZZ_SEED) \
+	OPSMANTIK_TEST_FUZZ_REQUESTS=$(FUZZ_REQUESTS) OPSMANTIK_TEST_FUZZ_SEED=$(FUZZ_SEED) \
 		$(BIN)/python -m pytest tests/fuzz -q -s --durations=0
 
 lint: install

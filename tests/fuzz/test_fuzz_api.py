@@ -12,7 +12,7 @@ answer:
   an API request can write is taken after each request and must equal the one before when
   the answer is a 4xx.
 
-``make test`` runs a short pass (``OPSMANTIK_FUZZ_REQUESTS``, default 400); ``make fuzz``
+``make test`` runs a short pass (``OPSMANTIK_TEST_FUZZ_REQUESTS``, default 400); ``make fuzz``
 runs >= 10,000 requests and prints the counts by status and by route.
 """
 
@@ -45,9 +45,9 @@ from tests.integration._leads_support import make_intent, make_session
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuzz]
 
-REQUESTS = int(os.environ.get("OPSMANTIK_FUZZ_REQUESTS", "400"))
+REQUESTS = int(os.environ.get("OPSMANTIK_TEST_FUZZ_REQUESTS", "400"))
 # generation is reproducible from this seed (printed with the counts): rerun a finding with it
-SEED = int(os.environ.get("OPSMANTIK_FUZZ_SEED", "20261126"))
+SEED = int(os.environ.get("OPSMANTIK_TEST_FUZZ_SEED", "20261126"))
 
 # one query: counts and high-water marks of everything an API request can write
 FINGERPRINT = """
@@ -341,7 +341,7 @@ def test_fuzz_every_route_with_and_without_credentials(fuzz_stack: tuple[str, Db
             fuzzer.run_operation(op, valid, per_group, seed=SEED + rounds * 1000 + i)
         rounds += 1
     print("\n" + fuzzer.report())
-    summary_path = os.environ.get("OPSMANTIK_FUZZ_SUMMARY")
+    summary_path = os.environ.get("OPSMANTIK_TEST_FUZZ_SUMMARY")
     if summary_path:
         with open(summary_path, "w") as fh:
             json.dump(
