@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from opsmantik_stream.budget import PoolPlan
+from opsmantik_stream.poolplan import PoolPlan
 
 __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "doc", "load_settings"]
 

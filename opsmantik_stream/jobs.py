@@ -15,19 +15,13 @@ import asyncpg
 
 from opsmantik_stream.billing import invoice_freeze, ledger_retention, reconcile_usage
 from opsmantik_stream.config import Settings
+from opsmantik_stream.job_context import JobContext
 from opsmantik_stream.leads.auto_approve import auto_approve
 from opsmantik_stream.privacy.retention import privacy_retention
 from opsmantik_stream.queries import Q
 from opsmantik_stream.uploads.rescue import rescue_job
 
 __all__ = ["JOBS", "Job", "JobContext", "run_job"]
-
-
-@dataclass(frozen=True)
-class JobContext:
-    pool: asyncpg.Pool
-    settings: Settings
-    now: dt.datetime
 
 
 @dataclass(frozen=True)
