@@ -351,6 +351,29 @@ def parse_device(ua: str | None, device_param: str | None = None) -> Device:
     return _parse_device(ua or "", (device_param or "").strip().lower())
 
 
+# first match wins, in this order (Edge and Opera UAs also say Chrome; Chrome's says Safari)
+_OS_RULES = (
+    ("iOS", ("iphone", "ipad", "ipod")),
+    ("Android", ("android",)),
+    ("Windows", ("windows",)),
+    ("ChromeOS", ("cros",)),
+    ("macOS", ("mac os x", "macintosh")),
+    ("Linux", ("linux",)),
+)
+_BROWSER_RULES = (
+    ("Edge", ("edg/", "edge/")),
+    ("Opera", ("opr/", "opera")),
+    ("Samsung Internet", ("samsungbrowser",)),
+    ("Firefox", ("firefox/", "fxios")),
+    ("Chrome", ("chrome/", "crios", "chromium")),
+    ("Safari", ("safari/",)),
+)
+
+
+def _first_match(text: str, rules: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    return next((name for name, marks in rules if any(m in text for m in marks)), "Unknown")
+
+
 @lru_cache(maxsize=4096)
 def _parse_device(ua: str, device_param: str) -> Device:
     text = ua.lower()
@@ -360,35 +383,5 @@ def _parse_device(ua: str, device_param: str) -> Device:
         dtype = "mobile"
     else:
         dtype = "desktop"
-    override = _DEVICE_PARAM.get(device_param)
-    if override:
-        dtype = override
-    if "iphone" in text or "ipad" in text or "ipod" in text:
-        os_name = "iOS"
-    elif "android" in text:
-        os_name = "Android"
-    elif "windows" in text:
-        os_name = "Windows"
-    elif "cros" in text:
-        os_name = "ChromeOS"
-    elif "mac os x" in text or "macintosh" in text:
-        os_name = "macOS"
-    elif "linux" in text:
-        os_name = "Linux"
-    else:
-        os_name = "Unknown"
-    if "edg/" in text or "edge/" in text:
-        browser = "Edge"
-    elif "opr/" in text or "opera" in text:
-        browser = "Opera"
-    elif "samsungbrowser" in text:
-        browser = "Samsung Internet"
-    elif "firefox/" in text or "fxios" in text:
-        browser = "Firefox"
-    elif "chrome/" in text or "crios" in text or "chromium" in text:
-        browser = "Chrome"
-    elif "safari/" in text:
-        browser = "Safari"
-    else:
-        browser = "Unknown"
-    return Device(device_type=dtype, os=os_name, browser=browser)
+    dtype = _DEVICE_PARAM.get(device_param) or dtype
+    return Device(device_type=dtype, os=_first_match(text, _OS_RULES), browser=_first_match(text, _BROWSER_RULES))
