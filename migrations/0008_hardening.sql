@@ -229,8 +229,8 @@ BEGIN
         IF EXISTS (SELECT 1 FROM sessions_default WHERE created_month >= m_start AND created_month < m_end) THEN
             RETURN false;
         END IF;
-        EXECUTE format('CREATE TABLE sessions_%s PARTITION OF sessions FOR VALUES FROM (%L) TO (%L)',
-                       suffix, m_start, m_end);
+        EXECUTE format('CREATE TABLE sessions_%s PARTITION OF sessions FOR VALUES FROM (%L) TO (%L) '
+                       'WITH (fillfactor = 70)', suffix, m_start, m_end);
         created := true;
     END IF;
     IF to_regclass('public.events_' || suffix) IS NULL THEN

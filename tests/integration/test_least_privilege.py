@@ -352,6 +352,9 @@ async def test_two_partition_jobs_at_once_do_not_collide(db_url: str) -> None:
             await asyncio.sleep(0.01)  # the second call now waits for the first transaction
         await tx.commit()
         assert await racing is False
+        # the locked version keeps 0006's fillfactor for sessions (HOT updates)
+        options = await watcher.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'sessions_2031_03'")
+        assert options == ["fillfactor=70"]
     finally:
         for conn in (first, second, watcher):
             await conn.close()
