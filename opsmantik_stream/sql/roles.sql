@@ -6,8 +6,8 @@
 --   opsmantik_owner    owns the schema; runs migrations, partitions, uploaders, maintenance
 --                      and the CLI. Not a superuser, cannot create roles or databases.
 --   opsmantik_gateway  the gateway's service queries: token resolution, call-event secrets,
---                      credential writes, /metrics and /ops (grants in migration 0008).
---   opsmantik_api      operator requests under row-level security (grants in 0005, 0008).
+--                      credential writes, /metrics and /ops (grants in migration 0009).
+--   opsmantik_api      operator requests under row-level security (grants in 0005, 0009).
 
 -- name: create_roles
 DO $$

@@ -244,3 +244,19 @@ BEGIN
     RETURN created;
 END
 $$;
+
+-- 7. The console (migration 0008) signs users in and out on the gateway's service
+--    connection: it reads and stamps one-time links, opens a session with its own API token
+--    and ends it (revoking that token), and audits sign-in and sign-out, which belong to a
+--    user and no site. /ops and /metrics read the open watchtower alerts of every site.
+GRANT SELECT, INSERT ON private.console_links, private.console_sessions TO opsmantik_gateway;
+GRANT UPDATE (used_at) ON private.console_links TO opsmantik_gateway;
+GRANT UPDATE (ended_at) ON private.console_sessions TO opsmantik_gateway;
+GRANT INSERT (user_id, token_sha256, label) ON private.api_tokens TO opsmantik_gateway;
+GRANT UPDATE (revoked_at) ON private.api_tokens TO opsmantik_gateway;
+GRANT SELECT ON watchtower_alerts TO opsmantik_gateway;
+CREATE POLICY watchtower_alerts_gateway_read ON watchtower_alerts FOR SELECT TO opsmantik_gateway USING (true);
+DROP POLICY audit_log_gateway_insert ON audit_log;
+CREATE POLICY audit_log_gateway_insert ON audit_log FOR INSERT TO opsmantik_gateway
+    WITH CHECK (site_id IS NOT NULL
+                OR (action LIKE 'console.%' AND resource_type = 'user' AND actor_id = resource_id));
