@@ -260,3 +260,15 @@ DROP POLICY audit_log_gateway_insert ON audit_log;
 CREATE POLICY audit_log_gateway_insert ON audit_log FOR INSERT TO opsmantik_gateway
     WITH CHECK (site_id IS NOT NULL
                 OR (action LIKE 'console.%' AND resource_type = 'user' AND actor_id = resource_id));
+-- The console's sign-out revokes its session's token, so the gateway may set revoked_at;
+-- a revoked token stays revoked for every role (nothing un-revokes, or moves the date).
+CREATE FUNCTION api_tokens_keep_revoked() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+        RAISE EXCEPTION 'a revoked token stays revoked' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER api_tokens_keep_revoked BEFORE UPDATE OF revoked_at ON private.api_tokens
+    FOR EACH ROW EXECUTE FUNCTION api_tokens_keep_revoked();

@@ -74,7 +74,8 @@ async def test_the_gateway_role_reaches_only_what_it_needs(db_url: str, pool: as
             "SELECT payload FROM audit_log",
             "UPDATE sites SET name = 'x'",
             "UPDATE site_plans SET monthly_limit = 10000000",
-            "UPDATE private.api_tokens SET revoked_at = NULL",
+            "UPDATE private.api_tokens SET user_id = gen_random_uuid()",
+            "UPDATE private.api_tokens SET expires_at = NULL",
             "DELETE FROM private.api_tokens",
             "INSERT INTO calls (site_id, source) VALUES (gen_random_uuid(), 'manual')",
             "UPDATE calls SET status = 'confirmed', value_minor = 1",
@@ -90,6 +91,22 @@ async def test_the_gateway_role_reaches_only_what_it_needs(db_url: str, pool: as
         for sql in refused:
             with pytest.raises(Insufficient):
                 await conn.execute(sql)
+        # the console's sign-out may revoke a token; nothing may un-revoke one
+        user = await pool.fetchval("INSERT INTO users (email) VALUES ('revoked@example.com') RETURNING id")
+        token = await pool.fetchval(
+            "INSERT INTO private.api_tokens (user_id, token_sha256, label) VALUES ($1, $2, 'x') RETURNING id",
+            user,
+            "a" * 64,
+        )
+        await conn.execute("UPDATE private.api_tokens SET revoked_at = now() WHERE id = $1", token)
+        for sql in (
+            "UPDATE private.api_tokens SET revoked_at = NULL",
+            "UPDATE private.api_tokens SET revoked_at = now()",
+        ):
+            with pytest.raises(Insufficient):
+                await conn.execute(sql + " WHERE id = $1", token)
+            with pytest.raises(Insufficient):
+                await pool.execute(sql + " WHERE id = $1", token)  # the owner neither
     finally:
         await conn.close()
 
