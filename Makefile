@@ -2,6 +2,7 @@
 #   make run    create .venv if missing, install, serve the whole stack (Ctrl-C stops it)
 #   make test   create .venv if missing, install with test extras, run the whole suite
 #   make lint   ruff + mypy
+#   make fuzz   >= 10,000 property-based requests against a served stack; prints counts by status
 #   make bench  the benchmark scenarios in benchmarks/
 #   make docs   regenerate the generated parts of docs/ (settings table, HTTP routes)
 SHELL := /bin/bash
@@ -12,7 +13,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml 2>/dev/null | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help install run test lint format bench docs clean
+FUZZ_REQUESTS ?= 10000
+FUZZ_SEED ?= $(shell date +%s)
+
+.PHONY: help install run test fuzz lint format bench docs clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -38,6 +42,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the same suite make test runs briefly (tests/fuzz), at full length, with its counts printed
+fuzz: install
+	OPSMANTIK_TEST_FUZZ_REQUESTS=$(FUZZ_REQUESTS) OPSMANTIK_TEST_FUZZ_SEED=$(FUZZ_SEED) \
+		$(BIN)/python -m pytest tests/fuzz -q -s --durations=0
 
 lint: install
 	$(BIN)/ruff check .

@@ -22,6 +22,7 @@ import asyncpg
 import ray
 
 from actors.registry import REGISTRY_NAME
+from opsmantik_stream.budget import pool_size
 from opsmantik_stream.config import Settings
 from opsmantik_stream.db import create_pool
 from opsmantik_stream.uploads import UploadEngine
@@ -71,8 +72,7 @@ class Uploader:
             async with self._init_lock:
                 if self._engine is None:
                     s = self._settings
-                    size = max(2, s.uploader_concurrency * 3)
-                    self._pool = await create_pool(self._db_url, min_size=0, max_size=size)
+                    self._pool = await create_pool(self._db_url, min_size=0, max_size=pool_size(s, "uploader"))
                     engine = UploadEngine(self._pool, s, self._name, share=self._current_share)
                     await engine.startup()
                     self._engine = engine

@@ -1,10 +1,18 @@
 """Prometheus metrics: in-process counters and histograms, plus figures read from
-PostgreSQL at scrape time (queue depth, breaker states, upload outcomes), so every gateway
-reports the same cluster-wide truth."""
+PostgreSQL (queue depth, breaker states, upload outcomes), so every gateway reports the same
+cluster-wide truth.
+
+The database figures are cached for ``metrics_cache_s`` per gateway (one refresh at a time,
+whatever the number of scrapers), so scraping never costs a scan of the queue per request.
+``metrics_bearer_token`` requires ``Authorization: Bearer <token>``; ``metrics_port`` serves
+``/metrics`` on its own port on 127.0.0.1 only (and the main port answers 404 for it).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,6 +74,23 @@ class _DatabaseFigures(Collector):
 
     def __init__(self) -> None:
         self.snapshot: dict[str, Any] = {}
+        self.taken_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def refresh_if_stale(self, pool: asyncpg.Pool, max_age_s: float, now: float) -> None:
+        """Refresh when the snapshot is older than ``max_age_s`` (concurrent scrapes wait for
+        the one refresh under way and then serve its result)."""
+        if self.taken_at is not None and now - self.taken_at < max_age_s:
+            return
+        async with self._lock:
+            if self.taken_at is not None and now - self.taken_at < max_age_s:
+                return
+            try:
+                await self.refresh(pool)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                # the in-process figures still say something useful while the database is away
+                self.snapshot = {}
+            self.taken_at = now
 
     async def refresh(self, pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn:
@@ -122,14 +147,21 @@ def _retention_metrics(run: dict[str, Any] | None) -> Iterator[Any]:
     yield rows
 
 
-_DB_FIGURES = _DatabaseFigures()
-REGISTRY.register(_DB_FIGURES)
+def _figures(ctx: Any) -> tuple[_DatabaseFigures, CollectorRegistry]:
+    """The database figures of this gateway (its own database; one per app, so two gateways
+    in one process, as in tests, never mix their figures)."""
+    found = ctx.extras.get("metrics_figures")
+    if found is None:
+        figures = _DatabaseFigures()
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(figures)
+        found = ctx.extras["metrics_figures"] = (figures, registry)
+    return found  # type: ignore[no-any-return]
 
 
-async def render_metrics(pool: asyncpg.Pool) -> bytes:
-    try:
-        await _DB_FIGURES.refresh(pool)
-    except (OSError, asyncpg.PostgresError):
-        # the in-process figures still say something useful while the database is away
-        _DB_FIGURES.snapshot = {}
-    return generate_latest(REGISTRY)
+async def render_metrics(ctx: Any) -> bytes:
+    """The exposition text: in-process metrics and the (cached) database figures."""
+    figures, registry = _figures(ctx)
+    clock = ctx.extras.get("monotonic") or time.monotonic
+    await figures.refresh_if_stale(ctx.pool, ctx.settings.metrics_cache_s, clock())
+    return generate_latest(REGISTRY) + generate_latest(registry)

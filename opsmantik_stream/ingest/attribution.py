@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
+from opsmantik_stream.clickids import CLICK_ID_PRECEDENCE, best_click_id
+
 __all__ = [
     "CLICK_ID_KEYS",
     "GOOGLE_CLICK_IDS",
@@ -32,7 +34,7 @@ __all__ = [
     "url_params",
 ]
 
-GOOGLE_CLICK_IDS = ("gclid", "wbraid", "gbraid")
+GOOGLE_CLICK_IDS = CLICK_ID_PRECEDENCE
 OTHER_CLICK_IDS = ("gclsrc", "dclid", "fbclid", "ttclid", "msclkid")
 CLICK_ID_KEYS = GOOGLE_CLICK_IDS + OTHER_CLICK_IDS
 
@@ -128,12 +130,8 @@ class ClickIds(msgspec.Struct, frozen=True):
         return bool(self.gclid or self.wbraid or self.gbraid)
 
     def best(self) -> tuple[str | None, str | None]:
-        """(click id, type): gclid, else wbraid, else gbraid."""
-        for name in GOOGLE_CLICK_IDS:
-            value = getattr(self, name)
-            if value:
-                return value, name
-        return None, None
+        """(click id, type): gclid, else wbraid, else gbraid (``opsmantik_stream.clickids``)."""
+        return best_click_id(None, None, self.gclid or None, self.wbraid or None, self.gbraid or None)
 
 
 def click_ids(params: Mapping[str, str], meta: Any) -> ClickIds:
@@ -353,6 +351,29 @@ def parse_device(ua: str | None, device_param: str | None = None) -> Device:
     return _parse_device(ua or "", (device_param or "").strip().lower())
 
 
+# first match wins, in this order (Edge and Opera UAs also say Chrome; Chrome's says Safari)
+_OS_RULES = (
+    ("iOS", ("iphone", "ipad", "ipod")),
+    ("Android", ("android",)),
+    ("Windows", ("windows",)),
+    ("ChromeOS", ("cros",)),
+    ("macOS", ("mac os x", "macintosh")),
+    ("Linux", ("linux",)),
+)
+_BROWSER_RULES = (
+    ("Edge", ("edg/", "edge/")),
+    ("Opera", ("opr/", "opera")),
+    ("Samsung Internet", ("samsungbrowser",)),
+    ("Firefox", ("firefox/", "fxios")),
+    ("Chrome", ("chrome/", "crios", "chromium")),
+    ("Safari", ("safari/",)),
+)
+
+
+def _first_match(text: str, rules: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    return next((name for name, marks in rules if any(m in text for m in marks)), "Unknown")
+
+
 @lru_cache(maxsize=4096)
 def _parse_device(ua: str, device_param: str) -> Device:
     text = ua.lower()
@@ -362,35 +383,5 @@ def _parse_device(ua: str, device_param: str) -> Device:
         dtype = "mobile"
     else:
         dtype = "desktop"
-    override = _DEVICE_PARAM.get(device_param)
-    if override:
-        dtype = override
-    if "iphone" in text or "ipad" in text or "ipod" in text:
-        os_name = "iOS"
-    elif "android" in text:
-        os_name = "Android"
-    elif "windows" in text:
-        os_name = "Windows"
-    elif "cros" in text:
-        os_name = "ChromeOS"
-    elif "mac os x" in text or "macintosh" in text:
-        os_name = "macOS"
-    elif "linux" in text:
-        os_name = "Linux"
-    else:
-        os_name = "Unknown"
-    if "edg/" in text or "edge/" in text:
-        browser = "Edge"
-    elif "opr/" in text or "opera" in text:
-        browser = "Opera"
-    elif "samsungbrowser" in text:
-        browser = "Samsung Internet"
-    elif "firefox/" in text or "fxios" in text:
-        browser = "Firefox"
-    elif "chrome/" in text or "crios" in text or "chromium" in text:
-        browser = "Chrome"
-    elif "safari/" in text:
-        browser = "Safari"
-    else:
-        browser = "Unknown"
-    return Device(device_type=dtype, os=os_name, browser=browser)
+    dtype = _DEVICE_PARAM.get(device_param) or dtype
+    return Device(device_type=dtype, os=_first_match(text, _OS_RULES), browser=_first_match(text, _BROWSER_RULES))

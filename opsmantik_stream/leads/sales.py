@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from opsmantik_stream.enums import ActorType, SaleStatus, SourceKind
+from opsmantik_stream.fields import to_utc
 from opsmantik_stream.leads.actions import session_of_call
 from opsmantik_stream.leads.enqueue import EnqueueResult, NotEnqueued, enqueue_conversion
 from opsmantik_stream.leads.errors import LeadError
@@ -26,12 +27,15 @@ def sale_dict(row: asyncpg.Record) -> dict[str, Any]:
 
 
 def parse_occurred_at(value: str) -> dt.datetime:
-    """ISO 8601; a time without offset is taken as UTC. Unparseable -> LeadError 400."""
+    """ISO 8601; a time without offset is taken as UTC. Unparseable, or out of the calendar's
+    range once in UTC -> LeadError 400."""
     try:
-        parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        parsed = to_utc(dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
     except (ValueError, AttributeError):
+        parsed = None
+    if parsed is None:
         raise LeadError(400, "invalid_occurred_at", "occurred_at must be an ISO 8601 date-time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return parsed
 
 
 async def upsert_sale(
