@@ -118,10 +118,82 @@ _DB_FIGURES = _DatabaseFigures()
 REGISTRY.register(_DB_FIGURES)
 
 
-async def render_metrics(pool: asyncpg.Pool) -> bytes:
+class _BoundedFigures(Collector):
+    """Entries and bound of every bounded in-memory structure, per process: the gateway's
+    caches, limiters, batcher queues and memos, and each partition's memos and resident
+    memory (asked at scrape time, 2 s at most; a partition that does not answer is left out).
+    What operators watch for a slow leak; ``make soak`` reads the same figures."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], tuple[int, int]] = {}
+        self.resident: dict[str, int] = {}
+
+    async def refresh(self, ctx: Any) -> None:
+        import asyncio
+
+        from opsmantik_stream.bounds import lru_report, resident_bytes
+
+        entries: dict[tuple[str, str], tuple[int, int]] = {}
+        resident: dict[str, int] = {}
+        gateway = {**ctx.sync.bounded(), **ctx.partitions.bounded(), **lru_report()}
+        for i, limiter in enumerate(ctx.extras.get("call_event_limiters") or ()):
+            gateway[f"call_event_buckets:{('client', 'fingerprint')[i]}"] = (len(limiter), limiter.max_keys)
+        entries.update({("gateway", k): v for k, v in gateway.items()})
+        own = resident_bytes()
+        if own is not None:
+            resident["gateway"] = own
+        if ctx.ray_enabled:
+            try:
+                table = await asyncio.wait_for(ctx.routing.table(), 2.0)
+                names = list(table.actors)
+                answers = await asyncio.gather(
+                    *(asyncio.wait_for(ctx.routing.handle(n).memory.remote(), 2.0) for n in names),
+                    return_exceptions=True,
+                )
+            except Exception:
+                names, answers = [], []
+            for name, answer in zip(names, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    continue
+                entries.update({(name, k): (int(v[0]), int(v[1])) for k, v in answer["memos"].items()})
+                if answer.get("rss_bytes"):
+                    resident[name] = int(answer["rss_bytes"])
+        self.entries, self.resident = entries, resident
+
+    def collect(self) -> Iterator[Any]:
+        if not self.entries and not self.resident:
+            return
+        size = GaugeMetricFamily(
+            "opsmantik_bounded_entries", "Entries in a bounded in-memory structure", labels=["process", "structure"]
+        )
+        bound = GaugeMetricFamily(
+            "opsmantik_bounded_limit", "The bound of that structure", labels=["process", "structure"]
+        )
+        for (process, name), (n, limit) in sorted(self.entries.items()):
+            size.add_metric([process, name], n)
+            bound.add_metric([process, name], limit)
+        yield size
+        yield bound
+        rss = GaugeMetricFamily(
+            "opsmantik_process_resident_bytes", "Resident memory of the gateway and each partition", labels=["process"]
+        )
+        for process, n in sorted(self.resident.items()):
+            rss.add_metric([process], n)
+        yield rss
+
+
+_BOUNDED = _BoundedFigures()
+REGISTRY.register(_BOUNDED)
+
+
+async def render_metrics(pool: asyncpg.Pool, ctx: Any = None) -> bytes:
+    """The exposition text: in-process figures, the database's at scrape time, and (with the
+    gateway's ``ctx``) the bounded structures of the gateway and the partitions."""
     try:
         await _DB_FIGURES.refresh(pool)
     except (OSError, asyncpg.PostgresError):
         # the in-process figures still say something useful while the database is away
         _DB_FIGURES.snapshot = {}
+    if ctx is not None:
+        await _BOUNDED.refresh(ctx)
     return generate_latest(REGISTRY)

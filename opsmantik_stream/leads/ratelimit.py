@@ -9,17 +9,27 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-__all__ = ["KeyedTokenBucket"]
+__all__ = ["CALL_EVENT_LIMITER_MAX_KEYS", "KeyedTokenBucket"]
+
+
+# Buckets kept per limiter (keys are "site|client" or "site|fingerprint", fingerprints at
+# most 128 characters): ~0.4 KB each, so at most ~20 MB.
+CALL_EVENT_LIMITER_MAX_KEYS = 50_000
 
 
 class KeyedTokenBucket:
-    def __init__(self, per_min: int, *, burst: int | None = None, max_keys: int = 50_000) -> None:
+    """Token buckets per key; bounded by ``max_keys`` (``CALL_EVENT_LIMITER_MAX_KEYS``)."""
+
+    def __init__(self, per_min: int, *, burst: int | None = None, max_keys: int = CALL_EVENT_LIMITER_MAX_KEYS) -> None:
         if per_min < 1:
             raise ValueError("per_min must be >= 1")
         self.rate_per_s = per_min / 60.0
         self.capacity = float(burst if burst is not None else per_min)
         self.max_keys = max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, key: str, now: float) -> float:
         """0.0 when a token was taken; otherwise the seconds until one is available."""
