@@ -3,6 +3,7 @@
 #   make test   create .venv if missing, install with test extras, run the whole suite
 #   make lint   ruff + mypy
 #   make bench  the benchmark scenarios in benchmarks/
+#   make soak   half the ingest peak for SOAK_MINUTES (30): memory and latency over time
 #   make docs   regenerate the generated parts of docs/ (settings table, HTTP routes)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,8 +12,9 @@ BIN := $(VENV)/bin
 # Re-install whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml 2>/dev/null | cut -d' ' -f1)
 PYTEST_ARGS ?=
+SOAK_MINUTES ?= 30
 
-.PHONY: help install run test lint format bench docs clean
+.PHONY: help install run test lint format bench soak docs clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -50,6 +52,9 @@ format: install
 
 bench: install
 	$(BIN)/python -m benchmarks
+
+soak: install
+	$(BIN)/python -m benchmarks --only soak --minutes $(SOAK_MINUTES)
 
 docs: install
 	$(BIN)/python -m opsmantik_stream.docgen
