@@ -28,6 +28,7 @@ class Snapshot:
     events: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)  # upper bound -> cumulative count
     commits: int = 0
+    wal_bytes: int = 0
 
 
 def snapshot(base_url: str, stack: Any = None) -> Snapshot:
@@ -78,6 +79,9 @@ def diff(before: Snapshot, after: Snapshot, seconds: float) -> dict[str, Any]:
     }
     if after.commits:
         out["commits_per_s"] = round((after.commits - before.commits) / seconds, 1) if seconds else 0.0
+    events = after.events - before.events
+    if after.wal_bytes and events:
+        out["wal_bytes_per_event"] = round((after.wal_bytes - before.wal_bytes) / events)
     return out
 
 

@@ -255,13 +255,16 @@ class PartitionClient:
         timeout = self._settings.partition_call_timeout_s
         started = time.monotonic()
         for _hop in range(_HOPS):
-            table = await self._routing.table()
+            try:
+                table = await self._routing.table()
+            except Exception as exc:  # the Registry is not reachable: nothing was sent
+                raise PartitionUnavailable(f"routing table: {type(exc).__name__}") from None
             name = table.owner_of(site_id)
-            handle = self._routing.handle(name)
             left = timeout - (time.monotonic() - started)
             if left <= 0:
                 break
             try:
+                handle = self._routing.handle(name)  # raises when the actor is gone
                 return await asyncio.wait_for(getattr(handle, method).remote(*args), left)
             except PartitionRetired:
                 # a resize retired that partition (nothing written): ask for the new owner
