@@ -239,7 +239,9 @@ class TrafficMix:
         roll = rng.random()
         if roll < DUPLICATE_SHARE and self.recent:
             first = self.recent[rng.randrange(len(self.recent))]
-            return Request("duplicate", first.origin, first.body, stores_row=first.stores_row)
+            # a resent heartbeat adds no event row even when answered 202: counted on its own
+            kind = "duplicate_heartbeat" if first.kind == "heartbeat" else "duplicate"
+            return Request(kind, first.origin, first.body, stores_row=first.stores_row)
         if roll < DUPLICATE_SHARE + BAD_SHARE:
             return self._bad()
         kind, ev, site = self._good()

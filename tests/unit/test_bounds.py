@@ -106,7 +106,9 @@ def test_routing_and_session_id_memos_hold_their_bound() -> None:
     assert report["routing.partition_for"] == (routing.ROUTING_MEMO_SIZE, routing.ROUTING_MEMO_SIZE)
     assert report["store.derived_session_id"] == (store.DERIVED_ID_MEMO_SIZE, store.DERIVED_ID_MEMO_SIZE)
     # the derived id does not depend on what the memo holds
-    assert store.session_uuid(site, "visitor-0", None, day, "k") == store.session_uuid(site, "visitor-0", None, day, "x")
+    assert store.session_uuid(site, "visitor-0", None, day, "k") == store.session_uuid(
+        site, "visitor-0", None, day, "x"
+    )
 
 
 def test_ingest_rate_limiter_keeps_at_most_its_bound_and_drops_the_least_recently_used() -> None:
