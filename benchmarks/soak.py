@@ -335,6 +335,10 @@ def _sample(
     except httpx.HTTPError as exc:
         out["metrics_error"] = type(exc).__name__
     out["tables"] = _table_sizes(stack)
+    # PostgreSQL's own memory grows with its number of backends as much as with their size
+    out["pg_backends"] = int(
+        stack.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+    )
     out["sealed"] = sealer.sealed
     return out
 
@@ -655,6 +659,12 @@ def render_soak_markdown(report: dict[str, Any], png: str | None) -> str:
             f"Queue depth (micro-batchers, summed over partitions, at each sample): events waiting "
             f"max {max(queued):,}, mean {sum(queued) / len(queued):,.1f}; calls in flight max {max(inflight)}."
         )
+        backends = [s["pg_backends"] for s in report["samples"] if "pg_backends" in s]
+        if backends:
+            lines.append(
+                f"PostgreSQL client backends: {backends[0]} at the first sample, {backends[-1]} at the last, "
+                f"at most {max(backends)}."
+            )
         uq = report["uploads"].get("queue_after_drain", {}).get("by_status")
         if uq is not None:
             lines.append(f"Upload queue after the drain, by state: {uq or 'empty'}.")
