@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from opsmantik_stream.enums import AlertKind
 from opsmantik_stream.privacy.retention import last_run
 from opsmantik_stream.queries import Q
 
@@ -74,6 +75,7 @@ class _DatabaseFigures(Collector):
                 "uploads": dict(await conn.fetchrow(Q.ops.upload_totals)),
                 "dead_letters": await conn.fetchval(Q.ops.dead_letters_pending),
                 "privacy_retention": await last_run(conn),
+                "alerts": {r["kind"]: r["n"] for r in await conn.fetch(Q.watchtower.open_alerts_by_kind)},
             }
 
     def collect(self) -> Iterator[Any]:
@@ -94,6 +96,12 @@ class _DatabaseFigures(Collector):
         yield uploads
         yield GaugeMetricFamily("opsmantik_dead_letters_pending", "Dead letters waiting", value=snap["dead_letters"])
         yield from _retention_metrics(snap.get("privacy_retention"))
+        alerts = GaugeMetricFamily(
+            "opsmantik_watchtower_alerts_open", "Open watchtower alerts by kind", labels=["kind"]
+        )
+        for kind in AlertKind:
+            alerts.add_metric([kind.value], snap["alerts"].get(kind.value, 0))
+        yield alerts
 
 
 def _retention_metrics(run: dict[str, Any] | None) -> Iterator[Any]:

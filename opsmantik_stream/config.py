@@ -286,6 +286,43 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     consent_rate_limit_per_min: Annotated[
         PositiveInt, doc("Signed consent updates (`POST /api/consent`) per (site, client) and minute.")
     ] = 600
+    console_link_ttl_s: Annotated[
+        int,
+        msgspec.Meta(ge=60, le=7 * 86400),
+        doc("How long a console sign-in link printed by `opsmantik console link` stays valid (it works once)."),
+    ] = 900
+    console_session_ttl_s: Annotated[
+        int,
+        msgspec.Meta(ge=300, le=30 * 86400),
+        doc("How long a console session (its HttpOnly cookie and the token behind it) lasts."),
+    ] = 12 * 3600
+    alert_webhook_url: Annotated[
+        str | None,
+        doc(
+            "Watchtower alerts are posted here as JSON with a Slack-compatible `text` (a deployment setting, "
+            "never tenant input). Unset: alerts are only stored and shown."
+        ),
+    ] = None
+    alert_webhook_timeout_s: Annotated[
+        float, msgspec.Meta(gt=0, le=60), doc("Timeout of one alert webhook request (failures are retried later).")
+    ] = 5.0
+    watchtower_traffic_min_sessions: Annotated[
+        PositiveInt,
+        doc(
+            '"No sessions in the last hour" only alerts for a site that had at least this many sessions in the '
+            "24 hours before."
+        ),
+    ] = 24
+    watchtower_click_min_sessions: Annotated[
+        PositiveInt,
+        doc(
+            '"No click ids in 3 h" only alerts for a site that had at least this many sessions with click ids '
+            "in the 7 days before."
+        ),
+    ] = 56
+    watchtower_queue_age_max_s: Annotated[
+        PositiveInt, doc("The oldest due upload row may wait this long before the queue counts as stalled.")
+    ] = 3600
     log_level: Annotated[
         str,
         doc(
@@ -332,6 +369,8 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
         raise ConfigError(f"{ENV_PREFIX}DATABASE_URL: expected a postgresql:// URL")
     if settings.public_url is not None and not settings.public_url.startswith(("http://", "https://")):
         raise ConfigError(f"{ENV_PREFIX}PUBLIC_URL: expected an http:// or https:// URL")
+    if settings.alert_webhook_url is not None and not settings.alert_webhook_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{ENV_PREFIX}ALERT_WEBHOOK_URL: expected an http:// or https:// URL")
     return settings
 
 

@@ -11,6 +11,8 @@ from enum import StrEnum
 __all__ = [
     "CHECKED_COLUMNS",
     "ActorType",
+    "AlertEvent",
+    "AlertKind",
     "BillingState",
     "CallAction",
     "CallSource",
@@ -19,6 +21,7 @@ __all__ = [
     "ClickIdType",
     "ConsentScope",
     "ConsentSource",
+    "ConsoleSignIn",
     "ConversationStatus",
     "DeadLetterStatus",
     "Destination",
@@ -26,6 +29,7 @@ __all__ = [
     "IntentAction",
     "LedgerPhase",
     "LinkEntity",
+    "NotificationStatus",
     "PlatformRole",
     "PrivacyIdentifier",
     "QueueStatus",
@@ -194,6 +198,37 @@ class VoidReason(StrEnum):
     RETENTION = "retention"  # the retention job (a session without consent)
 
 
+class AlertKind(StrEnum):
+    """Watchtower conditions (SPEC §9); each raises one alert per (site, subject)."""
+
+    NO_SESSIONS = "no_sessions"
+    NO_CLICK_IDS = "no_click_ids"
+    DEAD_LETTERS = "dead_letters"
+    BILLING_DRIFT = "billing_drift"
+    STUCK_UPLOADS = "stuck_uploads"
+    BREAKER_OPEN = "breaker_open"
+    BLOCKED_ROWS = "blocked_rows"
+    QUEUE_AGE = "queue_age"
+
+
+class AlertEvent(StrEnum):
+    RAISED = "raised"
+    RESOLVED = "resolved"
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "PENDING"
+    DELIVERED = "DELIVERED"
+    ABANDONED = "ABANDONED"
+
+
+class ConsoleSignIn(StrEnum):
+    """How a console session began: a one-time link or a bearer token typed in."""
+
+    LINK = "link"
+    TOKEN = "token"
+
+
 # (table, column) -> enum.  Every CHECK ... IN (...) list in the schema must be listed here.
 CHECKED_COLUMNS: dict[tuple[str, str], type[StrEnum]] = {
     ("users", "platform_role"): PlatformRole,
@@ -226,4 +261,8 @@ CHECKED_COLUMNS: dict[tuple[str, str], type[StrEnum]] = {
     ("provider_upload_attempts", "breaker_state"): CircuitState,
     ("provider_upload_metrics", "destination"): Destination,
     ("consent_changes", "source"): ConsentSource,
+    ("watchtower_alerts", "kind"): AlertKind,
+    ("watchtower_notifications", "event"): AlertEvent,
+    ("watchtower_notifications", "status"): NotificationStatus,
+    ("console_sessions", "via"): ConsoleSignIn,
 }
