@@ -224,7 +224,7 @@ def test_every_soak_request_is_what_its_kind_says_by_the_products_own_rules() ->
             assert exc.value.status == 422
             continue
         _envelope, (ev,) = decode_body(req.body)
-        assert req.origin is not None
+        assert req.origin is not None and ev.s is not None
         if req.kind == "unknown_site":
             assert ev.s not in origins
             continue
