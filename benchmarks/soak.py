@@ -649,7 +649,8 @@ def render_soak_markdown(report: dict[str, Any], png: str | None) -> str:
     up = report["uploads"]
     if "emulator_conversions" in up:
         lines.append(
-            f"Uploads: {up['sealed']} intents sealed, {up['enqueued']} conversions enqueued, "
+            f"Uploads ({up.get('destination', 'default destination')}): {up['sealed']} intents sealed, "
+            f"{up['enqueued']} conversions enqueued, "
             f"{up['emulator_conversions']} at the emulator ({up['orders_twice']} orders twice)."
         )
     if report["samples"]:
