@@ -4,6 +4,7 @@
 #   make lint   ruff + mypy
 #   make fuzz   >= 10,000 property-based requests against a served stack; prints counts by status
 #   make bench  the benchmark scenarios in benchmarks/
+#   make soak   half the ingest peak for SOAK_MINUTES (30): memory and latency over time
 #   make docs   regenerate the generated parts of docs/ (settings table, HTTP routes)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,11 +13,12 @@ BIN := $(VENV)/bin
 # Re-install whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml 2>/dev/null | cut -d' ' -f1)
 PYTEST_ARGS ?=
+SOAK_MINUTES ?= 30
 
 FUZZ_REQUESTS ?= 10000
 FUZZ_SEED ?= $(shell date +%s)
 
-.PHONY: help install run test fuzz lint format bench docs clean
+.PHONY: help install run test fuzz lint format bench soak docs clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -59,6 +61,9 @@ format: install
 
 bench: install
 	$(BIN)/python -m benchmarks
+
+soak: install
+	$(BIN)/python -m benchmarks --only soak --minutes $(SOAK_MINUTES)
 
 docs: install
 	$(BIN)/python -m opsmantik_stream.docgen

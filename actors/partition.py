@@ -156,6 +156,13 @@ class SitePartition:
         finally:
             self._leave()
 
+    async def memory(self) -> dict[str, Any]:
+        """This process's memos (entries, bound) and resident bytes (``/metrics``, the soak):
+        the partition keeps nothing else between batches."""
+        from opsmantik_stream.bounds import lru_report, resident_bytes
+
+        return {"memos": lru_report(), "rss_bytes": resident_bytes()}
+
     async def ingest_stats(self) -> dict[str, int]:
         store = self._store
         return {} if store is None else dict(store.stats)

@@ -130,9 +130,10 @@ def render_markdown(results: Sequence[Result], meta: dict[str, Any] | None = Non
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, results: Sequence[Result], meta: dict[str, Any] | None = None) -> None:
+def write_markdown(path: Path, results: Sequence[Result], meta: dict[str, Any] | None = None, extra: str = "") -> None:
+    """The table (``render_markdown``), then ``extra`` (a scenario's own section)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_markdown(results, meta))
+    path.write_text(render_markdown(results, meta) + extra)
 
 
 def write_charts(

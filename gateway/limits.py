@@ -38,6 +38,10 @@ class KeyedLimit:
         """0 when the request may pass, else the seconds until it would."""
         return self._buckets.take(key, self.per_min, cost)
 
+    def bounded(self) -> tuple[int, int]:
+        """Buckets held and their bound (``LIMITER_MAX_KEYS``), for /metrics."""
+        return len(self._buckets), self._buckets.max_keys
+
 
 def route_limit(ctx: Any, name: str, per_min: int) -> KeyedLimit:
     """The gateway's limiter called ``name`` (made on first use; a test may put its own

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.limits import KeyedLimit
 from opsmantik_stream.enums import AlertKind
 from opsmantik_stream.privacy.retention import last_run
 from opsmantik_stream.queries import Q
@@ -159,9 +160,80 @@ def _figures(ctx: Any) -> tuple[_DatabaseFigures, CollectorRegistry]:
     return found  # type: ignore[no-any-return]
 
 
+class _BoundedFigures(Collector):
+    """Entries and bound of every bounded in-memory structure, per process: the gateway's
+    caches, limiters, batcher queues and memos, and each partition's memos and resident
+    memory (asked at scrape time, 2 s at most; a partition that does not answer is left out).
+    What operators watch for a slow leak; ``make soak`` reads the same figures."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], tuple[int, int]] = {}
+        self.resident: dict[str, int] = {}
+
+    async def refresh(self, ctx: Any) -> None:
+        import asyncio
+
+        from opsmantik_stream.bounds import lru_report, resident_bytes
+
+        entries: dict[tuple[str, str], tuple[int, int]] = {}
+        resident: dict[str, int] = {}
+        gateway = {**ctx.sync.bounded(), **ctx.partitions.bounded(), **lru_report()}
+        for name, found in ctx.extras.items():
+            if isinstance(found, KeyedLimit):  # the routes' keyed buckets (gateway.limits)
+                gateway[f"route_buckets:{name}"] = found.bounded()
+        entries.update({("gateway", k): v for k, v in gateway.items()})
+        own = resident_bytes()
+        if own is not None:
+            resident["gateway"] = own
+        if ctx.ray_enabled:
+            try:
+                table = await asyncio.wait_for(ctx.routing.table(), 2.0)
+                names = list(table.actors)
+                answers = await asyncio.gather(
+                    *(asyncio.wait_for(ctx.routing.handle(n).memory.remote(), 2.0) for n in names),
+                    return_exceptions=True,
+                )
+            except Exception:
+                names, answers = [], []
+            for name, answer in zip(names, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    continue
+                entries.update({(name, k): (int(v[0]), int(v[1])) for k, v in answer["memos"].items()})
+                if answer.get("rss_bytes"):
+                    resident[name] = int(answer["rss_bytes"])
+        self.entries, self.resident = entries, resident
+
+    def collect(self) -> Iterator[Any]:
+        if not self.entries and not self.resident:
+            return
+        size = GaugeMetricFamily(
+            "opsmantik_bounded_entries", "Entries in a bounded in-memory structure", labels=["process", "structure"]
+        )
+        bound = GaugeMetricFamily(
+            "opsmantik_bounded_limit", "The bound of that structure", labels=["process", "structure"]
+        )
+        for (process, name), (n, limit) in sorted(self.entries.items()):
+            size.add_metric([process, name], n)
+            bound.add_metric([process, name], limit)
+        yield size
+        yield bound
+        rss = GaugeMetricFamily(
+            "opsmantik_process_resident_bytes", "Resident memory of the gateway and each partition", labels=["process"]
+        )
+        for process, n in sorted(self.resident.items()):
+            rss.add_metric([process], n)
+        yield rss
+
+
 async def render_metrics(ctx: Any) -> bytes:
-    """The exposition text: in-process metrics and the (cached) database figures."""
+    """The exposition text: in-process metrics, the (cached) database figures, and the
+    bounded structures of the gateway and the partitions (asked at scrape time)."""
     figures, registry = _figures(ctx)
     clock = ctx.extras.get("monotonic") or time.monotonic
     await figures.refresh_if_stale(ctx.pool, ctx.settings.metrics_cache_s, clock())
+    bounded = ctx.extras.get("metrics_bounded")
+    if bounded is None:
+        bounded = ctx.extras["metrics_bounded"] = _BoundedFigures()
+        registry.register(bounded)
+    await bounded.refresh(ctx)
     return generate_latest(REGISTRY) + generate_latest(registry)

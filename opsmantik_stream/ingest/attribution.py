@@ -67,6 +67,23 @@ PAID_TRAFFIC_MEDIUMS = frozenset(
 # Values trackers write for "no value": never a click id.
 _JUNK = frozenset({"", "null", "undefined", "none", "(not set)"})
 
+# Memo bounds (issue 18: every bounded structure states its bound). These caches live in
+# every partition process for its whole life; entries are evicted least recently used, and
+# only strings up to _MEMO_MAX_CHARS are memoised (longer ones are parsed each time, and are
+# rare), so the bytes are bounded too. Worst cases, measured with tracemalloc (key + value):
+# URL parameters 8,192 x ~3.2 KB = 26 MB, hosts 8,192 x ~1.3 KB = 11 MB, devices 4,096 x
+# ~0.7 KB = 3 MB, host classifications 3 x 4,096 x ~1.1 KB = 14 MB. Landing pages and
+# referrers repeat, so the hit rate stays high although every ad click's URL is unique.
+URL_MEMO_SIZE = 8192
+HOST_MEMO_SIZE = 4096
+DEVICE_MEMO_SIZE = 4096
+_MEMO_MAX_CHARS = 1024
+
+
+def _memo(fn: Any, key: str) -> Any:
+    """``fn(key)`` through its memo when ``key`` is short enough, else computed directly."""
+    return fn(key) if len(key) <= _MEMO_MAX_CHARS else fn.__wrapped__(key)
+
 
 class Attribution:
     FIRST_CLICK_PAID = "First Click (Paid)"
@@ -86,13 +103,13 @@ def url_params(url: str | None) -> Mapping[str, str]:
     """
     if not url or ("?" not in url and "#" not in url):
         return _EMPTY
-    return _url_params(url)
+    return _memo(_url_params, url)  # type: ignore[no-any-return]
 
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=URL_MEMO_SIZE)
 def _url_params(url: str) -> Mapping[str, str]:
     try:
         parts = urlsplit(url)
@@ -178,6 +195,7 @@ def _pick(keys: tuple[str, ...], params: Mapping[str, str], meta: Any, *, split_
     }
 
 
+# one entry per (struct, key list) pair the code asks about: a handful, fixed by the code
 @lru_cache(maxsize=64)
 def _positions(struct: type, keys: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
     fields = struct.__struct_fields__  # type: ignore[attr-defined]
@@ -193,10 +211,10 @@ def host_of(url: str | None) -> str | None:
     """The lower-cased host of a URL (or of ``host/path``), or None."""
     if not url:
         return None
-    return _host_of(url)
+    return _memo(_host_of, url)  # type: ignore[no-any-return]
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=URL_MEMO_SIZE)
 def _host_of(url: str) -> str | None:
     try:
         host = urlsplit(url if "//" in url else "//" + url).hostname
@@ -223,10 +241,10 @@ def is_google_host(host: str | None) -> bool:
     """google.com, www.google.com.tr, google.de ... (a ``google`` label before the suffix)."""
     if not host:
         return False
-    return _is_google(host)
+    return _memo(_is_google, host)  # type: ignore[no-any-return]
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=HOST_MEMO_SIZE)
 def _is_google(host: str) -> bool:
     return "google" in host.split(".")[:-1]
 
@@ -251,10 +269,10 @@ def social_platform(host: str | None) -> str | None:
     """The social network a referrer host belongs to, or None."""
     if not host:
         return None
-    return _social_platform(host)
+    return _memo(_social_platform, host)  # type: ignore[no-any-return]
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=HOST_MEMO_SIZE)
 def _social_platform(host: str) -> str | None:
     for domain, name in _SOCIAL:
         if _matches(host, domain):
@@ -262,7 +280,7 @@ def _social_platform(host: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=HOST_MEMO_SIZE)
 def _is_search(host: str) -> bool:
     if is_google_host(host):
         return True
@@ -315,7 +333,7 @@ def traffic_source(ids: ClickIds, utm: Mapping[str, str], ref_host: str | None) 
         return (source[:64] or "Paid"), "cpc"
     tagged = bool(medium or source or utm.get("utm_campaign"))
     if ref_host:
-        if _is_search(ref_host) and not tagged:
+        if _memo(_is_search, ref_host) and not tagged:
             return "SEO", "organic"
         platform = social_platform(ref_host)
         if platform and not tagged:
@@ -374,7 +392,7 @@ def _first_match(text: str, rules: tuple[tuple[str, tuple[str, ...]], ...]) -> s
     return next((name for name, marks in rules if any(m in text for m in marks)), "Unknown")
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=DEVICE_MEMO_SIZE)
 def _parse_device(ua: str, device_param: str) -> Device:
     text = ua.lower()
     if "ipad" in text or "tablet" in text or ("android" in text and "mobile" not in text):
