@@ -24,7 +24,7 @@ from starlette.responses import Response
 
 from gateway.batcher import Backpressure, PartitionBatcher, PartitionMoved, PartitionUnavailable
 from gateway.errors import JSONResponse, json_response
-from gateway.metrics import BATCH_SIZE, INGEST_EVENTS
+from gateway.metrics import BATCH_SIZE, INGEST_EVENTS, timed_partition_call
 from opsmantik_stream.ingest.admission import TokenBucketLimiter, client_key, origin_allowed, truncate_ip
 from opsmantik_stream.ingest.schema import (
     MAX_BODY_BYTES,
@@ -128,7 +128,7 @@ class IngestRuntime:
 
             batcher = PartitionBatcher(
                 name,
-                send,
+                timed_partition_call(send),
                 max_events=self.settings.batch_max_events,
                 max_wait_s=self.settings.batch_max_wait_ms / 1000.0,
                 max_inflight=self.settings.partition_max_inflight,

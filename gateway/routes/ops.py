@@ -21,7 +21,8 @@ _OPS_PAGE = Path(__file__).resolve().parent.parent / "static" / "ops.html"
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    body = await render_metrics(request.app.state.ctx.pool)
+    ctx = request.app.state.ctx
+    body = await render_metrics(ctx.pool, ctx.routing if ctx.ray_enabled else None)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
