@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(args.out / f"{stem}.json", ctx.results, meta)
     write_markdown(args.out / f"{stem}.md", ctx.results, meta)
-    charts = write_charts(args.out, stem, ctx.sweeps, ctx.bars)
+    charts = write_charts(args.out, stem, ctx.sweeps, ctx.bars, ctx.results)
     print(
         f"\nwrote {args.out / (stem + '.json')}, {stem}.md, {stem}.meta.json" + "".join(f", {c.name}" for c in charts)
     )
