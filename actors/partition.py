@@ -1,18 +1,35 @@
-"""SitePartition: the single writer for the sites hashed to it (see ARCHITECTURE.md)."""
+"""SitePartition: the single writer for the sites hashed to it (see docs/architecture.md).
+
+A thin shell around ``IngestStore`` (ingest batches, dead-letter replay) and the call-event
+processor. It owns its database connections: ingest batches run on connections that are
+never reset (a batch is one statement, it leaves no session state behind), so a batch costs
+exactly one round trip.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import contextlib
+import os
+import tempfile
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from opsmantik_stream.config import Settings
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from opsmantik_stream.ingest.store import IngestStore
 
 __all__ = ["SitePartition"]
+
+
+async def _keep(conn: asyncpg.Connection) -> None:
+    """No reset on release: an ingest batch is one statement and leaves nothing behind."""
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
@@ -27,6 +44,12 @@ class SitePartition:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._init_lock = asyncio.Lock()
+        self._store: IngestStore | None = None
+        self._pool: asyncpg.Pool | None = None
+        # the local data path (opsmantik_stream/channel.py): a Unix socket, opened on request
+        self._socket_path: str | None = None
+        self._server: asyncio.AbstractServer | None = None
 
     async def ping(self) -> str:
         return "ok"
@@ -63,69 +86,115 @@ class SitePartition:
         if self._inflight == 0:
             self._idle.set()
 
-    async def ingest(self, payload: bytes) -> bytes:
+    async def ingest(self, payload: bytes, timeout_s: float | None = None) -> bytes:
         """A micro-batch of tracker events (msgpack ``list[WireEvent]``) -> msgpack
         ``list[WireResult]``, answered only after the batch's transaction committed.
 
-        The store (and its caches) is built on first use, so a restarted actor refills its
-        caches from PostgreSQL as events arrive."""
+        ``timeout_s`` is the gateway's: a call that could not start writing within it is
+        dropped unwritten (``CallExpired``) instead of queueing behind newer batches."""
         from opsmantik_stream.ingest.schema import decode_wire, encode_results
 
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._enter()
         try:
-            store = getattr(self, "_ingest_store", None)
-            if store is None:
-                store = await self._make_ingest_store()
-            return encode_results(await store.ingest(decode_wire(payload)))
+            store = self._store or await self._make_store()
+            return encode_results(await store.ingest(decode_wire(payload), deadline=deadline))
         finally:
             self._leave()
+
+    async def data_address(self) -> str | None:
+        """The Unix socket a gateway on this node sends batches to (opened on first request;
+        ``None`` when sockets are switched off). A new actor incarnation has a new path."""
+        if not self._settings.partition_local_socket:
+            return None
+        async with self._init_lock:
+            if self._server is None:
+                folder = os.path.join(tempfile.gettempdir(), "opsmantik-sockets")
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+                path = os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex[:12]}.sock")
+                self._server = await asyncio.start_unix_server(self._serve_connection, path=path)
+                os.chmod(path, 0o600)  # the gateway runs as the same user; nobody else
+                self._socket_path = path
+        return self._socket_path
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from opsmantik_stream.channel import read_frame
+
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                frame = await read_frame(reader)
+                # each request on its own task: a connection carries several calls at once
+                task = asyncio.create_task(self._serve_frame(frame, writer))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass  # the gateway went away (or spoke nonsense): its calls are answered as far as possible
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve_frame(self, frame: list[Any], writer: asyncio.StreamWriter) -> None:
+        from opsmantik_stream.channel import EXPIRED, FAILED, OK, RETIRED, write_frame
+        from opsmantik_stream.ingest.store import CallExpired
+        from opsmantik_stream.routing import PartitionRetired
+
+        call_id, method, timeout_s, payload = frame
+        try:
+            if method != "ingest":
+                raise ValueError(f"unknown method {method!r}")
+            reply: list[Any] = [call_id, OK, await self.ingest(payload, timeout_s)]
+        except PartitionRetired:
+            reply = [call_id, RETIRED, b""]
+        except CallExpired:
+            reply = [call_id, EXPIRED, b""]
+        except Exception as exc:
+            reply = [call_id, FAILED, type(exc).__name__.encode()]
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            write_frame(writer, reply)
 
     async def replay_dead_letter(self, dead_letter_id: int, site_id: str) -> dict[str, object]:
         """Replay one ingest dead letter of a site this partition owns."""
         self._enter()
         try:
-            store = getattr(self, "_ingest_store", None)
-            if store is None:
-                store = await self._make_ingest_store()
+            store = self._store or await self._make_store()
             return await store.replay_dead_letter(dead_letter_id, site_id)
         finally:
             self._leave()
 
     async def ingest_stats(self) -> dict[str, int]:
-        store = getattr(self, "_ingest_store", None)
-        return {} if store is None else {**store.stats, **store.cache_sizes()}
+        store = self._store
+        return {} if store is None else dict(store.stats)
 
-    async def _make_ingest_store(self) -> IngestStore:
-        from opsmantik_stream.db import create_pool
+    async def _make_store(self) -> IngestStore:
         from opsmantik_stream.ingest.store import IngestStore
 
-        lock = self.__dict__.setdefault("_ingest_init_lock", asyncio.Lock())
-        async with lock:
-            if getattr(self, "_ingest_store", None) is None:
-                if getattr(self, "_pool", None) is None:
-                    pool = await create_pool(self._db_url, min_size=0, max_size=self._settings.db_pool_max)
-                    if getattr(self, "_pool", None) is None:
-                        self._pool = pool
-                    else:  # call_event created it meanwhile
-                        await pool.close()
-                self._ingest_store = IngestStore(self._pool)
-        return self._ingest_store
+        async with self._init_lock:
+            if self._store is None:
+                import asyncpg
+
+                size = self._settings.partition_db_connections
+                pool = await asyncpg.create_pool(
+                    self._db_url, min_size=size, max_size=size, reset=_keep, command_timeout=60
+                )
+                assert pool is not None
+                self._store = IngestStore(pool)
+        return self._store
 
     async def call_event(self, payload: bytes) -> bytes:
-        """A signed call event of one of this partition's sites (issue 4's leads package)."""
+        """A signed call event of one of this partition's sites (the leads package)."""
         from opsmantik_stream.leads.call_events import process_call_event
 
         self._enter()
         try:
-            pool = getattr(self, "_pool", None)
+            pool = self._pool
             if pool is None:
-                from opsmantik_stream.db import create_pool
+                async with self._init_lock:
+                    if self._pool is None:
+                        from opsmantik_stream.db import create_pool
 
-                pool = await create_pool(self._db_url, min_size=0, max_size=self._settings.db_pool_max)
-                if getattr(self, "_pool", None) is None:
-                    self._pool = pool
-                else:  # another call created it meanwhile
-                    await pool.close()
+                        self._pool = await create_pool(self._db_url, min_size=0, max_size=self._settings.db_pool_max)
                     pool = self._pool
             return await process_call_event(pool, payload, self._settings, getattr(self, "_caches", None))
         finally:

@@ -100,7 +100,7 @@ def start_stack(
     registry = (
         _actor_class(Registry)
         .options(name=REGISTRY_NAME, namespace=ns, get_if_exists=True)
-        .remote(db_url, settings.partitions, settings.uploaders)
+        .remote(db_url, settings.partition_count, settings.uploaders)
     )
     table: dict[str, Any] = ray.get(registry.routing.remote(), timeout=60)
     handles = [_create(SitePartition, name, ns, PARTITION_RESOURCE, db_url, settings, name) for name in table["actors"]]

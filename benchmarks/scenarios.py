@@ -19,13 +19,14 @@ from typing import Any
 
 import httpx
 
+from benchmarks import probes
 from benchmarks.cpu import CpuSampler, wait_for_quiet
 from benchmarks.openloop import OpenLoopResult, run_open_loop
 from benchmarks.payloads import SiteRef, single_body
 from benchmarks.profile import descendant_pids, find_pyspy, start_profile, summarise
 from benchmarks.report import Result, make_result
 from benchmarks.stack import REPO, ServeStack, free_port, wait_http
-from benchmarks.store_ceiling import measure_store_ceiling
+from benchmarks.store_ceiling import StoreCeiling
 from benchmarks.wrk import WrkResult, run_wrk
 
 __all__ = ["SCENARIOS", "Context"]
@@ -81,6 +82,40 @@ def _run_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
+@dataclass
+class Peak:
+    """Repeated closed-loop peaks of one kind: every run, and the median one (by 2xx/s)."""
+
+    runs: list[WrkResult]
+    cpu: list[dict[str, float]]
+    inside: list[dict[str, Any]]  # partition calls, events per call, commits (product stacks)
+
+    @property
+    def median(self) -> WrkResult:
+        return self.runs[self._median_index]
+
+    @property
+    def median_cpu(self) -> dict[str, float]:
+        return self.cpu[self._median_index]
+
+    @property
+    def median_inside(self) -> dict[str, Any]:
+        return self.inside[self._median_index] if self.inside else {}
+
+    @property
+    def _median_index(self) -> int:
+        order = sorted(range(len(self.runs)), key=lambda i: self.runs[i].ok_rps)
+        return order[len(order) // 2]
+
+    def spread(self, scale: float = 1.0) -> dict[str, float]:
+        rates = sorted(r.ok_rps * scale for r in self.runs)
+        return {"min": round(rates[0], 1), "median": round(rates[len(rates) // 2], 1), "max": round(rates[-1], 1)}
+
+    def spread_note(self, scale: float = 1.0) -> str:
+        sp = self.spread(scale)
+        return f"median of {len(self.runs)} runs (min {sp['min']:,.0f}, max {sp['max']:,.0f})"
+
+
 def _peak(
     ctx: Context,
     base: str,
@@ -91,71 +126,121 @@ def _peak(
     connections: int,
     markers: tuple[str, ...],
     cpu_key: str,
-) -> WrkResult:
-    """Closed-loop peak with wrk (short warm-up first), CPU by component recorded.
+    repeats: int = 3,
+    stack: ServeStack | None = None,
+) -> Peak:
+    """Closed-loop peaks with wrk (a short warm-up first), ``repeats`` times; CPU by component
+    recorded for each run, and, on a product stack, what happened inside (partition calls,
+    events per call, commits).
 
     Without wrk, the Python open-loop generator offers far more than the server can take and
     its achieved rate stands in for the peak (the report then says the generator may be
     the limit)."""
-    if ctx.wrk is None:
-        port = int(base.rsplit(":", 1)[1])
+    if ctx.quick:
+        repeats = 1
+    runs: list[WrkResult] = []
+    cpus: list[dict[str, float]] = []
+    inside: list[dict[str, Any]] = []
+    if ctx.wrk is not None:
+        warm = run_wrk(
+            ctx.wrk, base, sites, run=_run_id(), batch=batch, seconds=min(3.0, seconds), connections=connections
+        )
+        ctx.acked += warm.count(202) * max(1, batch)
+    for k in range(repeats):
         wait_for_quiet(markers)
+        before = probes.snapshot(base, stack) if stack is not None else None
         sampler = CpuSampler(markers)
         sampler.start()
-        p = run_open_loop(
-            "127.0.0.1",
-            port,
-            sites,
-            rate=8000.0 / max(1, batch // 10 or 1),
-            seconds=seconds,
-            run=_run_id(),
-            batch=batch,
-            drain_s=5.0,
+        if ctx.wrk is None:
+            port = int(base.rsplit(":", 1)[1])
+            p = run_open_loop(
+                "127.0.0.1",
+                port,
+                sites,
+                rate=8000.0 / max(1, batch // 10 or 1),
+                seconds=seconds,
+                run=_run_id(),
+                batch=batch,
+                drain_s=5.0,
+            )
+            res = WrkResult(
+                requests=p.completed,
+                duration_s=seconds,
+                statuses=p.statuses,
+                errors={},
+                p50_ms=p.p50_ms,
+                p90_ms=p.p90_ms,
+                p99_ms=p.p99_ms,
+                max_ms=p.max_ms,
+            )
+        else:
+            res = run_wrk(ctx.wrk, base, sites, run=_run_id(), batch=batch, seconds=seconds, connections=connections)
+        cpu = sampler.stop()
+        ctx.acked += res.count(202) * max(1, batch)
+        runs.append(res)
+        cpus.append(cpu)
+        if before is not None:
+            inside.append(probes.diff(before, probes.snapshot(base, stack), res.duration_s))
+        units = res.ok_rps * max(1, batch)
+        print(
+            f"     run {k + 1}/{repeats}: {units:,.0f} {'events' if batch else 'requests'}/s, "
+            f"p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms"
+            + (f", {inside[-1]['events_per_call_mean']} events/call" if inside else ""),
+            flush=True,
         )
-        ctx.cpu[cpu_key] = sampler.stop()
-        ctx.acked += p.statuses.get("202", 0) * max(1, batch)
+    peak = Peak(runs=runs, cpu=cpus, inside=inside)
+    ctx.cpu[cpu_key] = peak.median_cpu
+    if ctx.wrk is None:
         ctx.notes.append(f"{cpu_key}: measured with the Python generator (no wrk); it may not outrun the server.")
-        return WrkResult(
-            requests=p.completed,
-            duration_s=seconds,
-            statuses=p.statuses,
-            errors={},
-            p50_ms=p.p50_ms,
-            p90_ms=p.p90_ms,
-            p99_ms=p.p99_ms,
-            max_ms=p.max_ms,
-        )
-    warm = run_wrk(ctx.wrk, base, sites, run=_run_id(), batch=batch, seconds=min(3.0, seconds), connections=connections)
-    ctx.acked += warm.count(202) * max(1, batch)
-    wait_for_quiet(markers)
-    sampler = CpuSampler(markers)
-    sampler.start()
-    res = run_wrk(ctx.wrk, base, sites, run=_run_id(), batch=batch, seconds=seconds, connections=connections)
-    ctx.cpu[cpu_key] = sampler.stop()
-    ctx.acked += res.count(202) * max(1, batch)
-    return res
+    return peak
+
+
+def _cpu_details(cpu: dict[str, float], units_per_s: float, unit: str) -> dict[str, Any]:
+    """CPU % of one core and CPU ms per request/event by component."""
+    return {"cpu_percent": cpu, f"cpu_ms_per_{unit}": probes.cpu_ms_per_unit(cpu, units_per_s)}
+
+
+def _cpu_note(cpu: dict[str, float], units_per_s: float, unit: str) -> str:
+    """The three biggest components in CPU ms per unit."""
+    per = probes.cpu_ms_per_unit(cpu, units_per_s)
+    top = sorted(((v, k) for k, v in per.items() if not k.startswith("background")), reverse=True)[:4]
+    return f"CPU ms per {unit}: " + ", ".join(f"{k} {v:.3f}" for v, k in top)
 
 
 def _sweep(
-    ctx: Context, port: int, sites: list[SiteRef], peak_rps: float, seconds: float, name: str, markers: tuple[str, ...]
-) -> list[OpenLoopResult]:
+    ctx: Context,
+    port: int,
+    sites: list[SiteRef],
+    peak_rps: float,
+    seconds: float,
+    name: str,
+    markers: tuple[str, ...],
+    stack: ServeStack | None = None,
+) -> list[tuple[OpenLoopResult, dict[str, Any]]]:
+    """Open-loop points at 25/50/100 % of ``peak_rps``; on a product stack each point also
+    says what happened inside (partition calls, events per call, commits)."""
     points = []
+    base = f"http://127.0.0.1:{port}"
     for frac in LOAD_FRACTIONS:
         wait_for_quiet(markers)
+        before = probes.snapshot(base, stack) if stack is not None else None
         sampler = CpuSampler(markers)
         sampler.start()
         r = run_open_loop("127.0.0.1", port, sites, rate=max(1.0, peak_rps * frac), seconds=seconds, run=_run_id())
         ctx.cpu[f"{name} open loop {int(frac * 100)} %"] = sampler.stop()
+        inside = probes.diff(before, probes.snapshot(base, stack), seconds) if before is not None else {}
         ctx.acked += r.statuses.get("202", 0)
-        points.append(r)
+        points.append((r, inside))
         print(
             f"     open loop {int(frac * 100):>3} % of peak: offered {r.offered_rps:,.0f}/s achieved "
             f"{r.achieved_rps:,.0f}/s p50 {r.p50_ms:.1f} ms p99 {r.p99_ms:.1f} ms "
-            f"(generator send lag p99 {r.send_lag_p99_ms:.1f} ms)",
+            f"(generator send lag p99 {r.send_lag_p99_ms:.1f} ms)"
+            + (f"; {inside.get('events_per_call_mean')} events/call" if inside else ""),
             flush=True,
         )
     ctx.sweeps[name] = [
-        {"offered": p.offered_rps, "achieved": p.achieved_rps, "p50_ms": p.p50_ms, "p99_ms": p.p99_ms} for p in points
+        {"offered": p.offered_rps, "achieved": p.achieved_rps, "p50_ms": p.p50_ms, "p99_ms": p.p99_ms}
+        for p, _ in points
     ]
     return points
 
@@ -182,7 +267,7 @@ def http_ceiling(ctx: Context) -> None:
         base = f"http://127.0.0.1:{port}"
         sites = [SiteRef(uuid.uuid4().hex, f"https://bench{i}.example.com") for i in range(SITES)]
         seconds = ctx.seconds(12.0)
-        single = _peak(
+        peak = _peak(
             ctx,
             base,
             sites,
@@ -192,7 +277,8 @@ def http_ceiling(ctx: Context) -> None:
             markers=(),
             cpu_key="http ceiling: single events (wrk)",
         )
-        cpu = ctx.cpu["http ceiling: single events (wrk)"]
+        single = peak.median
+        cpu = peak.median_cpu
         server_cpu = cpu.get("ceiling server", 0.0)
         gen_cpu = cpu.get("load generator (exited)", 0.0)
         # wrk runs one thread: it is the limit only if it used (nearly) a whole core
@@ -209,11 +295,13 @@ def http_ceiling(ctx: Context) -> None:
                     "p99_ms": single.p99_ms,
                     "connections": SINGLE_CONNECTIONS,
                     "statuses": single.statuses,
-                    "cpu_percent": cpu,
+                    "runs": peak.spread(),
+                    **_cpu_details(cpu, single.ok_rps, "request"),
                     "generator_outran_server": outran,
                 },
-                note=f"server CPU {server_cpu:.0f} % of a core, wrk {gen_cpu:.0f} %; "
+                note=f"{peak.spread_note()}; server CPU {server_cpu:.0f} % of a core, wrk {gen_cpu:.0f} %; "
                 + ("generator outran the server" if outran else "GENERATOR COULD NOT SATURATE THE SERVER")
+                + f"; {_cpu_note(cpu, single.ok_rps, 'request')}"
                 + _bg(ctx, "http ceiling: single events (wrk)"),
             )
         )
@@ -222,7 +310,7 @@ def http_ceiling(ctx: Context) -> None:
                 "HTTP ceiling: wrk did not drive the ceiling server to a full core, so the "
                 "ceiling may be understated (generator-bound)."
             )
-        batch = _peak(
+        bpeak = _peak(
             ctx,
             base,
             sites,
@@ -232,6 +320,7 @@ def http_ceiling(ctx: Context) -> None:
             markers=(),
             cpu_key="http ceiling: 50-event batches (wrk)",
         )
+        batch = bpeak.median
         ctx.ceilings["http_batch_events"] = batch.ok_rps * BATCH_SIZE
         ctx.add(
             make_result(
@@ -242,13 +331,15 @@ def http_ceiling(ctx: Context) -> None:
                     "requests_per_s": batch.ok_rps,
                     "p50_ms": batch.p50_ms,
                     "p99_ms": batch.p99_ms,
-                    "cpu_percent": ctx.cpu["http ceiling: 50-event batches (wrk)"],
+                    "runs": bpeak.spread(BATCH_SIZE),
+                    **_cpu_details(bpeak.median_cpu, batch.ok_rps * BATCH_SIZE, "event"),
                 },
-                note=f"{batch.ok_rps:,.0f} requests/s",
+                note=f"{bpeak.spread_note(BATCH_SIZE)}; {batch.ok_rps:,.0f} requests/s; "
+                + _cpu_note(bpeak.median_cpu, batch.ok_rps * BATCH_SIZE, "event"),
             )
         )
         points = _sweep(ctx, port, sites, single.ok_rps, ctx.seconds(8.0), "HTTP ceiling", ())
-        for frac, p in zip(LOAD_FRACTIONS, points, strict=True):
+        for frac, (p, _inside) in zip(LOAD_FRACTIONS, points, strict=True):
             kept = _generator_kept_up(p)
             ctx.add(
                 make_result(
@@ -268,26 +359,73 @@ def http_ceiling(ctx: Context) -> None:
 
 
 def store_ceiling(ctx: Context) -> None:
-    """Idempotent batched inserts (ledger + sessions + events, unnest) straight into PostgreSQL."""
+    """Idempotent batched inserts (ledger + sessions + events, unnest) straight into PostgreSQL:
+    a grid of (batch size, connections), then the best of it twice more (three runs of the
+    ceiling, the median is the figure). CPU is sampled per run, PostgreSQL's included."""
     grid = [(50, 2), (50, 8), (250, 4)] if ctx.quick else [(50, 1), (50, 2), (50, 4), (50, 8), (250, 4)]
-    wait_for_quiet()
-    sampler = CpuSampler(("opsm-bench-store-",))
-    sampler.start()
-    out = asyncio.run(measure_store_ceiling(ctx.seconds(6.0), grid))
-    ctx.cpu["store ceiling"] = sampler.stop()
+    out = asyncio.run(_store_runs(ctx, grid, repeats=1 if ctx.quick else 3))
     best = out["best"]
     ctx.ceilings["store"] = best["events_per_s"]
+    ctx.cpu["store ceiling"] = best["cpu_percent"]
     runs = ", ".join(f"{r['batch']}x{r['connections']}: {r['events_per_s']:,.0f}" for r in out["runs"])
+    rates = sorted(r["events_per_s"] for r in out["repeats"])
     ctx.add(
         make_result(
             "Store ceiling: batched idempotent inserts (events/s)",
             best["events_per_s"],
             "events/s",
             conditions={"rows stored == rows reported": bool(out["stored_equals_reported"])},
-            details=out,
-            note=f"best of (batch x connections) {runs}",
+            details={
+                **out,
+                "runs_of_best": {
+                    "min": round(rates[0], 1),
+                    "median": round(best["events_per_s"], 1),
+                    "max": round(rates[-1], 1),
+                },
+                **_cpu_details(best["cpu_percent"], best["events_per_s"], "event"),
+            },
+            note=f"median of {len(rates)} runs of {best['batch']}x{best['connections']} "
+            f"(min {rates[0]:,.0f}, max {rates[-1]:,.0f}); grid (batch x connections) {runs}; "
+            + _cpu_note(best["cpu_percent"], best["events_per_s"], "event"),
         )
     )
+
+
+async def _store_runs(ctx: Context, grid: list[tuple[int, int]], *, repeats: int) -> dict[str, Any]:
+    ceiling = StoreCeiling()
+    markers = (str(ceiling.folder),)
+    seconds = ctx.seconds(6.0)
+
+    async def one(batch: int, conns: int, run: str) -> dict[str, Any]:
+        await asyncio.to_thread(wait_for_quiet, markers)
+        sampler = CpuSampler(markers)
+        sampler.start()
+        result = await ceiling.run(batch=batch, connections=conns, seconds=seconds, run=run)
+        result["cpu_percent"] = sampler.stop()
+        return result
+
+    try:
+        await ceiling.setup()
+        runs = [await one(batch, conns, f"r{i}") for i, (batch, conns) in enumerate(grid)]
+        top = max(runs, key=lambda r: r["events_per_s"])
+        repeats_of_top = [top] + [
+            await one(top["batch"], top["connections"], f"again{k}") for k in range(max(0, repeats - 1))
+        ]
+        ordered = sorted(repeats_of_top, key=lambda r: r["events_per_s"])
+        best = ordered[len(ordered) // 2]
+        stored = await ceiling.count_rows()
+        await ceiling.close_pool()
+        reported = sum(r["events"] for r in runs) + sum(r["events"] for r in repeats_of_top[1:])
+        return {
+            "best": best,
+            "runs": runs,
+            "repeats": repeats_of_top,
+            **stored,
+            "stored_equals_reported": stored["ledger_rows"] == stored["event_rows"] == reported,
+        }
+    finally:
+        await ceiling.close_pool()
+        await asyncio.to_thread(ceiling.close)
 
 
 # ---------------------------------------------------------------------------- ingest
@@ -382,9 +520,13 @@ def ingest(ctx: Context, only: set[str]) -> None:
             _duplicate_storm(ctx, stack)
 
 
+def _all_ok(peak: Peak) -> bool:
+    return all(r.count(202) == r.requests and not any(r.errors.values()) for r in peak.runs)
+
+
 def _ingest_single(ctx: Context, stack: ServeStack, sites: list[SiteRef], markers: tuple[str, ...]) -> None:
-    print("  ingest single events: wrk peak ...", flush=True)
-    res = _peak(
+    print("  ingest single events: wrk peaks ...", flush=True)
+    peak = _peak(
         ctx,
         stack.base_url,
         sites,
@@ -393,9 +535,12 @@ def _ingest_single(ctx: Context, stack: ServeStack, sites: list[SiteRef], marker
         connections=SINGLE_CONNECTIONS,
         markers=markers,
         cpu_key="ingest single events peak (wrk)",
+        stack=stack,
     )
+    res = peak.median
     http = ctx.ceilings.get("http")
-    cpu = ctx.cpu["ingest single events peak (wrk)"]
+    cpu = peak.median_cpu
+    inside = peak.median_inside
     ctx.ceilings["ingest_single_peak"] = res.ok_rps
     ctx.add(
         make_result(
@@ -405,25 +550,29 @@ def _ingest_single(ctx: Context, stack: ServeStack, sites: list[SiteRef], marker
             ceiling="HTTP ceiling" if http else None,
             ceiling_value=http,
             goal_ratio=0.6,
-            conditions={"no errors": res.count(202) == res.requests and not any(res.errors.values())},
+            conditions={"no errors": _all_ok(peak)},
             details={
                 "statuses": res.statuses,
                 "errors": res.errors,
                 "p50_ms": res.p50_ms,
                 "p99_ms": res.p99_ms,
                 "connections": SINGLE_CONNECTIONS,
-                "cpu_percent": cpu,
+                "runs": peak.spread(),
+                "inside": inside,
+                **_cpu_details(cpu, res.ok_rps, "request"),
             },
-            note=f"p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms at {SINGLE_CONNECTIONS} connections"
+            note=f"{peak.spread_note()}; p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms at "
+            f"{SINGLE_CONNECTIONS} connections; {_inside_note(inside)}; {_cpu_note(cpu, res.ok_rps, 'request')}"
             + _bg(ctx, "ingest single events peak (wrk)")
             + _errors(res),
         )
     )
     print("  ingest single events: open-loop points ...", flush=True)
-    points = _sweep(ctx, stack.port, sites, res.ok_rps, ctx.seconds(10.0), "ingest", markers)
-    for frac, p in zip(LOAD_FRACTIONS, points, strict=True):
+    points = _sweep(ctx, stack.port, sites, res.ok_rps, ctx.seconds(10.0), "ingest", markers, stack=stack)
+    for frac, (p, inside_p) in zip(LOAD_FRACTIONS, points, strict=True):
         kept = _generator_kept_up(p)
         ok = sum(v for k, v in p.statuses.items() if k.startswith("2"))
+        point_cpu = ctx.cpu[f"ingest open loop {int(frac * 100)} %"]
         ctx.add(
             make_result(
                 f"Ingest single events @ {int(frac * 100)} % of peak (open loop)",
@@ -431,17 +580,47 @@ def _ingest_single(ctx: Context, stack: ServeStack, sites: list[SiteRef], marker
                 "requests/s",
                 ceiling="offered load",
                 ceiling_value=p.offered_rps,
-                details={**p.to_dict(), "generator_kept_up": kept},
-                note=f"p50 {p.p50_ms:.1f} ms, p99 {p.p99_ms:.1f} ms; {ok}/{p.sent} answered 2xx"
-                + ("" if kept else f"; generator lagged (p99 {p.send_lag_p99_ms:.0f} ms)"),
+                details={
+                    **p.to_dict(),
+                    "generator_kept_up": kept,
+                    "inside": inside_p,
+                    **_cpu_details(point_cpu, p.achieved_rps, "request"),
+                },
+                note=f"p50 {p.p50_ms:.1f} ms, p99 {p.p99_ms:.1f} ms; {ok}/{p.sent} answered 2xx; "
+                f"{_inside_note(inside_p)}" + ("" if kept else f"; generator lagged (p99 {p.send_lag_p99_ms:.0f} ms)"),
             )
         )
+    half = points[LOAD_FRACTIONS.index(0.5)][0]
+    ctx.add(
+        make_result(
+            "Ingest single events: p99 latency at 50 % of the peak",
+            half.p99_ms,
+            "ms",
+            conditions={"p99 <= 50 ms": half.p99_ms <= 50.0, "every request answered 2xx": _open_ok(half)},
+            details={"offered_rps": half.offered_rps, "p50_ms": half.p50_ms},
+            note=f"offered {half.offered_rps:,.0f} requests/s; goal p99 ≤ 50 ms",
+        )
+    )
     _profile_run(ctx, stack, sites, batch=0, connections=SINGLE_CONNECTIONS, name="single")
 
 
+def _open_ok(p: OpenLoopResult) -> bool:
+    return sum(v for k, v in p.statuses.items() if k.startswith("2")) == p.sent
+
+
+def _inside_note(inside: dict[str, Any]) -> str:
+    if not inside:
+        return "no partition figures"
+    return (
+        f"{inside.get('partition_calls_per_s', 0):,.0f} partition calls/s, events per call "
+        f"p50 {inside.get('events_per_call_p50')} / p99 {inside.get('events_per_call_p99')}, "
+        f"{inside.get('commits_per_s', 0):,.0f} commits/s"
+    )
+
+
 def _ingest_batch(ctx: Context, stack: ServeStack, sites: list[SiteRef], markers: tuple[str, ...]) -> None:
-    print("  ingest 50-event batches: wrk ...", flush=True)
-    res = _peak(
+    print("  ingest 50-event batches: wrk peaks ...", flush=True)
+    peak = _peak(
         ctx,
         stack.base_url,
         sites,
@@ -450,27 +629,34 @@ def _ingest_batch(ctx: Context, stack: ServeStack, sites: list[SiteRef], markers
         connections=BATCH_CONNECTIONS,
         markers=markers,
         cpu_key="ingest 50-event batches (wrk)",
+        stack=stack,
     )
+    res = peak.median
     store = ctx.ceilings.get("store")
-    ctx.ceilings["ingest_batch_events"] = res.ok_rps * BATCH_SIZE
+    events_per_s = res.ok_rps * BATCH_SIZE
+    ctx.ceilings["ingest_batch_events"] = events_per_s
     ctx.add(
         make_result(
             "Ingest 50-event batches",
-            res.ok_rps * BATCH_SIZE,
+            events_per_s,
             "events/s",
             ceiling="store ceiling" if store else None,
             ceiling_value=store,
-            goal_ratio=0.4,
-            conditions={"no errors": res.count(202) == res.requests and not any(res.errors.values())},
+            goal_ratio=0.6,
+            conditions={"no errors": _all_ok(peak)},
             details={
                 "requests_per_s": res.ok_rps,
                 "statuses": res.statuses,
                 "p50_ms": res.p50_ms,
                 "p99_ms": res.p99_ms,
                 "connections": BATCH_CONNECTIONS,
-                "cpu_percent": ctx.cpu["ingest 50-event batches (wrk)"],
+                "runs": peak.spread(BATCH_SIZE),
+                "inside": peak.median_inside,
+                **_cpu_details(peak.median_cpu, events_per_s, "event"),
             },
-            note=f"{res.ok_rps:,.0f} requests/s, p50 {res.p50_ms:.0f} ms, p99 {res.p99_ms:.0f} ms"
+            note=f"{peak.spread_note(BATCH_SIZE)}; {res.ok_rps:,.0f} requests/s, p50 {res.p50_ms:.0f} ms, "
+            f"p99 {res.p99_ms:.0f} ms; {_inside_note(peak.median_inside)}; "
+            + _cpu_note(peak.median_cpu, events_per_s, "event")
             + _bg(ctx, "ingest 50-event batches (wrk)")
             + _errors(res),
         )
@@ -548,7 +734,8 @@ def partitions(ctx: Context) -> None:
         with ServeStack(partitions=n, uploaders=0, label=f"partitions-{n}") as stack:
             stack.keep_log_as = ctx.out_dir / f"{ctx.stem}-serve-partitions-{n}.log"
             sites = stack.create_sites(SITES)
-            res = _peak(
+            # one run per size (the goals are judged on the 3-run peaks above; this shows the trend)
+            peak = _peak(
                 ctx,
                 stack.base_url,
                 sites,
@@ -557,7 +744,10 @@ def partitions(ctx: Context) -> None:
                 connections=BATCH_CONNECTIONS,
                 markers=_markers(stack),
                 cpu_key=f"partitions={n}: 50-event batches (wrk)",
+                repeats=1,
+                stack=stack,
             )
+            res = peak.median
             ev = res.ok_rps * BATCH_SIZE
             values.append((f"{n} partition{'s' if n > 1 else ''}", ev))
             base = values[0][1]
@@ -572,9 +762,11 @@ def partitions(ctx: Context) -> None:
                         "statuses": res.statuses,
                         "p50_ms": res.p50_ms,
                         "p99_ms": res.p99_ms,
-                        "cpu_percent": ctx.cpu[f"partitions={n}: 50-event batches (wrk)"],
+                        "inside": peak.median_inside,
+                        **_cpu_details(peak.median_cpu, ev, "event"),
                     },
-                    note=f"x{ev / base:.2f} of 1 partition; {SITES} sites; p99 {res.p99_ms:.0f} ms"
+                    note=f"x{ev / base:.2f} of 1 partition; {SITES} sites; p99 {res.p99_ms:.0f} ms; "
+                    + _inside_note(peak.median_inside)
                     + _errors(res)
                     + _bg(ctx, f"partitions={n}: 50-event batches (wrk)"),
                 )

@@ -1,12 +1,18 @@
 """The micro-batcher: one per partition actor, gathering events of many requests into one
 actor call.
 
-Events for a partition wait until ``max_events`` are queued or ``max_wait_s`` passed, then go
-out as one call; every waiting request is answered from that call's per-event results.
-At most ``max_inflight`` calls per partition run at once; while all are busy, events keep
-queueing and leave together as soon as a call returns (so batches grow with load). Beyond
-``max_queued`` waiting events a request is refused at once (``Backpressure`` -> 503 +
-Retry-After): a slow partition costs the gateway bounded memory, never a silent drop.
+Batches grow with load. An idle partition gets a request's events at once (no added
+latency at low load). While a call is in flight, arriving events wait: the next call leaves
+when ``max_wait_s`` passed since the first of them arrived, when ``max_events`` events or
+``max_bytes`` of payload are queued, or as soon as a call returns -- so under load a call
+carries everything that arrived during the previous one. At most ``max_inflight`` calls
+per partition run at once. Beyond ``max_queued`` waiting events a request is refused at
+once (``Backpressure`` -> 503 + Retry-After): a slow partition costs the gateway bounded
+memory, never a silent drop. ``max_bytes`` keeps a call's argument small enough for Ray to
+pass it inline (larger arguments go through its object store).
+
+Each request's events arrive already msgpack-encoded (one ``WireEvent`` each), so a batch is
+an array header plus the joined parts: nothing is encoded twice.
 
 A request's events always travel in the same call. A failed call (actor dead or
 restarting, timeout, error in the partition) fails every request in it with
@@ -22,7 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from opsmantik_stream.ingest.schema import WireEvent, WireResult, decode_results, encode_wire
+from opsmantik_stream.ingest.schema import WireResult, decode_results, msgpack_array
 from opsmantik_stream.routing import PartitionRetired
 
 __all__ = ["Backpressure", "PartitionBatcher", "PartitionMoved", "PartitionUnavailable"]
@@ -44,15 +50,16 @@ class Backpressure(Exception):
 
 
 class _Group:
-    __slots__ = ("events", "future")
+    __slots__ = ("events", "future", "size")
 
-    def __init__(self, events: list[WireEvent], future: asyncio.Future[list[WireResult]]) -> None:
+    def __init__(self, events: list[bytes], future: asyncio.Future[list[WireResult]]) -> None:
         self.events = events
         self.future = future
+        self.size = sum(len(e) for e in events)
 
 
 class PartitionBatcher:
-    """Batches ``WireEvent`` lists for one partition; ``send`` delivers one encoded batch."""
+    """Batches encoded ``WireEvent`` lists for one partition; ``send`` delivers one batch."""
 
     def __init__(
         self,
@@ -60,6 +67,7 @@ class PartitionBatcher:
         send: Callable[[bytes], Awaitable[bytes]],
         *,
         max_events: int,
+        max_bytes: int = 90_000,
         max_wait_s: float,
         max_inflight: int,
         max_queued: int,
@@ -68,12 +76,14 @@ class PartitionBatcher:
         self.name = name
         self._send = send
         self._max_events = max_events
+        self._max_bytes = max_bytes
         self._max_wait_s = max_wait_s
         self._max_inflight = max_inflight
         self._max_queued = max_queued
         self._on_call = on_call  # observes each call's size (metrics)
         self._pending: deque[_Group] = deque()
         self._queued = 0
+        self._queued_bytes = 0
         self._inflight = 0
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -90,34 +100,46 @@ class PartitionBatcher:
     def queued(self) -> int:
         return self._queued
 
-    async def submit(self, events: list[WireEvent]) -> list[WireResult]:
-        """Queue a request's events; returns their results once their batch committed."""
+    async def submit(self, events: list[bytes]) -> list[WireResult]:
+        """Queue a request's events (each an encoded ``WireEvent``); returns their results
+        once their batch committed."""
         if self._queued + len(events) > self._max_queued:
             self.stats["refused_events"] += len(events)
             raise Backpressure(self.name)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[WireResult]] = loop.create_future()
-        self._pending.append(_Group(events, future))
+        group = _Group(events, future)
+        self._pending.append(group)
         self._queued += len(events)
-        self._pump(due=False)
+        self._queued_bytes += group.size
+        self._pump(due=self._inflight == 0)
         return await future
+
+    def _full(self) -> bool:
+        return self._queued >= self._max_events or self._queued_bytes >= self._max_bytes
 
     def _pump(self, *, due: bool) -> None:
         """Start calls while slots are free and a batch is full or due."""
         while self._pending and self._inflight < self._max_inflight:
-            if not due and self._queued < self._max_events:
+            if not due and not self._full():
                 if self._timer is None:
                     loop = asyncio.get_running_loop()
                     self._timer = loop.call_later(self._max_wait_s, self._on_timer)
                 return
             groups: list[_Group] = []
             size = 0
-            while self._pending and (not groups or size + len(self._pending[0].events) <= self._max_events):
-                group = self._pending.popleft()
-                groups.append(group)
-                size += len(group.events)
+            nbytes = 0
+            while self._pending:
+                head = self._pending[0]
+                if groups and (size + len(head.events) > self._max_events or nbytes + head.size > self._max_bytes):
+                    break
+                groups.append(self._pending.popleft())
+                size += len(head.events)
+                nbytes += head.size
             self._queued -= size
+            self._queued_bytes -= nbytes
             self._inflight += 1
+            due = False
             task = asyncio.get_running_loop().create_task(self._call(groups, size))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -137,11 +159,11 @@ class PartitionBatcher:
             self._on_call(size)
         self.call_started.set()
         try:
-            events = [ev for group in groups for ev in group.events]
+            parts = [ev for group in groups for ev in group.events]
             try:
-                results = decode_results(await self._send(encode_wire(events)))
-                if len(results) != len(events):
-                    raise PartitionUnavailable(f"{self.name}: {len(results)} results for {len(events)} events")
+                results = decode_results(await self._send(msgpack_array(parts)))
+                if len(results) != len(parts):
+                    raise PartitionUnavailable(f"{self.name}: {len(results)} results for {len(parts)} events")
             except asyncio.CancelledError:
                 self._fail(groups, PartitionUnavailable(f"{self.name}: call cancelled"))
                 raise
@@ -185,3 +207,4 @@ class PartitionBatcher:
         self._fail(list(self._pending), PartitionUnavailable(f"{self.name}: gateway stopping"))
         self._pending.clear()
         self._queued = 0
+        self._queued_bytes = 0

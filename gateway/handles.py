@@ -35,6 +35,12 @@ class RoutingCache:
         self._handles: dict[str, Any] = {}
         self._lock = asyncio.Lock()
 
+    def fresh(self) -> RoutingTable | None:
+        """The cached table when it was checked less than a second ago (no await on the hot path)."""
+        if self._table is not None and time.monotonic() - self._checked < _REFRESH_S:
+            return self._table
+        return None
+
     async def table(self) -> RoutingTable:
         now = time.monotonic()
         if self._table is not None and now - self._checked < _REFRESH_S:

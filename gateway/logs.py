@@ -1,60 +1,30 @@
-"""Structured JSON logs with the request id; a pure ASGI middleware stamps ``x-request-id``.
+"""Request ids and the request log; a pure ASGI middleware stamps ``x-request-id``.
 
-Log records carry ids, counts and codes only: never phone numbers, fingerprints, tokens or
-secrets (the gateway logs no request bodies and no headers).
+The JSON log format and its set-up are shared with every Ray worker and live in
+``opsmantik_stream/logs.py`` (re-exported here for the gateway's callers). The gateway logs
+no request bodies and no headers.
 """
 
 from __future__ import annotations
 
-import contextvars
 import itertools
 import logging
 import os
-import sys
 import time
 from typing import Any
 
-import msgspec
-
 from gateway.metrics import HTTP_LATENCY
+from opsmantik_stream.logs import JsonFormatter, configure_logging, request_id_var
 
-__all__ = ["JsonFormatter", "RequestIdMiddleware", "configure_logging", "request_id_var"]
+__all__ = ["JsonFormatter", "RequestIdMiddleware", "configure_logging", "new_request_id", "request_id_var"]
 
 _RID_PREFIX = os.urandom(10).hex()
 _RID_COUNTER = itertools.count(1)
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
-_STD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        rid = request_id_var.get()
-        if rid:
-            entry["request_id"] = rid
-        for key, value in vars(record).items():
-            if key not in _STD and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return msgspec.json.encode(entry).decode()
-
-
-def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # uvicorn's access log prints client addresses and paths with query strings; ours is enough.
-    logging.getLogger("uvicorn.access").disabled = True
+def new_request_id() -> str:
+    """A fresh request id, unique without a syscall: a random per-process prefix and a counter."""
+    return f"{_RID_PREFIX}{next(_RID_COUNTER):012x}"
 
 
 class RequestIdMiddleware:
@@ -68,8 +38,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # unique without a syscall per request: a random per-process prefix and a counter
-        rid = f"{_RID_PREFIX}{next(_RID_COUNTER):012x}"
+        rid = new_request_id()
         token = request_id_var.set(rid)
         started = time.perf_counter()
         status = 500
@@ -96,7 +65,9 @@ class RequestIdMiddleware:
                     "request",
                     extra={
                         "method": scope.get("method"),
-                        "path": scope.get("path"),
+                        # the route template, never the path itself: ids in a path can be
+                        # anything a client typed (a phone number, an address)
+                        "path": template,
                         "status": status,
                         "duration_ms": round(elapsed * 1000, 2),
                     },

@@ -13,12 +13,17 @@ from opsmantik_stream.destinations.registry import SHIPPED as _SHIPPED_DESTINATI
 __all__ = [
     "CHECKED_COLUMNS",
     "ActorType",
+    "AlertEvent",
+    "AlertKind",
     "BillingState",
     "CallAction",
     "CallSource",
     "CallStatus",
     "CircuitState",
     "ClickIdType",
+    "ConsentScope",
+    "ConsentSource",
+    "ConsoleSignIn",
     "ConversationStatus",
     "DeadLetterStatus",
     "Destination",
@@ -27,12 +32,15 @@ __all__ = [
     "IntentAction",
     "LedgerPhase",
     "LinkEntity",
+    "NotificationStatus",
     "OutcomeKind",
     "PlatformRole",
+    "PrivacyIdentifier",
     "QueueStatus",
     "SaleStatus",
     "SiteRole",
     "SourceKind",
+    "VoidReason",
 ]
 
 
@@ -199,6 +207,68 @@ class GateDecision(StrEnum):
     ACCOUNT_PAUSED = "ACCOUNT_PAUSED"
 
 
+class ConsentScope(StrEnum):
+    # analytics: required to store anything; marketing: required to upload a conversion
+    ANALYTICS = "analytics"
+    MARKETING = "marketing"
+
+
+class ConsentSource(StrEnum):
+    # who changed a session's consent (consent_changes.source)
+    INGEST = "ingest"  # a tracker event through /api/sync
+    API = "api"  # the signed POST /api/consent
+
+
+class PrivacyIdentifier(StrEnum):
+    """What a data-subject request names the subject by (erase, export; consent takes the
+    first two only)."""
+
+    SESSION_ID = "session_id"
+    FINGERPRINT = "fingerprint"
+    PHONE = "phone"
+    EMAIL = "email"
+
+
+class VoidReason(StrEnum):
+    """``offline_conversion_queue.error_code`` of a row ended by a privacy rule (final:
+    the schema never lets such a row change status again)."""
+
+    CONSENT_WITHDRAWN = "consent_withdrawn"  # marketing consent withdrawn
+    ERASED = "erased"  # a data-subject erase request
+    RETENTION = "retention"  # the retention job (a session without consent)
+
+
+class AlertKind(StrEnum):
+    """Watchtower conditions (SPEC §9); each raises one alert per (site, subject)."""
+
+    NO_SESSIONS = "no_sessions"
+    NO_CLICK_IDS = "no_click_ids"
+    DEAD_LETTERS = "dead_letters"
+    BILLING_DRIFT = "billing_drift"
+    STUCK_UPLOADS = "stuck_uploads"
+    BREAKER_OPEN = "breaker_open"
+    BLOCKED_ROWS = "blocked_rows"
+    QUEUE_AGE = "queue_age"
+
+
+class AlertEvent(StrEnum):
+    RAISED = "raised"
+    RESOLVED = "resolved"
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "PENDING"
+    DELIVERED = "DELIVERED"
+    ABANDONED = "ABANDONED"
+
+
+class ConsoleSignIn(StrEnum):
+    """How a console session began: a one-time link or a bearer token typed in."""
+
+    LINK = "link"
+    TOKEN = "token"
+
+
 # (table, column) -> enum.  Every CHECK ... IN (...) list in the schema must be listed here.
 CHECKED_COLUMNS: dict[tuple[str, str], type[StrEnum]] = {
     ("users", "platform_role"): PlatformRole,
@@ -231,4 +301,9 @@ CHECKED_COLUMNS: dict[tuple[str, str], type[StrEnum]] = {
     ("provider_upload_attempts", "error_category"): ErrorCategory,
     ("provider_upload_attempts", "breaker_state"): CircuitState,
     ("provider_upload_metrics", "destination"): Destination,
+    ("consent_changes", "source"): ConsentSource,
+    ("watchtower_alerts", "kind"): AlertKind,
+    ("watchtower_notifications", "event"): AlertEvent,
+    ("watchtower_notifications", "status"): NotificationStatus,
+    ("console_sessions", "via"): ConsoleSignIn,
 }

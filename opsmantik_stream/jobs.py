@@ -15,9 +15,13 @@ import asyncpg
 
 from opsmantik_stream.billing import invoice_freeze, ledger_retention, reconcile_usage
 from opsmantik_stream.config import Settings
+from opsmantik_stream.console.rollup import traffic_rollup
+from opsmantik_stream.console.signin import expire_sessions
 from opsmantik_stream.leads.auto_approve import auto_approve
+from opsmantik_stream.privacy.retention import privacy_retention
 from opsmantik_stream.queries import Q
 from opsmantik_stream.uploads.rescue import rescue_job
+from opsmantik_stream.watchtower import watchtower
 
 __all__ = ["JOBS", "Job", "JobContext", "run_job"]
 
@@ -57,6 +61,12 @@ JOBS: dict[str, Job] = {
     "reconcile_usage": Job("reconcile_usage", 3600, reconcile_usage, "recount the billing ledger, record drift"),
     "invoice_freeze": Job("invoice_freeze", 6 * 3600, invoice_freeze, "freeze last month's invoice snapshots"),
     "ledger_retention": Job("ledger_retention", 24 * 3600, ledger_retention, "drop expired ledger rows (90 days)"),
+    "privacy_retention": Job(
+        "privacy_retention", 24 * 3600, privacy_retention, "anonymise consent-less sessions, redact old dead letters"
+    ),
+    "watchtower": Job("watchtower", 60, watchtower, "raise/resolve alerts and post them to the alert webhook"),
+    "console_sessions": Job("console_sessions", 300, expire_sessions, "end expired console sessions, revoke tokens"),
+    "traffic_rollup": Job("traffic_rollup", 300, traffic_rollup, "store closed days of traffic for the console"),
 }
 
 

@@ -37,8 +37,17 @@ class Migration:
 
 
 def default_migrations_dir() -> Path:
-    # The repository layout keeps migrations/ beside the package.
-    return Path(__file__).resolve().parent.parent / "migrations"
+    """The migrations that belong to this code.
+
+    An installed wheel carries them inside the package (``opsmantik_stream/migrations``,
+    copied there by setup.py); a checkout (and an editable install) keeps them in the
+    top-level ``migrations/`` folder beside the package.
+    """
+    here = Path(__file__).resolve().parent
+    packaged = here / "migrations"
+    if packaged.is_dir():
+        return packaged
+    return here.parent / "migrations"
 
 
 def load_migrations(folder: Path) -> list[Migration]:

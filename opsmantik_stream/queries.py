@@ -23,6 +23,8 @@ class QueryFamily:
         self._queries = queries
 
     def __getattr__(self, item: str) -> str:
+        if item.startswith("_"):  # e.g. while unpickling, before _queries exists
+            raise AttributeError(item)
         try:
             return self._queries[item]
         except KeyError:
@@ -46,10 +48,18 @@ def load_family(name: str) -> QueryFamily:
 
 
 class _Families:
+    def __getstate__(self) -> dict[str, object]:
+        # families are loaded again where this object lands (a Ray worker, say)
+        return {}
+
     def __getattr__(self, family: str) -> QueryFamily:
-        if not (_SQL_DIR / f"{family}.sql").exists():
+        # Only the first use of a family gets here: it is then an attribute of this object,
+        # so hot paths never touch the file system again.
+        if family.startswith("__") or not (_SQL_DIR / f"{family}.sql").exists():
             raise AttributeError(f"no SQL file sql/{family}.sql")
-        return load_family(family)
+        loaded = load_family(family)
+        setattr(self, family, loaded)
+        return loaded
 
 
 Q = _Families()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from opsmantik_stream.config import Settings
+from opsmantik_stream.logs import ray_runtime_env
 
 __all__ = ["NAMESPACE", "init_ray", "prepare_ray_environment", "shutdown_ray"]
 
@@ -23,10 +25,15 @@ def prepare_ray_environment() -> None:
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Workers log JSON lines (opsmantik_stream/logs.py); forwarded to the driver's stderr without
+    # Ray's "(ActorName pid=...)" prefix they stay JSON there too (the line names its actor).
+    os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
+    if "ray._private.ray_constants" in sys.modules:  # Ray read it at import, before this ran
+        from ray._private import ray_constants
+
+        ray_constants.RAY_DISABLE_WORKER_LOG_PREFIX = os.environ["RAY_DISABLE_WORKER_LOG_PREFIX"] not in {"0", ""}
     if os.environ.get("RAY_AUTH_MODE") is None:
         os.environ["RAY_AUTH_MODE"] = "token"
-        import sys
-
         if "ray._raylet" in sys.modules:
             # Ray caches its config at import; refresh it the way Ray itself does when it
             # turns token mode on.
@@ -49,6 +56,8 @@ def init_ray(settings: Settings, *, address: str | None = None) -> dict[str, Any
         "namespace": NAMESPACE,
         "log_to_driver": True,
         "configure_logging": False,
+        # every worker process (every actor) logs like the gateway: one set-up, run by Ray
+        "runtime_env": ray_runtime_env(settings.log_level),
     }
     if target:
         info = ray.init(address=target, **common)

@@ -16,6 +16,8 @@ class Capability(StrEnum):
     LEADS_OPERATE = "leads:operate"
     QUEUE_OPERATE = "queue:operate"
     BILLING_VIEW = "billing:view"
+    # data-subject requests: erase and export (GDPR / KVKK)
+    PRIVACY_MANAGE = "privacy:manage"
 
 
 _ALL = frozenset(Capability)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 import msgspec
 
@@ -19,6 +20,7 @@ def stable_hash(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
+@lru_cache(maxsize=65_536)
 def partition_for(site_id: str, partitions: int) -> int:
     if partitions < 1:
         raise ValueError("partitions must be >= 1")

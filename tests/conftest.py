@@ -86,22 +86,27 @@ def template_db(pg_server: str) -> str:
     return TEMPLATE_DB
 
 
-@pytest.fixture
-def db_url(pg_server: str, template_db: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:16]}"
+def admin_sql(server_url: str, sql: str) -> None:
+    """Run one statement on the server's admin database (CREATE / DROP DATABASE)."""
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(pg_server)
+    async def run() -> None:
+        conn = await asyncpg.connect(server_url)
         try:
             await conn.execute(sql)
         finally:
             await conn.close()
 
-    asyncio.run(admin(f"CREATE DATABASE {name} TEMPLATE {template_db}"))
+    asyncio.run(run())
+
+
+@pytest.fixture
+def db_url(pg_server: str, template_db: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin_sql(pg_server, f"CREATE DATABASE {name} TEMPLATE {template_db}")
     try:
         yield _with_db(pg_server, name)
     finally:
-        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin_sql(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

@@ -1,14 +1,18 @@
-"""Serve an ASGI app on a real uvicorn at 127.0.0.1 (ephemeral port) in a background thread."""
+"""Serve an ASGI app on a real uvicorn at 127.0.0.1 (ephemeral port) in a background thread;
+wait for a server started in another process."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import uvicorn
 
 
@@ -18,7 +22,16 @@ def serve_in_thread(
 ) -> Iterator[str]:
     """Yields the base URL once the server accepts connections; stops it on exit."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan=lifespan, **config)
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            access_log=False,
+            lifespan=lifespan,
+            proxy_headers=False,
+            **config,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -40,3 +53,37 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180) -> dict[str, Any]:
+    """Poll ``/health`` of a server started in another process until it answers 200; fail
+    with the tail of its log when it exits or does not get there in time."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited early:\n{log.read_text()[-3000:]}")
+        try:
+            answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=3)
+            if answer.status_code == 200:
+                return dict(answer.json())
+            last = answer.text
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.5)
+    raise AssertionError(f"not healthy in time (last answer: {last}):\n{log.read_text()[-3000:]}")
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 30) -> Any:
+    """Poll ``check`` (e.g. a PostgreSQL query) until it returns something truthy; a server or a
+    browser works on its own, so tests wait for its effect instead of sleeping."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)

@@ -8,7 +8,6 @@ run under ``api_transaction`` so row-level security applies to every query.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 import time
@@ -23,6 +22,7 @@ from starlette.responses import Response
 
 from gateway.auth import CurrentPrincipal, require_capability
 from gateway.errors import ApiError, JSONResponse, json_response
+from gateway.partitions import PartitionUnavailable
 from opsmantik_stream import tenancy
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType, CallSource, CallStatus
@@ -39,7 +39,6 @@ from opsmantik_stream.leads.errors import LeadError
 from opsmantik_stream.leads.ratelimit import KeyedTokenBucket
 from opsmantik_stream.queries import Q
 from opsmantik_stream.rbac import Capability
-from opsmantik_stream.routing import PartitionRetired
 from opsmantik_stream.tenancy import Principal
 
 __all__ = [
@@ -202,8 +201,6 @@ async def call_event(request: Request) -> Response:
     wait = max(by_client.take(f"{site['id']}|{client}", now), by_fp.take(f"{site['id']}|{body.fingerprint}", now))
     if wait > 0:
         raise ApiError(429, "rate_limited", "too many call events", {"Retry-After": str(max(1, round(wait + 0.5)))})
-    if not ctx.ray_enabled:
-        raise ApiError(503, "partition_unavailable", "the site's partition is not running", {"Retry-After": "1"})
     job = CallEventJob(
         site_id=str(site["id"]),
         call_at=float(int(ts_header or 0)),
@@ -211,26 +208,10 @@ async def call_event(request: Request) -> Response:
         body=body,
         referer=request.headers.get("referer"),
     )
-    name = None
     try:
-        for _hop in range(3):
-            table = await ctx.routing.table()
-            name = table.owner_of(str(site["id"]))
-            try:
-                reply = await asyncio.wait_for(
-                    ctx.routing.handle(name).call_event.remote(encode_job(job)),
-                    timeout=ctx.settings.partition_call_timeout_s,
-                )
-                break
-            except PartitionRetired:
-                # a resize retired that partition (nothing written): ask for the new owner
-                await ctx.routing.refresh(table.version)
-        else:
-            raise RuntimeError("routing did not settle")
-    except Exception:
+        reply = await ctx.partitions.call(str(site["id"]), "call_event", encode_job(job))
+    except PartitionUnavailable:
         # actor dead, restarting or slow: never a silent drop; the client retries (idempotent)
-        if name is not None:
-            ctx.routing.forget(name)
         raise ApiError(
             503, "partition_unavailable", "the site's partition did not answer", {"Retry-After": "1"}
         ) from None

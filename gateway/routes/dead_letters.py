@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 
 from gateway.auth import CurrentPrincipal, site_with_capability
 from gateway.errors import ApiError, JSONResponse, json_response
+from gateway.partitions import PartitionUnavailable
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType, DeadLetterStatus
 from opsmantik_stream.queries import Q
@@ -44,12 +45,9 @@ async def replay_dead_letter(
 ) -> JSONResponse:
     ctx = request.app.state.ctx
     site_id = await site_with_capability(request, principal, site, Capability.SITE_WRITE)
-    if not ctx.ray_enabled:
-        raise ApiError(503, "partition_unavailable", "the partitions are not running", headers={"Retry-After": "1"})
-    _name, handle = await ctx.routing.owner(site_id)
     try:
-        result = await handle.replay_dead_letter.remote(dead_letter_id, site_id)
-    except Exception:
+        result = await ctx.partitions.call(site_id, "replay_dead_letter", dead_letter_id, site_id)
+    except PartitionUnavailable:
         raise ApiError(503, "partition_unavailable", "try again", headers={"Retry-After": "1"}) from None
     if result["status"] == "not_found":
         raise ApiError(404, "dead_letter_not_found", "no such dead letter for this site")

@@ -13,6 +13,7 @@ from gateway.errors import ApiError, JSONResponse, json_response
 from gateway.handles import actor_status
 from gateway.metrics import render_metrics
 from opsmantik_stream.queries import Q
+from opsmantik_stream.watchtower import LAST_RUN_KEY
 
 router = APIRouter(tags=["operations"])
 
@@ -43,6 +44,11 @@ async def ops_summary(request: Request, principal: CurrentPrincipal) -> JSONResp
             "breakers": {r["state"]: r["n"] for r in await conn.fetch(Q.ops.breakers_by_state)},
             "ingest_last_minute": await conn.fetchval(Q.ops.ingest_last_minute),
             "dead_letters_pending": await conn.fetchval(Q.ops.dead_letters_pending),
+            "alerts": {
+                "by_kind": {r["kind"]: r["n"] for r in await conn.fetch(Q.watchtower.open_alerts_by_kind)},
+                "open": [dict(r) for r in await conn.fetch(Q.watchtower.open_alerts_list, 50)],
+                "last_run": await conn.fetchval(Q.runtime.get_state, LAST_RUN_KEY),
+            },
         }
     data["actors"] = await actor_status(ctx.settings.ray_namespace) if ctx.ray_enabled else {}
     return json_response(data)

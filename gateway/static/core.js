@@ -6,7 +6,13 @@
  * Every event carries a client event id (eid) so a retry or a beacon re-send is stored
  * once. Events wait in an outbox in localStorage and are sent in batches; on page hide
  * the pending batch goes by sendBeacon and stays in the outbox until a 2xx removes it.
- * Nothing is stored or sent without the "analytics" consent scope.
+ *
+ * Consent: nothing is stored or sent without the "analytics" scope. A page starts with the
+ * scopes of data-consent (or window.opsmantikConsent); a consent banner changes them at any
+ * time with opsmantik.consent(["analytics", "marketing"]), which records the new scopes for
+ * the session (a system/consent event). Withdrawing "analytics" drops what waits in the
+ * outbox and stops sending from that moment; only the withdrawal itself still goes out.
+ * When the tracker sends nothing it says why, once, in the browser console.
  */
 (function () {
   'use strict';
@@ -110,8 +116,10 @@
   }
   var V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i;
 
-  // A session is one tab's visit: a new id after 30 minutes without activity.
-  function sessionId() {
+  // A session is one tab's visit: a new id after 30 minutes without activity. Activity is
+  // what the visitor does (input, page views, clicks); a visible tab's heartbeat is not, so
+  // a tab left open still ends its session after 30 idle minutes.
+  function sessionId(touch) {
     var now = Date.now();
     var sid = get('session', K.sid);
     var at = parseInt(get('session', K.sidAt) || '0', 10);
@@ -126,8 +134,23 @@
       });
       set('session', K.landing, JSON.stringify(templateParams(urlParams())));
     }
-    set('session', K.sidAt, String(now));
+    if (fresh || touch) set('session', K.sidAt, String(now));
     return sid;
+  }
+
+  function idle() {
+    var at = parseInt(get('session', K.sidAt) || '0', 10);
+    return !at || Date.now() - at > SESSION_IDLE_MS;
+  }
+
+  // Input keeps the session alive (at most one storage write per 5 s); after 30 idle
+  // minutes the first input starts a new session.
+  var lastTouch = 0;
+  function touchActivity() {
+    var now = Date.now();
+    if (now - lastTouch < 5000) return;
+    lastTouch = now;
+    sessionId(true);
   }
 
   // cyrb53: a small, stable 53-bit string hash (not cryptographic; an identifier only)
@@ -201,6 +224,10 @@
   function consentScopes() {
     var raw = w.opsmantikConsent;
     if (raw == null) raw = attr(script, 'data-consent') || cfg.consent;
+    return normalizeScopes(raw);
+  }
+  function hasAnalytics() { return consentScopes().indexOf('analytics') >= 0; }
+  function normalizeScopes(raw) {
     if (raw == null) return [];
     if (typeof raw === 'string') raw = raw.split(/[\s,]+/);
     var out = [];
@@ -208,9 +235,22 @@
       var s = String(raw[i] || '').trim().toLowerCase();
       if (s && out.indexOf(s) < 0) out.push(s);
     }
-    return out;
+    return out.sort();
   }
-  function hasAnalytics() { return consentScopes().indexOf('analytics') >= 0; }
+
+  // Why nothing is sent, said once per page (not only in debug mode).
+  var warned = {};
+  function warnOnce(key, message) {
+    if (warned[key] || !w.console) return;
+    warned[key] = true;
+    (w.console.warn || w.console.log).call(w.console, '[opsmantik] ' + message);
+  }
+  function warnNoConsent() {
+    warnOnce('consent', 'no "analytics" consent: nothing is stored or sent. A consent banner passes the ' +
+      'visitor\'s choice with data-consent="analytics,marketing" on the script tag, window.opsmantikConsent, ' +
+      'or opsmantik.consent(["analytics", "marketing"]).');
+  }
+  function isConsentEvent(payload) { return payload.ec === 'system' && payload.ea === 'consent'; }
 
   // ------------------------------------------------------------------ engagement pulse
 
@@ -249,9 +289,13 @@
   }
 
   function send(ec, ea, el, ev, extra) {
-    if (!hasAnalytics()) { log('no analytics consent: not sent', ec, ea); return null; }
-    var sid = sessionId(); // first: a new session forgets the old one's click ids
-    var meta = baseMeta();
+    var consentEvent = ec === 'system' && ea === 'consent';
+    if (!hasAnalytics() && !consentEvent) { warnNoConsent(); log('not sent', ec, ea); return null; }
+    // heartbeat and session_end are not activity (see sessionId); the others are
+    var passive = ec === 'system' && (ea === 'heartbeat' || ea === 'session_end');
+    var sid = sessionId(!passive); // first: a new session forgets the old one's click ids
+    // a consent record carries the decision only, not the visitor's device and click data
+    var meta = consentEvent ? { om_tracker_version: VERSION } : baseMeta();
     if (ec === 'conversion' || ea === 'heartbeat' || ea === 'session_end') {
       meta.scroll_pct = pulse.scroll;
       meta.cta_hovers = pulse.hovers;
@@ -370,14 +414,19 @@
 
   function flush() {
     if (inFlight) return;
-    if (!hasAnalytics()) { saveQueue([]); return; } // consent withdrawn: forget what waits
     var q = loadQueue();
+    if (!hasAnalytics()) {
+      // consent withdrawn: what waits is forgotten; only the withdrawal itself still goes
+      var records = q.filter(function (e) { return isConsentEvent(e.payload); });
+      if (records.length !== q.length) saveQueue(records);
+      q = records;
+    }
     if (!q.length) return;
     var now = Date.now();
     if (now - lastFlush < MIN_GAP_MS) { schedule(0); return; }
     if (quotaPausedUntil > now) {
-      // over quota: keep conversions, drop the rest until the next month
-      q = q.filter(function (e) { return e.payload.ec === 'conversion'; });
+      // over quota: keep conversions (and consent records, never billed), drop the rest
+      q = q.filter(function (e) { return e.payload.ec === 'conversion' || isConsentEvent(e.payload); });
       saveQueue(q);
     }
     var batch = pick(q, now, MAX_BATCH_EVENTS, MAX_BATCH_BYTES, false);
@@ -416,8 +465,10 @@
   // On page hide the pending batch goes by beacon; it stays in the outbox until a 2xx
   // (a later fetch, answered "duplicate" if the beacon got through) removes it.
   function beacon() {
-    if (!hasAnalytics() || !navigator.sendBeacon) return;
-    var batch = pick(loadQueue(), Date.now(), MAX_BEACON_EVENTS, MAX_BEACON_BYTES, true);
+    if (!navigator.sendBeacon) return;
+    var q = loadQueue();
+    if (!hasAnalytics()) q = q.filter(function (e) { return isConsentEvent(e.payload); });
+    var batch = pick(q, Date.now(), MAX_BEACON_EVENTS, MAX_BEACON_BYTES, true);
     if (!batch.length) return;
     try {
       navigator.sendBeacon(API, new Blob([body(batch)], { type: 'text/plain;charset=UTF-8' }));
@@ -468,6 +519,7 @@
 
   var scrollSent = {};
   function onScroll() {
+    touchActivity();
     var pct = scrollPct();
     if (pct > pulse.scroll) pulse.scroll = pct;
     [50, 90].forEach(function (mark) {
@@ -479,7 +531,8 @@
   }
 
   var heartbeatTimer = null;
-  function heartbeat() { send('system', 'heartbeat', 'session_active', null, null); }
+  // An idle session gets no heartbeat: the tab may stay open, the visit has ended.
+  function heartbeat() { if (!idle()) send('system', 'heartbeat', 'session_active', null, null); }
   function startHeartbeat() {
     if (!heartbeatTimer) heartbeatTimer = setInterval(heartbeat, HEARTBEAT_MS);
   }
@@ -501,17 +554,43 @@
     }
   }
   function onPageHide() {
-    if (!ended) {
+    if (!ended && !idle()) {
       ended = true;
       send('system', 'session_end', 'page_unload', null, { exit_page: location.href.slice(0, 4096) });
     }
     beacon();
   }
 
+  // The visitor's new consent scopes (a consent banner calls this at any time): recorded for
+  // the session as a system/consent event; without "analytics" nothing else is sent from now.
+  function setConsent(scopes) {
+    if (scopes === undefined) return consentScopes();
+    var before = consentScopes();
+    var now = normalizeScopes(scopes);
+    w.opsmantikConsent = now.slice();
+    var changed = before.join(',') !== now.join(',');
+    var everSent = before.indexOf('analytics') >= 0 || now.indexOf('analytics') >= 0;
+    if (now.indexOf('analytics') < 0) {
+      saveQueue(loadQueue().filter(function (e) { return isConsentEvent(e.payload); }));
+      warnNoConsent();
+    }
+    // nothing to record for a visitor who never allowed analytics (no session exists)
+    if (changed && everSent) send('system', 'consent', now.join(',') || 'none', null, null);
+    // analytics granted on this page: the page view it held back goes now
+    if (now.indexOf('analytics') >= 0 && !viewSent) pageView();
+    return now.slice();
+  }
+
+  var viewSent = false;
+  function pageView() { if (!viewSent && send('interaction', 'view', d.title, null, null)) viewSent = true; }
+
   function boot() {
     flush(); // what an earlier page left in the outbox
-    send('interaction', 'view', d.title, null, null);
+    pageView();
     d.addEventListener('click', onClick, true);
+    ['keydown', 'mousedown', 'touchstart', 'mousemove'].forEach(function (type) {
+      d.addEventListener(type, touchActivity, { capture: true, passive: true });
+    });
     d.addEventListener('mouseenter', onHover, true);
     d.addEventListener('submit', onSubmit, true);
     w.addEventListener('scroll', onScroll, { passive: true });
@@ -526,6 +605,7 @@
     session: function () { return sessionId(); },
     flush: function () { lastFlush = 0; flush(); },
     pending: function () { return loadQueue().length; },
+    consent: function (scopes) { return setConsent(scopes); },
     version: VERSION,
     _initialized: true
   };

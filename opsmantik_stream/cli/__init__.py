@@ -9,10 +9,12 @@ from collections.abc import Sequence
 
 from opsmantik_stream.cli import (
     _common,
+    console,
     database,
     emulator,
     ingest_key,  # noqa: F401  (registers `site ingest-key rotate` via SITE_EXTENSIONS)
     jobs,
+    privacy,
     scale,
     serve,
     site,
@@ -23,7 +25,7 @@ from opsmantik_stream.cli import (
 
 __all__ = ["main"]
 
-COMMAND_MODULES = [serve, database, site, token, status, scale, jobs, uploads, emulator]
+COMMAND_MODULES = [serve, database, site, token, console, status, scale, jobs, uploads, privacy, emulator]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,6 +107,9 @@ def _serve_http(settings: Any, url: str) -> None:
         http="httptools",
         log_config=None,
         access_log=False,
+        # the app applies OPSMANTIK_TRUSTED_PROXIES itself; uvicorn's default would believe
+        # X-Forwarded-For from any local client
+        proxy_headers=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )

@@ -10,6 +10,7 @@ import asyncpg
 from opsmantik_stream import tenancy
 from opsmantik_stream.cli._common import add_json_flag, emit, run_with_db
 from opsmantik_stream.config import Settings
+from opsmantik_stream.snippet import CONSENT_NOTE, PLACEHOLDER_URL, gateway_url, tracker_snippet
 from opsmantik_stream.uploads.delivery import sites_delivery
 
 # Other modules add subcommands to `site` (e.g. `site credentials set`) through this hook.
@@ -23,8 +24,10 @@ def register(sub: Any) -> None:
 
     p = ssub.add_parser(
         "create",
-        help="create a site; prints its public id and call-event secret",
-        description="Create a site with its plan, allowed origins and call-event signing secret.",
+        help="create a site; prints its public id, call-event secret and tracker snippet",
+        description="Create a site with its plan, allowed origins and call-event signing secret, and print "
+        "the tracker snippet to paste into its pages (the gateway address is OPSMANTIK_PUBLIC_URL, else "
+        "http://OPSMANTIK_HOST:OPSMANTIK_PORT).",
     )
     p.add_argument("--name", required=True, help="display name")
     p.add_argument("--domain", required=True, help="main domain, e.g. shop.example.com (becomes an origin)")
@@ -75,7 +78,7 @@ def register(sub: Any) -> None:
 
 def cmd_create(args: argparse.Namespace) -> int:
     async def body(conn: asyncpg.Connection, settings: Settings) -> dict[str, Any]:
-        return await tenancy.create_site(
+        site = await tenancy.create_site(
             conn,
             name=args.name,
             domain=args.domain,
@@ -85,14 +88,19 @@ def cmd_create(args: argparse.Namespace) -> int:
             monthly_limit=args.monthly_limit,
             soft_limit=args.soft_limit,
         )
+        base = gateway_url(settings)
+        return {**site, "tracker_snippet": tracker_snippet(site["public_id"], base), "consent_note": CONSENT_NOTE}
 
     site = run_with_db(body)
+    where = (
+        "" if PLACEHOLDER_URL not in site["tracker_snippet"] else " (set OPSMANTIK_PUBLIC_URL to print the real host)"
+    )
     emit(
         args,
         site,
         f"site created\n  public_id: {site['public_id']}\n  site_id:   {site['site_id']}\n"
         f"  secret:    {site['secret']}\n  origins:   {', '.join(site['origins'])}\n"
-        f'tracker: <script src="http://HOST/assets/core.js" data-ops-site-id="{site["public_id"]}"></script>',
+        f"tracker, for every page of the site{where}:\n{site['tracker_snippet']}\n{site['consent_note']}",
     )
     return 0
 

@@ -10,8 +10,10 @@ import asyncpg
 
 from opsmantik_stream.cli._common import add_json_flag, emit, run_with_db, settings_or_exit
 from opsmantik_stream.config import Settings
+from opsmantik_stream.privacy.retention import last_run
 from opsmantik_stream.queries import Q
 from opsmantik_stream.uploads.delivery import sites_delivery
+from opsmantik_stream.watchtower import LAST_RUN_KEY
 
 # beyond this many sites, status prints counts instead of one line per site
 _SITE_LINES = 20
@@ -80,6 +82,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             "ingest_last_minute": int(await conn.fetchval(Q.ops.ingest_last_minute)),
             "dead_letters_pending": int(await conn.fetchval(Q.ops.dead_letters_pending)),
             "destinations": await sites_delivery(conn),
+            "privacy_retention": await last_run(conn),
+            "alerts": {
+                "open": [
+                    {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dict(r).items()}
+                    for r in await conn.fetch(Q.watchtower.open_alerts_list, 20)
+                ],
+                "by_kind": {r["kind"]: r["n"] for r in await conn.fetch(Q.watchtower.open_alerts_by_kind)},
+                "last_checked_at": ((await conn.fetchval(Q.runtime.get_state, LAST_RUN_KEY)) or {}).get("checked_at"),
+            },
         }
 
     result: dict[str, Any] = run_with_db(body, migrate=False)
@@ -99,6 +110,8 @@ def _text(r: dict[str, Any]) -> str:
         f"queue:     {queue}",
         f"breakers:  {breakers}",
         *_destination_lines(r["destinations"]),
+        f"privacy:   {_retention_text(r.get('privacy_retention'))}",
+        _alerts_line(r["alerts"]),
         f"ray:       {r['ray']}" + (f" ({r['nodes']} node(s) at {r['address']})" if r.get("nodes") else ""),
     ]
     routing = r.get("routing")
@@ -128,3 +141,21 @@ def _destination_lines(sites: list[dict[str, Any]]) -> list[str]:
         + ("" if s["ready"] else " (no credentials: conversions wait BLOCKED)")
         for s in sites
     ]
+
+
+def _retention_text(run: dict[str, Any] | None) -> str:
+    if not run:
+        return "retention has not run yet"
+    changed = ", ".join(f"{k} {v}" for k, v in run["counts"].items() if v) or "nothing anonymised"
+    return f"retention last run {run['finished_at']} ({run['days']} days): {changed}"
+
+
+def _alerts_line(alerts: dict[str, Any]) -> str:
+    total = sum(alerts["by_kind"].values())
+    checked = alerts["last_checked_at"] or "never"
+    if not total:
+        return f"alerts:    none open (watchtower last ran {checked})"
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(alerts["by_kind"].items()))
+    lines = [f"alerts:    {total} open ({kinds}); watchtower last ran {checked}"]
+    lines += [f"  {a['kind']:<16} {a['summary']}" for a in alerts["open"]]
+    return "\n".join(lines)

@@ -1,5 +1,9 @@
 """What the gateway checks before an event reaches a partition: allowed origins, the rate
-limit per (site, client), and the client ip as it may be stored (truncated)."""
+limit per (site, client address), and the client ip as it may be stored (truncated).
+
+The client address itself comes from the connection, or -- behind proxies listed in
+``OPSMANTIK_TRUSTED_PROXIES`` -- from X-Forwarded-For as uvicorn's ``ProxyHeadersMiddleware``
+reads it (the right-most address not in that list); the gateway applies that middleware."""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
+from functools import lru_cache
 from urllib.parse import urlsplit
 
-__all__ = ["TokenBucketLimiter", "client_key", "origin_allowed", "split_origin", "truncate_ip"]
+__all__ = ["TokenBucketLimiter", "client_net", "origin_allowed", "split_origin", "truncate_ip"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -49,6 +54,11 @@ def truncate_ip(ip: str | None) -> str | None:
     """The ip as stored: IPv4 /24 (last octet 0), IPv6 /48; None when it is not an ip."""
     if not ip:
         return None
+    return _truncate(ip)
+
+
+@lru_cache(maxsize=65_536)
+def _truncate(ip: str) -> str | None:
     try:
         addr = ipaddress.ip_address(ip.strip().strip("[]"))
     except ValueError:
@@ -59,9 +69,22 @@ def truncate_ip(ip: str | None) -> str | None:
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
 
 
-def client_key(ip: str | None, user_agent: str | None) -> str:
-    """The rate-limit client: ip plus the first 64 characters of the User-Agent."""
-    return f"{ip or 'unknown'}|{(user_agent or '')[:64]}"
+@lru_cache(maxsize=65_536)
+def client_net(ip: str | None) -> str:
+    """The rate-limit client: the IPv4 address, or the IPv6 /64 network (one subscriber's
+    usual allocation, so rotating addresses inside it is one client). The User-Agent plays
+    no part: a client chooses it freely."""
+    if not ip:
+        return "unknown"
+    try:
+        addr = ipaddress.ip_address(ip.strip().strip("[]"))
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
 
 
 class TokenBucketLimiter:
@@ -74,11 +97,11 @@ class TokenBucketLimiter:
     """
 
     def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
         self._max_keys = max_keys
         self._clock = clock
 
-    def take(self, key: str, per_min: int, cost: float = 1.0) -> float:
+    def take(self, key: Hashable, per_min: int, cost: float = 1.0) -> float:
         now = self._clock()
         capacity = float(per_min)
         rate = per_min / 60.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -19,6 +20,7 @@ __all__ = [
     "Attribution",
     "ClickIds",
     "Device",
+    "attribution_pair",
     "attribution_source",
     "click_ids",
     "host_of",
@@ -54,8 +56,6 @@ TEMPLATE_KEYS = (
     "loc_physical_ms",
 )
 
-_CLICK_ID_SET = frozenset(CLICK_ID_KEYS)
-_TEMPLATE_SET = frozenset(TEMPLATE_KEYS)
 
 PAID_UTM_MEDIUMS = frozenset({"cpc", "ppc", "paid"})
 # traffic_source treats a wider set of paid mediums as paid (the classifier of the original)
@@ -74,19 +74,28 @@ class Attribution:
     ORGANIC = "Organic"
 
 
-def url_params(url: str | None) -> dict[str, str]:
-    """Query and fragment parameters of a URL; fragment values win.
+def url_params(url: str | None) -> Mapping[str, str]:
+    """Query and fragment parameters of a URL; fragment values win (read-only: results are
+    shared, landing pages repeat).
 
     Ads landing pages of single-page apps carry parameters in the fragment too
     (``/#/offer?gclid=...``): after ``#`` and an optional ``?`` the part after the first
     ``?`` is parsed when it holds ``key=value`` pairs.
     """
     if not url or ("?" not in url and "#" not in url):
-        return {}
+        return _EMPTY
+    return _url_params(url)
+
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@lru_cache(maxsize=8192)
+def _url_params(url: str) -> Mapping[str, str]:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return {}
+        return _EMPTY
     params = {k: v for k, v in parse_qsl(parts.query, keep_blank_values=False)}
     frag = parts.fragment
     if frag:
@@ -96,7 +105,7 @@ def url_params(url: str | None) -> dict[str, str]:
         if "=" in frag:
             for k, v in parse_qsl(frag, keep_blank_values=False):
                 params[k] = v
-    return params
+    return MappingProxyType(params)
 
 
 def _value(raw: Any, limit: int = 512) -> str | None:
@@ -127,34 +136,70 @@ class ClickIds(msgspec.Struct, frozen=True):
         return None, None
 
 
-def click_ids(params: Mapping[str, str], meta: Mapping[str, Any]) -> ClickIds:
+def click_ids(params: Mapping[str, str], meta: Any) -> ClickIds:
     """Click ids from the page URL, else from ``meta`` (the tracker persists them per session)."""
+    return ClickIds(**_pick(CLICK_ID_KEYS, params, meta, split_google=True))  # type: ignore[arg-type]
+
+
+def _pick(keys: tuple[str, ...], params: Mapping[str, str], meta: Any, *, split_google: bool = False) -> dict[str, Any]:
+    """``keys`` from the URL's parameters, else from ``meta`` (a mapping or a struct), junk
+    values dropped; with ``split_google`` the non-Google click ids go under ``other``."""
     found: dict[str, str] = {}
-    for key in (_CLICK_ID_SET & params.keys()) | (_CLICK_ID_SET & meta.keys()):
-        value = _value(params.get(key)) or _value(meta.get(key))
-        if value:
-            found[key] = value
-    return ClickIds(
-        gclid=found.pop("gclid", None),
-        wbraid=found.pop("wbraid", None),
-        gbraid=found.pop("gbraid", None),
-        other=found,
-    )
+    if params:
+        for key in keys:
+            raw = params.get(key)
+            if raw is not None:
+                value = _value(raw)
+                if value:
+                    found[key] = value
+    if meta is None:
+        pass
+    elif isinstance(meta, Mapping):
+        for key in keys:
+            raw = meta.get(key)
+            if raw is not None and key not in found:
+                value = _value(raw)
+                if value:
+                    found[key] = value
+    else:
+        # a struct: all its values at once, then by position (no attribute look-ups)
+        values = msgspec.structs.astuple(meta)
+        for key, pos in _positions(type(meta), keys):  # type: ignore[arg-type]
+            raw = values[pos]
+            if raw is not None and key not in found:
+                value = _value(raw)
+                if value:
+                    found[key] = value
+    if not split_google:
+        return found
+    return {
+        "gclid": found.pop("gclid", None),
+        "wbraid": found.pop("wbraid", None),
+        "gbraid": found.pop("gbraid", None),
+        "other": found,
+    }
 
 
-def template_params(params: Mapping[str, str], meta: Mapping[str, Any]) -> dict[str, str]:
+@lru_cache(maxsize=64)
+def _positions(struct: type, keys: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    fields = struct.__struct_fields__  # type: ignore[attr-defined]
+    return tuple((key, fields.index(key)) for key in keys if key in fields)
+
+
+def template_params(params: Mapping[str, str], meta: Any) -> dict[str, str]:
     """UTM and template parameters from the URL, else from ``meta``."""
-    out: dict[str, str] = {}
-    for key in (_TEMPLATE_SET & params.keys()) | (_TEMPLATE_SET & meta.keys()):
-        value = _value(params.get(key)) or _value(meta.get(key))
-        if value:
-            out[key] = value
-    return out
+    return _pick(TEMPLATE_KEYS, params, meta)
 
 
 def host_of(url: str | None) -> str | None:
+    """The lower-cased host of a URL (or of ``host/path``), or None."""
     if not url:
         return None
+    return _host_of(url)
+
+
+@lru_cache(maxsize=8192)
+def _host_of(url: str) -> str | None:
     try:
         host = urlsplit(url if "//" in url else "//" + url).hostname
     except ValueError:
@@ -180,8 +225,12 @@ def is_google_host(host: str | None) -> bool:
     """google.com, www.google.com.tr, google.de ... (a ``google`` label before the suffix)."""
     if not host:
         return False
-    labels = host.split(".")
-    return "google" in labels[:-1]
+    return _is_google(host)
+
+
+@lru_cache(maxsize=4096)
+def _is_google(host: str) -> bool:
+    return "google" in host.split(".")[:-1]
 
 
 _SEARCH = ("bing", "yandex", "duckduckgo", "yahoo", "baidu", "ecosia")
@@ -201,19 +250,42 @@ _SOCIAL = (
 
 
 def social_platform(host: str | None) -> str | None:
+    """The social network a referrer host belongs to, or None."""
     if not host:
         return None
+    return _social_platform(host)
+
+
+@lru_cache(maxsize=4096)
+def _social_platform(host: str) -> str | None:
     for domain, name in _SOCIAL:
         if _matches(host, domain):
             return name
     return None
 
 
+@lru_cache(maxsize=4096)
 def _is_search(host: str) -> bool:
     if is_google_host(host):
         return True
     labels = host.split(".")
     return any(name in labels[:-1] for name in _SEARCH)
+
+
+def attribution_pair(ids: ClickIds, utm_medium: str | None, ref_host: str | None) -> tuple[str, str]:
+    """The attribution source without and with "an earlier session of this fingerprint *on
+    this site* had a click id" (the one fact that needs the database). First match: Google
+    click id -> First Click (Paid); paid utm_medium -> Paid (UTM); Google referrer and an
+    earlier click -> Ads Assisted; social referrer -> Social; else Organic.
+
+    wbraid/gbraid are Google Ads clicks (iOS) just like gclid, so they count as paid clicks.
+    """
+    if ids.google:
+        return Attribution.FIRST_CLICK_PAID, Attribution.FIRST_CLICK_PAID
+    if utm_medium and utm_medium.strip().lower() in PAID_UTM_MEDIUMS:
+        return Attribution.PAID_UTM, Attribution.PAID_UTM
+    rest = Attribution.SOCIAL if social_platform(ref_host) else Attribution.ORGANIC
+    return rest, (Attribution.ADS_ASSISTED if is_google_host(ref_host) else rest)
 
 
 def attribution_source(
@@ -223,21 +295,9 @@ def attribution_source(
     *,
     earlier_click_on_site: bool,
 ) -> str:
-    """First match: Google click id -> First Click (Paid); paid utm_medium -> Paid (UTM);
-    Google referrer and an earlier session of this fingerprint *on this site* with a click
-    id -> Ads Assisted; social referrer -> Social; else Organic.
-
-    wbraid/gbraid are Google Ads clicks (iOS) just like gclid, so they count as paid clicks.
-    """
-    if ids.google:
-        return Attribution.FIRST_CLICK_PAID
-    if (utm_medium or "").strip().lower() in PAID_UTM_MEDIUMS:
-        return Attribution.PAID_UTM
-    if is_google_host(ref_host) and earlier_click_on_site:
-        return Attribution.ADS_ASSISTED
-    if social_platform(ref_host):
-        return Attribution.SOCIAL
-    return Attribution.ORGANIC
+    """The attribution source (see ``attribution_pair``)."""
+    without, with_earlier = attribution_pair(ids, utm_medium, ref_host)
+    return with_earlier if earlier_click_on_site else without
 
 
 def traffic_source(ids: ClickIds, utm: Mapping[str, str], ref_host: str | None) -> tuple[str, str]:

@@ -32,16 +32,15 @@ __all__ = [
     "decode_body",
     "decode_results",
     "decode_wire",
+    "encode_event",
     "encode_results",
     "encode_wire",
     "event_value",
-    "validate_meta",
+    "msgpack_array",
 ]
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_BATCH_EVENTS = 100
-MAX_META_KEYS = 100
-MAX_META_KEY_LENGTH = 64
 
 
 Str32 = Annotated[str, msgspec.Meta(max_length=32)]
@@ -54,37 +53,14 @@ Str4096 = Annotated[str, msgspec.Meta(max_length=4096)]
 ScopesIn = Annotated[list[Str32], msgspec.Meta(max_length=16)] | Str256
 
 
-class EventIn(msgspec.Struct, kw_only=True):
-    """One tracker event as sent (short keys). ``s`` and ``u``/``url`` are checked after
-    decoding so a batch may carry ``s`` once at the top."""
-
-    s: Str128 | None = None
-    u: Str4096 | None = None
-    url: Str4096 | None = None
-    eid: Str128 | None = None
-    sid: Str256 | None = None
-    ec: Str256 | None = None
-    ea: Str256 | None = None
-    el: Str512 | None = None
-    ev: float | Str64 | None = None
-    r: Str2048 | None = None
-    consent: ScopesIn | None = None
-    consent_scopes: ScopesIn | None = None
-    meta: dict[str, Any] | None = None
-
-
-class Envelope(EventIn, kw_only=True):
-    """The body: one event, or ``{"events": [...]}`` (1-100 events of one site)."""
-
-    events: Annotated[list[EventIn], msgspec.Meta(min_length=1, max_length=MAX_BATCH_EVENTS)] | None = None
-
-
 Count = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
 Pct = Annotated[float, msgspec.Meta(ge=0, le=1000)]
 
 
-class MetaIn(msgspec.Struct, kw_only=True):
-    """Typed view of the ``meta`` fields ingest reads; other keys pass through untouched."""
+class MetaIn(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """The ``meta`` object, typed: every field ingest reads, with its limit. Keys not listed
+    here are ignored (not stored), so ``meta`` can neither grow the database nor nest: a value
+    of the wrong shape is a 422 naming the field (``meta.sw``)."""
 
     fp: Str128 | None = None
     gclid: Str512 | None = None
@@ -127,6 +103,34 @@ class MetaIn(msgspec.Struct, kw_only=True):
     consent_scopes: ScopesIn | None = None
 
 
+_NO_META = MetaIn()
+
+
+class EventIn(msgspec.Struct, kw_only=True):
+    """One tracker event as sent (short keys). ``s`` and ``u``/``url`` are checked after
+    decoding so a batch may carry ``s`` once at the top."""
+
+    s: Str128 | None = None
+    u: Str4096 | None = None
+    url: Str4096 | None = None
+    eid: Str128 | None = None
+    sid: Str256 | None = None
+    ec: Str256 | None = None
+    ea: Str256 | None = None
+    el: Str512 | None = None
+    ev: float | Str64 | None = None
+    r: Str2048 | None = None
+    consent: ScopesIn | None = None
+    consent_scopes: ScopesIn | None = None
+    meta: MetaIn | None = None
+
+
+class Envelope(EventIn, kw_only=True):
+    """The body: one event, or ``{"events": [...]}`` (1-100 events of one site)."""
+
+    events: Annotated[list[EventIn], msgspec.Meta(min_length=1, max_length=MAX_BATCH_EVENTS)] | None = None
+
+
 class BodyError(Exception):
     """The body is not acceptable: ``status`` 400 or 422, ``code`` for the error header."""
 
@@ -137,7 +141,8 @@ class BodyError(Exception):
         self.message = message
 
 
-_envelope_decoder = msgspec.json.Decoder(Envelope)
+# strict=False: numbers sent as strings ("1920") are fine for counters; text fields stay strict.
+_envelope_decoder = msgspec.json.Decoder(Envelope, strict=False)
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
@@ -149,21 +154,6 @@ def _field_path(message: str, prefix: str = "") -> tuple[str, str]:
     path = raw.replace("[", ".").replace("]", "").lstrip(".")
     path = ".".join(p for p in (prefix, path) if p)
     return path or "body", text
-
-
-def validate_meta(meta: dict[str, Any], path: str) -> None:
-    """Limits on the free-form ``meta`` object, plus the typed fields of ``MetaIn``."""
-    if len(meta) > MAX_META_KEYS:
-        raise BodyError(422, f"validation_error:{path}", f"meta has more than {MAX_META_KEYS} keys")
-    for key in meta:
-        if len(key) > MAX_META_KEY_LENGTH:
-            raise BodyError(422, f"validation_error:{path}", "a meta key is longer than 64 characters")
-    try:
-        # strict=False: numbers sent as strings ("1920") are fine for counters.
-        msgspec.convert(meta, MetaIn, strict=False)
-    except msgspec.ValidationError as exc:
-        field, text = _field_path(str(exc), path)
-        raise BodyError(422, f"validation_error:{field}", text) from None
 
 
 def decode_body(body: bytes) -> tuple[Envelope, list[EventIn]]:
@@ -178,6 +168,9 @@ def decode_body(body: bytes) -> tuple[Envelope, list[EventIn]]:
         raise BodyError(422, f"validation_error:{field}", text) from None
     except msgspec.DecodeError:
         raise BodyError(400, "invalid_json", "the body is not valid JSON") from None
+    except RecursionError:
+        # JSON nested deeper than the decoder's stack allows (no field we read nests at all)
+        raise BodyError(400, "invalid_json", "the body is nested too deeply") from None
     if env.events is not None:
         events = env.events
         prefix = "events."
@@ -185,23 +178,43 @@ def decode_body(body: bytes) -> tuple[Envelope, list[EventIn]]:
         events = [env]
         prefix = ""
     for i, ev in enumerate(events):
-        at = f"{prefix}{i}." if prefix else ""
         site = ev.s if ev.s is not None else env.s
         if site is None or not site.strip():
-            raise BodyError(422, f"validation_error:{at}s", "the site id `s` is required")
+            raise BodyError(
+                422,
+                f"validation_error:{prefix}{i}.s" if prefix else "validation_error:s",
+                "the site id `s` is required",
+            )
         if not ((ev.url or "").strip() or (ev.u or "").strip()):
-            raise BodyError(422, f"validation_error:{at}u", "the page url `u` (or `url`) is required")
-        if ev.meta is not None:
-            validate_meta(ev.meta, f"{at}meta")
+            raise BodyError(
+                422,
+                f"validation_error:{prefix}{i}.u" if prefix else "validation_error:u",
+                "the page url `u` (or `url`) is required",
+            )
+    if b"\\u0000" in body:
+        # PostgreSQL text cannot hold NUL: strip it from every string (rare, so walked here
+        # instead of checked on every field of every request)
+        events = [_strip_nul(ev) for ev in events]
     return env, events
+
+
+def _strip_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_strip_nul(v) for v in value]
+    if isinstance(value, msgspec.Struct):
+        changes = {f: _strip_nul(getattr(value, f)) for f in value.__struct_fields__}
+        return msgspec.structs.replace(value, **changes)
+    return value
 
 
 def consent_scopes(ev: EventIn) -> list[str]:
     """The event's consent scopes, lower-cased and de-duplicated, from ``consent``,
     ``consent_scopes`` or ``meta.consent_scopes`` (a list, or a comma/space separated string)."""
     raw: Any = ev.consent if ev.consent is not None else ev.consent_scopes
-    if raw is None and ev.meta:
-        raw = ev.meta.get("consent_scopes")
+    if raw is None and ev.meta is not None:
+        raw = ev.meta.consent_scopes
     if raw is None:
         return []
     items = re.split(r"[\s,]+", raw) if isinstance(raw, str) else [str(x) for x in raw]
@@ -229,18 +242,6 @@ def clean_text(value: str | None) -> str | None:
     return value or None
 
 
-def _clean_any(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {str(k).replace("\x00", ""): _clean_any(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean_any(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 class WireEvent(msgspec.Struct, array_like=True, frozen=True):
     """One validated event on its way to the owning partition."""
 
@@ -255,7 +256,7 @@ class WireEvent(msgspec.Struct, array_like=True, frozen=True):
     ev: float | None = None
     referrer: str | None = None
     consent: list[str] = []
-    meta: dict[str, Any] = {}
+    meta: MetaIn = _NO_META
     ip: str | None = None  # already truncated (/24 or /48)
     ua: str | None = None
 
@@ -284,7 +285,7 @@ class WireEvent(msgspec.Struct, array_like=True, frozen=True):
             ev=event_value(ev.ev),
             referrer=clean_text(ev.r),
             consent=scopes,
-            meta=_clean_any(ev.meta) if ev.meta else {},
+            meta=ev.meta if ev.meta is not None else _NO_META,
             ip=ip,
             ua=clean_text(ua),
         )
@@ -305,6 +306,24 @@ class WireResult(msgspec.Struct, array_like=True, frozen=True, omit_defaults=Tru
 _wire_enc = msgspec.msgpack.Encoder()
 _wire_dec = msgspec.msgpack.Decoder(list[WireEvent])
 _result_dec = msgspec.msgpack.Decoder(list[WireResult])
+
+
+def encode_event(ev: WireEvent) -> bytes:
+    """One event as it travels to its partition (see ``msgpack_array``)."""
+    return _wire_enc.encode(ev)
+
+
+def msgpack_array(parts: list[bytes]) -> bytes:
+    """A msgpack array of already encoded items: the batcher joins the events of many
+    requests without encoding any of them again."""
+    n = len(parts)
+    if n < 16:
+        head = bytes((0x90 | n,))
+    elif n < 0x10000:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(parts)
 
 
 def encode_wire(events: list[WireEvent]) -> bytes:

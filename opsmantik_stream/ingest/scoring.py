@@ -1,8 +1,46 @@
-"""Lead score of one event, 0-100 (SPEC.md §3 step 6)."""
+"""Lead score of one event, 0-100 (SPEC.md §3 step 6), and the parts it is made of."""
 
 from __future__ import annotations
 
-__all__ = ["lead_score"]
+__all__ = ["lead_score", "score_parts"]
+
+
+def score_parts(
+    *,
+    category: str | None,
+    action: str | None,
+    value: float | None,
+    scroll_pct: float | None,
+    cta_hovers: int | None,
+    google_referrer: bool,
+    ads_assisted: bool,
+) -> list[tuple[str, int]]:
+    """The reasons an event scores, as ``(reason, points)`` in rule order (the console shows
+    them as the score's "why"): conversion +50, interaction +10, scroll >= 50 +10 and >= 90
+    +20 more, CTA hover +15, Google referrer +5, Ads Assisted +25.
+
+    Scroll depth is the larger of a ``scroll_depth`` event's value and the pulse field
+    ``meta.scroll_pct``; a CTA hover is a ``hover_intent`` event or ``meta.cta_hovers >= 1``.
+    """
+    cat = (category or "").strip().lower()
+    act = (action or "").strip().lower()
+    parts: list[tuple[str, int]] = []
+    if cat == "conversion":
+        parts.append(("conversion", 50))
+    elif cat == "interaction":
+        parts.append(("interaction", 10))
+    depth = max(value if act == "scroll_depth" and value is not None else 0.0, scroll_pct or 0.0)
+    if depth >= 50:
+        parts.append(("scroll_50", 10))
+    if depth >= 90:
+        parts.append(("scroll_90", 20))
+    if act == "hover_intent" or (cta_hovers or 0) >= 1:
+        parts.append(("cta_hover", 15))
+    if google_referrer:
+        parts.append(("google_referrer", 5))
+    if ads_assisted:
+        parts.append(("ads_assisted", 25))
+    return parts
 
 
 def lead_score(
@@ -15,28 +53,14 @@ def lead_score(
     google_referrer: bool,
     ads_assisted: bool,
 ) -> int:
-    """conversion +50, interaction +10, scroll >= 50 +10 and >= 90 +20 more, CTA hover +15,
-    Google referrer +5, Ads Assisted +25; capped at 100.
-
-    Scroll depth is the larger of a ``scroll_depth`` event's value and the pulse field
-    ``meta.scroll_pct``; a CTA hover is a ``hover_intent`` event or ``meta.cta_hovers >= 1``.
-    """
-    cat = (category or "").strip().lower()
-    act = (action or "").strip().lower()
-    score = 0
-    if cat == "conversion":
-        score += 50
-    elif cat == "interaction":
-        score += 10
-    depth = max(value if act == "scroll_depth" and value is not None else 0.0, scroll_pct or 0.0)
-    if depth >= 50:
-        score += 10
-    if depth >= 90:
-        score += 20
-    if act == "hover_intent" or (cta_hovers or 0) >= 1:
-        score += 15
-    if google_referrer:
-        score += 5
-    if ads_assisted:
-        score += 25
-    return max(0, min(100, score))
+    """The sum of :func:`score_parts`, capped to 0-100."""
+    parts = score_parts(
+        category=category,
+        action=action,
+        value=value,
+        scroll_pct=scroll_pct,
+        cta_hovers=cta_hovers,
+        google_referrer=google_referrer,
+        ads_assisted=ads_assisted,
+    )
+    return max(0, min(100, sum(points for _, points in parts)))

@@ -18,7 +18,14 @@ import msgspec
 from opsmantik_stream.enums import ClickIdType, SourceKind
 from opsmantik_stream.queries import Q
 
-__all__ = ["EnqueueResult", "NotEnqueued", "choose_click_id", "enqueue_conversion", "order_id_for"]
+__all__ = [
+    "EnqueueResult",
+    "NotEnqueued",
+    "choose_click_id",
+    "enqueue_conversion",
+    "not_enqueued_reason",
+    "order_id_for",
+]
 
 
 class NotEnqueued:
@@ -64,6 +71,28 @@ def choose_click_id(gclid: str | None, wbraid: str | None, gbraid: str | None) -
     return None
 
 
+def not_enqueued_reason(
+    value_minor: int | None,
+    has_session: bool,
+    session_found: bool,
+    click: tuple[str, str] | None,
+    consent_scopes: list[str] | None,
+) -> str | None:
+    """Why a conversion of this source cannot be enqueued (a ``NotEnqueued`` reason), or
+    None when it can. The enqueue and the console's "not queued: ..." read this one rule."""
+    if value_minor is None or value_minor <= 0:
+        return NotEnqueued.ZERO_VALUE
+    if not has_session:
+        return NotEnqueued.NO_SESSION
+    if not session_found:
+        return NotEnqueued.SESSION_NOT_FOUND
+    if click is None:
+        return NotEnqueued.NO_CLICK_ID
+    if "marketing" not in (consent_scopes or []):
+        return NotEnqueued.NO_MARKETING_CONSENT
+    return None
+
+
 async def enqueue_conversion(
     conn: asyncpg.Connection,
     *,
@@ -79,18 +108,16 @@ async def enqueue_conversion(
     """Enqueue (in the caller's transaction) when the session has a click id and
     ``marketing`` consent. Never raises for a business reason; see ``EnqueueResult``."""
     kind = SourceKind(source_kind).value
-    if value_minor is None or value_minor <= 0:
-        return EnqueueResult(False, NotEnqueued.ZERO_VALUE)
-    if session_id is None:
-        return EnqueueResult(False, NotEnqueued.NO_SESSION)
-    session = await conn.fetchrow(Q.sales.session_for_conversion, site_id, session_id, session_month)
-    if session is None:
-        return EnqueueResult(False, NotEnqueued.SESSION_NOT_FOUND)
-    click = choose_click_id(session["gclid"], session["wbraid"], session["gbraid"])
-    if click is None:
-        return EnqueueResult(False, NotEnqueued.NO_CLICK_ID)
-    if "marketing" not in (session["consent_scopes"] or []):
-        return EnqueueResult(False, NotEnqueued.NO_MARKETING_CONSENT)
+    session = None
+    if value_minor is not None and value_minor > 0 and session_id is not None:
+        session = await conn.fetchrow(Q.sales.session_for_conversion, site_id, session_id, session_month)
+    click = choose_click_id(session["gclid"], session["wbraid"], session["gbraid"]) if session else None
+    reason = not_enqueued_reason(
+        value_minor, session_id is not None, session is not None, click, session["consent_scopes"] if session else None
+    )
+    if reason is not None:
+        return EnqueueResult(False, reason)
+    assert session is not None and click is not None
     site = await conn.fetchrow(Q.sales.site_destination, site_id)
     destination = site["default_destination"]
     click_type, click_value = click

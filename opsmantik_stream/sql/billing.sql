@@ -45,10 +45,13 @@ FROM site_usage_monthly WHERE site_id = $1 ORDER BY year_month DESC LIMIT 24;
 
 -- name: delete_expired_ledger
 -- Retention: expired rows, never of the current or the previous month, in bounded chunks.
+-- Rows expire 90 days after they were written: the created_at bound lets the BRIN index
+-- skip the recent part of the table.
 DELETE FROM ingest_idempotency
 WHERE ctid = ANY (ARRAY(
     SELECT ctid FROM ingest_idempotency
-    WHERE expires_at < $1 AND year_month <> ALL ($2::text[])
+    WHERE expires_at < $1 AND created_at < $1::timestamptz - interval '90 days'
+      AND year_month <> ALL ($2::text[])
     LIMIT $3
 ));
 

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from opsmantik_stream.jobs import run_job
 from tests.cdp import Browser, ensure_chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -22,8 +23,8 @@ def chromium() -> str:
     return binary
 
 
-async def test_ops_page_shows_live_queue_and_actors(
-    chromium: str, live_server: str, pool: asyncpg.Pool, make_site: Any, make_token: Any
+async def test_ops_page_shows_live_queue_actors_and_alerts(
+    chromium: str, live_server: str, pool: asyncpg.Pool, settings: Any, make_site: Any, make_token: Any
 ) -> None:
     site = await make_site()
     admin = await make_token(None, None, platform_admin=True)
@@ -36,6 +37,15 @@ async def test_ops_page_shows_live_queue_and_actors(
             uuid.uuid4(),
             f"ops-{i}",
         )
+    # a BLOCKED row is a watchtower condition: the alert shows on the page
+    await pool.execute(
+        "INSERT INTO offline_conversion_queue (site_id, destination, source_kind, source_id, order_id, "
+        "gclid, conversion_time, value_minor, currency, status) "
+        "VALUES ($1, 'google_ads', 'sale', $2, 'ops-blocked', 'g', now(), 100, 'TRY', 'BLOCKED')",
+        site["site_id"],
+        uuid.uuid4(),
+    )
+    await run_job("watchtower", pool, settings)
     async with Browser(chromium) as browser:
         await browser.navigate(f"{live_server}/ops")
         # the operator types a token; the page keeps it for the tab and refreshes every 2 s
@@ -57,6 +67,8 @@ async def test_ops_page_shows_live_queue_and_actors(
         assert await failed_row() == "3", await browser.evaluate("document.getElementById('status').textContent")
         actors = await browser.evaluate("document.getElementById('actors').textContent")
         assert "registry: ok" in actors
+        alerts = await browser.evaluate("document.getElementById('alerts').textContent")
+        assert "blocked_rows: 1 conversion(s) BLOCKED" in alerts
         # live: a change in PostgreSQL shows up without a reload
         await pool.execute("UPDATE offline_conversion_queue SET status = 'QUEUED' WHERE order_id = 'ops-0'")
         for _ in range(60):

@@ -9,13 +9,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.serving import free_port
+from tests.serving import free_port, wait_healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -27,23 +25,6 @@ def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
-
-
-def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited early:\n{log.read_text()[-3000:]}")
-        try:
-            r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=3)
-            last = r
-            if r.status_code == 200:
-                return dict(r.json())
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"not healthy in time (last={last and last.text}):\n{log.read_text()[-3000:]}")
 
 
 def _interrupt(proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -73,7 +54,7 @@ def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
 
     proc = _start(env, log)
     try:
-        health = _wait_healthy(port, proc, log)
+        health = wait_healthy(port, proc, log)
         assert health["checks"]["database"] == "ok"
         assert all(v == "ok" for v in health["checks"]["actors"].values())
         assert f"serving on http://127.0.0.1:{port}" in log.read_text()
@@ -117,7 +98,7 @@ def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
             timeout=120,
         )
         assert scaled.returncode == 0, scaled.stdout + scaled.stderr
-        health = _wait_healthy(port, proc, log)
+        health = wait_healthy(port, proc, log)
         assert sum(1 for name in health["checks"]["actors"] if name.startswith("partition-v2-")) == 2
     finally:
         if proc.poll() is None:
@@ -127,7 +108,7 @@ def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
 
     proc = _start(env, log)
     try:
-        _wait_healthy(port, proc, log)
+        wait_healthy(port, proc, log)
         listed = subprocess.run(
             [sys.executable, "-m", "opsmantik_stream.cli", "site", "list", "--json"],
             env=env,

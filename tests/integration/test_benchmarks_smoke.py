@@ -114,3 +114,19 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 50) == 50.0
     assert percentile(values, 99) == 99.0
     assert percentile([], 99) == 0.0
+
+
+def test_events_per_call_come_from_the_batch_histogram() -> None:
+    from benchmarks.probes import Snapshot, cpu_ms_per_unit, diff
+
+    before = Snapshot(calls=10, events=100, buckets={1: 0, 16: 10, 32: 10, float("inf"): 10}, commits=5)
+    # 100 more calls: 50 of 1-16 events, 50 of 17-32; 2,000 events in all
+    after = Snapshot(calls=110, events=2100, buckets={1: 0, 16: 60, 32: 110, float("inf"): 110}, commits=105)
+    out = diff(before, after, seconds=10.0)
+    assert out["partition_calls_per_s"] == 10.0
+    assert out["events_per_call_mean"] == 20.0
+    assert out["events_per_call_p50"] == 16.0
+    assert 31.0 <= out["events_per_call_p99"] <= 32.0
+    assert out["commits_per_s"] == 10.0
+    # 50 % of a core at 1,000 requests/s is 0.5 ms of CPU per request
+    assert cpu_ms_per_unit({"gateway": 50.0, "total (100 % = one core, 2 cores)": 50.0}, 1000.0) == {"gateway": 0.5}

@@ -34,7 +34,7 @@ async def test_kill_partition_with_requests_in_flight(
         sid = str(uuid.uuid4())
         assert (await post(client, event(site, sid=sid))).status_code == 202
         name, handle = await ctx.routing.owner(site["site_id"])
-        batcher = ctx.extras["ingest"].batchers[name]
+        batcher = ctx.partitions.batchers[name]
 
         # 240 events: single requests and 10-event batches, 40 requests at a time
         bodies: list[Any] = []

@@ -1,19 +1,21 @@
 """The partition's batch writer on a real PostgreSQL, without Ray: server-side months with
-an injected clock, dead letters that never break a batch, caches rebuilt from PostgreSQL,
+an injected clock, dead letters that never break a batch, nothing held between batches,
 and an exact quota with two writers on one site."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 
-from opsmantik_stream.ingest.schema import WireEvent
-from opsmantik_stream.ingest.store import IngestStore
+from opsmantik_stream.ingest.schema import MetaIn, WireEvent
+from opsmantik_stream.ingest.store import BatchEvent, CallExpired, IngestStore
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +36,7 @@ def wire(site: dict[str, Any], at: dt.datetime, **kw: Any) -> WireEvent:
         "ua": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0",
     }
     values.update(kw)
+    values["meta"] = msgspec.convert(values["meta"], MetaIn)
     return WireEvent(**values)
 
 
@@ -102,15 +105,16 @@ async def test_a_failing_event_goes_to_dead_letters_and_the_batch_commits(pool: 
     assert later.status == "accepted" and later.stored is None
 
 
-async def test_a_restarted_partition_rebuilds_its_caches_from_postgresql(pool: asyncpg.Pool, make_site: Any) -> None:
+async def test_a_restarted_partition_knows_everything_from_postgresql(pool: asyncpg.Pool, make_site: Any) -> None:
+    # the store keeps no state between batches: a restarted actor (a new store) finds the
+    # session, its click id and the visitor's history in PostgreSQL
     site = await make_site()
     now = dt.datetime.now(dt.UTC)
     sid = str(uuid.uuid4())
     first = IngestStore(pool)
     await first.ingest([wire(site, now, sid=sid, url="https://shop.example.com/?gclid=G-1234567890")])
-    assert first.cache_sizes()["sessions"] == 1
 
-    restarted = IngestStore(pool)  # empty caches, as after an actor restart
+    restarted = IngestStore(pool)  # as after an actor restart
     call = wire(site, now, sid=sid, ec="conversion", ea="phone_call", el="tel:05321234567", meta={})
     [r] = await restarted.ingest([call])
     assert r.status == "accepted"
@@ -181,3 +185,132 @@ async def test_one_session_id_for_two_sites_in_one_batch_fails_nobody(pool: asyn
     assert len({r["id"] for r in rows}) == 3
     assert await pool.fetchval("SELECT count(*) FROM events") == 3
     assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+
+
+async def test_the_prepared_event_is_exactly_the_sql_type(pool: asyncpg.Pool) -> None:
+    # the partition sends BatchEvent as JSON objects and ingest_batch reads them by name:
+    # a field the type lacks (or the other way round) would be lost silently
+    rows = await pool.fetch(
+        """SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type
+           FROM pg_attribute a JOIN pg_type t ON t.typrelid = a.attrelid
+           WHERE t.typname = 'ingest_batch_event' AND a.attnum > 0 AND NOT a.attisdropped"""
+    )
+    assert {r["attname"] for r in rows} == set(BatchEvent.__struct_fields__)
+    types = {r["attname"]: r["type"] for r in rows}
+    expected = {bool: "boolean", int: ("integer", "smallint", "bigint"), float: "double precision"}
+    for field in msgspec.structs.fields(BatchEvent):
+        hint = field.type
+        args = [t for t in getattr(hint, "__args__", ()) if t is not type(None)]
+        base = hint if isinstance(hint, type) else (args[0] if args else None)
+        want = expected.get(base) if isinstance(base, type) else None
+        if want is not None:
+            assert types[field.name] in (want if isinstance(want, tuple) else (want,)), field.name
+
+
+@pytest.mark.parametrize(
+    ("limit", "soft", "multiplier", "states"),
+    [
+        (0, False, 2, "rrr"),
+        (1, False, 2, "arr"),
+        (3, False, 2, "aaarr"),
+        (2, True, 2, "aaoorr"),
+        (3, True, 1.5, "aaaorr"),
+        (0, True, 2, "rr"),
+    ],
+)
+async def test_quota_accepts_exactly_the_limit_then_overage_up_to_the_cap(
+    pool: asyncpg.Pool, limit: int, soft: bool, multiplier: float, states: str
+) -> None:
+    got = "".join(
+        [
+            await pool.fetchval("SELECT ingest_quota($1, $2, $3, $4)::text", limit, soft, multiplier, used)
+            for used in range(len(states))
+        ]
+    )
+    assert got == states
+
+
+async def test_quota_remaining_counts_down_in_one_batch(pool: asyncpg.Pool, make_site: Any) -> None:
+    site = await make_site(monthly_limit=3)
+    now = dt.datetime.now(dt.UTC)
+    results = await IngestStore(pool).ingest([wire(site, now) for _ in range(5)])
+    assert [(r.status, r.quota_remaining) for r in results] == [
+        ("accepted", 2),
+        ("accepted", 1),
+        ("accepted", 0),
+        ("rejected_quota", 0),
+        ("rejected_quota", 0),
+    ]
+
+
+async def test_plain_events_never_raise_consent_and_a_consent_event_sets_it(pool: asyncpg.Pool, make_site: Any) -> None:
+    site = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    store = IngestStore(pool)
+    sid = str(uuid.uuid4())
+
+    async def scopes() -> list[str]:
+        return list(await pool.fetchval("SELECT consent_scopes FROM sessions WHERE id = $1", uuid.UUID(sid)))
+
+    await store.ingest([wire(site, now, sid=sid, consent=["analytics"])])
+    assert await scopes() == ["analytics"]
+    # a plain event claiming more changes nothing
+    await store.ingest([wire(site, now, sid=sid, consent=["analytics", "marketing"])])
+    assert await scopes() == ["analytics"]
+    # the tracker's consent call (a system/consent event) records the choice as it is
+    grant = wire(site, now, sid=sid, ec="system", ea="consent", consent=["analytics", "marketing"])
+    [r] = await store.ingest([grant])
+    assert r.status == "accepted" and r.quota_remaining is None  # not billable
+    assert await scopes() == ["analytics", "marketing"]
+    # a later plain event may only narrow it
+    await store.ingest([wire(site, now, sid=sid, consent=["analytics"])])
+    assert await scopes() == ["analytics"]
+    # in one batch, events apply in order: grant, then a narrowing event, then a grant again
+    await store.ingest(
+        [
+            wire(site, now, sid=sid, ec="system", ea="consent", consent=["analytics", "marketing"]),
+            wire(site, now, sid=sid, consent=["analytics"]),
+            wire(site, now, sid=sid, ec="system", ea="consent", consent=["analytics", "marketing"]),
+        ]
+    )
+    assert await scopes() == ["analytics", "marketing"]
+    # a withdrawal is recorded too; the consent events are the session's consent history
+    await store.ingest([wire(site, now, sid=sid, ec="system", ea="consent", consent=[])])
+    assert await scopes() == []
+    history = await pool.fetchval(
+        "SELECT count(*) FROM events WHERE session_id = $1 AND event_category = 'system' AND event_action = 'consent'",
+        uuid.UUID(sid),
+    )
+    assert history == 4
+    assert await pool.fetchval("SELECT event_count FROM site_usage_monthly") == 4  # only the plain views
+
+
+async def test_a_batch_past_its_deadline_is_not_written(pool: asyncpg.Pool, make_site: Any) -> None:
+    site = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    store = IngestStore(pool)
+    with pytest.raises(CallExpired):
+        await store.ingest([wire(site, now)], deadline=time.monotonic() - 1)
+    assert await pool.fetchval("SELECT count(*) FROM ingest_idempotency") == 0
+    [r] = await store.ingest([wire(site, now)], deadline=time.monotonic() + 30)
+    assert r.status == "accepted"
+
+
+async def test_a_visitor_with_thousands_of_sessions_costs_every_batch_a_bounded_look_up(
+    pool: asyncpg.Pool, make_site: Any
+) -> None:
+    # Heartbeats (not billable) with one fingerprint and many session ids must not make later
+    # batches of the site slower and slower: the look-up reads the visitor's 100 latest
+    # sessions at most, and nothing about it is kept in the partition between batches.
+    site = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    store = IngestStore(pool)
+    beats = [wire(site, now, ec="system", ea="heartbeat", meta={"fp": "fp-many"}) for _ in range(600)]
+    for k in range(0, len(beats), 200):
+        assert {r.status for r in await store.ingest(beats[k : k + 200])} == {"accepted"}
+    assert await pool.fetchval("SELECT count(*) FROM sessions WHERE fingerprint = 'fp-many'") == 600
+    [r] = await store.ingest([wire(site, now, meta={"fp": "fp-many"}, referrer="https://www.google.com/")])
+    assert r.status == "accepted"
+    visits = await pool.fetchval("SELECT previous_visit_count FROM sessions ORDER BY created_at DESC, id LIMIT 1")
+    assert visits == 100
+    assert await pool.fetchval("SELECT count(*) FROM events") == 1  # heartbeats only touch sessions

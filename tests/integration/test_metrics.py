@@ -62,4 +62,5 @@ async def test_ops_page_and_summary(client: httpx.AsyncClient, make_site: Any, m
     assert r.status_code == 403  # one site's owner does not see every tenant's figures
     r = await client.get("/api/ops/summary", headers={"Authorization": f"Bearer {admin}"})
     assert r.status_code == 200
-    assert set(r.json()) == {"queue", "breakers", "ingest_last_minute", "dead_letters_pending", "actors"}
+    assert set(r.json()) == {"queue", "breakers", "ingest_last_minute", "dead_letters_pending", "actors", "alerts"}
+    assert r.json()["alerts"] == {"by_kind": {}, "open": [], "last_run": None}

@@ -17,7 +17,7 @@ import ray
 from actors.runtime import get_actor, scale_stack
 from gateway.app import create_app
 from gateway.context import AppContext
-from opsmantik_stream.ingest.schema import WireEvent
+from opsmantik_stream.ingest.schema import MetaIn, WireEvent
 from opsmantik_stream.ingest.store import IngestStore
 from tests.ingest_support import ORIGIN, event, post
 
@@ -97,7 +97,7 @@ def _wire(site: dict[str, Any], sid: str, now: dt.datetime, **kw: Any) -> WireEv
         "ea": "phone_call",
         "el": "tel:+905321234567",
         "consent": ["analytics"],
-        "meta": {"fp": f"fp-{sid[:8]}"},
+        "meta": MetaIn(fp=f"fp-{sid[:8]}"),
         "ip": "203.0.113.0",
         "ua": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0",
     }

@@ -3,6 +3,7 @@ reset (audited), capabilities, and the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -171,3 +172,45 @@ def test_cli_destination_set_list_and_status(db_url, settings, monkeypatch, caps
             "ready": False,
         }
     ]
+
+
+async def test_api_and_cli_write_credentials_alike(
+    client, pool, make_site, make_token, settings, db_url, monkeypatch, capsys
+) -> None:
+    """One implementation (uploads/delivery.py): the same credentials set through the API and
+    the CLI store the same facts and leave the same audit record, the actor aside."""
+    by_api, by_cli = await make_site(), await make_site()
+    owner = await make_token(by_api["public_id"], "owner")
+    r = await client.put(
+        f"/api/sites/{by_api['public_id']}/credentials", json=CREDS, headers={"authorization": f"Bearer {owner}"}
+    )
+    assert r.status_code == 200, r.text
+    monkeypatch.setenv("OPSMANTIK_DATABASE_URL", db_url)
+    monkeypatch.setenv("OPSMANTIK_DATA_DIR", settings.data_dir)
+    monkeypatch.setenv("OPSMANTIK_VAULT_KEY", settings.vault_key or "")
+    monkeypatch.setenv("OPSMANTIK_CRED_CLIENT_SECRET", CREDS["client_secret"])
+    monkeypatch.setenv("OPSMANTIK_CRED_REFRESH_TOKEN", CREDS["refresh_token"])
+    monkeypatch.setenv("OPSMANTIK_CRED_DEVELOPER_TOKEN", CREDS["developer_token"])
+    args = ["site", "credentials", "set", by_cli["public_id"], "--destination", "google_ads"]
+    args += ["--customer-id", str(CREDS["customer_id"]), "--client-id", str(CREDS["client_id"])]
+    args += ["--conversion-action", ACTION, "--requests-per-s", "5", "--json"]
+    assert await asyncio.to_thread(cli_main, args) == 0
+    cli_view = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    api_view = r.json()
+    same = ("destination", "account_id", "key_fingerprint", "requests_per_s", "site_destination", "note")
+    assert {k: api_view[k] for k in same if k != "note"} == {k: cli_view[k] for k in same if k != "note"}
+    assert api_view["note"].replace(by_api["public_id"], "X") == cli_view["note"].replace(by_cli["public_id"], "X")
+    audits = {
+        str(a["site_id"]): a
+        for a in await pool.fetch(
+            "SELECT actor_type, action, resource_type, resource_id, site_id, payload FROM audit_log "
+            "WHERE action = 'credentials.set'"
+        )
+    }
+    api_audit, cli_audit = audits[str(by_api["site_id"])], audits[str(by_cli["site_id"])]
+    assert (api_audit["actor_type"], cli_audit["actor_type"]) == ("user", "cli")
+    fields = ("action", "resource_type", "resource_id", "payload")
+    assert {k: api_audit[k] for k in fields} == {k: cli_audit[k] for k in fields}
+    assert api_audit["payload"]["site_destination_changed"] is True
+    sealed = await pool.fetch("SELECT sealed FROM provider_credentials")
+    assert len(sealed) == 2 and all(b"very-secret" not in bytes(s["sealed"]) for s in sealed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from opsmantik_stream.config import ConfigError, load_settings
@@ -15,7 +17,9 @@ def test_defaults_bind_loopback_and_embed_the_database() -> None:
     assert s.port == 8000
     assert s.database_url is None
     assert s.ray_address is None
-    assert s.partitions >= 1
+    # partitions: one per two cores unless set
+    assert s.partitions is None and s.partition_count == max(1, (os.cpu_count() or 2) // 2)
+    assert load_settings(environ={"OPSMANTIK_PARTITIONS": "3"}).partition_count == 3
 
 
 def test_values_come_from_prefixed_variables() -> None:

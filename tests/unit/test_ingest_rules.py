@@ -10,14 +10,8 @@ import hashlib
 import pytest
 
 from opsmantik_stream.ingest import attribution as attr
-from opsmantik_stream.ingest.admission import TokenBucketLimiter, origin_allowed, truncate_ip
-from opsmantik_stream.ingest.billing import (
-    Plan,
-    classify_billable,
-    decide_quota,
-    seconds_to_next_month,
-    year_month,
-)
+from opsmantik_stream.ingest.admission import TokenBucketLimiter, client_net, origin_allowed, truncate_ip
+from opsmantik_stream.ingest.billing import classify_billable, seconds_to_next_month, year_month
 from opsmantik_stream.ingest.intents import (
     detect_intent,
     intent_target,
@@ -135,40 +129,7 @@ def test_billable_classification(ec: str | None, ea: str | None, billable: bool,
 
 
 # ---------------------------------------------------------------- quota
-
-
-def accepted_count(plan: Plan, attempts: int) -> tuple[int, int]:
-    used = accepted = overage = 0
-    for _ in range(attempts):
-        d = decide_quota(plan, used)
-        assert d.remaining >= 0
-        if d.accepted:
-            used += 1
-            accepted += 1
-            overage += d.overage
-    return accepted, overage
-
-
-@pytest.mark.parametrize("limit", [0, 1, 2, 5, 100])
-def test_hard_limit_accepts_exactly_n(limit: int) -> None:
-    plan = Plan(monthly_limit=limit)
-    assert accepted_count(plan, limit + 3) == (limit, 0)
-    assert decide_quota(plan, limit - 1).accepted if limit else True
-    rejected = decide_quota(plan, limit)
-    assert not rejected.accepted and rejected.remaining == 0
-
-
-@pytest.mark.parametrize(("limit", "mult", "total"), [(5, 2.0, 10), (3, 2.0, 6), (10, 1.5, 15), (0, 2.0, 0)])
-def test_soft_limit_accepts_overage_up_to_the_cap(limit: int, mult: float, total: int) -> None:
-    plan = Plan(monthly_limit=limit, soft_limit=True, hard_cap_multiplier=mult)
-    assert accepted_count(plan, total + 5) == (total, total - limit)
-    assert decide_quota(plan, limit).overage is (limit < total)
-    assert not decide_quota(plan, total).accepted
-
-
-def test_quota_remaining_counts_down() -> None:
-    plan = Plan(monthly_limit=3)
-    assert [decide_quota(plan, u).remaining for u in range(5)] == [2, 1, 0, 0, 0]
+# (the quota decision lives in SQL next to the locked usage: tests/integration/test_ingest_store.py)
 
 
 @pytest.mark.parametrize(
@@ -469,6 +430,43 @@ def test_decode_accepts_single_batch_and_top_level_site() -> None:
 )
 def test_consent_scopes(body: bytes, scopes: list[str]) -> None:
     assert consent_scopes(decode_body(body)[1][0]) == scopes
+
+
+def test_meta_is_typed_unknown_keys_are_dropped_and_nesting_is_refused() -> None:
+    _, [ev] = decode_body(b'{"s":"a","u":"b","meta":{"fp":"x","sw":"1920","whatever":{"a":[1,2,{"b":3}]}}}')
+    assert ev.meta is not None and (ev.meta.fp, ev.meta.sw) == ("x", 1920)
+    assert not hasattr(ev.meta, "whatever")
+    deep = b'{"s":"a","u":"b","meta":{"junk":' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    with pytest.raises(BodyError) as info:
+        decode_body(deep)
+    assert (info.value.status, info.value.code) == (400, "invalid_json")
+    with pytest.raises(BodyError) as info:
+        decode_body(b'{"s":"a","u":"b","meta":{"city":"' + b"x" * 129 + b'"}}')
+    assert info.value.code == "validation_error:meta.city"
+    with pytest.raises(BodyError) as info:
+        decode_body(b'{"s":"a","u":"b","meta":{"fp":{"nested":1}}}')
+    assert info.value.code == "validation_error:meta.fp"
+
+
+def test_nul_characters_are_stripped_everywhere() -> None:
+    _, [ev] = decode_body(b'{"s":"a","u":"b\\u0000c","el":"x\\u0000","meta":{"fp":"f\\u0000p","lan":"tr"}}')
+    assert (ev.u, ev.el) == ("bc", "x")
+    assert ev.meta is not None and (ev.meta.fp, ev.meta.lan) == ("fp", "tr")
+
+
+@pytest.mark.parametrize(
+    ("ip", "client"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        (None, "unknown"),
+        ("not-an-ip", "not-an-ip"),
+    ],
+)
+def test_rate_limit_client_is_the_address_or_the_ipv6_64(ip: str | None, client: str) -> None:
+    assert client_net(ip) == client
 
 
 # ---------------------------------------------------------------- admission

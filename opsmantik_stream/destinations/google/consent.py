@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["MARKETING_SCOPE", "google_consent"]
+from opsmantik_stream.enums import ConsentScope
 
-MARKETING_SCOPE = "marketing"
+__all__ = ["google_consent"]
 
 
 def google_consent(scopes: Sequence[str] | None) -> tuple[bool | None, bool | None]:
     """``(ad_user_data, ad_personalization)`` for the recorded scopes; ``None`` = not recorded."""
     if scopes is None:
         return None, None
-    granted = MARKETING_SCOPE in scopes
+    granted = ConsentScope.MARKETING in scopes
     return granted, granted
