@@ -47,6 +47,8 @@ def rendered() -> Iterator[list[tuple[str, dict[str, str], float]]]:
         "uploads": {"completed": 5},
         "dead_letters": 0,
         "oldest_due": {"google_ads": {"age_s": 42.5, "n": 3}},
+        "privacy_retention": None,
+        "alerts": {},
     }
     gm._ACTOR_FIGURES.partitions = {
         "partition-v1-0": {
