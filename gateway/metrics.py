@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
     "INGEST_EVENTS",
     "PARTITION_CALL_SECONDS",
     "REGISTRY",
+    "register_cache_source",
     "render_metrics",
     "timed_partition_call",
 ]
@@ -238,7 +240,7 @@ class _ActorFigures(Collector):
         yield up
         yield from _uploader_families(self.uploaders)
         yield from _partition_families(self.partitions)
-        caches: dict[str, dict[str, tuple[int, int, int, int]]] = {"gateway": lru_cache_figures()}
+        caches: dict[str, dict[str, tuple[int, int, int, int]]] = {"gateway": _gateway_caches()}
         for name, answer in self.partitions.items():
             if answer:
                 caches[name] = dict(answer.get("caches") or {})
@@ -327,6 +329,34 @@ def _cache_families(caches: dict[str, dict[str, tuple[int, int, int, int]]]) -> 
     yield misses
     yield entries
     yield capacity
+
+
+#: callables returning ``cache -> (hits, misses, entries, capacity)`` for caches of this process
+#: that are not ``lru_cache`` (e.g. the ingest route's site cache); weakly held, so an app
+#: that is gone (tests build many) stops reporting
+_CACHE_SOURCES: list[weakref.WeakMethod[Callable[[], dict[str, tuple[int, int, int, int]]]]] = []
+
+
+def register_cache_source(figures: Callable[[], dict[str, tuple[int, int, int, int]]]) -> None:
+    """Report a cache's figures (a bound method) under ``process="gateway"`` at scrape time."""
+    _CACHE_SOURCES.append(weakref.WeakMethod(figures))
+
+
+def _gateway_caches() -> dict[str, tuple[int, int, int, int]]:
+    """This process's ``lru_cache`` figures plus the registered caches (summed when several
+    apps of one process report the same cache)."""
+    out = lru_cache_figures()
+    alive = []
+    for ref in _CACHE_SOURCES:
+        figures = ref()
+        if figures is None:
+            continue
+        alive.append(ref)
+        for name, values in figures().items():
+            held = out.get(name, (0, 0, 0, 0))
+            out[name] = (held[0] + values[0], held[1] + values[1], held[2] + values[2], held[3] + values[3])
+    _CACHE_SOURCES[:] = alive
+    return out
 
 
 _ACTOR_FIGURES = _ActorFigures()

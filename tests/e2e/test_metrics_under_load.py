@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -22,19 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors.runtime import get_actor
 from opsmantik_stream.config import Settings
-from tests.integration._uploader_support import Emu, add_rows, fast_settings, serve_emulator, set_creds
+from tests.integration._uploader_support import Emu, add_rows, fast_settings, set_creds
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 BATCHES = 6
 EVENTS_PER_BATCH = 8
 ROWS = 6
-
-
-@pytest.fixture(scope="module")
-def emulator_base() -> Iterator[str]:
-    with serve_emulator() as base:
-        yield base
 
 
 @pytest.fixture
@@ -185,6 +178,15 @@ async def test_new_metrics_appear_under_load(
     )
     assert partition_hits >= 1
     assert _has(samples, "opsmantik_cache_misses_total") and _has(samples, "opsmantik_cache_entries")
+    # the gateway's site cache: one look-up per request, at least one load per site
+    sites_cache = {"process": "gateway", "cache": "gateway.sync.sites"}
+    site_hits = _sum(samples, "opsmantik_cache_hits_total", **sites_cache) - _sum(
+        before, "opsmantik_cache_hits_total", **sites_cache
+    )
+    site_misses = _sum(samples, "opsmantik_cache_misses_total", **sites_cache) - _sum(
+        before, "opsmantik_cache_misses_total", **sites_cache
+    )
+    assert site_misses >= len(sites) and site_hits + site_misses == BATCHES
 
     # uploads: the rows' outcomes, per uploader
     assert _sum(samples, "opsmantik_upload_rows_total", uploader=uploader, outcome="completed") == ROWS
