@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -203,6 +204,11 @@ def write_charts(
             ax2.plot(xs, [p["p50_ms"] for p in pts], marker="o", label=f"{name} p50")
             ax2.plot(xs, [p["p99_ms"] for p in pts], marker="^", linestyle="--", label=f"{name} p99")
         ax1.plot([0, top], [0, top], color="grey", linewidth=0.8, linestyle=":", label="achieved = offered")
+        throughput_lines, latency_goals = _sweep_references(results)
+        for (kind, y), text in sorted(throughput_lines.items()):
+            ax1.axhline(y, color="grey" if kind == "ceiling" else "#c44e52", linestyle="--", linewidth=1, label=text)
+        for y, text in sorted(latency_goals.items()):
+            ax2.axhline(y, color="#c44e52", linestyle="--", linewidth=1, label=text)
         ax1.set_xlabel("offered load (requests/s)")
         ax1.set_ylabel("achieved throughput (requests/s)")
         ax1.set_title("Throughput against offered load")
@@ -212,6 +218,7 @@ def write_charts(
         ax2.set_ylabel("latency (ms, log scale)")
         ax2.set_yscale("log")
         ax2.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax2.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax2.set_title("Latency against offered load (open loop)")
         ax2.grid(alpha=0.3, which="both")
         ax2.legend(fontsize=8)
@@ -277,13 +284,35 @@ def write_charts(
         ax.set_xlim(0, max([110.0, *(s * 1.35 for s in shares)]))
         ax.set_title("Results against their goals (green: met, red: not met)")
         ax.grid(axis="x", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: labels stay readable
         fig.tight_layout()
         out = folder / f"{stem}-goals.png"
         fig.savefig(out, dpi=110)
         plt.close(fig)
         written.append(out)
     return written
+
+
+_P99_GOAL = re.compile(r"p99 <= ([0-9.]+) ms")
+
+
+def _sweep_references(results: Sequence[Result]) -> tuple[dict[tuple[str, float], str], dict[float, str]]:
+    """Reference lines for the load chart: the ceilings (and goal x ceiling) of request-rate
+    results judged against a measured ceiling, and p99 latency goals of the form
+    ``p99 <= N ms`` from results' conditions."""
+    throughput: dict[tuple[str, float], str] = {}
+    latency: dict[float, str] = {}
+    for r in results:
+        if r.unit == "requests/s" and r.ceiling_value and r.ceiling not in (None, "offered load"):
+            throughput[("ceiling", r.ceiling_value)] = f"{r.ceiling}: {_fmt(r.ceiling_value, 1)}"
+            if r.goal_ratio is not None:
+                goal = r.goal_ratio * r.ceiling_value
+                throughput[("goal", goal)] = f"goal ≥ {r.goal_ratio * 100:g} % of {r.ceiling}: {_fmt(goal, 1)}"
+        for condition in r.conditions:
+            m = _P99_GOAL.search(condition)
+            if m:
+                latency[float(m.group(1))] = f"goal: p99 ≤ {m.group(1)} ms"
+    return throughput, latency
 
 
 def _result_of(results: Sequence[Result], value: float) -> Result | None:

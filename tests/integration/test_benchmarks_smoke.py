@@ -103,8 +103,12 @@ def test_charts_draw_goals_and_ceilings(tmp_path: Path) -> None:
         make_result("2 partitions", 700.0, "events/s", ceiling="store ceiling", ceiling_value=1000.0, goal_ratio=0.6),
         make_result("HTTP ceiling", 4500.0, "requests/s"),
     ]
-    files = write_charts(tmp_path, "g", {}, {"By partitions": [("1", 599.6), ("2", 700.0)]}, results)
-    assert [f.name for f in files] == ["g-by-partitions.png", "g-goals.png"]
+    results.append(
+        make_result("ingest", 30.0, "ms", conditions={"p99 <= 50 ms": True}),
+    )
+    sweeps = {"ingest": [{"offered": o, "achieved": o, "p50_ms": 3.0, "p99_ms": 30.0} for o in (100.0, 200.0)]}
+    files = write_charts(tmp_path, "g", sweeps, {"By partitions": [("1", 599.6), ("2", 700.0)]}, results)
+    assert [f.name for f in files] == ["g-load.png", "g-by-partitions.png", "g-goals.png"]
     for f in files:
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
