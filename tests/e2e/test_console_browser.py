@@ -34,7 +34,7 @@ from starlette.routing import Route
 from opsmantik_stream.config import Settings
 from opsmantik_stream.db import close_pool, create_pool
 from tests.cdp import ensure_chromium
-from tests.e2e.test_tracker_browser import PAGE as TRACKED_PAGE
+from tests.e2e.test_tracker_browser import _page as tracked_page
 from tests.integration._leads_support import make_intent, make_session
 from tests.integration._uploader_support import emulator_settings, serve_emulator, set_creds
 from tests.serving import serve_in_thread
@@ -203,7 +203,7 @@ async def test_operator_signs_in_with_a_link_seals_a_tracked_intent_and_sees_it_
         await other_leads(pool, site["site_id"])
 
         # a visitor from a Google ad taps the phone number: the tracker makes the intent
-        pages["html"] = TRACKED_PAGE.format(api=live_server, site=site["public_id"])
+        pages["html"] = tracked_page(live_server, site["public_id"], "Klima Servisi")
         visitor = await browser.new_context()
         tab = await visitor.new_page()
         await tab.goto(f"{page_origin}/?gclid=E2E-CONSOLE-GCLID&utm_source=google&utm_medium=cpc")

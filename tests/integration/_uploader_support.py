@@ -24,7 +24,11 @@ ACTION = "customers/1234567890/conversionActions/987654"
 
 @contextlib.contextmanager
 def serve_emulator(config: EmulatorConfig | None = None) -> Iterator[str]:
-    with serve_in_thread(create_app(config or EmulatorConfig())) as base:
+    """The emulator on a real uvicorn. It keeps idle connections far longer than httpx's
+    clients do (5 s): with equal timeouts a client may reuse a connection at the instant the
+    server closes it ("Server disconnected without sending a response"), which a slow,
+    loaded machine makes likely."""
+    with serve_in_thread(create_app(config or EmulatorConfig()), timeout_keep_alive=75) as base:
         yield base
 
 
