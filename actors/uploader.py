@@ -7,7 +7,7 @@ from the Registry and re-read when the routing version changes (a resize re-spli
 
 Methods: ``start()``, ``drain()`` (finish in-flight work, take no more), ``stop()`` (cancel at
 once; claimed rows are rescued later), ``run_once()`` (one deterministic iteration, for tests
-and operators), ``status()``, ``ping()``.
+and operators), ``status()``, ``ping()``, ``metrics()`` (figures for ``/metrics``).
 """
 
 from __future__ import annotations
@@ -178,6 +178,11 @@ class Uploader:
 
     async def ping(self) -> str:
         return "ok"
+
+    async def metrics(self) -> dict[str, Any]:
+        """This uploader's figures for the gateway's /metrics (``telemetry.Stats.snapshot``;
+        empty until the engine is built)."""
+        return self._engine.stats.snapshot() if self._engine is not None else {}
 
     async def node(self) -> str:
         """The Ray node this actor runs on (placement checks)."""

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = render_soak_markdown(ctx.soak, png.name if png else None)
     write_json(args.out / f"{stem}.json", ctx.results, meta)
     write_markdown(args.out / f"{stem}.md", ctx.results, meta, extra=extra)
-    charts += write_charts(args.out, stem, ctx.sweeps, ctx.bars)
+    charts += write_charts(args.out, stem, ctx.sweeps, ctx.bars, ctx.results)
     print(
         f"\nwrote {args.out / (stem + '.json')}, {stem}.md, {stem}.meta.json" + "".join(f", {c.name}" for c in charts)
     )

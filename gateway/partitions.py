@@ -31,7 +31,7 @@ from typing import Any
 
 from gateway.batcher import Backpressure, PartitionBatcher, PartitionMoved, PartitionUnavailable
 from gateway.handles import RoutingCache
-from gateway.metrics import BATCH_SIZE
+from gateway.metrics import BATCH_SIZE, timed_partition_call
 from opsmantik_stream import channel as frames
 from opsmantik_stream.config import Settings
 from opsmantik_stream.ingest.schema import WireResult
@@ -144,7 +144,7 @@ class PartitionClient:
             settings = self._settings
             batcher = PartitionBatcher(
                 name,
-                self._sender(name, "ingest"),
+                timed_partition_call(self._sender(name, "ingest")),
                 max_events=settings.batch_max_events,
                 max_bytes=settings.batch_max_bytes,
                 max_wait_s=settings.batch_max_wait_ms / 1000.0,

@@ -34,7 +34,7 @@ from typing import Any
 import msgspec
 
 from gateway.logs import new_request_id, request_id_var
-from gateway.metrics import HTTP_LATENCY, INGEST_EVENTS
+from gateway.metrics import HTTP_LATENCY, INGEST_EVENTS, register_cache_source
 from gateway.partitions import Backpressure, PartitionClient, PartitionUnavailable
 from opsmantik_stream.config import Settings
 from opsmantik_stream.ingest.admission import TokenBucketLimiter, client_net, origin_allowed, truncate_ip
@@ -115,16 +115,24 @@ class SyncRuntime:
         self.outcomes = INGEST_EVENTS
         # latency histogram children per HTTP status the route answers (a fixed handful)
         self._latency: dict[int, Any] = {}
+        # cache hit rates for /metrics: one integer add per request (lookups) and per miss
+        self.site_lookups = 0
+        self.site_loads = 0
+        self.origin_lookups = 0
+        self.origin_checks = 0
+        register_cache_source(self.cache_figures)
 
     async def site(self, public_id: str) -> SiteInfo | None:
         """The site by public id, cached for ``ingest_site_cache_ttl_s`` (unknown ids briefly);
         an id that cannot be a public id is unknown without a database query."""
         if not _PUBLIC_ID.fullmatch(public_id):
             return None
+        self.site_lookups += 1
         now = time.monotonic()
         hit = self._sites.get(public_id)
         if hit is not None and hit[1] > now:
             return hit[0]
+        self.site_loads += 1  # a miss: loaded now, or by the request already loading it
         loading = self._loading.get(public_id)
         if loading is not None:
             return await asyncio.shield(loading)
@@ -162,13 +170,33 @@ class SyncRuntime:
         if len(origin) > _ORIGIN_MEMO_MAX_BYTES:
             return origin_allowed(origin.decode("latin-1"), site.origins)
         key = (site.site_id, origin)
+        self.origin_lookups += 1
         verdict = self._origins.get(key)
         if verdict is None:
+            self.origin_checks += 1
             verdict = origin_allowed(origin.decode("latin-1"), site.origins)
             self._origins[key] = verdict
             if len(self._origins) > _MAX_ORIGINS:
                 self._origins.popitem(last=False)
         return verdict
+
+    def cache_figures(self) -> dict[str, tuple[int, int, int, int]]:
+        """``cache -> (hits, misses, entries, capacity)`` of the site and origin caches (read
+        by /metrics at scrape time)."""
+        return {
+            "gateway.sync.sites": (
+                self.site_lookups - self.site_loads,
+                self.site_loads,
+                len(self._sites),
+                _MAX_SITES,
+            ),
+            "gateway.sync.origins": (
+                self.origin_lookups - self.origin_checks,
+                self.origin_checks,
+                len(self._origins),
+                _MAX_ORIGINS,
+            ),
+        }
 
     def forget_site(self, public_id: str) -> None:
         self._sites.pop(public_id, None)

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 
 from benchmarks.openloop import percentile
-from benchmarks.report import make_result, render_markdown, write_charts, write_json, write_markdown
+from benchmarks.report import (
+    label_near,
+    make_result,
+    percent_near,
+    render_markdown,
+    write_charts,
+    write_json,
+    write_markdown,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +84,34 @@ def test_charts_are_written_as_png(tmp_path: Path) -> None:
     }
     files = write_charts(tmp_path, "d", sweeps, {"By partitions": [("1", 100.0), ("2", 180.0)]})
     assert len(files) == 2
+    for f in files:
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_labels_never_round_a_miss_into_the_goal() -> None:
+    assert label_near(18.96, 19.0) == "18.96"
+    assert label_near(18.9, 19.0) == "18.9"
+    assert label_near(999.6, 1000.0) == "999.6"
+    assert label_near(1200.0, 1000.0) == "1,200"
+    assert percent_near(0.5996, 0.6) == "59.96 %"
+    assert percent_near(0.6004, 0.6) == "60.04 %"
+    assert percent_near(0.27, 0.6) == "27 %"
+    missed = make_result("batches", 599.6, "events/s", ceiling="store ceiling", ceiling_value=1000.0, goal_ratio=0.6)
+    assert "| 59.96 % | ≥ 60 % | **no** |" in render_markdown([missed])
+
+
+def test_charts_draw_goals_and_ceilings(tmp_path: Path) -> None:
+    results = [
+        make_result("1 partition", 599.6, "events/s", ceiling="store ceiling", ceiling_value=1000.0, goal_ratio=0.6),
+        make_result("2 partitions", 700.0, "events/s", ceiling="store ceiling", ceiling_value=1000.0, goal_ratio=0.6),
+        make_result("HTTP ceiling", 4500.0, "requests/s"),
+    ]
+    results.append(
+        make_result("ingest", 30.0, "ms", conditions={"p99 <= 50 ms": True}),
+    )
+    sweeps = {"ingest": [{"offered": o, "achieved": o, "p50_ms": 3.0, "p99_ms": 30.0} for o in (100.0, 200.0)]}
+    files = write_charts(tmp_path, "g", sweeps, {"By partitions": [("1", 599.6), ("2", 700.0)]}, results)
+    assert [f.name for f in files] == ["g-load.png", "g-by-partitions.png", "g-goals.png"]
     for f in files:
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
