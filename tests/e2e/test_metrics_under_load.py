@@ -33,7 +33,9 @@ ROWS = 6
 @pytest.fixture
 def settings(settings: Settings, emulator_base: str) -> Settings:
     # one transient failure opens the breaker; it may probe again after 1 s
-    return fast_settings(settings, emulator_base, partitions=2, uploaders=1, upload_breaker_fail_max=1)
+    # metrics_cache_s=0: each scrape reads the database figures (the test compares scrapes)
+    fast = fast_settings(settings, emulator_base, partitions=2, uploaders=1, upload_breaker_fail_max=1)
+    return fast.with_overrides(metrics_cache_s=0.0)
 
 
 Samples = list[tuple[str, dict[str, str], float]]
