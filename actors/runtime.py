@@ -110,7 +110,7 @@ def placement_options(resource: str) -> dict[str, Any]:
     """Ray options that spread actors of one kind over the cluster's nodes (see module doc)."""
     options: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
     try:
-        advertised = float(ray.cluster_resources().get(resource, 0.0))
+        advertised = float(ray.cluster_resources().get(resource, 0.0))  # type: ignore[no-untyped-call]
     except Exception:  # pragma: no cover - the GCS did not answer: plain SPREAD
         advertised = 0.0
     if advertised >= _RESOURCE_UNIT:

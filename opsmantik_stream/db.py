@@ -63,7 +63,8 @@ class EmbeddedPostgres:
             import pgserver
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        # pgserver exports get_server without listing it in __all__
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         return str(self._server.get_uri())
 
     @property

@@ -153,7 +153,7 @@ class ClickIds(msgspec.Struct, frozen=True):
 
 def click_ids(params: Mapping[str, str], meta: Any) -> ClickIds:
     """Click ids from the page URL, else from ``meta`` (the tracker persists them per session)."""
-    return ClickIds(**_pick(CLICK_ID_KEYS, params, meta, split_google=True))  # type: ignore[arg-type]
+    return ClickIds(**_pick(CLICK_ID_KEYS, params, meta, split_google=True))
 
 
 def _pick(keys: tuple[str, ...], params: Mapping[str, str], meta: Any, *, split_google: bool = False) -> dict[str, Any]:

@@ -318,7 +318,7 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
 
 def _dead_payload(ev: WireEvent) -> dict[str, Any]:
     """The event as a dead letter keeps it (enough to replay it)."""
-    return msgspec.to_builtins(
+    payload: dict[str, Any] = msgspec.to_builtins(
         {
             "site_id": ev.site_id,
             "received_ms": ev.received_ms,
@@ -336,6 +336,7 @@ def _dead_payload(ev: WireEvent) -> dict[str, Any]:
             "ua": ev.ua,
         }
     )
+    return payload
 
 
 class _DeadRow(msgspec.Struct):
