@@ -1,8 +1,10 @@
 # One command per chore, the same on a laptop and in CI.
 #   make run    create .venv if missing, install, serve the whole stack (Ctrl-C stops it)
 #   make test   create .venv if missing, install with test extras, run the whole suite
-#   make lint   ruff + mypy
+#   make lint   ruff (lint, format, complexity) + mypy (strict on opsmantik_stream)
+#   make fuzz   >= 10,000 property-based requests against a served stack; prints counts by status
 #   make bench  the benchmark scenarios in benchmarks/
+#   make soak   half the ingest peak for SOAK_MINUTES (30): memory and latency over time
 #   make docs   regenerate the generated parts of docs/ (settings table, HTTP routes)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,8 +13,12 @@ BIN := $(VENV)/bin
 # Re-install whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml 2>/dev/null | cut -d' ' -f1)
 PYTEST_ARGS ?=
+SOAK_MINUTES ?= 30
 
-.PHONY: help install run test lint format bench docs clean
+FUZZ_REQUESTS ?= 10000
+FUZZ_SEED ?= $(shell date +%s)
+
+.PHONY: help install run test fuzz lint format bench soak docs clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -39,10 +45,16 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# the same suite make test runs briefly (tests/fuzz), at full length, with its counts printed
+fuzz: install
+	OPSMANTIK_TEST_FUZZ_REQUESTS=$(FUZZ_REQUESTS) OPSMANTIK_TEST_FUZZ_SEED=$(FUZZ_SEED) \
+		$(BIN)/python -m pytest tests/fuzz -q -s --durations=0
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy opsmantik_stream actors gateway tests benchmarks
+	$(BIN)/mypy --strict opsmantik_stream
 
 format: install
 	$(BIN)/ruff format .
@@ -50,6 +62,9 @@ format: install
 
 bench: install
 	$(BIN)/python -m benchmarks
+
+soak: install
+	$(BIN)/python -m benchmarks --only soak --minutes $(SOAK_MINUTES)
 
 docs: install
 	$(BIN)/python -m opsmantik_stream.docgen

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import ray
 
+from opsmantik_stream.budget import pool_size
 from opsmantik_stream.config import Settings
 from opsmantik_stream.db import create_pool
 from opsmantik_stream.jobs import JOBS, run_job
@@ -43,7 +44,7 @@ class Maintenance:
 
     async def _db(self) -> asyncpg.Pool:
         if self._pool is None:
-            self._pool = await create_pool(self._db_url, min_size=0, max_size=2)
+            self._pool = await create_pool(self._db_url, min_size=0, max_size=pool_size(self._settings, "maintenance"))
         return self._pool
 
     async def start(self, tick_s: float = 5.0) -> None:

@@ -54,6 +54,13 @@ class SitePartition:
     async def ping(self) -> str:
         return "ok"
 
+    async def metrics(self) -> dict[str, object]:
+        """Figures for the gateway's /metrics: the store's counters (``ingest_stats``) and the
+        ``lru_cache`` statistics of this process. Read at scrape time: nothing per event."""
+        from opsmantik_stream.telemetry import lru_cache_figures
+
+        return {"ingest": await self.ingest_stats(), "caches": lru_cache_figures()}
+
     async def node(self) -> str:
         """The Ray node this actor runs on (placement checks, ``opsmantik status``)."""
         return str(ray.get_runtime_context().get_node_id())
@@ -155,6 +162,13 @@ class SitePartition:
             return await store.replay_dead_letter(dead_letter_id, site_id)
         finally:
             self._leave()
+
+    async def memory(self) -> dict[str, Any]:
+        """This process's memos (entries, bound) and resident bytes (``/metrics``, the soak):
+        the partition keeps nothing else between batches."""
+        from opsmantik_stream.bounds import lru_report, resident_bytes
+
+        return {"memos": lru_report(), "rss_bytes": resident_bytes()}
 
     async def ingest_stats(self) -> dict[str, int]:
         store = self._store

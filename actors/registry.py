@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import ray
 
+from opsmantik_stream.budget import REGISTRY_POOL
 from opsmantik_stream.db import create_pool
 from opsmantik_stream.queries import Q
 from opsmantik_stream.routing import RoutingTable
@@ -45,7 +46,7 @@ class Registry:
 
     async def _db(self) -> asyncpg.Pool:
         if self._pool is None:
-            self._pool = await create_pool(self._db_url, min_size=0, max_size=2)
+            self._pool = await create_pool(self._db_url, min_size=0, max_size=REGISTRY_POOL)
         return self._pool
 
     async def _load(self) -> RoutingTable:

@@ -20,6 +20,7 @@ from actors.maintenance import MAINTENANCE_NAME, Maintenance
 from actors.partition import SitePartition
 from actors.registry import REGISTRY_NAME, Registry
 from actors.uploader import Uploader
+from opsmantik_stream.budget import PoolPlan, ServerLimits, plan_pools, read_server_limits
 from opsmantik_stream.config import Settings
 from opsmantik_stream.ray_runtime import NAMESPACE
 
@@ -29,6 +30,8 @@ __all__ = [
     "actor_status",
     "get_actor",
     "placement_options",
+    "plan_stack",
+    "role_settings",
     "scale_stack",
     "start_stack",
     "stop_stack",
@@ -59,6 +62,41 @@ def stop_stack(namespace: str) -> None:
             pass
 
 
+def role_settings(settings: Settings, role: str, plan: PoolPlan | None = None) -> Settings:
+    """What one kind of actor is given.
+
+    Only uploaders may open credentials, so only they get the vault's private key (or may
+    read its file); every other actor gets neither. Each actor carries the pool plan; a
+    partition's planned connections are its ingest pool (``partition_db_connections``) plus
+    its call-event pool, whose size it reads from ``db_pool_max``.
+    """
+    changes: dict[str, Any] = {}
+    if plan is not None:
+        changes["pool_plan"] = plan
+        if role == "partition":
+            changes.update(db_pool_max=max(1, plan.partition - settings.partition_db_connections), db_pool_min=0)
+    if role == "uploader":
+        return settings.with_overrides(vault_open_credentials=True, **changes)
+    return settings.with_overrides(vault_key=None, vault_open_credentials=False, **changes)
+
+
+def plan_stack(settings: Settings, db_url: str, partitions: int, uploaders: int) -> PoolPlan:
+    """The pool plan for this many actors against the server's limits (``BudgetError`` when
+    they cannot fit)."""
+    from opsmantik_stream.db import run_sync
+
+    async def limits() -> ServerLimits:
+        import asyncpg
+
+        conn = await asyncpg.connect(db_url)
+        try:
+            return await read_server_limits(conn, settings)
+        finally:
+            await conn.close()
+
+    return plan_pools(run_sync(limits()), partitions=partitions, uploaders=uploaders, settings=settings)
+
+
 def _actor_class(cls: Any) -> Any:
     # @ray.remote turns a class into an ActorClass that type checkers do not see.
     return cls
@@ -72,7 +110,7 @@ def placement_options(resource: str) -> dict[str, Any]:
     """Ray options that spread actors of one kind over the cluster's nodes (see module doc)."""
     options: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
     try:
-        advertised = float(ray.cluster_resources().get(resource, 0.0))
+        advertised = float(ray.cluster_resources().get(resource, 0.0))  # type: ignore[no-untyped-call]
     except Exception:  # pragma: no cover - the GCS did not answer: plain SPREAD
         advertised = 0.0
     if advertised >= _RESOURCE_UNIT:
@@ -103,12 +141,18 @@ def start_stack(
         .remote(db_url, settings.partition_count, settings.uploaders)
     )
     table: dict[str, Any] = ray.get(registry.routing.remote(), timeout=60)
-    handles = [_create(SitePartition, name, ns, PARTITION_RESOURCE, db_url, settings, name) for name in table["actors"]]
-    handles += [_create(Uploader, name, ns, UPLOADER_RESOURCE, db_url, settings, name) for name in table["uploaders"]]
+    plan = plan_stack(settings, db_url, len(table["actors"]), len(table["uploaders"]))
+    partition_cfg, uploader_cfg = role_settings(settings, "partition", plan), role_settings(settings, "uploader", plan)
+    handles = [
+        _create(SitePartition, name, ns, PARTITION_RESOURCE, db_url, partition_cfg, name) for name in table["actors"]
+    ]
+    handles += [
+        _create(Uploader, name, ns, UPLOADER_RESOURCE, db_url, uploader_cfg, name) for name in table["uploaders"]
+    ]
     maintenance = (
         _actor_class(Maintenance)
         .options(name=MAINTENANCE_NAME, namespace=ns, get_if_exists=True)
-        .remote(db_url, settings, autostart=start_maintenance)
+        .remote(db_url, role_settings(settings, "maintenance", plan), autostart=start_maintenance)
     )
     handles.append(maintenance)
     _KEEP[(ns, REGISTRY_NAME)] = registry
@@ -163,14 +207,20 @@ def scale_stack(
     if db_url is None:  # `opsmantik scale`: the database the running stack uses
         db_url = str(ray.get(registry.database_url.remote(), timeout=30))
     old: dict[str, Any] = ray.get(registry.routing.remote(), timeout=30)
+    # refuse before anything changes when the new generation cannot fit beside the old one
+    plan = plan_stack(settings, db_url, partitions, uploaders)
     new: dict[str, Any] = ray.get(registry.prepare.remote(partitions, uploaders), timeout=30)
     created: list[str] = []
     try:
+        partition_cfg, uploader_cfg = (
+            role_settings(settings, "partition", plan),
+            role_settings(settings, "uploader", plan),
+        )
         for name in new["actors"]:
-            _create(SitePartition, name, ns, PARTITION_RESOURCE, db_url, settings, name, detached=True)
+            _create(SitePartition, name, ns, PARTITION_RESOURCE, db_url, partition_cfg, name, detached=True)
             created.append(name)
         for name in new["uploaders"]:
-            _create(Uploader, name, ns, UPLOADER_RESOURCE, db_url, settings, name, detached=True)
+            _create(Uploader, name, ns, UPLOADER_RESOURCE, db_url, uploader_cfg, name, detached=True)
             created.append(name)
         ray.get([_KEEP[(ns, n)].ping.remote() for n in created], timeout=timeout_s)
         autostart = bool(ray.get(registry.uploaders_autostart.remote(), timeout=30))

@@ -7,7 +7,7 @@ from the Registry and re-read when the routing version changes (a resize re-spli
 
 Methods: ``start()``, ``drain()`` (finish in-flight work, take no more), ``stop()`` (cancel at
 once; claimed rows are rescued later), ``run_once()`` (one deterministic iteration, for tests
-and operators), ``status()``, ``ping()``.
+and operators), ``status()``, ``ping()``, ``metrics()`` (figures for ``/metrics``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import asyncpg
 import ray
 
 from actors.registry import REGISTRY_NAME
+from opsmantik_stream.budget import pool_size
 from opsmantik_stream.config import Settings
 from opsmantik_stream.db import create_pool
 from opsmantik_stream.uploads import UploadEngine
@@ -71,8 +72,7 @@ class Uploader:
             async with self._init_lock:
                 if self._engine is None:
                     s = self._settings
-                    size = max(2, s.uploader_concurrency * 3)
-                    self._pool = await create_pool(self._db_url, min_size=0, max_size=size)
+                    self._pool = await create_pool(self._db_url, min_size=0, max_size=pool_size(s, "uploader"))
                     engine = UploadEngine(self._pool, s, self._name, share=self._current_share)
                     await engine.startup()
                     self._engine = engine
@@ -178,6 +178,11 @@ class Uploader:
 
     async def ping(self) -> str:
         return "ok"
+
+    async def metrics(self) -> dict[str, Any]:
+        """This uploader's figures for the gateway's /metrics (``telemetry.Stats.snapshot``;
+        empty until the engine is built)."""
+        return self._engine.stats.snapshot() if self._engine is not None else {}
 
     async def node(self) -> str:
         """The Ray node this actor runs on (placement checks)."""

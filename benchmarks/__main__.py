@@ -12,6 +12,7 @@ Writes benchmarks/results/<date>.json (the list of results), <date>.md (the tabl
     python -m benchmarks                      # everything (about 10 minutes on 2 cores)
     python -m benchmarks --quick              # short runs: a smoke check of the suite
     python -m benchmarks --only ingest_single,http_ceiling
+    python -m benchmarks --only soak --minutes 30   # `make soak`: see docs/soak.md
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, default=HERE / "results", help="results folder (default benchmarks/results)")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profile runs")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install wrk when it is missing")
+    ap.add_argument(
+        "--minutes", type=float, default=30.0, help="length of the soak's load in minutes (default 30, at least 1)"
+    )
     return ap
 
 
@@ -48,10 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from benchmarks.report import write_charts, write_json, write_markdown
-    from benchmarks.scenarios import SCENARIOS, Context, run_all
+    from benchmarks.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Context, run_all
     from benchmarks.wrk import ensure_wrk
 
-    only = set(SCENARIOS) if not args.only else {x.strip() for x in args.only.split(",") if x.strip()}
+    if args.minutes < 1:
+        print("--minutes must be at least 1", file=sys.stderr)
+        return 2
+    only = set(DEFAULT_SCENARIOS) if not args.only else {x.strip() for x in args.only.split(",") if x.strip()}
     unknown = only - set(SCENARIOS)
     if unknown:
         print(f"unknown scenario(s): {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
@@ -65,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         wrk = shutil.which("wrk")
     started = time.monotonic()
     now = datetime.now(UTC)
-    stem = now.strftime("%Y-%m-%d") + ("-quick" if args.quick else "")
+    stem = now.strftime("%Y-%m-%d") + ("-quick" if args.quick else "") + ("-soak" if only == {"soak"} else "")
     ctx = Context(quick=args.quick, wrk=wrk, out_dir=args.out, stem=stem, profile=not args.no_profile)
+    ctx.options["minutes"] = args.minutes
     args.out.mkdir(parents=True, exist_ok=True)
     print(
         f"benchmarks: {', '.join(s for s in SCENARIOS if s in only)}"
@@ -95,12 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         else "Python open-loop generator only (wrk missing)",
         "ceilings": ctx.ceilings,
         "cpu_percent_by_component": ctx.cpu,
+        "peak_rss_mb_by_scenario": ctx.peak_rss_mb,
         "profiles": ctx.profiles,
         "notes": ctx.notes,
     }
+    extra = ""
+    charts = []
+    if ctx.soak is not None:
+        from benchmarks.soak import render_soak_markdown, write_soak_chart
+
+        meta["soak"] = ctx.soak
+        png = write_soak_chart(args.out / f"{stem}-memory-p99.png", ctx.soak)
+        charts += [png] if png else []
+        extra = render_soak_markdown(ctx.soak, png.name if png else None)
     write_json(args.out / f"{stem}.json", ctx.results, meta)
-    write_markdown(args.out / f"{stem}.md", ctx.results, meta)
-    charts = write_charts(args.out, stem, ctx.sweeps, ctx.bars)
+    write_markdown(args.out / f"{stem}.md", ctx.results, meta, extra=extra)
+    charts += write_charts(args.out, stem, ctx.sweeps, ctx.bars, ctx.results)
     print(
         f"\nwrote {args.out / (stem + '.json')}, {stem}.md, {stem}.meta.json" + "".join(f", {c.name}" for c in charts)
     )

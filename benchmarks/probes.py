@@ -45,6 +45,8 @@ def snapshot(base_url: str, stack: Any = None) -> Snapshot:
         snap.commits = int(
             stack.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
         )
+        # bytes of WAL written so far (the server's, all databases: the stack is alone on it)
+        snap.wal_bytes = int(stack.fetchval("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"))
     return snap
 
 

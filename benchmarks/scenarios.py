@@ -21,6 +21,7 @@ import httpx
 
 from benchmarks import probes
 from benchmarks.cpu import CpuSampler, wait_for_quiet
+from benchmarks.memory import MemorySampler, peaks_note, product_peaks
 from benchmarks.openloop import OpenLoopResult, run_open_loop
 from benchmarks.payloads import SiteRef, single_body
 from benchmarks.profile import descendant_pids, find_pyspy, start_profile, summarise
@@ -55,11 +56,26 @@ class Context:
     profiles: dict[str, Any] = field(default_factory=dict)
     # events answered 2xx "accepted" on the current ingest stack (every run, warm-ups too)
     acked: int = 0
+    # RSS by component, sampled each second while a scenario runs (peaks reset per scenario)
+    memory: MemorySampler | None = None
+    # scenario step -> peak MB per component
+    peak_rss_mb: dict[str, dict[str, float]] = field(default_factory=dict)
+    # extra options of single scenarios (the soak's --minutes)
+    options: dict[str, Any] = field(default_factory=dict)
+    # the soak's report (samples, growth, checks), when it ran
+    soak: dict[str, Any] | None = None
 
     def seconds(self, full: float) -> float:
         return 3.0 if self.quick else full
 
     def add(self, r: Result) -> None:
+        if self.memory is not None and "peak_rss_mb" not in r.details:
+            # the peaks of the scenario so far (its stack's life up to this figure)
+            self.memory.sample()
+            peaks = product_peaks(self.memory.peaks_mb())
+            if peaks:
+                r.details["peak_rss_mb"] = peaks
+                r.note = "; ".join(x for x in (r.note, peaks_note(peaks)) if x)
         self.results.append(r)
         ratio = "" if r.ratio is None else f"  ({r.ratio * 100:.0f} % of {r.ceiling})"
         met = "" if r.met is None else ("  goal met" if r.met else "  GOAL NOT MET")
@@ -940,7 +956,16 @@ SCENARIOS: dict[str, str] = {
     "duplicate_storm": "20 concurrent copies of each event: exactly one stored",
     "partitions": "the 50-event batch run with 1, 2 and 4 partitions",
     "uploads": "uploads to the emulator vs the bucket, 1 and 4 uploaders",
+    "soak": "half the ingest peak for --minutes (default 30) with a realistic mix; only with --only soak",
 }
+# what `make bench` runs without --only (the soak takes half an hour: `make soak`)
+DEFAULT_SCENARIOS = tuple(k for k in SCENARIOS if k != "soak")
+
+
+def _soak(ctx: Context) -> None:
+    from benchmarks.soak import soak
+
+    soak(ctx)
 
 
 def run_all(ctx: Context, only: set[str]) -> None:
@@ -951,6 +976,7 @@ def run_all(ctx: Context, only: set[str]) -> None:
         ("ingest", lambda: ingest(ctx, only)),
         ("partitions", lambda: partitions(ctx)),
         ("uploads", lambda: uploads(ctx)),
+        ("soak", lambda: _soak(ctx)),
     ]
     if ctx.wrk is None:
         ctx.notes.append(
@@ -965,10 +991,17 @@ def run_all(ctx: Context, only: set[str]) -> None:
             continue
         print(f"== {name} ==", flush=True)
         t0 = time.monotonic()
+        ctx.memory = MemorySampler(interval_s=1.0).start()
         try:
             step()
         except Exception as exc:  # one broken scenario must not lose the others' results
             msg = f"{name} failed: {type(exc).__name__}: {exc}"
             print("  " + msg, flush=True)
             ctx.notes.append(msg)
-        print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
+        finally:
+            ctx.peak_rss_mb[name] = ctx.memory.stop()
+            ctx.memory = None
+        print(
+            f"   ({time.monotonic() - t0:.0f} s; {peaks_note(ctx.peak_rss_mb[name]) or 'no memory figures'})",
+            flush=True,
+        )

@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from benchmarks import memory
 from benchmarks.payloads import SiteRef
 
 __all__ = ["ServeStack", "free_port", "wait_http"]
@@ -106,6 +107,7 @@ class ServeStack:
         self.stop()
 
     def start(self, timeout_s: float = 180.0) -> None:
+        memory.watch(self.data_dir)  # its PostgreSQL server counts as this benchmark's
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [*OPSMANTIK, "serve"],
@@ -141,6 +143,7 @@ class ServeStack:
                 self.keep_log_as.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(self.log_path, self.keep_log_as)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        memory.unwatch(self.data_dir)
 
     def log_tail(self, n: int = 30) -> str:
         try:

@@ -49,6 +49,18 @@ def _bearer_routes(app: FastAPI) -> set[tuple[str, str]]:
     }
 
 
+# the OpenAPI security schemes (gateway/openapi.py) as the table names them
+_SCHEMES = {"bearer": "bearer token", "callEventSignature": "HMAC signature", "cronSecret": "cron secret"}
+
+
+def _auth_label(security: list[dict[str, Any]] | None) -> str:
+    if not security:
+        return "—"
+    names = [_SCHEMES.get(name, name) for requirement in security for name in requirement]
+    label = " or ".join(dict.fromkeys(names))
+    return f"optional {label}" if any(not requirement for requirement in security) else label
+
+
 def routes_markdown(app: FastAPI | None = None) -> str:
     """One table per OpenAPI tag (in the order tags first appear), one row per operation."""
     app = app or create_app()
@@ -59,7 +71,7 @@ def routes_markdown(app: FastAPI | None = None) -> str:
         for method in sorted(operations, key=lambda m: _METHOD_ORDER.index(m) if m in _METHOD_ORDER else 99):
             op = operations[method]
             tag = (op.get("tags") or ["other"])[0]
-            auth = "bearer token" if (method, path) in bearer or op.get("security") else "—"
+            auth = "bearer token" if (method, path) in bearer else _auth_label(op.get("security"))
             answers = ", ".join(sorted(op.get("responses", {})))
             sections.setdefault(tag, []).append(
                 f"| `{method.upper()} {path}` | {table_cell(op.get('summary', ''))} | {auth} | {answers} |"

@@ -10,23 +10,30 @@ where we serve).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
+import uvicorn
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from gateway import sync
 from gateway.context import AppContext
-from gateway.errors import ApiError, JSONResponse, api_error_handler, json_response
+from gateway.errors import ApiError, ErrorMiddleware, JSONResponse, api_error_handler, validation_error
 from gateway.logs import RequestIdMiddleware
+from gateway.openapi import install as install_openapi
 from gateway.routes import ROUTERS
+from opsmantik_stream.budget import PoolPlan
 from opsmantik_stream.config import Settings
 
-__all__ = ["GatewayApp", "create_app"]
+__all__ = ["GatewayApp", "create_app", "gateway_settings"]
 
 
 class GatewayApp(FastAPI):
@@ -53,24 +60,72 @@ class GatewayApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
+async def _validation_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
-    path = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return json_response(
-        {"ok": False, "error": "validation_error", "message": first.get("msg", "invalid"), "field": path},
-        422,
-        {"X-OpsMantik-Error-Code": f"validation_error:{path}"},
-    )
+    loc = list(first.get("loc", ()))
+    if loc and loc[0] in ("body", "path", "query", "header", "cookie"):
+        loc = loc[1:]  # the field's name, as msgspec-decoded bodies name it too
+    path = ".".join(str(p) for p in loc) or "body"
+    return await api_error_handler(request, validation_error(path, str(first.get("msg", "invalid"))))
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    # PostgreSQL restarting or unreachable: nothing was committed, so the client may retry
-    return json_response(
-        {"ok": False, "error": "database_unavailable", "message": "the database is not reachable; retry later"},
-        503,
-        {"X-OpsMantik-Error-Code": "database_unavailable", "Retry-After": "1"},
+async def _plan(url: str, settings: Settings) -> PoolPlan:
+    """The gateway's pool sizes from the server's limits. The gateways' share of the budget
+    does not depend on how many actors run (the actors' plan is checked where they start)."""
+    import asyncpg
+
+    from opsmantik_stream.budget import plan_pools, read_server_limits
+
+    conn = await asyncpg.connect(url)
+    try:
+        limits = await read_server_limits(conn, settings)
+    finally:
+        await conn.close()
+    return plan_pools(limits, partitions=1, uploaders=0, settings=settings)
+
+
+class _MetricsServer(uvicorn.Server):
+    """The /metrics port's server: it runs beside the main server, which owns the process's
+    signals (Ctrl-C stops the main server, whose shutdown stops this one)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _start_metrics_server(app: FastAPI) -> tuple[_MetricsServer, asyncio.Task[None]]:
+    """Serve ``/metrics`` alone on 127.0.0.1:``metrics_port`` with the gateway's context."""
+    from gateway.routes.ops import metrics_response
+
+    metrics_app = Starlette(routes=[Route("/metrics", metrics_response)])
+    metrics_app.state.ctx = app.state.ctx
+    metrics_app.add_exception_handler(ApiError, api_error_handler)
+    cfg = app.state.ctx.settings
+    server = _MetricsServer(
+        uvicorn.Config(
+            metrics_app, host="127.0.0.1", port=cfg.metrics_port, log_config=None, access_log=False, lifespan="off"
+        )
     )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():  # e.g. the port is taken: fail the start-up with uvicorn's reason
+            await task
+            raise RuntimeError(f"could not serve metrics on 127.0.0.1:{cfg.metrics_port}")
+        await asyncio.sleep(0.01)
+    return server, task
+
+
+def gateway_settings(settings: Settings) -> Settings:
+    """The gateway seals credentials but never opens them: it keeps the vault's public key
+    and drops the private one (only the uploaders hold it; see opsmantik_stream.vault)."""
+    from opsmantik_stream.vault import VaultError, public_key
+
+    try:
+        public = public_key(settings)
+    except (VaultError, OSError):
+        public = None  # the credentials route answers 503 VAULT_KEY_MISSING / INVALID
+    return settings.with_overrides(vault_key=None, vault_open_credentials=False, vault_public_key=public)
 
 
 def _default_settings() -> Settings:
@@ -96,18 +151,38 @@ def create_app(
             yield
             return
         from opsmantik_stream.config import load_settings
-        from opsmantik_stream.db import close_pool, create_pool, resolve_database_url
+        from opsmantik_stream.db import (
+            api_database_url,
+            close_pool,
+            create_pool,
+            gateway_database_url,
+            resolve_database_url,
+        )
 
-        cfg = settings or load_settings()
+        cfg = gateway_settings(settings or load_settings())
         embedded = None
         url = db_url
         if url is None:
             url, embedded = resolve_database_url(cfg)
-        pool = await create_pool(url, min_size=cfg.db_pool_min, max_size=cfg.db_pool_max, api_url=cfg.api_database_url)
+        # least privilege: the gateway's own queries run as the narrow gateway role, operator
+        # requests as the API role under row-level security; never as the schema owner
+        service_url = cfg.gateway_database_url or gateway_database_url(url)
+        plan = await _plan(service_url, cfg)
+        pool = await create_pool(
+            service_url,
+            min_size=cfg.db_pool_min,
+            max_size=plan.gateway,
+            api_url=cfg.api_database_url or api_database_url(url),
+            api_max_size=plan.gateway_api,
+        )
         app.state.ctx = AppContext(settings=cfg, pool=pool, ray_enabled=ray_enabled)
+        metrics = await _start_metrics_server(app) if cfg.metrics_port else None
         try:
             yield
         finally:
+            if metrics is not None:
+                metrics[0].should_exit = True
+                await metrics[1]
             await app.state.ctx.partitions.close()
             app.state.ctx = None
             await close_pool(pool)
@@ -125,20 +200,10 @@ def create_app(
     app.trust_proxies((ctx.settings if ctx is not None else settings or _default_settings()).trusted_proxies)
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
-    for exc_type in (
-        asyncpg.PostgresConnectionError,  # connection lost mid-query
-        asyncpg.InterfaceError,  # connection closed under the pool
-        asyncpg.exceptions.OperatorInterventionError,  # server shutting down / starting up
-        # a pooled connection the restart broke mid-protocol ("cannot switch to state ...");
-        # the pool closes it on release, and the client's retry gets a fresh one
-        asyncpg.exceptions.InternalClientError,
-        # refused/reset, the unix socket gone while the server restarts, or asyncio's plain
-        # OSError("Multiple exceptions: ...") when every address failed; the gateway does no
-        # other I/O that raises OSError in a request (the static files ship with it)
-        OSError,
-    ):
-        app.add_exception_handler(exc_type, _database_unavailable)
+    # database connection loss -> 503, anything else unhandled -> 500 internal_error
+    app.add_middleware(ErrorMiddleware)
     app.add_middleware(RequestIdMiddleware)
     for router in ROUTERS:
         app.include_router(router)
+    install_openapi(app)
     return app

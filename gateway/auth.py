@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, Request
 
 from gateway.errors import ApiError
+from opsmantik_stream.fields import is_site_public_id
 from opsmantik_stream.rbac import Capability
 from opsmantik_stream.tenancy import Principal, TenancyError, get_site, resolve_token
 
-__all__ = ["CurrentPrincipal", "require_capability", "require_principal", "site_with_capability"]
+__all__ = ["CurrentPrincipal", "require_capability", "require_principal", "site_uuid", "site_with_capability"]
 
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
@@ -36,8 +39,10 @@ def require_capability(principal: Principal, public_id: str, capability: Capabil
     """The site's uuid when the caller holds ``capability`` on it; 403 otherwise.
 
     A site the caller cannot see at all also answers 403 (not 404), so site ids cannot be
-    probed by strangers.
+    probed by strangers. A malformed id names no site: the same answers, without a query.
     """
+    if not is_site_public_id(public_id) and principal.is_platform_admin:
+        raise ApiError(404, "site_not_found", "no such site")
     if not principal.can(public_id, capability):
         raise ApiError(403, "forbidden", f"missing capability {capability.value} on this site")
     access = principal.sites.get(public_id)
@@ -47,17 +52,23 @@ def require_capability(principal: Principal, public_id: str, capability: Capabil
     return access.site_id
 
 
-async def site_with_capability(request: Request, principal: Principal, public_id: str, capability: Capability) -> str:
-    """The uuid of site ``public_id`` when the caller holds ``capability`` on it.
+async def site_uuid(conn: asyncpg.Connection, principal: Principal, public_id: str, cap: Capability) -> uuid.UUID:
+    """403 without ``cap`` on the site; else its uuid (looked up for platform admins: 404
+    when there is no such site)."""
+    known = require_capability(principal, public_id, cap)
+    if known:
+        return uuid.UUID(known)
+    try:
+        return uuid.UUID((await get_site(conn, public_id))["site_id"])
+    except TenancyError:
+        raise ApiError(404, "site_not_found", "no such site") from None
 
-    403 without the capability; 404 when a platform admin names a site that does not exist.
-    Members resolve from their token's memberships without a query.
-    """
+
+async def site_with_capability(request: Request, principal: Principal, public_id: str, capability: Capability) -> str:
+    """The uuid of site ``public_id`` when the caller holds ``capability`` on it (as
+    ``site_uuid``); members resolve from their token's memberships without a query."""
     site_id = require_capability(principal, public_id, capability)
     if site_id:
         return site_id
     async with request.app.state.ctx.pool.acquire() as conn:
-        try:
-            return str((await get_site(conn, public_id))["site_id"])
-        except TenancyError:
-            raise ApiError(404, "site_not_found", "no such site") from None
+        return str(await site_uuid(conn, principal, public_id, capability))

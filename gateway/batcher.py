@@ -11,6 +11,11 @@ once (``Backpressure`` -> 503 + Retry-After): a slow partition costs the gateway
 memory, never a silent drop. ``max_bytes`` keeps a call's argument small enough for Ray to
 pass it inline (larger arguments go through its object store).
 
+Bounds (issue 18): waiting events ``max_queued`` (``OPSMANTIK_PARTITION_MAX_QUEUED_EVENTS``,
+each at most a few KB: the schema limits every field), calls in flight ``max_inflight``
+(``OPSMANTIK_PARTITION_MAX_INFLIGHT``, each at most ``max_bytes`` of payload or one request's
+events), the sizes of the last ``BATCH_SIZES_KEPT`` calls; ``stats`` has fixed keys.
+
 Each request's events arrive already msgpack-encoded (one ``WireEvent`` each), so a batch is
 an array header plus the joined parts: nothing is encoded twice.
 
@@ -31,7 +36,9 @@ from typing import Any
 from opsmantik_stream.ingest.schema import WireResult, decode_results, msgpack_array
 from opsmantik_stream.routing import PartitionRetired
 
-__all__ = ["Backpressure", "PartitionBatcher", "PartitionMoved", "PartitionUnavailable"]
+__all__ = ["BATCH_SIZES_KEPT", "Backpressure", "PartitionBatcher", "PartitionMoved", "PartitionUnavailable"]
+
+BATCH_SIZES_KEPT = 1000
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +97,7 @@ class PartitionBatcher:
         # set whenever a call starts (tests wait on it to act while a batch is in flight)
         self.call_started = asyncio.Event()
         self.stats: dict[str, int] = {"calls": 0, "events": 0, "failed_calls": 0, "refused_events": 0}
-        self.batch_sizes: deque[int] = deque(maxlen=1000)
+        self.batch_sizes: deque[int] = deque(maxlen=BATCH_SIZES_KEPT)
 
     @property
     def inflight(self) -> int:

@@ -14,6 +14,11 @@ Both resolve the owner from the routing table, bound the call with
 nothing written) re-read the table and resend to the new owner -- every call is idempotent.
 A dead actor's handle is looked up again on the next call. Whatever fails is raised as
 ``PartitionUnavailable`` (the route answers 503 + Retry-After: nothing was acknowledged).
+
+Bounds (issue 18): one batcher, channel and lock per partition actor the gateway sent to
+(the routing table's actors; a retired generation's batcher is dropped when it answers
+"moved" with nothing waiting); a channel's pending calls are the batcher's calls in flight
+(``OPSMANTIK_PARTITION_MAX_INFLIGHT``), each removed when answered, failed or timed out.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 
 from gateway.batcher import Backpressure, PartitionBatcher, PartitionMoved, PartitionUnavailable
 from gateway.handles import RoutingCache
-from gateway.metrics import BATCH_SIZE
+from gateway.metrics import BATCH_SIZE, timed_partition_call
 from opsmantik_stream import channel as frames
 from opsmantik_stream.config import Settings
 from opsmantik_stream.ingest.schema import WireResult
@@ -53,6 +58,11 @@ class _Channel:
         self._next = 0
         self.closed = False
         self._task = asyncio.get_running_loop().create_task(self._read())
+
+    @property
+    def pending(self) -> int:
+        """Calls sent and not yet answered, failed or timed out."""
+        return len(self._pending)
 
     async def call(self, method: str, timeout_s: float, payload: bytes) -> bytes:
         if self.closed:
@@ -134,7 +144,7 @@ class PartitionClient:
             settings = self._settings
             batcher = PartitionBatcher(
                 name,
-                self._sender(name, "ingest"),
+                timed_partition_call(self._sender(name, "ingest")),
                 max_events=settings.batch_max_events,
                 max_bytes=settings.batch_max_bytes,
                 max_wait_s=settings.batch_max_wait_ms / 1000.0,
@@ -211,6 +221,18 @@ class PartitionClient:
             opened = _Channel(name, reader, writer)
             self._channels[name] = opened
             return opened
+
+    def bounded(self) -> dict[str, tuple[int, int]]:
+        """Waiting events and calls in flight per partition, with their bounds (``/metrics``)."""
+        s = self._settings
+        out: dict[str, tuple[int, int]] = {}
+        for name, b in self.batchers.items():
+            out[f"batcher_queued_events:{name}"] = (b.queued, s.partition_max_queued_events)
+            out[f"batcher_inflight_calls:{name}"] = (b.inflight, s.partition_max_inflight)
+            channel = self._channels.get(name)
+            if isinstance(channel, _Channel):
+                out[f"channel_pending_calls:{name}"] = (channel.pending, s.partition_max_inflight)
+        return out
 
     def _drop_channel(self, name: str) -> None:
         known = self._channels.pop(name, None)

@@ -13,8 +13,10 @@ was; accepted events go through the owner's micro-batcher and are answered only 
 partition's transaction committed. Every answer carries ``x-request-id``; outcomes feed the
 same metrics and JSON log lines as the other routes.
 
-What repeats is remembered: a site's admission facts (``ingest_site_cache_ttl_s``, unknown
-ids briefly), an origin's verdict per site, truncated client addresses.
+What repeats is remembered, each in a bounded structure (issue 18): a site's admission facts
+(``ingest_site_cache_ttl_s``, unknown ids briefly; ``_MAX_SITES``), an origin's verdict per
+site (``_MAX_ORIGINS``, origins up to ``_ORIGIN_MEMO_MAX_BYTES``), rate-limit buckets
+(``LIMITER_MAX_KEYS`` per limiter), truncated client addresses (``ADDRESS_MEMO_SIZE``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 import msgspec
 
 from gateway.logs import new_request_id, request_id_var
-from gateway.metrics import HTTP_LATENCY, INGEST_EVENTS
+from gateway.metrics import HTTP_LATENCY, INGEST_EVENTS, register_cache_source
 from gateway.partitions import Backpressure, PartitionClient, PartitionUnavailable
 from opsmantik_stream.config import Settings
 from opsmantik_stream.ingest.admission import TokenBucketLimiter, client_net, origin_allowed, truncate_ip
@@ -60,8 +62,17 @@ EXPOSE = (
 )
 _UNAVAILABLE_RETRY_S = b"2"
 _NEGATIVE_TTL_S = 5.0
+# Sites remembered (known and unknown ids, ~0.6 KB each with a few origins): at most ~60 MB.
+# Beyond it the least recently loaded is dropped (and looked up again when it comes back);
+# unknown ids -- which anyone can make up -- live 5 s, so a flood of them churns this cache
+# but cannot grow it.
 _MAX_SITES = 100_000
+# Origin verdicts remembered per (site, Origin), oldest first out: ~0.5 KB each, so at most
+# ~50 MB. An Origin header longer than _ORIGIN_MEMO_MAX_BYTES (no real origin is: a host
+# name has at most 253 characters) is judged each time and never remembered, so neither
+# the number nor the size of entries depends on what clients send.
 _MAX_ORIGINS = 100_000
+_ORIGIN_MEMO_MAX_BYTES = 300
 # A site's public id is 32 hex characters: anything else is refused without a look-up.
 _PUBLIC_ID = re.compile(r"[0-9a-fA-F]{32}")
 _CONSENT_EVENT = ("system", "consent")
@@ -95,21 +106,33 @@ class SyncRuntime:
         self.clients = TokenBucketLimiter()  # per (site, client address)
         self.sites = TokenBucketLimiter()  # per site, whatever the clients
         self._sites: OrderedDict[str, tuple[SiteInfo | None, float]] = OrderedDict()
+        # look-ups running now (one per id, shared by concurrent requests): removed when
+        # done, so bounded by the requests in flight
         self._loading: dict[str, asyncio.Future[SiteInfo | None]] = {}
         self._origins: OrderedDict[tuple[str, bytes], bool] = OrderedDict()
-        # per-outcome event counts (shared with /metrics, which reads them at scrape time)
+        # per-outcome event counts (shared with /metrics, which reads them at scrape time);
+        # keys are the fixed outcome names
         self.outcomes = INGEST_EVENTS
+        # latency histogram children per HTTP status the route answers (a fixed handful)
         self._latency: dict[int, Any] = {}
+        # cache hit rates for /metrics: one integer add per request (lookups) and per miss
+        self.site_lookups = 0
+        self.site_loads = 0
+        self.origin_lookups = 0
+        self.origin_checks = 0
+        register_cache_source(self.cache_figures)
 
     async def site(self, public_id: str) -> SiteInfo | None:
         """The site by public id, cached for ``ingest_site_cache_ttl_s`` (unknown ids briefly);
         an id that cannot be a public id is unknown without a database query."""
         if not _PUBLIC_ID.fullmatch(public_id):
             return None
+        self.site_lookups += 1
         now = time.monotonic()
         hit = self._sites.get(public_id)
         if hit is not None and hit[1] > now:
             return hit[0]
+        self.site_loads += 1  # a miss: loaded now, or by the request already loading it
         loading = self._loading.get(public_id)
         if loading is not None:
             return await asyncio.shield(loading)
@@ -144,18 +167,49 @@ class SyncRuntime:
     def origin_ok(self, site: SiteInfo, origin: bytes) -> bool:
         """Whether ``origin`` may write for the site (remembered per site and origin; the
         site's origins change only with its cache entry, which carries them)."""
+        if len(origin) > _ORIGIN_MEMO_MAX_BYTES:
+            return origin_allowed(origin.decode("latin-1"), site.origins)
         key = (site.site_id, origin)
+        self.origin_lookups += 1
         verdict = self._origins.get(key)
         if verdict is None:
+            self.origin_checks += 1
             verdict = origin_allowed(origin.decode("latin-1"), site.origins)
             self._origins[key] = verdict
             if len(self._origins) > _MAX_ORIGINS:
                 self._origins.popitem(last=False)
         return verdict
 
+    def cache_figures(self) -> dict[str, tuple[int, int, int, int]]:
+        """``cache -> (hits, misses, entries, capacity)`` of the site and origin caches (read
+        by /metrics at scrape time)."""
+        return {
+            "gateway.sync.sites": (
+                self.site_lookups - self.site_loads,
+                self.site_loads,
+                len(self._sites),
+                _MAX_SITES,
+            ),
+            "gateway.sync.origins": (
+                self.origin_lookups - self.origin_checks,
+                self.origin_checks,
+                len(self._origins),
+                _MAX_ORIGINS,
+            ),
+        }
+
     def forget_site(self, public_id: str) -> None:
         self._sites.pop(public_id, None)
         self._origins.clear()
+
+    def bounded(self) -> dict[str, tuple[int, int]]:
+        """Entries and bound of each structure above (``/metrics``, the soak)."""
+        return {
+            "gateway_sites": (len(self._sites), _MAX_SITES),
+            "gateway_origin_verdicts": (len(self._origins), _MAX_ORIGINS),
+            "gateway_client_buckets": (len(self.clients), self.clients.max_keys),
+            "gateway_site_buckets": (len(self.sites), self.sites.max_keys),
+        }
 
     def count(self, outcome: str, n: int = 1) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
+from opsmantik_stream.job_context import JobContext
 from opsmantik_stream.queries import Q
-
-if TYPE_CHECKING:
-    from opsmantik_stream.jobs import JobContext
 
 __all__ = ["invoice_freeze", "ledger_retention", "month_of", "previous_month", "reconcile_usage"]
 

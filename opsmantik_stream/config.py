@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from opsmantik_stream.poolplan import PoolPlan
+
 __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "doc", "load_settings"]
 
 ENV_PREFIX = "OPSMANTIK_"
@@ -39,8 +41,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     database_url: Annotated[
         str | None,
         doc(
-            "PostgreSQL to use, as a `postgresql://user:password@host:5432/dbname` URL. "
-            "Unset: an embedded PostgreSQL (pgserver) in `OPSMANTIK_DATA_DIR/pg` that listens on a unix socket only."
+            "PostgreSQL to use, as a `postgresql://user:password@host:5432/dbname` URL, logging in as the schema "
+            "owner `opsmantik_owner` (not a superuser; docs/security.md): migrations, actors and the CLI use it. "
+            "Unset: an embedded PostgreSQL (pgserver) in `OPSMANTIK_DATA_DIR/pg` that listens on a unix socket only "
+            "(its superuser only creates the roles)."
         ),
     ] = None
     api_database_url: Annotated[
@@ -51,11 +55,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             "set it, with a password, for an external server."
         ),
     ] = None
+    gateway_database_url: Annotated[
+        str | None,
+        doc(
+            "Login of the narrow role `opsmantik_gateway` for the gateway's own queries (token resolution, "
+            "call-event secrets, credential writes, `/metrics`, `/ops`). Unset: `OPSMANTIK_DATABASE_URL` with that "
+            "user and no password (embedded server); set it, with a password, for an external server."
+        ),
+    ] = None
     data_dir: Annotated[
         str,
         doc(
-            "Folder of the embedded PostgreSQL (`pg/`), the generated vault key (`vault.key`) and the address "
-            "of the local Ray (`ray.address`, for `status` and `scale` in another shell)."
+            "Folder of the embedded PostgreSQL (`pg/`) and the address of the local Ray (`ray.address`, for "
+            "`status` and `scale` in another shell). The vault key is kept elsewhere (`OPSMANTIK_VAULT_KEY_FILE`)."
         ),
     ] = ".opsmantik"
     ray_address: Annotated[
@@ -93,10 +105,32 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     vault_key: Annotated[
         str | None,
         doc(
-            "Base64 of the 32-byte Curve25519 private key that seals provider credentials. Unset: "
-            "`OPSMANTIK_DATA_DIR/vault.key`, generated on the first `serve`. Back it up apart from the database."
+            "Base64 of the 32-byte Curve25519 private key of the credential vault; only the uploaders receive it. "
+            "Unset: the key file `OPSMANTIK_VAULT_KEY_FILE`. Back it up apart from the database."
         ),
     ] = None
+    vault_key_file: Annotated[
+        str | None,
+        doc(
+            "File of the vault's private key (mode 0600, its public key beside it as `.pub`), generated on the "
+            "first `serve`. Unset: `$XDG_CONFIG_HOME/opsmantik/vault.key` (`~/.config/opsmantik/vault.key`), "
+            "outside the data folder; a key still at `OPSMANTIK_DATA_DIR/vault.key` is used with a warning."
+        ),
+    ] = None
+    vault_public_key: Annotated[
+        str | None,
+        doc(
+            "Base64 public key the gateway seals credentials with. Unset: derived from `OPSMANTIK_VAULT_KEY`, or "
+            "read from the `.pub` file beside the key file."
+        ),
+    ] = None
+    vault_open_credentials: Annotated[
+        bool,
+        doc(
+            "Internal, set by the runtime for the uploaders only (never read from the environment): this process "
+            "may read the private key file to open credentials."
+        ),
+    ] = False
     cron_secret: Annotated[
         str | None,
         doc(
@@ -201,6 +235,21 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     call_event_fingerprint_rate_limit_per_min: Annotated[
         PositiveInt, doc("Signed call events per (site, fingerprint) and minute.")
     ] = 20
+    call_event_lookup_rate_limit_per_min: Annotated[
+        PositiveInt,
+        doc(
+            "Database look-ups of call-event sites (cache misses, unknown ids) per client address and minute; "
+            "beyond it the request answers 429 without a query."
+        ),
+    ] = 60
+    call_event_site_cache_ttl_s: Annotated[
+        float,
+        msgspec.Meta(ge=0, le=3600),
+        doc(
+            "How long the gateway trusts its copy of a site's call-event secrets (a failing signature re-reads "
+            "them, so a rotation takes effect at once); unknown ids are remembered 5 s."
+        ),
+    ] = 10.0
     # PostgreSQL pools.
     db_pool_min: Annotated[
         int, msgspec.Meta(ge=0, le=100), doc("Connections the gateway keeps open to PostgreSQL.")
@@ -208,8 +257,30 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     db_pool_max: Annotated[
         int,
         msgspec.Meta(ge=1, le=200),
-        doc("Most connections of the gateway's pool and of each partition's pool."),
+        doc(
+            "Connections a gateway pool (service and API role each) wants; the connection budget may give it less. "
+            "Partition and uploader pools are sized by the budget (docs/reliability.md)."
+        ),
     ] = 10
+    db_max_connections: Annotated[
+        Annotated[int, msgspec.Meta(ge=10, le=100_000)] | None,
+        doc(
+            "Connections the stack may use in total, to share a PostgreSQL server with other applications. "
+            "Unset: the server's `max_connections`. A size that cannot fit is refused (`opsmantik scale`: exit 2)."
+        ),
+    ] = None
+    db_reserved_connections: Annotated[
+        int,
+        msgspec.Meta(ge=2, le=1000),
+        doc("Connections the budget keeps free for the CLI, migrations, backups and an administrator's psql."),
+    ] = 5
+    gateways: Annotated[
+        int, msgspec.Meta(ge=1, le=64), doc("Gateway processes that share the database (each has its own pools).")
+    ] = 1
+    pool_plan: Annotated[
+        PoolPlan | None,
+        doc("Internal, set by the runtime from the connection budget (never read from the environment)."),
+    ] = None
     # Uploads.
     upload_chunk_size: Annotated[
         int, msgspec.Meta(ge=1, le=2000), doc("Conversions per Google request (Google accepts at most 2,000).")
@@ -322,6 +393,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     consent_rate_limit_per_min: Annotated[
         PositiveInt, doc("Signed consent updates (`POST /api/consent`) per (site, client) and minute.")
     ] = 600
+    metrics_cache_s: Annotated[
+        float,
+        msgspec.Meta(ge=0, le=3600),
+        doc("`/metrics` reads its database figures at most this often per gateway (scrapes in between get the copy)."),
+    ] = 15.0
+    metrics_bearer_token: Annotated[
+        Annotated[str, msgspec.Meta(min_length=16)] | None,
+        doc("When set, `/metrics` needs `Authorization: Bearer <this token>`."),
+    ] = None
+    metrics_port: Annotated[
+        Annotated[int, msgspec.Meta(ge=1, le=65535)] | None,
+        doc("When set, `/metrics` is served alone on 127.0.0.1:this port, and the main port answers 404 for it."),
+    ] = None
     console_link_ttl_s: Annotated[
         int,
         msgspec.Meta(ge=60, le=7 * 86400),
@@ -380,8 +464,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return msgspec.structs.replace(self, **changes)
 
 
+# computed at start-up for each actor, never read from the environment
+_NOT_FROM_ENV = frozenset({"pool_plan", "vault_open_credentials"})
+
+
 def _field_names() -> tuple[str, ...]:
-    return tuple(f.name for f in msgspec.structs.fields(Settings))
+    return tuple(f.name for f in msgspec.structs.fields(Settings) if f.name not in _NOT_FROM_ENV)
 
 
 def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -401,8 +489,10 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
         raise ConfigError(f"{ENV_PREFIX}DB_POOL_MIN: must not exceed {ENV_PREFIX}DB_POOL_MAX")
     if settings.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR")
-    if settings.database_url is not None and not settings.database_url.startswith(("postgres://", "postgresql://")):
-        raise ConfigError(f"{ENV_PREFIX}DATABASE_URL: expected a postgresql:// URL")
+    for name in ("database_url", "api_database_url", "gateway_database_url"):
+        value = getattr(settings, name)
+        if value is not None and not value.startswith(("postgres://", "postgresql://")):
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()}: expected a postgresql:// URL")
     if settings.public_url is not None and not settings.public_url.startswith(("http://", "https://")):
         raise ConfigError(f"{ENV_PREFIX}PUBLIC_URL: expected an http:// or https:// URL")
     if settings.alert_webhook_url is not None and not settings.alert_webhook_url.startswith(("http://", "https://")):

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,16 +21,26 @@ from opsmantik_stream.config import Settings
 
 __all__ = [
     "API_ROLE",
+    "GATEWAY_ROLE",
+    "OWNER_ROLE",
     "EmbeddedPostgres",
     "api_database_url",
     "api_transaction",
+    "bootstrap_roles",
     "close_pool",
     "create_pool",
+    "gateway_database_url",
     "resolve_database_url",
+    "run_sync",
+    "url_with_user",
 ]
 
 log = logging.getLogger(__name__)
 
+# The three login roles (created by sql/roles.sql; see docs/security.md). The superuser is
+# used only to create them.
+OWNER_ROLE = "opsmantik_owner"
+GATEWAY_ROLE = "opsmantik_gateway"
 API_ROLE = "opsmantik_api"
 
 
@@ -52,7 +63,8 @@ class EmbeddedPostgres:
             import pgserver
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        # pgserver exports get_server without listing it in __all__
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         return str(self._server.get_uri())
 
     @property
@@ -68,11 +80,60 @@ class EmbeddedPostgres:
 
 
 def resolve_database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
-    """The configured URL, or the URL of an embedded server started for it."""
+    """The configured URL, or the owner-role URL of an embedded server started for it.
+
+    The embedded server's superuser is used once per start to create the roles and hand
+    the database to the owner role (``bootstrap_roles``); everything after that, migrations
+    included, runs as ``opsmantik_owner``.
+    """
     if settings.database_url:
         return settings.database_url, None
     embedded = EmbeddedPostgres(settings.data_path)
-    return embedded.start(), embedded
+    admin_url = embedded.start()
+    try:
+        run_sync(bootstrap_roles(admin_url))
+    except BaseException:
+        embedded.stop()
+        raise
+    return url_with_user(admin_url, OWNER_ROLE), embedded
+
+
+async def bootstrap_roles(admin_url: str) -> None:
+    """As a superuser: create the owner, gateway and API roles if missing, make the owner
+    role own the database and every object of the application's schemas (sql/roles.sql).
+    Idempotent and cheap once done."""
+    from opsmantik_stream.queries import Q
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        # one server-wide lock: two processes starting at once would race on CREATE ROLE
+        await conn.execute("SELECT pg_advisory_lock(hashtext('opsmantik-roles'))")
+        try:
+            for step in (Q.roles.create_roles, Q.roles.own_database, Q.roles.take_ownership):
+                await conn.execute(step)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext('opsmantik-roles'))")
+    finally:
+        await conn.close()
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, whether or not this thread already runs
+    an event loop (the gateway's lifespan resolves the database inside one)."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="opsmantik-db-bootstrap")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -81,19 +142,31 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-def api_database_url(url: str) -> str:
-    """``url`` with the API role as user and no password."""
+def url_with_user(url: str, user: str) -> str:
+    """``url`` with ``user`` as its user and no password (enough for trust authentication,
+    as on the embedded server's unix socket)."""
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{API_ROLE}@{host}", parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def api_database_url(url: str) -> str:
+    """``url`` with the API role as user and no password."""
+    return url_with_user(url, API_ROLE)
+
+
+def gateway_database_url(url: str) -> str:
+    """``url`` with the gateway's service role as user and no password."""
+    return url_with_user(url, GATEWAY_ROLE)
 
 
 class _Companion:
     """The API-role pool and identity key that belong to one owner pool."""
 
-    def __init__(self, owner: asyncpg.Pool, api_url: str) -> None:
+    def __init__(self, owner: asyncpg.Pool, api_url: str, api_max_size: int) -> None:
         self.owner = owner
         self.api_url = api_url
+        self.api_max_size = api_max_size
         self.api_pool: asyncpg.Pool | None = None
         self.key: bytes | None = None
         self.lock = asyncio.Lock()
@@ -104,14 +177,23 @@ class _Companion:
 _COMPANIONS: dict[int, _Companion] = {}
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10, api_url: str | None = None) -> asyncpg.Pool:
-    """An owner (service-role) pool. ``api_transaction`` on it uses a companion pool that
-    logs in as the API role (``api_url``, default derived from ``url``)."""
+async def create_pool(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    api_url: str | None = None,
+    api_max_size: int | None = None,
+) -> asyncpg.Pool:
+    """A service pool. ``api_transaction`` on it uses a companion pool that logs in as the
+    API role (``api_url``, default derived from ``url``) with at most ``api_max_size``
+    connections (default ``max_size``), opened on first use. Sizes come from the connection
+    budget (opsmantik_stream.budget)."""
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+        url, min_size=min(min_size, max_size), max_size=max_size, init=_init_connection, command_timeout=60
     )
     assert pool is not None
-    _COMPANIONS[id(pool)] = _Companion(pool, api_url or api_database_url(url))
+    _COMPANIONS[id(pool)] = _Companion(pool, api_url or api_database_url(url), api_max_size or max_size)
     return pool
 
 
@@ -133,7 +215,7 @@ async def _companion(pool: asyncpg.Pool) -> tuple[asyncpg.Pool, bytes]:
                 comp.key = bytes(await pool.fetchval("SELECT key FROM private.identity_key"))
             if comp.api_pool is None:
                 comp.api_pool = await asyncpg.create_pool(
-                    comp.api_url, min_size=0, max_size=pool.get_max_size(), init=_init_connection
+                    comp.api_url, min_size=0, max_size=comp.api_max_size, init=_init_connection
                 )
     assert comp.api_pool is not None and comp.key is not None
     return comp.api_pool, comp.key

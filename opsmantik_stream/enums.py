@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from opsmantik_stream.destinations.registry import SHIPPED as _SHIPPED_DESTINATIONS
+from opsmantik_stream.destinations.shipped import SHIPPED as _SHIPPED_DESTINATIONS
 
 __all__ = [
     "CHECKED_COLUMNS",

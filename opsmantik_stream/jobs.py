@@ -17,6 +17,7 @@ from opsmantik_stream.billing import invoice_freeze, ledger_retention, reconcile
 from opsmantik_stream.config import Settings
 from opsmantik_stream.console.rollup import traffic_rollup
 from opsmantik_stream.console.signin import expire_sessions
+from opsmantik_stream.job_context import JobContext
 from opsmantik_stream.leads.auto_approve import auto_approve
 from opsmantik_stream.privacy.retention import privacy_retention
 from opsmantik_stream.queries import Q
@@ -24,13 +25,6 @@ from opsmantik_stream.uploads.rescue import rescue_job
 from opsmantik_stream.watchtower import watchtower
 
 __all__ = ["JOBS", "Job", "JobContext", "run_job"]
-
-
-@dataclass(frozen=True)
-class JobContext:
-    pool: asyncpg.Pool
-    settings: Settings
-    now: dt.datetime
 
 
 @dataclass(frozen=True)

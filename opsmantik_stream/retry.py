@@ -92,7 +92,7 @@ class RetryPolicy:
         """Transient delay without jitter: ``min(base * 2**(attempt-1), max)``."""
         exp = max(0, attempt - 1)
         # Cap the exponent so huge attempt numbers cannot overflow.
-        return min(self.base_delay_s * (2 ** min(exp, 32)), self.max_delay_s)
+        return float(min(self.base_delay_s * (2 ** min(exp, 32)), self.max_delay_s))
 
     def _jitter(self) -> float:
         return self._rng() * self.jitter_max_s

@@ -20,7 +20,13 @@ def stable_hash(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
-@lru_cache(maxsize=65_536)
+# Memo bound: keys are (site id, partition count) of sites that passed admission, so the
+# number of sites (x resizes) fills it; 65,536 entries take at most ~12 MB. Beyond it the
+# least recently used is forgotten (and hashed again, ~1 us).
+ROUTING_MEMO_SIZE = 65_536
+
+
+@lru_cache(maxsize=ROUTING_MEMO_SIZE)
 def partition_for(site_id: str, partitions: int) -> int:
     if partitions < 1:
         raise ValueError("partitions must be >= 1")

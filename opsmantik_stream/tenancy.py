@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import secrets
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,8 +27,10 @@ __all__ = [
     "get_site",
     "hash_token",
     "list_sites",
+    "list_tokens",
     "normalize_origin",
     "resolve_token",
+    "revoke_tokens",
     "rotate_secret",
     "write_audit",
 ]
@@ -201,11 +205,15 @@ async def create_token(
     role: str | None,
     platform_admin: bool = False,
     label: str | None = None,
+    expires_in: dt.timedelta | None = None,
 ) -> dict[str, Any]:
     """Create (or reuse) the user, grant the role on the site, and mint a token.
 
-    The token is returned once; only its SHA-256 is stored.
+    The token is returned once; only its SHA-256 is stored. With ``expires_in`` it stops
+    resolving (401) after that long.
     """
+    if expires_in is not None and expires_in <= dt.timedelta(0):
+        raise TenancyError("invalid_expiry", "the expiry must lie in the future")
     email_lc = email.strip().lower()
     if "@" not in email_lc or email_lc.startswith("@") or email_lc.endswith("@"):
         raise TenancyError("invalid_email", f"not an email address: {email!r}")
@@ -225,7 +233,8 @@ async def create_token(
             await conn.execute(Q.tenancy.set_platform_role, user["id"], PlatformRole.ADMIN.value)
         if site is not None:
             await conn.execute(Q.tenancy.upsert_member, site["site_id"], user["id"], role)
-        await conn.execute(Q.tenancy.insert_token, user["id"], hash_token(token), label)
+        expires_at = dt.datetime.now(dt.UTC) + expires_in if expires_in is not None else None
+        minted = await conn.fetchrow(Q.tenancy.insert_token, user["id"], hash_token(token), label, expires_at)
         await write_audit(
             conn,
             ActorType.CLI,
@@ -234,15 +243,74 @@ async def create_token(
             "user",
             str(user["id"]),
             site["site_id"] if site else None,
-            {"role": role, "platform_admin": platform_admin},
+            {"role": role, "platform_admin": platform_admin, "token_id": str(minted["id"])},
         )
     return {
         "token": token,
+        "token_id": str(minted["id"]),
         "user_id": str(user["id"]),
         "email": email_lc,
         "public_id": public_id,
         "role": role,
+        "label": label,
+        "expires_at": minted["expires_at"].isoformat() if minted["expires_at"] else None,
     }
+
+
+def _token_view(row: asyncpg.Record) -> dict[str, Any]:
+    def iso(v: dt.datetime | None) -> str | None:
+        return v.isoformat() if v is not None else None
+
+    return {
+        "token_id": str(row["id"]),
+        "email": row["email"],
+        "label": row["label"],
+        "state": row["state"],
+        "created_at": iso(row["created_at"]),
+        "last_used_at": iso(row["last_used_at"]),
+        "expires_at": iso(row["expires_at"]),
+        "revoked_at": iso(row["revoked_at"]),
+    }
+
+
+async def list_tokens(conn: asyncpg.Connection, *, email: str | None = None) -> list[dict[str, Any]]:
+    """Every token (of one user), by label and dates: never a token or its hash."""
+    return [_token_view(r) for r in await conn.fetch(Q.tenancy.list_tokens, email.strip().lower() if email else None)]
+
+
+async def revoke_tokens(
+    conn: asyncpg.Connection,
+    *,
+    token_id: str | None = None,
+    email: str | None = None,
+    label: str | None = None,
+) -> list[dict[str, Any]]:
+    """Revoke the live tokens matching every given filter (at least one); audited. A revoked
+    token answers 401 from the next request on (nothing caches principals)."""
+    if token_id is None and email is None and label is None:
+        raise TenancyError("missing_selection", "name a token id, a user or a label")
+    tid: uuid.UUID | None = None
+    if token_id is not None:
+        try:
+            tid = uuid.UUID(token_id)
+        except ValueError:
+            raise TenancyError("invalid_token_id", f"not a token id: {token_id!r}") from None
+    async with conn.transaction():
+        rows = await conn.fetch(Q.tenancy.revoke_tokens, tid, email.strip().lower() if email else None, label)
+        for r in rows:
+            await write_audit(
+                conn,
+                ActorType.CLI,
+                None,
+                "token.revoke",
+                "user",
+                str(r["user_id"]),
+                None,
+                {
+                    "token_id": str(r["id"]),
+                },
+            )
+    return [{"token_id": str(r["id"]), "email": r["email"], "label": r["label"]} for r in rows]
 
 
 async def resolve_token(conn: asyncpg.Connection, token: str) -> Principal | None:

@@ -39,7 +39,7 @@ from opsmantik_stream.queries import Q
 from opsmantik_stream.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from opsmantik_stream.jobs import JobContext
+    from opsmantik_stream.job_context import JobContext
 
 __all__ = ["LAST_RUN_KEY", "Condition", "deliver_notifications", "message_text", "run_checks", "watchtower"]
 

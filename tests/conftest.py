@@ -5,7 +5,8 @@ Fixtures (all real components; the only stand-in anywhere is the Google emulator
 - ``pg_server``     session: the embedded PostgreSQL (pgserver) in a temp folder
 - ``template_db``   session: a migrated database used as ``CREATE DATABASE ... TEMPLATE``
 - ``db_url``        a fresh database for this test (dropped afterwards)
-- ``pool``          an asyncpg pool on ``db_url``
+- ``pool``          an asyncpg pool on ``db_url`` (the owner role)
+- ``gateway_pool``  a pool as the gateway's narrow role (what ``client`` runs on)
 - ``settings``      Settings pointing at ``db_url``, a temp data dir and a unique Ray namespace
 - ``ray_session``   session: a local Ray on 127.0.0.1 (started on first use)
 - ``stack``         the actors (Registry, partitions, uploaders, Maintenance) for this test
@@ -32,12 +33,22 @@ import httpx
 import pytest
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+# the vault key's default home (~/.config/opsmantik) is a per-run folder here, for the tests
+# and every process they start
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="opsm-config-")
 from opsmantik_stream.ray_runtime import prepare_ray_environment
 
 prepare_ray_environment()
 
 from opsmantik_stream.config import Settings, load_settings  # noqa: E402
-from opsmantik_stream.db import EmbeddedPostgres, close_pool, create_pool  # noqa: E402
+from opsmantik_stream.db import (  # noqa: E402
+    OWNER_ROLE,
+    EmbeddedPostgres,
+    bootstrap_roles,
+    close_pool,
+    create_pool,
+    gateway_database_url,
+)
 from opsmantik_stream.migrate import apply_migrations  # noqa: E402
 
 TEMPLATE_DB = "opsm_template"
@@ -48,6 +59,12 @@ def _with_db(url: str, dbname: str) -> str:
     head, _, query = url.partition("?")
     base = head.rsplit("/", 1)[0]
     return f"{base}/{dbname}" + (f"?{query}" if query else "")
+
+
+def _with_user(url: str, user: str) -> str:
+    from opsmantik_stream.db import url_with_user
+
+    return url_with_user(url, user)
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +86,9 @@ def pg_server() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def template_db(pg_server: str) -> str:
+    """Migrated as the owner role, the way a deployment runs (the superuser only creates the
+    roles), so the suite proves nothing needs a superuser."""
+
     async def build() -> None:
         admin = await asyncpg.connect(pg_server)
         try:
@@ -76,7 +96,8 @@ def template_db(pg_server: str) -> str:
             await admin.execute(f"CREATE DATABASE {TEMPLATE_DB}")
         finally:
             await admin.close()
-        conn = await asyncpg.connect(_with_db(pg_server, TEMPLATE_DB))
+        await bootstrap_roles(_with_db(pg_server, TEMPLATE_DB))
+        conn = await asyncpg.connect(_with_user(_with_db(pg_server, TEMPLATE_DB), OWNER_ROLE))
         try:
             await apply_migrations(conn)
         finally:
@@ -101,10 +122,11 @@ def admin_sql(server_url: str, sql: str) -> None:
 
 @pytest.fixture
 def db_url(pg_server: str, template_db: str) -> Iterator[str]:
+    """A fresh database cloned from the template; the URL logs in as the owner role."""
     name = f"t_{uuid.uuid4().hex[:16]}"
-    admin_sql(pg_server, f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    admin_sql(pg_server, f"CREATE DATABASE {name} TEMPLATE {template_db} OWNER {OWNER_ROLE}")
     try:
-        yield _with_db(pg_server, name)
+        yield _with_user(_with_db(pg_server, name), OWNER_ROLE)
     finally:
         admin_sql(pg_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
@@ -165,19 +187,29 @@ def _make_app(settings: Settings, pool: asyncpg.Pool, ray_enabled: bool) -> Any:
 
 
 @pytest.fixture
-async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+async def gateway_pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool as the gateway's narrow role (what ``opsmantik serve`` gives the gateway)."""
+    p = await create_pool(gateway_database_url(db_url), min_size=0, max_size=10)
+    try:
+        yield p
+    finally:
+        await close_pool(p)
+
+
+@pytest.fixture
+async def client(settings: Settings, gateway_pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway in-process, without actors (routes that only need PostgreSQL)."""
-    app = _make_app(settings, pool, ray_enabled=False)
+    app = _make_app(settings, gateway_pool, ray_enabled=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
         yield c
 
 
 @pytest.fixture
 async def stack_client(
-    settings: Settings, pool: asyncpg.Pool, stack: dict[str, Any]
+    settings: Settings, gateway_pool: asyncpg.Pool, stack: dict[str, Any]
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway in-process with this test's actors running."""
-    app = _make_app(settings, pool, ray_enabled=True)
+    app = _make_app(settings, gateway_pool, ray_enabled=True)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
         yield c
 

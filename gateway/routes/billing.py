@@ -17,6 +17,7 @@ from opsmantik_stream.rbac import Capability
 router = APIRouter(tags=["billing"])
 
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_PAGE_ROWS = 2000
 
 
 @router.get("/api/billing/usage", response_class=JSONResponse, summary="Month usage counters of a site")
@@ -64,7 +65,7 @@ async def invoices(request: Request, principal: CurrentPrincipal, site: str = Qu
 
 @router.get(
     "/api/billing/dispute-export",
-    summary="The month's ledger as CSV (idempotency_key,created_at,billable,billing_reason)",
+    summary="The month's ledger as CSV (idempotency_key,created_at,billable,billing_reason), by key",
     response_class=StreamingResponse,
 )
 async def dispute_export(
@@ -77,19 +78,24 @@ async def dispute_export(
 
     async def rows() -> AsyncIterator[bytes]:
         yield b"idempotency_key,created_at,billable,billing_reason\n"
-        # a server-side cursor streams a month of any size in bounded memory
-        async with api_transaction(pool, principal.user_id) as conn:
-            lines: list[str] = []
-            async for r in conn.cursor(Q.billing.dispute_rows, site_id, month, prefetch=2000):
+        # one short transaction per page, released before the page is sent: a slow download
+        # holds no API connection and no transaction (keyset pages never skip or repeat a row)
+        after = ""
+        while True:
+            async with api_transaction(pool, principal.user_id) as conn:
+                page = await conn.fetch(Q.billing.dispute_rows, site_id, month, after, _PAGE_ROWS)
+            if not page:
+                return
+            lines = []
+            for r in page:
                 reason = (r["billing_reason"] or "").replace('"', '""')
                 lines.append(
                     f'{r["idempotency_key"]},{r["created_at"].isoformat()},{str(r["billable"]).lower()},"{reason}"\n'
                 )
-                if len(lines) >= 2000:
-                    yield "".join(lines).encode()
-                    lines.clear()
-            if lines:
-                yield "".join(lines).encode()
+            yield "".join(lines).encode()
+            if len(page) < _PAGE_ROWS:
+                return
+            after = page[-1]["idempotency_key"]
 
     filename = f"ledger-{site}-{month}.csv"
     return StreamingResponse(

@@ -1,31 +1,28 @@
 """Routes: signed call events and the operator's intent/call API (SPEC §4, §5, §10).
 
-``POST /api/call-event`` authenticates in the gateway (size, HMAC with the site's current
-or next secret, time window, strict body, same site in header and body), answers replays
-from PostgreSQL, rate limits, and hands the call to the site's partition. Operator routes
+``POST /api/call-event`` authenticates in the gateway (``gateway.signed``: size, HMAC with
+the site's current or next secret, time window, strict body, same site in header and body),
+answers replays from PostgreSQL, rate limits, and hands the call to the site's partition. Operator routes
 run under ``api_transaction`` so row-level security applies to every query.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import re
-import time
-import uuid
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import asyncpg
 import msgspec
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from gateway.auth import CurrentPrincipal, require_capability
-from gateway.errors import ApiError, JSONResponse, json_response
+from gateway.auth import CurrentPrincipal, site_uuid
+from gateway.errors import ApiError, JSONResponse, decode_json, json_response
+from gateway.limits import rate_limited, route_limit
+from gateway.operator import lead_error, parse_time_param, parse_uuid_or_404, require_on_row_site
 from gateway.partitions import PartitionUnavailable
-from opsmantik_stream import tenancy
+from gateway.signed import authenticate, unauthorized
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType, CallSource, CallStatus
+from opsmantik_stream.fields import MinorUnits, Note, Text32
 from opsmantik_stream.leads import signing
 from opsmantik_stream.leads.actions import apply_call_action, call_dict
 from opsmantik_stream.leads.call_events import (
@@ -36,126 +33,15 @@ from opsmantik_stream.leads.call_events import (
     encode_job,
 )
 from opsmantik_stream.leads.errors import LeadError
-from opsmantik_stream.leads.ratelimit import KeyedTokenBucket
 from opsmantik_stream.queries import Q
 from opsmantik_stream.rbac import Capability
-from opsmantik_stream.tenancy import Principal
 
-__all__ = [
-    "decode_body",
-    "lead_error",
-    "parse_time_param",
-    "parse_uuid_or_404",
-    "require_on_row_site",
-    "router",
-    "site_uuid",
-]
+__all__ = ["router"]
 
 router = APIRouter(tags=["leads"])
 
-T = TypeVar("T")
-
-_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
-# One body for every authentication failure: nothing tells a prober which check failed.
-_UNAUTHORIZED_BODY = {"ok": False, "error": "unauthorized", "message": "unauthorized"}
-
-
-# ---------------------------------------------------------------- helpers (also used by sales)
-
-
-def lead_error(exc: LeadError) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message)
-
-
-def decode_body(raw: bytes, typ: type[T]) -> T:
-    """Strict JSON decode into a msgspec Struct: 400 with the field path on failure."""
-    try:
-        return msgspec.json.decode(raw, type=typ)
-    except msgspec.ValidationError as exc:
-        raise ApiError(400, "invalid_body", str(exc)) from None
-    except msgspec.DecodeError:
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
-
-
-def parse_uuid_or_404(value: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise ApiError(404, f"{what}_not_found", f"no such {what}") from None
-
-
-def parse_time_param(value: str | None, name: str) -> dt.datetime | None:
-    if value is None or value == "":
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, f"invalid_{name}", f"{name} must be an ISO 8601 date or date-time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-async def site_uuid(conn: asyncpg.Connection, principal: Principal, public_id: str, cap: Capability) -> uuid.UUID:
-    """403 without ``cap`` on the site; else its uuid (looked up for platform admins)."""
-    known = require_capability(principal, public_id, cap)
-    if known:
-        return uuid.UUID(known)
-    try:
-        return uuid.UUID((await tenancy.get_site(conn, public_id))["site_id"])
-    except tenancy.TenancyError:
-        raise ApiError(404, "site_not_found", "no such site") from None
-
-
-async def require_on_row_site(
-    conn: asyncpg.Connection, principal: Principal, query: str, row_id: uuid.UUID, what: str, cap: Capability
-) -> asyncpg.Record:
-    """The (id, site_id, public_id) of a row visible to the caller under RLS; 404 when it
-    is not visible (another tenant's row looks missing), 403 without ``cap`` on its site."""
-    row = await conn.fetchrow(query, row_id)
-    if row is None:
-        raise ApiError(404, f"{what}_not_found", f"no such {what}")
-    if not principal.can(row["public_id"], cap):
-        raise ApiError(403, "forbidden", f"missing capability {cap.value} on this site")
-    return row
-
 
 # ---------------------------------------------------------------- POST /api/call-event
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _unauthorized() -> JSONResponse:
-    return json_response(_UNAUTHORIZED_BODY, 401, {"X-OpsMantik-Error-Code": "unauthorized"})
-
-
-def _limiters(ctx: Any) -> tuple[KeyedTokenBucket, KeyedTokenBucket]:
-    pair = ctx.extras.get("call_event_limiters")
-    if pair is None:
-        pair = ctx.extras["call_event_limiters"] = (
-            KeyedTokenBucket(ctx.settings.call_event_rate_limit_per_min),
-            KeyedTokenBucket(ctx.settings.call_event_fingerprint_rate_limit_per_min),
-        )
-    return pair  # type: ignore[no-any-return]
-
-
-def _site_key(header: str) -> tuple[str, uuid.UUID | None] | None:
-    if _HEX32.match(header):
-        return header.lower(), None
-    try:
-        return "", uuid.UUID(header)
-    except ValueError:
-        return None
 
 
 @router.post(
@@ -172,41 +58,28 @@ def _site_key(header: str) -> tuple[str, uuid.UUID | None] | None:
 )
 async def call_event(request: Request) -> Response:
     ctx = request.app.state.ctx
-    clock: Callable[[], float] = ctx.extras.get("clock") or time.time
-    raw = await _read_limited(request, MAX_BODY_BYTES)
-    header_site = request.headers.get("x-ops-site-id", "")
-    ts_header = request.headers.get("x-ops-ts")
-    signature = request.headers.get("x-ops-signature")
-    key = _site_key(header_site)
-    if key is None or signature is None:
-        return _unauthorized()
-    site = await ctx.pool.fetchrow(Q.leads.site_for_call_event, key[0], key[1])
-    secrets = (site["current_secret"], site["next_secret"]) if site is not None else ()
-    if not signing.verify_signature(secrets, ts_header, signature, raw, clock()):
-        return _unauthorized()
-    body = decode_body(raw, CallEventBody)
-    body_site = body.site_id.strip().lower()
-    if body_site not in {site["public_id"], str(site["id"])}:
-        # a signature is bound to the site that signed it; reuse across sites fails auth
-        return _unauthorized()
-    sig_hash = signing.signature_sha256(signature)
+    signed = await authenticate(request, CallEventBody, MAX_BODY_BYTES)
+    if signed is None:
+        return unauthorized()
+    site, body = signed.site, signed.body
+    sig_hash = signing.signature_sha256(signed.signature)
     replay = await ctx.pool.fetchrow(Q.leads.call_by_idempotency, site["id"], body.event_id, sig_hash)
     if replay is not None:
         return json_response(
             _answer("noop", replay["id"], replay["matched_session_id"], replay["lead_score"], replay["status"])
         )
-    by_client, by_fp = _limiters(ctx)
-    client = f"{request.client.host if request.client else 'unknown'}|{request.headers.get('user-agent', '')[:64]}"
-    now = time.monotonic()
-    wait = max(by_client.take(f"{site['id']}|{client}", now), by_fp.take(f"{site['id']}|{body.fingerprint}", now))
+    by_client = route_limit(ctx, "call_event_client_limit", ctx.settings.call_event_rate_limit_per_min)
+    by_fp = route_limit(ctx, "call_event_fingerprint_limit", ctx.settings.call_event_fingerprint_rate_limit_per_min)
+    wait = max(by_client.take((site["id"], signed.client)), by_fp.take((site["id"], body.fingerprint)))
     if wait > 0:
-        raise ApiError(429, "rate_limited", "too many call events", {"Retry-After": str(max(1, round(wait + 0.5)))})
+        raise rate_limited(wait, "too many call events")
     job = CallEventJob(
         site_id=str(site["id"]),
-        call_at=float(int(ts_header or 0)),
+        call_at=float(signed.ts),
         signature_sha256=sig_hash,
         body=body,
-        referer=request.headers.get("referer"),
+        # a header is not schema-checked: keep what a text column can hold
+        referer=(request.headers.get("referer") or "")[:2048].replace("\x00", "") or None,
     )
     try:
         reply = await ctx.partitions.call(str(site["id"]), "call_event", encode_job(job))
@@ -260,40 +133,21 @@ async def list_intents(
 
 
 class CallActionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    action: str
-    value_minor: Annotated[int, msgspec.Meta(ge=0, le=10**15)] | None = None
+    action: Text32
+    value_minor: MinorUnits | None = None
     currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
     score: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
-    note: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+    note: Note | None = None
 
 
 @router.post(
     "/api/calls/{call_id}/actions",
     response_class=JSONResponse,
     summary="seal (value_minor, currency, score), junk, cancel, restore or undo a call",
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["action"],
-                        "properties": {
-                            "action": {"enum": ["seal", "junk", "cancel", "restore", "undo"]},
-                            "value_minor": {"type": "integer", "minimum": 0},
-                            "currency": {"type": "string"},
-                            "score": {"type": "integer", "minimum": 0, "maximum": 100},
-                            "note": {"type": "string"},
-                        },
-                    }
-                }
-            }
-        }
-    },
 )
 async def call_action(call_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     cid = parse_uuid_or_404(call_id, "call")
-    body = decode_body(await request.body(), CallActionBody)
+    body = decode_json(await request.body(), CallActionBody)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             await require_on_row_site(conn, principal, Q.leads.call_site, cid, "call", Capability.LEADS_OPERATE)

@@ -25,8 +25,7 @@ import msgspec
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, Response
 
-from gateway.errors import ApiError, JSONResponse, json_response
-from gateway.routes.calls import decode_body
+from gateway.errors import ApiError, JSONResponse, decode_json, json_response
 from opsmantik_stream import tenancy
 from opsmantik_stream.console import signin
 from opsmantik_stream.rbac import CAPABILITIES
@@ -133,7 +132,7 @@ def _roles() -> dict[str, list[str]]:
 async def sign_in(request: Request) -> JSONResponse:
     if request.headers.get(SIGNIN_HEADER) != "1":
         raise ApiError(403, "csrf_required", f"send the header {SIGNIN_HEADER}: 1")
-    body = decode_body(await request.body(), SignInBody)
+    body = decode_json(await request.body(), SignInBody)
     if (body.link is None) == (body.token is None):
         raise ApiError(400, "invalid_body", "give exactly one of link or token")
     ctx = request.app.state.ctx

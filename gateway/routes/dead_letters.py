@@ -6,7 +6,9 @@ replay runs on the partition that owns the site (the single writer for its track
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
 
 from gateway.auth import CurrentPrincipal, site_with_capability
 from gateway.errors import ApiError, JSONResponse, json_response
@@ -41,7 +43,11 @@ async def list_dead_letters(
     summary="Replay a pending ingest dead letter through its partition (site:write)",
 )
 async def replay_dead_letter(
-    dead_letter_id: int, request: Request, principal: CurrentPrincipal, site: str = Query(...)
+    # a bigserial: anything beyond it would fail in the partition's query (and read as an outage)
+    dead_letter_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    request: Request,
+    principal: CurrentPrincipal,
+    site: str = Query(...),
 ) -> JSONResponse:
     ctx = request.app.state.ctx
     site_id = await site_with_capability(request, principal, site, Capability.SITE_WRITE)

@@ -35,5 +35,12 @@ async def run(name: str, request: Request) -> JSONResponse:
     if name not in JOBS:
         raise ApiError(404, "job_not_found", f"no job named {name!r}", extra={"jobs": sorted(JOBS)})
     ctx = request.app.state.ctx
-    result = await run_job(name, ctx.pool, ctx.settings)
+    if ctx.ray_enabled:
+        # jobs write as the schema owner (partitions, retention, ...): the Maintenance actor
+        # runs them; the gateway's own role may not
+        from actors.maintenance import MAINTENANCE_NAME
+
+        result = await ctx.routing.handle(MAINTENANCE_NAME).run.remote(name)
+    else:  # an app without actors (tests, tools) runs the job on its own pool
+        result = await run_job(name, ctx.pool, ctx.settings)
     return json_response({"ok": True, "job": name, "result": result})

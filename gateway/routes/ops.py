@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -20,10 +22,37 @@ router = APIRouter(tags=["operations"])
 _OPS_PAGE = Path(__file__).resolve().parent.parent / "static" / "ops.html"
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    body = await render_metrics(request.app.state.ctx.pool)
+def check_metrics_bearer(request: Request) -> None:
+    """401 unless the request carries ``metrics_bearer_token`` (when one is configured)."""
+    expected = request.app.state.ctx.settings.metrics_bearer_token
+    if not expected:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = token.strip() if scheme.lower() == "bearer" else ""
+    # constant-time compare of equal-length digests
+    if not given or not hmac.compare_digest(
+        hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest()
+    ):
+        raise ApiError(
+            401, "unauthorized", "a metrics bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+async def metrics_response(request: Request) -> Response:
+    check_metrics_bearer(request)
+    body = await render_metrics(request.app.state.ctx)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (cached database figures; bearer or own port when configured)",
+    response_class=Response,
+)
+async def metrics(request: Request) -> Response:
+    if request.app.state.ctx.settings.metrics_port:
+        raise ApiError(404, "not_found", "metrics are served on their own port")
+    return await metrics_response(request)
 
 
 @router.get("/ops", summary="Operator page (live charts; needs a platform-admin token)", response_class=HTMLResponse)

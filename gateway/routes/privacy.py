@@ -23,12 +23,11 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import CurrentPrincipal, site_with_capability
-from gateway.errors import ApiError, JSONResponse, json_response
-from gateway.routes.calls import _read_limited, _site_key, _unauthorized, decode_body
+from gateway.errors import ApiError, JSONResponse, decode_json, json_response
+from gateway.limits import rate_limited, route_limit
+from gateway.signed import authenticate, unauthorized
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType, PrivacyIdentifier
-from opsmantik_stream.leads import signing
-from opsmantik_stream.leads.ratelimit import KeyedTokenBucket
 from opsmantik_stream.privacy import (
     ConsentBody,
     PrivacyError,
@@ -40,7 +39,6 @@ from opsmantik_stream.privacy import (
 )
 from opsmantik_stream.privacy.consent import MAX_BODY_BYTES
 from opsmantik_stream.privacy.export import start_export
-from opsmantik_stream.queries import Q
 from opsmantik_stream.rbac import Capability
 
 __all__ = ["router"]
@@ -55,21 +53,15 @@ def _privacy_error(exc: PrivacyError) -> ApiError:
 # ---------------------------------------------------------------- POST /api/consent
 
 
-def _limiter(ctx: Any) -> KeyedTokenBucket:
-    bucket = ctx.extras.get("consent_limiter")
-    if bucket is None:
-        bucket = ctx.extras["consent_limiter"] = KeyedTokenBucket(ctx.settings.consent_rate_limit_per_min)
-    return bucket  # type: ignore[no-any-return]
-
-
 @router.post(
     "/api/consent",
     summary="Set a visitor's consent scopes (signed like call events)",
     response_class=JSONResponse,
     responses={
         200: {"description": "the scopes now recorded, with matched/updated session counts"},
-        400: {"description": "invalid_body, invalid_json, invalid_scope, invalid_identifier, invalid_consent_at"},
+        400: {"description": "invalid_json, invalid_scope, invalid_identifier, invalid_consent_at"},
         401: {"description": "any authentication failure (one body for all)"},
+        422: {"description": "validation_error: a field does not fit the schema"},
         413: {},
         429: {},
     },
@@ -101,24 +93,13 @@ async def consent(request: Request) -> Response:
     changes nothing). Withdrawing ``marketing`` voids the sessions' pending conversions."""
     ctx = request.app.state.ctx
     clock: Callable[[], float] = ctx.extras.get("clock") or time.time
-    raw = await _read_limited(request, MAX_BODY_BYTES)
-    key = _site_key(request.headers.get("x-ops-site-id", ""))
-    signature = request.headers.get("x-ops-signature")
-    ts_header = request.headers.get("x-ops-ts")
-    if key is None or signature is None:
-        return _unauthorized()
-    site = await ctx.pool.fetchrow(Q.leads.site_for_call_event, key[0], key[1])
-    secrets = (site["current_secret"], site["next_secret"]) if site is not None else ()
-    if not signing.verify_signature(secrets, ts_header, signature, raw, clock()):
-        return _unauthorized()
-    body = decode_body(raw, ConsentBody)
-    if body.site_id.strip().lower() not in {site["public_id"], str(site["id"])}:
-        # a signature is bound to the site that signed it
-        return _unauthorized()
-    client = request.client.host if request.client else "unknown"
-    wait = _limiter(ctx).take(f"{site['id']}|{client}", time.monotonic())
+    signed = await authenticate(request, ConsentBody, MAX_BODY_BYTES)
+    if signed is None:
+        return unauthorized()
+    site, body = signed.site, signed.body
+    wait = route_limit(ctx, "consent_limit", ctx.settings.consent_rate_limit_per_min).take((site["id"], signed.client))
     if wait > 0:
-        raise ApiError(429, "rate_limited", "too many consent updates", {"Retry-After": str(max(1, round(wait + 0.5)))})
+        raise rate_limited(wait, "too many consent updates")
     now = dt.datetime.fromtimestamp(clock(), dt.UTC)
     try:
         async with ctx.pool.acquire() as conn:
@@ -172,7 +153,7 @@ async def erase(request: Request, principal: CurrentPrincipal) -> JSONResponse:
     conversations, sales notes, queue rows not yet uploaded (voided) and dead letters;
     answers per-table counts of rows changed (0 everywhere when repeated). Audited with the
     counts and a keyed hash of the identifier."""
-    body = decode_body(await request.body(), EraseBody)
+    body = decode_json(await request.body(), EraseBody)
     site_id = await site_with_capability(request, principal, body.site, Capability.PRIVACY_MANAGE)
     subject = _subject(site_id, body.identifier_type, body.identifier_value)
     result = await erase_subject(

@@ -9,18 +9,12 @@ from typing import Annotated
 import msgspec
 from fastapi import APIRouter, Query, Request
 
-from gateway.auth import CurrentPrincipal
-from gateway.errors import ApiError, JSONResponse, json_response
-from gateway.routes.calls import (
-    decode_body,
-    lead_error,
-    parse_time_param,
-    parse_uuid_or_404,
-    require_on_row_site,
-    site_uuid,
-)
+from gateway.auth import CurrentPrincipal, site_uuid
+from gateway.errors import ApiError, JSONResponse, decode_json, json_response
+from gateway.operator import lead_error, parse_time_param, parse_uuid_or_404, require_on_row_site
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType
+from opsmantik_stream.fields import NO_NUL_PATTERN, MinorUnits, Note, SitePublicId, Text32, Text64
 from opsmantik_stream.leads import conversations as conv
 from opsmantik_stream.leads import sales as sales_core
 from opsmantik_stream.leads.errors import LeadError
@@ -29,46 +23,37 @@ from opsmantik_stream.rbac import Capability
 
 router = APIRouter(tags=["sales"])
 
-Note = Annotated[str, msgspec.Meta(max_length=2000)]
-
 
 class ConversationBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    site: str
+    site: SitePublicId
     primary_call_id: uuid.UUID | None = None
     primary_session_id: uuid.UUID | None = None
     note: Note | None = None
 
 
 class LinkBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    entity_type: str
+    entity_type: Text32
     entity_id: uuid.UUID
 
 
 class ResolveBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    status: str
+    status: Text32
     sale_id: uuid.UUID | None = None
     note: Note | None = None
 
 
 class SaleBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    site: str
-    amount_minor: int
-    occurred_at: str
+    site: SitePublicId
+    # the column is a bigint; no real sale comes near it (fields.MAX_MINOR_UNITS)
+    amount_minor: MinorUnits
+    occurred_at: Text64
     currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
-    external_ref: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    external_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL_PATTERN)] | None = None
     conversation_id: uuid.UUID | None = None
     notes: Note | None = None
     #: the customer's email and phone (E.164), for enhanced conversions: hashed on arrival
-    email: Annotated[str, msgspec.Meta(max_length=320)] | None = None
-    phone: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-
-
-def _schema(props: dict[str, object], required: list[str]) -> dict[str, object]:
-    return {
-        "requestBody": {
-            "content": {"application/json": {"schema": {"type": "object", "required": required, "properties": props}}}
-        }
-    }
+    email: Annotated[str, msgspec.Meta(max_length=320, pattern=NO_NUL_PATTERN)] | None = None
+    phone: Text64 | None = None
 
 
 @router.post(
@@ -76,18 +61,9 @@ def _schema(props: dict[str, object], required: list[str]) -> dict[str, object]:
     response_class=JSONResponse,
     status_code=201,
     summary="Create a conversation with exactly one primary call or session",
-    openapi_extra=_schema(
-        {
-            "site": {"type": "string"},
-            "primary_call_id": {"type": "string"},
-            "primary_session_id": {"type": "string"},
-            "note": {"type": "string"},
-        },
-        ["site"],
-    ),
 )
 async def create_conversation(request: Request, principal: CurrentPrincipal) -> JSONResponse:
-    body = decode_body(await request.body(), ConversationBody)
+    body = decode_json(await request.body(), ConversationBody)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             site_id = await site_uuid(conn, principal, body.site, Capability.LEADS_OPERATE)
@@ -109,14 +85,10 @@ async def create_conversation(request: Request, principal: CurrentPrincipal) -> 
     response_class=JSONResponse,
     status_code=201,
     summary="Link a session, call, event or sale of the same site (duplicate -> 200)",
-    openapi_extra=_schema(
-        {"entity_type": {"enum": ["session", "call", "event", "sale"]}, "entity_id": {"type": "string"}},
-        ["entity_type", "entity_id"],
-    ),
 )
 async def link_conversation(conversation_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     cid = parse_uuid_or_404(conversation_id, "conversation")
-    body = decode_body(await request.body(), LinkBody)
+    body = decode_json(await request.body(), LinkBody)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             row = await require_on_row_site(
@@ -139,18 +111,10 @@ async def link_conversation(conversation_id: str, request: Request, principal: C
     "/api/conversations/{conversation_id}/resolve",
     response_class=JSONResponse,
     summary="Resolve to WON, LOST or JUNK (optionally attaching a sale)",
-    openapi_extra=_schema(
-        {
-            "status": {"enum": ["WON", "LOST", "JUNK"]},
-            "sale_id": {"type": "string"},
-            "note": {"type": "string"},
-        },
-        ["status"],
-    ),
 )
 async def resolve_conversation(conversation_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     cid = parse_uuid_or_404(conversation_id, "conversation")
-    body = decode_body(await request.body(), ResolveBody)
+    body = decode_json(await request.body(), ResolveBody)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             row = await require_on_row_site(
@@ -175,27 +139,11 @@ async def resolve_conversation(conversation_id: str, request: Request, principal
     response_class=JSONResponse,
     status_code=201,
     summary="Create a DRAFT sale, or update the DRAFT with the same external_ref",
-    openapi_extra=_schema(
-        {
-            "site": {"type": "string"},
-            "amount_minor": {"type": "integer", "minimum": 0},
-            "currency": {"type": "string"},
-            "occurred_at": {"type": "string", "format": "date-time"},
-            "external_ref": {"type": "string"},
-            "conversation_id": {"type": "string"},
-            "notes": {"type": "string"},
-            "email": {"type": "string", "description": "customer email; only its normalised SHA-256 is kept"},
-            "phone": {"type": "string", "description": "customer phone in E.164; only its SHA-256 is kept"},
-        },
-        ["site", "amount_minor", "occurred_at"],
-    ),
 )
 async def create_sale(request: Request, principal: CurrentPrincipal) -> JSONResponse:
-    body = decode_body(await request.body(), SaleBody)
+    body = decode_json(await request.body(), SaleBody)
     try:
         occurred_at = sales_core.parse_occurred_at(body.occurred_at)
-        if body.amount_minor < 0:
-            raise LeadError(400, "invalid_amount", "amount_minor must be a non-negative integer (minor units)")
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             site_id = await site_uuid(conn, principal, body.site, Capability.LEADS_OPERATE)
             sale, created = await sales_core.upsert_sale(
@@ -268,7 +216,7 @@ async def confirm_sale(sale_id: str, request: Request, principal: CurrentPrincip
 
 
 class RestateBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    amount_minor: int
+    amount_minor: MinorUnits
     currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
 
 
@@ -294,11 +242,10 @@ async def cancel_sale(sale_id: str, request: Request, principal: CurrentPrincipa
     "/api/sales/{sale_id}/restate",
     response_class=JSONResponse,
     summary="Change a confirmed sale's value; its conversion is restated (audited)",
-    openapi_extra=_schema({"amount_minor": {"type": "integer"}, "currency": {"type": "string"}}, ["amount_minor"]),
 )
 async def restate_sale(sale_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     sid = parse_uuid_or_404(sale_id, "sale")
-    body = decode_body(await request.body(), RestateBody)
+    body = decode_json(await request.body(), RestateBody)
     try:
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             await require_on_row_site(conn, principal, Q.sales.sale_site, sid, "sale", Capability.LEADS_OPERATE)

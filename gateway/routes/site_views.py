@@ -16,9 +16,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from gateway.auth import CurrentPrincipal
+from gateway.auth import CurrentPrincipal, site_uuid
 from gateway.errors import ApiError, JSONResponse, json_response
-from gateway.routes.calls import parse_time_param, parse_uuid_or_404, site_uuid
+from gateway.operator import parse_time_param, parse_uuid_or_404
 from opsmantik_stream.console import reads
 from opsmantik_stream.console.views import CursorError
 from opsmantik_stream.db import api_transaction

@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 
+from opsmantik_stream.budget import CLI_POOL
 from opsmantik_stream.config import ConfigError, Settings, load_settings
 from opsmantik_stream.db import EmbeddedPostgres, resolve_database_url
 from opsmantik_stream.migrate import MigrationError, apply_migrations
@@ -75,7 +76,12 @@ def run_with_pool(
         from opsmantik_stream.db import close_pool, create_pool
 
         try:
-            pool = await create_pool(url, min_size=1, max_size=4, api_url=cfg.api_database_url)
+            pool = await create_pool(url, min_size=1, max_size=CLI_POOL, api_url=cfg.api_database_url)
+        except asyncpg.TooManyConnectionsError:
+            raise CliError(
+                "the database has no free connection (max_connections reached): retry shortly, or raise "
+                "max_connections / OPSMANTIK_DB_RESERVED_CONNECTIONS (docs/reliability.md, connection budget)"
+            ) from None
         except (OSError, asyncpg.PostgresError) as exc:
             raise CliError(f"cannot connect to the database: {type(exc).__name__}: {exc}") from None
         try:

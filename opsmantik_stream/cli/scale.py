@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from opsmantik_stream.budget import BudgetError
 from opsmantik_stream.cli._common import CliError, add_json_flag, emit, settings_or_exit
 
 
@@ -18,7 +19,9 @@ def register(sub: Any) -> None:
         "nodes) and answer, the old uploaders drain, the table is committed (gateways switch "
         "within a second), batches in flight finish on their old partition, later ones are resent "
         "to the new owner, and the old generation stops. The upload budget is re-split over the "
-        "new uploaders. Omitted sizes keep their current value.",
+        "new uploaders. Omitted sizes keep their current value. A size whose PostgreSQL pools "
+        "cannot fit in the server's max_connections (with room for the old generation while it "
+        "drains) is refused with exit code 2 before anything changes.",
     )
     p.add_argument("--partitions", type=int, help="number of site partitions (>= 1)")
     p.add_argument("--uploaders", type=int, help="number of uploader actors (>= 0)")
@@ -61,6 +64,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
         uploaders = args.uploaders if args.uploaders is not None else len(current["uploaders"])
         try:
             result = scale_stack(settings, None, partitions, uploaders, timeout_s=args.timeout)
+        except BudgetError as exc:
+            raise CliError(f"refused, routing v{current['version']} stays: {exc}", exit_code=2) from None
         except Exception as exc:
             raise CliError(f"resize failed, routing v{current['version']} stays: {type(exc).__name__}: {exc}") from None
     finally:

@@ -45,10 +45,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.logs import configure_logging
 
     configure_logging(settings.log_level)
-    if settings.vault_key is None:
-        from opsmantik_stream.vault import load_or_create_key
+    import os
 
-        settings = settings.with_overrides(vault_key=load_or_create_key(settings.data_path))
+    from opsmantik_stream.vault import load_or_create_key
+
+    if settings.vault_key is None:
+        # make sure the key exists; only the uploaders read it (actors.runtime.role_settings)
+        load_or_create_key(settings)
+    # keep a key given in the environment out of every process Ray starts from here
+    os.environ.pop("OPSMANTIK_VAULT_KEY", None)
 
     print("starting PostgreSQL ...", file=sys.stderr, flush=True)
     try:

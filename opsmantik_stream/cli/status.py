@@ -63,7 +63,7 @@ def _ray_status(settings: Settings) -> dict[str, Any]:
         return {
             "ray": "ok",
             "address": address,
-            "nodes": len(ray.nodes()),
+            "nodes": len(ray.nodes()),  # type: ignore[no-untyped-call]
             "actors": actors,
             "routing": routing,
         }

@@ -19,7 +19,7 @@ from opsmantik_stream.console.views import site_zone
 from opsmantik_stream.queries import Q
 
 if TYPE_CHECKING:
-    from opsmantik_stream.jobs import JobContext
+    from opsmantik_stream.job_context import JobContext
 
 __all__ = ["GRACE", "KEEP_DAYS", "closed_days", "traffic_rollup"]
 

@@ -27,7 +27,7 @@ from opsmantik_stream.queries import Q
 from opsmantik_stream.tenancy import TOKEN_PREFIX, hash_token, resolve_token, write_audit
 
 if TYPE_CHECKING:
-    from opsmantik_stream.jobs import JobContext
+    from opsmantik_stream.job_context import JobContext
 
 __all__ = [
     "LINK_PREFIX",

@@ -12,11 +12,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from opsmantik_stream.clickids import choose_click_id
 from opsmantik_stream.enums import CallAction, CallStatus, QueueStatus
 from opsmantik_stream.ingest import attribution as attr
 from opsmantik_stream.ingest.scoring import score_parts
 from opsmantik_stream.leads.actions import ALLOWED_FROM
-from opsmantik_stream.leads.enqueue import choose_click_id, not_enqueued_reason
+from opsmantik_stream.leads.enqueue import not_enqueued_reason
 
 __all__ = [
     "CursorError",

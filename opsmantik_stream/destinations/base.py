@@ -37,6 +37,7 @@ import msgspec
 
 from opsmantik_stream.config import Settings
 from opsmantik_stream.enums import ErrorCategory, OutcomeKind
+from opsmantik_stream.telemetry import UPLOADER_METRICS, Stats
 
 __all__ = [
     "BeforeRequest",
@@ -279,13 +280,16 @@ class UnsupportedOperation(Exception):
 class DestinationContext:
     """What the uploader gives a destination: the deployment's settings (endpoints live there),
     a shared HTTP client, the request timeout and the chunk size. :meth:`shared` keeps one
-    helper per key for every destination of one uploader (e.g. one OAuth token cache)."""
+    helper per key for every destination of one uploader (e.g. one OAuth token cache).
+    ``stats`` is the uploader's figures (``telemetry.UPLOADER_METRICS``): a destination records
+    each request's duration and answer there."""
 
     settings: Settings
     http: httpx.AsyncClient
     timeout: httpx.Timeout
     chunk_size: int
     _shared: dict[str, Any] = field(default_factory=dict)
+    stats: Stats = field(default_factory=lambda: Stats(UPLOADER_METRICS))
 
     def shared(self, key: str, factory: Callable[[], T]) -> T:
         if key not in self._shared:

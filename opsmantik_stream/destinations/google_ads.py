@@ -235,7 +235,9 @@ class GoogleAdsDestination(GoogleDestination):
         )
         return url, msgspec.json.encode(body), headers
 
-    def parse_reply(self, reply: Reply, n: int) -> ChunkResult:
+    # one reading of every place Google's documented error envelope may put a code, a message
+    # and a retry delay, in Google's order; a split would hide which place wins
+    def parse_reply(self, reply: Reply, n: int) -> ChunkResult:  # noqa: C901
         body = reply.body if isinstance(reply.body, Mapping) else {}
         if reply.status != 200:
             err, details = error_envelope(reply.body)

@@ -1,11 +1,12 @@
 """The destinations this deployment can send conversions to: name -> implementing class.
 
 A destination is one module with one :class:`~opsmantik_stream.destinations.base.Destination`
-subclass; it ships by adding one line to :data:`SHIPPED` (and one migration allowing its name
+subclass; it ships by adding one line to ``SHIPPED`` (``destinations/shipped.py``) (and one migration allowing its name
 in the schema's CHECK lists: ``SELECT allow_destination('name');``). See docs/destinations.md.
 
-Entries are import paths, loaded on first use, so this module imports nothing and
-``opsmantik_stream.enums`` can build its ``Destination`` enum from it without a cycle.
+Entries are import paths, loaded on first use. The shipped table itself lives in
+``destinations/shipped.py``, which imports nothing, so ``opsmantik_stream.enums`` builds its
+``Destination`` enum from it without an import circle.
 """
 
 from __future__ import annotations
@@ -14,16 +15,12 @@ import importlib
 import re
 from typing import TYPE_CHECKING
 
+from opsmantik_stream.destinations.shipped import SHIPPED
+
 if TYPE_CHECKING:
     from opsmantik_stream.destinations.base import Destination
 
 __all__ = ["SHIPPED", "UnknownDestination", "get", "names", "register", "unregister"]
-
-#: name (stored in the database) -> "module:Class"
-SHIPPED: dict[str, str] = {
-    "google_ads": "opsmantik_stream.destinations.google_ads:GoogleAdsDestination",
-    "data_manager": "opsmantik_stream.destinations.data_manager:DataManagerDestination",
-}
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{1,39}$")
 _entries: dict[str, str] = dict(SHIPPED)
@@ -72,4 +69,4 @@ def get(name: str) -> type[Destination]:
     if getattr(cls, "name", None) != name:
         raise TypeError(f"{target} declares name {getattr(cls, 'name', None)!r}, registered as {name!r}")
     _loaded[name] = cls
-    return cls
+    return cls  # type: ignore[no-any-return]  # loaded by name: checked by its declared name above

@@ -15,9 +15,26 @@ from collections.abc import Callable, Hashable, Iterable
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-__all__ = ["TokenBucketLimiter", "client_net", "origin_allowed", "split_origin", "truncate_ip"]
+__all__ = [
+    "ADDRESS_MEMO_SIZE",
+    "LIMITER_MAX_KEYS",
+    "TokenBucketLimiter",
+    "client_net",
+    "origin_allowed",
+    "split_origin",
+    "truncate_ip",
+]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# Memo bound of the two address functions below (gateway process): keys are client
+# addresses (at most 45 characters), so 65,536 entries take at most ~16 MB each. Beyond it
+# the least recently seen address is forgotten (and parsed again when it comes back).
+ADDRESS_MEMO_SIZE = 65_536
+# Rate-limit buckets kept per limiter: ~0.4 KB each (key, tokens, time, order), so at most
+# ~40 MB. Beyond it the least recently used bucket is dropped: a dropped bucket is simply
+# full again, which only matters for a client idle while 100,000 others were seen.
+LIMITER_MAX_KEYS = 100_000
 
 
 def split_origin(origin: str) -> tuple[str, str, int] | None:
@@ -57,7 +74,7 @@ def truncate_ip(ip: str | None) -> str | None:
     return _truncate(ip)
 
 
-@lru_cache(maxsize=65_536)
+@lru_cache(maxsize=ADDRESS_MEMO_SIZE)
 def _truncate(ip: str) -> str | None:
     try:
         addr = ipaddress.ip_address(ip.strip().strip("[]"))
@@ -69,7 +86,7 @@ def _truncate(ip: str) -> str | None:
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
 
 
-@lru_cache(maxsize=65_536)
+@lru_cache(maxsize=ADDRESS_MEMO_SIZE)
 def client_net(ip: str | None) -> str:
     """The rate-limit client: the IPv4 address, or the IPv6 /64 network (one subscriber's
     usual allocation, so rotating addresses inside it is one client). The User-Agent plays
@@ -92,14 +109,22 @@ class TokenBucketLimiter:
     token was taken, else the seconds until one is available (the ``Retry-After``).
 
     A bucket holds a minute's worth of tokens and refills continuously, so ``per_min``
-    requests pass per minute on average with bursts up to ``per_min``. Idle buckets are
-    evicted oldest-first beyond ``max_keys`` (an evicted bucket is simply full again).
+    requests pass per minute on average with bursts up to ``per_min``. Bounded: beyond
+    ``max_keys`` (``LIMITER_MAX_KEYS``) buckets the least recently used is evicted (an
+    evicted bucket is simply full again).
     """
 
-    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_keys: int = LIMITER_MAX_KEYS, clock: Callable[[], float] = time.monotonic) -> None:
         self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
         self._max_keys = max_keys
         self._clock = clock
+
+    @property
+    def max_keys(self) -> int:
+        return self._max_keys
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, key: Hashable, per_min: int, cost: float = 1.0) -> float:
         now = self._clock()

@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
+from opsmantik_stream.clickids import CLICK_ID_PRECEDENCE, best_click_id
+
 __all__ = [
     "CLICK_ID_KEYS",
     "GOOGLE_CLICK_IDS",
@@ -32,7 +34,7 @@ __all__ = [
     "url_params",
 ]
 
-GOOGLE_CLICK_IDS = ("gclid", "wbraid", "gbraid")
+GOOGLE_CLICK_IDS = CLICK_ID_PRECEDENCE
 OTHER_CLICK_IDS = ("gclsrc", "dclid", "fbclid", "ttclid", "msclkid")
 CLICK_ID_KEYS = GOOGLE_CLICK_IDS + OTHER_CLICK_IDS
 
@@ -65,6 +67,23 @@ PAID_TRAFFIC_MEDIUMS = frozenset(
 # Values trackers write for "no value": never a click id.
 _JUNK = frozenset({"", "null", "undefined", "none", "(not set)"})
 
+# Memo bounds (issue 18: every bounded structure states its bound). These caches live in
+# every partition process for its whole life; entries are evicted least recently used, and
+# only strings up to _MEMO_MAX_CHARS are memoised (longer ones are parsed each time, and are
+# rare), so the bytes are bounded too. Worst cases, measured with tracemalloc (key + value):
+# URL parameters 8,192 x ~3.2 KB = 26 MB, hosts 8,192 x ~1.3 KB = 11 MB, devices 4,096 x
+# ~0.7 KB = 3 MB, host classifications 3 x 4,096 x ~1.1 KB = 14 MB. Landing pages and
+# referrers repeat, so the hit rate stays high although every ad click's URL is unique.
+URL_MEMO_SIZE = 8192
+HOST_MEMO_SIZE = 4096
+DEVICE_MEMO_SIZE = 4096
+_MEMO_MAX_CHARS = 1024
+
+
+def _memo(fn: Any, key: str) -> Any:
+    """``fn(key)`` through its memo when ``key`` is short enough, else computed directly."""
+    return fn(key) if len(key) <= _MEMO_MAX_CHARS else fn.__wrapped__(key)
+
 
 class Attribution:
     FIRST_CLICK_PAID = "First Click (Paid)"
@@ -84,13 +103,13 @@ def url_params(url: str | None) -> Mapping[str, str]:
     """
     if not url or ("?" not in url and "#" not in url):
         return _EMPTY
-    return _url_params(url)
+    return _memo(_url_params, url)  # type: ignore[no-any-return]
 
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=URL_MEMO_SIZE)
 def _url_params(url: str) -> Mapping[str, str]:
     try:
         parts = urlsplit(url)
@@ -128,17 +147,13 @@ class ClickIds(msgspec.Struct, frozen=True):
         return bool(self.gclid or self.wbraid or self.gbraid)
 
     def best(self) -> tuple[str | None, str | None]:
-        """(click id, type): gclid, else wbraid, else gbraid."""
-        for name in GOOGLE_CLICK_IDS:
-            value = getattr(self, name)
-            if value:
-                return value, name
-        return None, None
+        """(click id, type): gclid, else wbraid, else gbraid (``opsmantik_stream.clickids``)."""
+        return best_click_id(None, None, self.gclid or None, self.wbraid or None, self.gbraid or None)
 
 
 def click_ids(params: Mapping[str, str], meta: Any) -> ClickIds:
     """Click ids from the page URL, else from ``meta`` (the tracker persists them per session)."""
-    return ClickIds(**_pick(CLICK_ID_KEYS, params, meta, split_google=True))  # type: ignore[arg-type]
+    return ClickIds(**_pick(CLICK_ID_KEYS, params, meta, split_google=True))
 
 
 def _pick(keys: tuple[str, ...], params: Mapping[str, str], meta: Any, *, split_google: bool = False) -> dict[str, Any]:
@@ -180,6 +195,7 @@ def _pick(keys: tuple[str, ...], params: Mapping[str, str], meta: Any, *, split_
     }
 
 
+# one entry per (struct, key list) pair the code asks about: a handful, fixed by the code
 @lru_cache(maxsize=64)
 def _positions(struct: type, keys: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
     fields = struct.__struct_fields__  # type: ignore[attr-defined]
@@ -195,10 +211,10 @@ def host_of(url: str | None) -> str | None:
     """The lower-cased host of a URL (or of ``host/path``), or None."""
     if not url:
         return None
-    return _host_of(url)
+    return _memo(_host_of, url)  # type: ignore[no-any-return]
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=URL_MEMO_SIZE)
 def _host_of(url: str) -> str | None:
     try:
         host = urlsplit(url if "//" in url else "//" + url).hostname
@@ -225,10 +241,10 @@ def is_google_host(host: str | None) -> bool:
     """google.com, www.google.com.tr, google.de ... (a ``google`` label before the suffix)."""
     if not host:
         return False
-    return _is_google(host)
+    return _memo(_is_google, host)  # type: ignore[no-any-return]
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=HOST_MEMO_SIZE)
 def _is_google(host: str) -> bool:
     return "google" in host.split(".")[:-1]
 
@@ -253,10 +269,10 @@ def social_platform(host: str | None) -> str | None:
     """The social network a referrer host belongs to, or None."""
     if not host:
         return None
-    return _social_platform(host)
+    return _memo(_social_platform, host)  # type: ignore[no-any-return]
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=HOST_MEMO_SIZE)
 def _social_platform(host: str) -> str | None:
     for domain, name in _SOCIAL:
         if _matches(host, domain):
@@ -264,7 +280,7 @@ def _social_platform(host: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=HOST_MEMO_SIZE)
 def _is_search(host: str) -> bool:
     if is_google_host(host):
         return True
@@ -317,7 +333,7 @@ def traffic_source(ids: ClickIds, utm: Mapping[str, str], ref_host: str | None) 
         return (source[:64] or "Paid"), "cpc"
     tagged = bool(medium or source or utm.get("utm_campaign"))
     if ref_host:
-        if _is_search(ref_host) and not tagged:
+        if _memo(_is_search, ref_host) and not tagged:
             return "SEO", "organic"
         platform = social_platform(ref_host)
         if platform and not tagged:
@@ -353,7 +369,30 @@ def parse_device(ua: str | None, device_param: str | None = None) -> Device:
     return _parse_device(ua or "", (device_param or "").strip().lower())
 
 
-@lru_cache(maxsize=4096)
+# first match wins, in this order (Edge and Opera UAs also say Chrome; Chrome's says Safari)
+_OS_RULES = (
+    ("iOS", ("iphone", "ipad", "ipod")),
+    ("Android", ("android",)),
+    ("Windows", ("windows",)),
+    ("ChromeOS", ("cros",)),
+    ("macOS", ("mac os x", "macintosh")),
+    ("Linux", ("linux",)),
+)
+_BROWSER_RULES = (
+    ("Edge", ("edg/", "edge/")),
+    ("Opera", ("opr/", "opera")),
+    ("Samsung Internet", ("samsungbrowser",)),
+    ("Firefox", ("firefox/", "fxios")),
+    ("Chrome", ("chrome/", "crios", "chromium")),
+    ("Safari", ("safari/",)),
+)
+
+
+def _first_match(text: str, rules: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    return next((name for name, marks in rules if any(m in text for m in marks)), "Unknown")
+
+
+@lru_cache(maxsize=DEVICE_MEMO_SIZE)
 def _parse_device(ua: str, device_param: str) -> Device:
     text = ua.lower()
     if "ipad" in text or "tablet" in text or ("android" in text and "mobile" not in text):
@@ -362,35 +401,5 @@ def _parse_device(ua: str, device_param: str) -> Device:
         dtype = "mobile"
     else:
         dtype = "desktop"
-    override = _DEVICE_PARAM.get(device_param)
-    if override:
-        dtype = override
-    if "iphone" in text or "ipad" in text or "ipod" in text:
-        os_name = "iOS"
-    elif "android" in text:
-        os_name = "Android"
-    elif "windows" in text:
-        os_name = "Windows"
-    elif "cros" in text:
-        os_name = "ChromeOS"
-    elif "mac os x" in text or "macintosh" in text:
-        os_name = "macOS"
-    elif "linux" in text:
-        os_name = "Linux"
-    else:
-        os_name = "Unknown"
-    if "edg/" in text or "edge/" in text:
-        browser = "Edge"
-    elif "opr/" in text or "opera" in text:
-        browser = "Opera"
-    elif "samsungbrowser" in text:
-        browser = "Samsung Internet"
-    elif "firefox/" in text or "fxios" in text:
-        browser = "Firefox"
-    elif "chrome/" in text or "crios" in text or "chromium" in text:
-        browser = "Chrome"
-    elif "safari/" in text:
-        browser = "Safari"
-    else:
-        browser = "Unknown"
-    return Device(device_type=dtype, os=os_name, browser=browser)
+    dtype = _DEVICE_PARAM.get(device_param) or dtype
+    return Device(device_type=dtype, os=_first_match(text, _OS_RULES), browser=_first_match(text, _BROWSER_RULES))

@@ -81,7 +81,14 @@ class CallExpired(Exception):
     gateway has answered 503 by now, so nothing is written -- the client's retry counts."""
 
 
-@functools.lru_cache(maxsize=65_536)
+# Memo bound of derived session ids (partition process): keys are a site id and a client
+# session id that is not a UUID (the tracker always sends UUIDs), a fingerprint and day, or
+# an event key, at most ~0.6 KB per entry with its value, so at most ~37 MB. Beyond it the
+# least recently used is forgotten (and derived again, a uuid5: ~2 us).
+DERIVED_ID_MEMO_SIZE = 65_536
+
+
+@functools.lru_cache(maxsize=DERIVED_ID_MEMO_SIZE)
 def _derived(site_id: str, key: str) -> str:
     return str(uuid.uuid5(SESSION_NAMESPACE, f"{site_id}|{key}"))
 
@@ -311,7 +318,7 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
 
 def _dead_payload(ev: WireEvent) -> dict[str, Any]:
     """The event as a dead letter keeps it (enough to replay it)."""
-    return msgspec.to_builtins(
+    payload: dict[str, Any] = msgspec.to_builtins(
         {
             "site_id": ev.site_id,
             "received_ms": ev.received_ms,
@@ -329,6 +336,7 @@ def _dead_payload(ev: WireEvent) -> dict[str, Any]:
             "ua": ev.ua,
         }
     )
+    return payload
 
 
 class _DeadRow(msgspec.Struct):

@@ -165,6 +165,45 @@ async def apply_call_action(
         snapshot,
         {k: v for k, v in payload.items() if v is not None},
     )
+    conversion, voided, retracted = await _follow_up_conversion(conn, row, updated, previous, action, now)
+    await write_audit(
+        conn,
+        actor_type,
+        actor_id,
+        f"call.{action}",
+        "call",
+        str(call_id),
+        row["site_id"],
+        {
+            "call_action_id": action_row["id"],
+            "previous_status": previous,
+            "new_status": updated["status"],
+            "enqueued": conversion.enqueued if conversion else None,
+            "conversion_voided": voided,
+            "conversion_retracted": retracted,
+        },
+    )
+    return {
+        "call": call_dict(updated),
+        "action_id": action_row["id"],
+        "previous_status": previous,
+        "conversion": conversion.to_dict() if conversion else None,
+        "conversion_voided": voided,
+        "conversion_retracted": retracted,
+    }
+
+
+async def _follow_up_conversion(
+    conn: asyncpg.Connection,
+    row: asyncpg.Record,
+    updated: asyncpg.Record,
+    previous: str,
+    action: str,
+    now: dt.datetime,
+) -> tuple[EnqueueResult | None, bool, bool]:
+    """What a call's new state means for its conversion, in the action's transaction:
+    (the enqueue answer of a seal, voided before upload, retracted after upload)."""
+    call_id = row["id"]
     conversion: EnqueueResult | None = None
     voided = False
     retracted = False
@@ -193,34 +232,11 @@ async def apply_call_action(
             # already uploaded (or being uploaded: 409, the action rolls back): retract it there
             retraction = await adjust_conversion(
                 conn,
+                site_id=row["site_id"],
                 source_kind=SourceKind.CALL.value,
                 source_id=call_id,
                 kind=QueueKind.RETRACTION,
                 reason=f"call {action}",
             )
             retracted = retraction.outcome == "adjustment_queued"
-    await write_audit(
-        conn,
-        actor_type,
-        actor_id,
-        f"call.{action}",
-        "call",
-        str(call_id),
-        row["site_id"],
-        {
-            "call_action_id": action_row["id"],
-            "previous_status": previous,
-            "new_status": updated["status"],
-            "enqueued": conversion.enqueued if conversion else None,
-            "conversion_voided": voided,
-            "conversion_retracted": retracted,
-        },
-    )
-    return {
-        "call": call_dict(updated),
-        "action_id": action_row["id"],
-        "previous_status": previous,
-        "conversion": conversion.to_dict() if conversion else None,
-        "conversion_voided": voided,
-        "conversion_retracted": retracted,
-    }
+    return conversion, voided, retracted

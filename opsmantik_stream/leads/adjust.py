@@ -60,6 +60,7 @@ def _adjustment_time(last: dt.datetime | None) -> dt.datetime:
 async def adjust_conversion(
     conn: asyncpg.Connection,
     *,
+    site_id: Any,
     source_kind: str,
     source_id: Any,
     kind: QueueKind,
@@ -68,10 +69,12 @@ async def adjust_conversion(
     reason: str,
 ) -> AdjustResult:
     """Cancel (``kind`` RETRACTION) or restate (RESTATEMENT, with the new value and currency)
-    the conversion of one sale or call; see the module docstring. Raises ``LeadError`` 409 while
-    the conversion or an adjustment of it is being sent."""
+    the conversion of one sale or call of ``site_id``; see the module docstring. Call it after
+    the source itself changed: the queue's guard compares an operator's adjustment with the
+    source as it now is. Raises ``LeadError`` 409 while the conversion or an adjustment of it
+    is being sent."""
     assert kind is not QueueKind.CONVERSION
-    conv = await conn.fetchrow(Q.sales.lock_conversion_of_source, source_kind, source_id)
+    conv = await conn.fetchrow(Q.sales.lock_conversion_of_source, site_id, source_kind, source_id)
     if conv is None:
         return AdjustResult("none")
     ids = {"conversion_id": str(conv["id"]), "order_id": conv["order_id"]}

@@ -13,6 +13,7 @@ import datetime as dt
 from typing import Any
 
 from opsmantik_stream.enums import ActorType, CallAction, CallStatus
+from opsmantik_stream.job_context import JobContext
 from opsmantik_stream.queries import Q
 from opsmantik_stream.tenancy import write_audit
 
@@ -22,7 +23,7 @@ AUTO_APPROVE_AGE = dt.timedelta(hours=24)
 AUTO_APPROVE_LIMIT = 200
 
 
-async def auto_approve(ctx: Any) -> dict[str, Any]:
+async def auto_approve(ctx: JobContext) -> dict[str, Any]:
     """Job entry point (``JobContext``): returns ``{"approved": n, "call_ids": [...]}``."""
     cutoff = ctx.now - AUTO_APPROVE_AGE
     approved: list[str] = []

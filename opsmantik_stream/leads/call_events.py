@@ -18,11 +18,12 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 
+from opsmantik_stream.clickids import choose_click_id
 from opsmantik_stream.config import Settings
 from opsmantik_stream.enums import CallStatus
-from opsmantik_stream.leads.enqueue import choose_click_id
-from opsmantik_stream.leads.targets import infer_action, normalize_target
+from opsmantik_stream.fields import NO_NUL_PATTERN, Text32, Text64, Text256, Text512, Text2048
 from opsmantik_stream.queries import Q
+from opsmantik_stream.targets import infer_action, normalize_target
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -42,21 +43,25 @@ SUSPICIOUS_SKEW_S = 120
 
 
 class CallEventBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """The strict call-event body: unknown keys (e.g. consent fields) are rejected."""
+    """The strict call-event body: unknown keys (e.g. consent fields) are rejected.
 
-    site_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    fingerprint: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    event_id: uuid.UUID | None = None
-    phone_number: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    action: Annotated[str, msgspec.Meta(max_length=32)] | None = None
-    url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
-    ua: Annotated[str, msgspec.Meta(max_length=512)] | None = None
-    value: float | Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    intent_action: Annotated[str, msgspec.Meta(max_length=32)] | None = None
-    intent_target: Annotated[str, msgspec.Meta(max_length=512)] | None = None
-    intent_stamp: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
-    intent_page_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
-    click_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    ``event_id`` is required (SPEC §4): without it a client's retry, signed again with a new
+    timestamp, would not be recognised and would record a second call. Text fields refuse a
+    NUL character, which PostgreSQL cannot store (a 422 here instead of a failed insert)."""
+
+    site_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL_PATTERN)]
+    fingerprint: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL_PATTERN)]
+    event_id: uuid.UUID
+    phone_number: Text256 | None = None
+    action: Text32 | None = None
+    url: Text2048 | None = None
+    ua: Text512 | None = None
+    value: float | Text64 | None = None
+    intent_action: Text32 | None = None
+    intent_target: Text512 | None = None
+    intent_stamp: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL_PATTERN)] | None = None
+    intent_page_url: Text2048 | None = None
+    click_id: Text256 | None = None
 
 
 class CallEventJob(msgspec.Struct, kw_only=True):
@@ -183,7 +188,7 @@ async def process_call_event(pool: asyncpg.Pool, payload: bytes, settings: Setti
             score,
             breakdown,
             body.intent_stamp,
-            action,
+            action.value,
             target,
             body.intent_page_url or body.url or job.referer,
             call_at,

@@ -15,13 +15,13 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from opsmantik_stream.clickids import choose_click_id
 from opsmantik_stream.enums import ClickIdType, SourceKind
 from opsmantik_stream.queries import Q
 
 __all__ = [
     "EnqueueResult",
     "NotEnqueued",
-    "choose_click_id",
     "enqueue_conversion",
     "not_enqueued_reason",
     "order_id_for",
@@ -59,18 +59,6 @@ def order_id_for(site_id: Any, source_kind: str, source_id: Any) -> str:
     deduplicates a re-upload. 32 hex chars of sha256(site | kind | id), prefixed."""
     digest = hashlib.sha256(f"{site_id}|{source_kind}|{source_id}".encode()).hexdigest()
     return "om_" + digest[:32]
-
-
-def choose_click_id(gclid: str | None, wbraid: str | None, gbraid: str | None) -> tuple[str, str] | None:
-    """(type, value) of the click id to upload: gclid, else wbraid, else gbraid."""
-    for kind, value in (
-        (ClickIdType.GCLID, gclid),
-        (ClickIdType.WBRAID, wbraid),
-        (ClickIdType.GBRAID, gbraid),
-    ):
-        if value and value.strip():
-            return kind.value, value.strip()
-    return None
 
 
 def not_enqueued_reason(

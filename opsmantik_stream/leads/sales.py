@@ -11,6 +11,7 @@ import asyncpg
 
 from opsmantik_stream.destinations.base import email_sha256, phone_sha256
 from opsmantik_stream.enums import ActorType, QueueKind, SaleStatus, SourceKind
+from opsmantik_stream.fields import to_utc
 from opsmantik_stream.leads.actions import session_of_call
 from opsmantik_stream.leads.adjust import adjust_conversion
 from opsmantik_stream.leads.enqueue import EnqueueResult, NotEnqueued, enqueue_conversion
@@ -43,12 +44,15 @@ def sale_dict(row: asyncpg.Record) -> dict[str, Any]:
 
 
 def parse_occurred_at(value: str) -> dt.datetime:
-    """ISO 8601; a time without offset is taken as UTC. Unparseable -> LeadError 400."""
+    """ISO 8601; a time without offset is taken as UTC. Unparseable, or out of the calendar's
+    range once in UTC -> LeadError 400."""
     try:
-        parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        parsed = to_utc(dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
     except (ValueError, AttributeError):
+        parsed = None
+    if parsed is None:
         raise LeadError(400, "invalid_occurred_at", "occurred_at must be an ISO 8601 date-time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return parsed
 
 
 async def upsert_sale(
@@ -206,12 +210,18 @@ async def cancel_sale(
         raise LeadError(404, "sale_not_found", "no such sale")
     if sale["status"] == SaleStatus.CANCELED:
         raise LeadError(409, "sale_canceled", "the sale is already canceled")
-    adjusted = await adjust_conversion(
-        conn, source_kind=SourceKind.SALE.value, source_id=sale_id, kind=QueueKind.RETRACTION, reason="sale canceled"
-    )
+    # the sale first: the queue's guard checks an adjustment against the source as it now is
     canceled = await conn.fetchrow(Q.sales.cancel_sale, sale_id)
     if canceled is None:
         raise LeadError(409, "sale_canceled", "the sale changed while canceling")
+    adjusted = await adjust_conversion(
+        conn,
+        site_id=sale["site_id"],
+        source_kind=SourceKind.SALE.value,
+        source_id=sale_id,
+        kind=QueueKind.RETRACTION,
+        reason="sale canceled",
+    )
     await write_audit(
         conn, actor_type, user_id, "sale.cancel", "sale", str(sale_id), sale["site_id"], adjusted.to_dict()
     )
@@ -241,8 +251,13 @@ async def restate_sale(
     if sale["status"] != SaleStatus.CONFIRMED:
         raise LeadError(409, "sale_not_confirmed", f"the sale is {sale['status']}: only a confirmed sale is restated")
     cur = currency or sale["currency"]
+    # the sale first: the queue's guard checks the new figures against the source as it now is
+    restated = await conn.fetchrow(Q.sales.restate_sale, sale_id, amount_minor, cur)
+    if restated is None:
+        raise LeadError(409, "sale_not_confirmed", "the sale changed while restating")
     adjusted = await adjust_conversion(
         conn,
+        site_id=sale["site_id"],
         source_kind=SourceKind.SALE.value,
         source_id=sale_id,
         kind=QueueKind.RESTATEMENT,
@@ -250,9 +265,6 @@ async def restate_sale(
         currency=cur,
         reason="sale restated",
     )
-    restated = await conn.fetchrow(Q.sales.restate_sale, sale_id, amount_minor, cur)
-    if restated is None:
-        raise LeadError(409, "sale_not_confirmed", "the sale changed while restating")
     await write_audit(
         conn,
         actor_type,

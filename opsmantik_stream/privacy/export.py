@@ -108,7 +108,11 @@ async def count_records(conn: asyncpg.Connection, rows: SubjectRows) -> dict[str
     }
 
 
-def _sources(rows: SubjectRows) -> dict[str, tuple[str, list[Any], Callable[[asyncpg.Record], tuple[Any, ...]], tuple]]:
+#: a section's (query, id list, keyset key of a row, first key)
+_Source = tuple[str, list[Any], Callable[[asyncpg.Record], tuple[Any, ...]], tuple[Any, ...]]
+
+
+def _sources(rows: SubjectRows) -> dict[str, _Source]:
     """section -> (query, id list, keyset key of a row, first key)."""
     by_id = (lambda r: (r["id"],), (_NIL,))
     by_serial = (lambda r: (r["id"],), (0,))

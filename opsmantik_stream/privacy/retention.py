@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 
 from opsmantik_stream.enums import ActorType, VoidReason
+from opsmantik_stream.job_context import JobContext
 from opsmantik_stream.privacy.erase import ERASE_TABLES, anonymize
 from opsmantik_stream.privacy.subject import expand
 from opsmantik_stream.queries import Q
 from opsmantik_stream.tenancy import write_audit
-
-if TYPE_CHECKING:
-    from opsmantik_stream.jobs import JobContext
 
 __all__ = ["LAST_RUN_KEY", "MAX_BATCHES", "last_run", "privacy_retention", "run_retention"]
 

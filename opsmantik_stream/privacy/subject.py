@@ -32,8 +32,8 @@ from opsmantik_stream.destinations.base import email_sha256
 from opsmantik_stream.destinations.google.mapping import hash_phone_e164
 from opsmantik_stream.enums import PrivacyIdentifier
 from opsmantik_stream.ingest.store import session_uuid
-from opsmantik_stream.leads.targets import normalize_phone
 from opsmantik_stream.queries import Q
+from opsmantik_stream.targets import normalize_phone
 
 __all__ = [
     "MAX_IDENTIFIER_LENGTH",

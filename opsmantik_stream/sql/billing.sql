@@ -56,7 +56,10 @@ WHERE ctid = ANY (ARRAY(
 ));
 
 -- name: dispute_rows
+-- One page of the month's ledger after key $3 (keyset pagination along the primary key, so
+-- every page is a short query: the export holds no connection between pages).
 SELECT idempotency_key, created_at, billable, billing_reason
 FROM ingest_idempotency
-WHERE site_id = $1 AND year_month = $2
-ORDER BY created_at, idempotency_key;
+WHERE site_id = $1 AND year_month = $2 AND idempotency_key > $3
+ORDER BY idempotency_key
+LIMIT $4;

@@ -28,3 +28,13 @@ SELECT count(*)::bigint
 FROM provider_upload_attempts s
 WHERE s.phase = 'STARTED' AND s.created_at < now() - make_interval(secs => $1)
   AND NOT EXISTS (SELECT 1 FROM provider_upload_attempts f WHERE f.batch_id = s.batch_id AND f.phase = 'FINISHED');
+
+-- name: oldest_due_by_destination
+-- Per destination: how long the oldest row that may be sent now (QUEUED/RETRY, due) has been
+-- due, in seconds. A growing figure means uploads do not keep up (or a breaker holds them).
+SELECT destination,
+       extract(epoch FROM now() - min(next_retry_at))::float8 AS age_s,
+       count(*)::bigint AS n
+FROM offline_conversion_queue
+WHERE status IN ('QUEUED', 'RETRY') AND next_retry_at <= now()
+GROUP BY destination;

@@ -105,7 +105,7 @@ RETURNING id;
 -- name: lock_conversion_of_source
 -- The conversion of a sale or call, locked while it is being adjusted (cancel, restate, undo).
 SELECT * FROM offline_conversion_queue
-WHERE source_kind = $1 AND source_id = $2 AND kind = 'conversion'
+WHERE site_id = $1 AND source_kind = $2 AND source_id = $3 AND kind = 'conversion'
 FOR UPDATE;
 
 -- name: restate_unsent_conversion

@@ -59,8 +59,31 @@ INSERT INTO site_members (site_id, user_id, role) VALUES ($1, $2, $3)
 ON CONFLICT (site_id, user_id) DO UPDATE SET role = EXCLUDED.role;
 
 -- name: insert_token
-INSERT INTO private.api_tokens (user_id, token_sha256, label) VALUES ($1, $2, $3)
-RETURNING id, created_at;
+INSERT INTO private.api_tokens (user_id, token_sha256, label, expires_at) VALUES ($1, $2, $3, $4)
+RETURNING id, created_at, expires_at;
+
+-- name: list_tokens
+-- Labels and dates, never hashes. $1: a user's email or NULL for everyone.
+SELECT t.id, u.email, t.label, t.created_at, t.last_used_at, t.expires_at, t.revoked_at,
+       CASE WHEN t.revoked_at IS NOT NULL THEN 'revoked'
+            WHEN t.expires_at IS NOT NULL AND t.expires_at <= now() THEN 'expired'
+            ELSE 'active' END AS state
+FROM private.api_tokens t
+JOIN users u ON u.id = t.user_id
+WHERE $1::text IS NULL OR u.email = $1
+ORDER BY u.email, t.created_at, t.id;
+
+-- name: revoke_tokens
+-- By id, or every live token of a user (email), or every live token with a label.
+-- Revoking is idempotent: an already revoked token keeps its first revocation time.
+UPDATE private.api_tokens t
+SET revoked_at = now()
+FROM users u
+WHERE u.id = t.user_id AND t.revoked_at IS NULL
+  AND ($1::uuid IS NULL OR t.id = $1)
+  AND ($2::text IS NULL OR u.email = $2)
+  AND ($3::text IS NULL OR t.label = $3)
+RETURNING t.id, u.email, t.label, t.user_id;
 
 -- name: principal_by_token
 -- Resolves a bearer token (by its SHA-256) to the user and the user's roles per site.
@@ -74,7 +97,7 @@ FROM private.api_tokens t
 JOIN users u ON u.id = t.user_id
 LEFT JOIN site_members m ON m.user_id = u.id
 LEFT JOIN sites s ON s.id = m.site_id
-WHERE t.token_sha256 = $1 AND t.revoked_at IS NULL
+WHERE t.token_sha256 = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())
 GROUP BY u.id, t.id;
 
 -- name: touch_token

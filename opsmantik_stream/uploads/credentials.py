@@ -18,8 +18,7 @@ request, to an address of its choosing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 import asyncpg
 import msgspec
@@ -28,13 +27,14 @@ from opsmantik_stream.config import Settings
 from opsmantik_stream.destinations import registry
 from opsmantik_stream.destinations.base import CredentialsError
 from opsmantik_stream.queries import Q
-from opsmantik_stream.vault import Vault, VaultError
+from opsmantik_stream.vault import Vault, VaultError, private_key, public_key
 
 __all__ = [
     "BUDGET_FIELDS",
     "TENANT_ENDPOINT_FIELDS",
     "CredentialsError",
     "SiteCredentials",
+    "credentials_body_type",
     "credentials_from_mapping",
     "open_credentials",
     "public_view",
@@ -96,23 +96,46 @@ def credentials_from_mapping(raw: Any) -> SiteCredentials:
     return SiteCredentials(name, fields, cls.account_id(fields), budget.requests_per_s, budget.conversions_per_min)
 
 
-def vault_from_settings(settings: Settings) -> Vault:
-    """The vault of this deployment: ``OPSMANTIK_VAULT_KEY`` or ``data_dir/vault.key``.
+def credentials_body_type() -> Any:
+    """The body of ``PUT /api/sites/{site}/credentials`` as one type for the OpenAPI
+    description: per registered destination, its credential fields and the budget, tagged by
+    ``destination`` (validation itself is :func:`credentials_from_mapping`)."""
+    members = []
+    budget: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+        (f.name, f.type, None) for f in msgspec.structs.fields(_Budget)
+    ]
+    for name in registry.names():
+        own: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+            (f.name, f.type) if f.required else (f.name, f.type, f.default)
+            for f in msgspec.structs.fields(registry.get(name).credentials_schema)
+        ]
+        struct_name = "".join(part.title() for part in name.split("_")) + "CredentialsBody"
+        members.append(
+            msgspec.defstruct(
+                struct_name, own + budget, kw_only=True, forbid_unknown_fields=True, tag_field="destination", tag=name
+            )
+        )
+    return members[0] if len(members) == 1 else Union[tuple(members)]  # noqa: UP007 (built at run time)
 
-    Raises :class:`CredentialsError` when neither exists (never creates a key here: a fresh
+
+def vault_from_settings(settings: Settings) -> Vault:
+    """The vault of this process (see opsmantik_stream.vault): the private key in an
+    uploader (``vault_key``, or the key file when ``vault_open_credentials``), a sealing-only
+    vault from the public key everywhere else (gateway, CLI).
+
+    Raises :class:`CredentialsError` when there is no key (never creates a key here: a fresh
     key could not open anything sealed before).
     """
-    key = settings.vault_key
-    if key is None:
-        path = Path(settings.data_path) / "vault.key"
-        if path.exists():
-            key = path.read_text().strip()
-    if not key:
-        raise CredentialsError("VAULT_KEY_MISSING", "no vault key: set OPSMANTIK_VAULT_KEY")
     try:
-        return Vault(key)
+        key = private_key(settings) if settings.vault_key or settings.vault_open_credentials else None
+        if key:
+            return Vault(key)
+        public = public_key(settings)
+        if public:
+            return Vault.sealing_only(public)
     except VaultError as exc:
         raise CredentialsError("VAULT_KEY_INVALID", str(exc)) from None
+    raise CredentialsError("VAULT_KEY_MISSING", "no vault key: set OPSMANTIK_VAULT_KEY or start `opsmantik serve` once")
 
 
 async def save_credentials(

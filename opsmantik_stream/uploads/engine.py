@@ -56,9 +56,10 @@ from opsmantik_stream.destinations.base import (
     UploadResult,
     UserIdentifier,
 )
-from opsmantik_stream.enums import ErrorCategory, GateDecision, OutcomeKind, QueueKind
+from opsmantik_stream.enums import CircuitState, ErrorCategory, GateDecision, OutcomeKind, QueueKind
 from opsmantik_stream.queries import Q
 from opsmantik_stream.retry import RetryPolicy
+from opsmantik_stream.telemetry import UPLOADER_METRICS, Stats
 from opsmantik_stream.uploads import store
 from opsmantik_stream.uploads.breaker import BreakerConfig, PgBreakerStorage, record_outcome
 from opsmantik_stream.uploads.bucket import AccountBucket, BucketSet
@@ -74,6 +75,10 @@ log = logging.getLogger(__name__)
 ShareFn = Callable[[], Awaitable[tuple[int, int]]]
 
 _SENDABLE = (GateDecision.SEND, GateDecision.PROBE)
+# telemetry.UPLOADER_METRICS names the engine records
+_ROWS = "opsmantik_upload_rows"
+_BUCKET_WAIT = "opsmantik_upload_bucket_wait_seconds"
+_BREAKER = "opsmantik_upload_breaker_transitions"
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -172,7 +177,10 @@ class UploadEngine:
         self._http = http or httpx.AsyncClient(
             timeout=timeout, limits=httpx.Limits(max_connections=50), follow_redirects=False
         )
-        self._ctx = DestinationContext(settings, self._http, timeout, settings.upload_chunk_size)
+        #: this uploader's figures for /metrics (telemetry.UPLOADER_METRICS), shared with its
+        #: destinations; the actor hands out snapshots
+        self.stats = Stats(UPLOADER_METRICS)
+        self._ctx = DestinationContext(settings, self._http, timeout, settings.upload_chunk_size, stats=self.stats)
         self._destinations: dict[str, Destination] = {}
         self.policy = retry_policy(settings)
         self.breaker_cfg = breaker_config(settings, self._clock)
@@ -287,7 +295,11 @@ class UploadEngine:
             if not bucket.usable:
                 return None  # no share of this account for us: leave the rows unclaimed
             limit = min(limit, bucket.max_batch)
+            ready_from = time.monotonic()
             await bucket.wait_ready()
+            ready_wait_s = time.monotonic() - ready_from
+        else:
+            ready_wait_s = 0.0
         if g["max_batch"]:
             limit = min(limit, int(g["max_batch"]))  # what Google accepts for this account
         if probe:
@@ -297,6 +309,8 @@ class UploadEngine:
                 )
             if took is None:
                 return None
+            if g["breaker_state"] != CircuitState.HALF_OPEN:  # else: a gone holder's probe retaken
+                self.stats.inc(_BREAKER, (destination, g["breaker_state"], CircuitState.HALF_OPEN.value))
             limit = min(limit, s.upload_breaker_probe_rows)
         async with self.pool.acquire() as conn:
             lease = await store.acquire_lease(
@@ -314,7 +328,7 @@ class UploadEngine:
                 await self._release_probe(site_id, destination)
             return None
         try:
-            return await self._attempt(site_id, destination, ctx, bucket, limit, probe)
+            return await self._attempt(site_id, destination, ctx, bucket, limit, probe, ready_wait_s)
         finally:
             # shielded: a cancelled uploader still gives its slot back (else it expires)
             await asyncio.shield(self._release(lease, site_id, destination, probe))
@@ -340,6 +354,7 @@ class UploadEngine:
         bucket: AccountBucket | None,
         limit: int,
         probe: bool,
+        ready_wait_s: float = 0.0,
     ) -> dict[str, Any]:
         batch_id = uuid.uuid4()
         async with self.pool.acquire() as conn:
@@ -358,7 +373,7 @@ class UploadEngine:
         attempt = max(int(r["attempt"]) for r in rows)
         t0 = time.monotonic()
         started = _Started(self.pool, batch_id, site_id, destination, self.uploader_id, attempt, len(rows))
-        outcomes, result = await self._request(destination, ctx, bucket, rows, started)
+        outcomes, result = await self._request(destination, ctx, bucket, rows, started, ready_wait_s)
         await started.ensure()  # attempts that sent nothing (credentials, pause) are ledgered too
         plan = plan_finish(
             [ClaimedRow(r["id"], int(r["attempt"])) for r in rows],
@@ -409,7 +424,13 @@ class UploadEngine:
         return GroupFacts(public_id, destination, site_destination, other, destination_hint)
 
     async def _request(
-        self, destination: str, ctx: Any, bucket: AccountBucket | None, rows: list[Any], started: _Started
+        self,
+        destination: str,
+        ctx: Any,
+        bucket: AccountBucket | None,
+        rows: list[Any],
+        started: _Started,
+        ready_wait_s: float = 0.0,
     ) -> tuple[list[RowOutcome], UploadResult | None]:
         """Open the credentials and send; one outcome per row (never raises for the destination)."""
         try:
@@ -425,13 +446,19 @@ class UploadEngine:
             ], None
         assert bucket is not None
         account = ctx["account_id"]
+        # the first request's wait includes the wait for the bucket before the claim
+        carried_wait_s = ready_wait_s
 
         async def before_request(n: int) -> float | None:
             # The bucket first (waiting is never an attempt); then one round trip commits the
             # durable STARTED row and reads the pool-wide pause (another uploader may have set
             # it since the group was listed); then the send. Nothing else stands between the
             # bucket's slot and the send, so the slot's timing (the budget per 1 s) holds.
+            nonlocal carried_wait_s
+            waiting_from = time.monotonic()
             await bucket.acquire(n)
+            self.stats.observe(_BUCKET_WAIT, (destination,), carried_wait_s + time.monotonic() - waiting_from)
+            carried_wait_s = 0.0
             until = await started.before_send(account, self._sql_now())
             if until is not None:
                 return max(0.0, (until - (self._sql_now() or datetime.now(UTC))).total_seconds())
@@ -477,18 +504,22 @@ class UploadEngine:
         async with self.pool.acquire() as conn, conn.transaction():
             changed = await store.finish_rows(conn, self.uploader_id, batch_id, plan.updates)
             breaker_state: str | None = None
+            transition: tuple[str, str] | None = None
+            moved = store.FinishCounts.of([r["status"] for r in changed])
             if changed:
                 storage = await PgBreakerStorage.load(conn, site_id, destination, self.breaker_cfg)
-                breaker_state = record_outcome(
-                    storage, plan.signal, holder=self.uploader_id, error=plan.breaker_error
-                ).value
+                before = storage.circuit_state
+                after = record_outcome(storage, plan.signal, holder=self.uploader_id, error=plan.breaker_error)
+                breaker_state = after.value
+                if after is not before:
+                    transition = (before.value, after.value)
                 await storage.save(conn)
                 await store.add_metrics(
                     conn,
                     site_id,
                     destination,
                     sum(1 for r in changed if r["id"] not in refunds),  # refunded rows spent nothing
-                    store.FinishCounts.of([r["status"] for r in changed]),
+                    moved,
                 )
             finished = await store.insert_finished(
                 conn,
@@ -506,6 +537,18 @@ class UploadEngine:
                 duration_ms=duration_ms,
                 breaker_state=breaker_state,
             )
+        # counted once committed: the figures say what the database says
+        if transition is not None:
+            self.stats.inc(_BREAKER, (destination, *transition))
+        for outcome, n in (
+            ("completed", moved.completed),
+            ("failed", moved.failed),
+            ("retry", moved.retry),
+            ("blocked", moved.blocked),
+            ("late", len(rows) - len(changed)),
+        ):
+            if n:
+                self.stats.inc(_ROWS, (destination, outcome), n)
         return {
             "transitioned": len(changed),
             "late": not changed,

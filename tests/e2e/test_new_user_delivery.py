@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,17 +22,11 @@ from actors.runtime import get_actor
 from opsmantik_stream.cli import main as cli_main
 from opsmantik_stream.config import Settings
 from opsmantik_stream.leads.enqueue import order_id_for
-from tests.integration._uploader_support import Emu, emulator_settings, serve_emulator
+from tests.integration._uploader_support import Emu, emulator_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 ACCOUNT = "1234567890"
-
-
-@pytest.fixture(scope="module")
-def emulator_base() -> Iterator[str]:
-    with serve_emulator() as base:
-        yield base
 
 
 @pytest.fixture

@@ -89,6 +89,16 @@ def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stdout + status.stderr
         assert json.loads(status.stdout)["ray"] == "ok"
         assert json.loads(status.stdout)["routing"]["version"] == 1
+        # a size whose pools cannot fit in the server's connections is refused, nothing changes
+        refused = subprocess.run(
+            [sys.executable, "-m", "opsmantik_stream.cli", "scale", "--partitions", "40", "--uploaders", "40"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "refused, routing v1 stays" in refused.stderr and "max_connections" in refused.stderr
         # resize the running stack from another shell
         scaled = subprocess.run(
             [sys.executable, "-m", "opsmantik_stream.cli", "scale", "--partitions", "2", "--uploaders", "1", "--json"],

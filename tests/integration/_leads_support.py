@@ -112,14 +112,17 @@ def signed_headers(
 
 
 def call_body(site: dict[str, Any], fingerprint: str, **extra: Any) -> bytes:
+    """A call-event body; a fresh ``event_id`` unless one is given (``event_id=None`` leaves
+    it out, which the contract refuses)."""
     data = {
         "site_id": site["public_id"],
         "fingerprint": fingerprint,
+        "event_id": str(uuid.uuid4()),
         "phone_number": "+90 555 111 22 33",
         "action": "phone",
         **extra,
     }
-    return json.dumps(data).encode()
+    return json.dumps({k: v for k, v in data.items() if v is not None}).encode()
 
 
 def auth(token: str) -> dict[str, str]:

@@ -55,7 +55,7 @@ def toy_api() -> Iterator[dict[str, Any]]:
 
 @pytest.fixture
 def toy_registered(pool: Any) -> Iterator[None]:
-    """The registry entry (a shipped destination is one line in registry.SHIPPED instead)."""
+    """The registry entry (a shipped destination is one line in destinations/shipped.py instead)."""
     registry.register("toy", "tests.integration._toy_destination:ToyDestination")
     try:
         yield

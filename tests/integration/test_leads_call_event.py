@@ -13,8 +13,8 @@ import asyncpg
 import httpx
 import pytest
 
+from gateway.limits import KeyedLimit
 from opsmantik_stream import tenancy
-from opsmantik_stream.leads.ratelimit import KeyedTokenBucket
 from tests.integration._leads_support import call_body, make_event, make_session, signed_headers
 
 pytestmark = pytest.mark.integration
@@ -189,7 +189,7 @@ async def test_next_secret_rotation_body_rules_and_rate_limits(
     # strict body: unknown keys, broken JSON, oversize
     bad = json.dumps({"site_id": site["public_id"], "fingerprint": "fp", "consent": ["analytics"]}).encode()
     resp = await stack_client.post("/api/call-event", content=bad, headers=signed_headers(site, bad))
-    assert resp.status_code == 400 and resp.json()["error"] == "invalid_body"
+    assert resp.status_code == 422 and resp.json()["error"] == "validation_error"
     broken = b'{"site_id": '
     resp = await stack_client.post("/api/call-event", content=broken, headers=signed_headers(site, broken))
     assert resp.status_code == 400 and resp.json()["error"] == "invalid_json"
@@ -199,7 +199,7 @@ async def test_next_secret_rotation_body_rules_and_rate_limits(
     assert len(await _calls(pool, site)) == before
 
     # per-fingerprint limit (a tiny bucket injected for the test)
-    _ctx(stack_client).extras["call_event_limiters"] = (KeyedTokenBucket(100), KeyedTokenBucket(2))
+    _ctx(stack_client).extras["call_event_fingerprint_limit"] = KeyedLimit(2)
     codes = []
     for _ in range(3):
         b = call_body(site, "fp", event_id=str(uuid.uuid4()))

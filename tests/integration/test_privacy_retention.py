@@ -132,7 +132,12 @@ async def test_last_run_in_status_metrics_and_cron(
     site = await make_site()
     await _old_session(pool, site, 120, ())
     app = create_app(
-        AppContext(settings=settings.with_overrides(cron_secret="cron-s3cret"), pool=pool, ray_enabled=False)
+        # metrics_cache_s=0: every scrape reads the figures (this test is about the job's)
+        AppContext(
+            settings=settings.with_overrides(cron_secret="cron-s3cret", metrics_cache_s=0.0),
+            pool=pool,
+            ray_enabled=False,
+        )
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         metrics = (await c.get("/metrics")).text

@@ -74,16 +74,17 @@ async def test_conversation_sale_confirm_and_queue(
     assert await _count(pool, "conversation_links", site["site_id"]) == links_before
 
     # sales: bad input is a 4xx and nothing is stored
-    bad_sales: list[tuple[dict[str, Any], str]] = [
-        ({"amount_minor": -1}, "invalid_amount"),
-        ({"amount_minor": 100, "occurred_at": "next tuesday"}, "invalid_occurred_at"),
-        ({"amount_minor": "lots"}, "invalid_body"),
-        ({"amount_minor": 100, "currency": "euro"}, "invalid_body"),
-        ({"amount_minor": 100, "surprise": 1}, "invalid_body"),
+    # (schema errors are 422 and name the field; rule errors 400)
+    bad_sales: list[tuple[dict[str, Any], int, str]] = [
+        ({"amount_minor": -1}, 422, "validation_error:amount_minor"),
+        ({"amount_minor": 100, "occurred_at": "next tuesday"}, 400, "invalid_occurred_at"),
+        ({"amount_minor": "lots"}, 422, "validation_error:amount_minor"),
+        ({"amount_minor": 100, "currency": "euro"}, 422, "validation_error:currency"),
+        ({"amount_minor": 100, "surprise": 1}, 422, "validation_error:surprise"),
     ]
-    for body, code in bad_sales:
+    for body, status, code in bad_sales:
         resp = await _sale(client, token, site, **body)
-        assert resp.status_code == 400 and resp.json()["error"] == code, (body, resp.text)
+        assert resp.status_code == status and resp.headers["x-opsmantik-error-code"] == code, (body, resp.text)
     other_conv = await make_token(other["public_id"], "owner")
     oc = await client.post(
         "/api/conversations",

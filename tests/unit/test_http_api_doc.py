@@ -27,10 +27,11 @@ def test_every_route_is_listed_with_its_authentication() -> None:
     for path, operations in spec["paths"].items():
         for method in operations:
             assert f"| `{method.upper()} {path}` |" in text
-    rows = dict(re.findall(r"^\| `([A-Z]+ [^`]+)` \| .*? \| (bearer token|—) \|", text, re.MULTILINE))
-    # operator routes take a bearer token; the tracker, signed call events and /health do not
+    rows = dict(re.findall(r"^\| `([A-Z]+ [^`]+)` \| .*? \| ([^|]+?) \| [^|]+ \|$", text, re.MULTILINE))
+    # operator routes take a bearer token; signed call events a signature; the tracker and
+    # /health neither
     assert rows["GET /api/sites/{site}/intents"] == "bearer token"
     assert rows["POST /api/sales/{sale_id}/confirm"] == "bearer token"
     assert rows["POST /api/sync"] == "—"
-    assert rows["POST /api/call-event"] == "—"
+    assert rows["POST /api/call-event"] == "HMAC signature"
     assert rows["GET /health"] == "—"

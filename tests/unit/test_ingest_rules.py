@@ -1,6 +1,6 @@
 """Tables for the pure ingest rules: idempotency keys, billable classification, quota,
-attribution, traffic source, lead score, phone/WhatsApp normalisation, body decoding,
-origins, ip truncation and the token bucket."""
+attribution, traffic source, lead score, body decoding, origins, ip truncation and the token
+bucket (phone and WhatsApp targets: test_targets.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,7 @@ import pytest
 from opsmantik_stream.ingest import attribution as attr
 from opsmantik_stream.ingest.admission import TokenBucketLimiter, client_net, origin_allowed, truncate_ip
 from opsmantik_stream.ingest.billing import classify_billable, seconds_to_next_month, year_month
-from opsmantik_stream.ingest.intents import (
-    detect_intent,
-    intent_target,
-    normalize_phone,
-    normalize_whatsapp,
-)
+from opsmantik_stream.ingest.intents import detect_intent, intent_target
 from opsmantik_stream.ingest.keys import EventKind, event_kind, idempotency_key, time_component
 from opsmantik_stream.ingest.schema import BodyError, consent_scopes, decode_body
 from opsmantik_stream.ingest.scoring import lead_score
@@ -309,47 +304,6 @@ def test_lead_score(kw: dict[str, object], score: int) -> None:
 
 
 # ---------------------------------------------------------------- intents and targets
-
-
-@pytest.mark.parametrize(
-    ("raw", "target"),
-    [
-        ("tel:+90 532 123 45 67", "tel:+905321234567"),
-        ("tel:05321234567", "tel:+905321234567"),
-        ("tel:5321234567", "tel:+905321234567"),
-        ("tel:0090-532-123-4567", "tel:+905321234567"),
-        ("tel:905321234567", "tel:+905321234567"),
-        ("tel:%2B905321234567;ext=22", "tel:+905321234567"),
-        ("tel:+1 (202) 555-0100", "tel:+12025550100"),
-        ("TEL:0212 444 0 444", "tel:+902124440444"),
-        ("tel:", "tel:unknown"),
-        (None, "tel:unknown"),
-    ],
-)
-def test_phone_normalisation(raw: str | None, target: str) -> None:
-    assert normalize_phone(raw) == target
-
-
-@pytest.mark.parametrize(
-    ("raw", "target"),
-    [
-        ("https://wa.me/905321234567", "wa:+905321234567"),
-        ("https://wa.me/905321234567?text=Merhaba", "wa:+905321234567"),
-        ("https://api.whatsapp.com/send?phone=905321234567&text=x", "wa:+905321234567"),
-        ("https://api.whatsapp.com/send?phone=05321234567", "wa:+905321234567"),
-        ("whatsapp://send?phone=+905321234567", "wa:+905321234567"),
-        ("whatsapp://send?text=hello", "wa:send?text=hello"),
-        ("https://chat.whatsapp.com/AbCdEf123", "wa:chat/AbCdEf123"),
-        ("https://api.whatsapp.com/joinchat/XYZ", "wa:joinchat/XYZ"),
-        ("https://wa.me/message/ABCDEF", "wa:wa.me/message/ABCDEF"),
-        ("https://www.whatsapp.com/catalog/123", "wa:www.whatsapp.com/catalog/123"),
-        ("0532 123 45 67", "wa:+905321234567"),
-        ("https://example.com/iletisim/905321234567", "wa:+905321234567"),
-        ("", "wa:unknown"),
-    ],
-)
-def test_whatsapp_normalisation(raw: str, target: str) -> None:
-    assert normalize_whatsapp(raw) == target
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-"""Pure rules of the leads package: score, targets, click-id choice, order id, strict
-body, rate-limit bucket, transitions."""
+"""Pure rules of the leads package: score, click-id choice, order id, strict
+body, transitions."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import uuid
 import msgspec
 import pytest
 
+from opsmantik_stream.clickids import choose_click_id
 from opsmantik_stream.enums import CallAction, CallStatus
 from opsmantik_stream.leads.actions import ALLOWED_FROM
 from opsmantik_stream.leads.call_events import CallEventBody, compute_lead_score, parse_client_value
-from opsmantik_stream.leads.enqueue import choose_click_id, order_id_for
-from opsmantik_stream.leads.ratelimit import KeyedTokenBucket
-from opsmantik_stream.leads.targets import infer_action, normalize_phone, normalize_whatsapp
+from opsmantik_stream.leads.enqueue import order_id_for
 
 pytestmark = pytest.mark.unit
 
@@ -45,42 +44,6 @@ def test_order_id_is_deterministic_and_distinct_per_source() -> None:
     assert first.startswith("om_") and len(first) == 35
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("tel:+90 555 111 22 33", "tel:+905551112233"),
-        ("0555 111 22 33", "tel:+905551112233"),
-        ("5551112233", "tel:+905551112233"),
-        ("0049 30 1234567", "tel:+49301234567"),
-        ("", "tel:unknown"),
-        (None, "tel:unknown"),
-    ],
-)
-def test_phone_targets(raw: str | None, expected: str) -> None:
-    assert normalize_phone(raw) == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("https://wa.me/905551112233", "wa:+905551112233"),
-        ("https://api.whatsapp.com/send?phone=905551112233", "wa:+905551112233"),
-        ("https://chat.whatsapp.com/AbCdEf", "wa:chat/AbCdEf"),
-        ("https://example.com/whatsapp-redirect", "wa:example.com/whatsapp-redirect"),
-        ("", "wa:unknown"),
-    ],
-)
-def test_whatsapp_targets(raw: str, expected: str) -> None:
-    assert normalize_whatsapp(raw) == expected
-
-
-def test_action_inference() -> None:
-    assert infer_action(None, "https://wa.me/90555") == "whatsapp"
-    assert infer_action("WhatsApp", "+90555") == "whatsapp"
-    assert infer_action("phone", "https://wa.me/90555") == "phone"
-    assert infer_action(None, "+90 555") == "phone"
-
-
 def test_client_value_parsing() -> None:
     assert parse_client_value("12.5") == 12.5
     assert parse_client_value(3) == 3.0
@@ -89,27 +52,28 @@ def test_client_value_parsing() -> None:
     assert parse_client_value(None) is None
 
 
+_EID = b'"event_id":"4b7ad0c6-5d0e-4a8e-9a65-3a6f2f9c1d10"'
+
+
 def test_body_is_strict() -> None:
-    ok = msgspec.json.decode(b'{"site_id":"a","fingerprint":"f","value":"9"}', type=CallEventBody)
+    ok = msgspec.json.decode(b'{"site_id":"a","fingerprint":"f","value":"9",' + _EID + b"}", type=CallEventBody)
     assert ok.value == "9"
     with pytest.raises(msgspec.ValidationError, match="consent"):
-        msgspec.json.decode(b'{"site_id":"a","fingerprint":"f","consent":["analytics"]}', type=CallEventBody)
+        msgspec.json.decode(
+            b'{"site_id":"a","fingerprint":"f","consent":["analytics"],' + _EID + b"}", type=CallEventBody
+        )
+    # event_id is required: a retry signed again must be recognised as the same call
+    with pytest.raises(msgspec.ValidationError, match="event_id"):
+        msgspec.json.decode(b'{"site_id":"a","fingerprint":"f"}', type=CallEventBody)
+    # PostgreSQL text cannot hold NUL: refused here rather than failing in the partition
+    with pytest.raises(msgspec.ValidationError, match="fingerprint"):
+        msgspec.json.decode(b'{"site_id":"a","fingerprint":"f\u0000",' + _EID + b"}", type=CallEventBody)
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"site_id":"a","fingerprint":""}', type=CallEventBody)
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"site_id":"a","fingerprint":"f","event_id":"not-a-uuid"}', type=CallEventBody)
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"site_id":"a","fingerprint":"' + b"x" * 129 + b'"}', type=CallEventBody)
-
-
-def test_token_bucket_limits_and_refills() -> None:
-    bucket = KeyedTokenBucket(per_min=3, max_keys=2)
-    assert [bucket.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert bucket.take("a", 0.0) == pytest.approx(20.0)
-    assert bucket.take("b", 0.0) == 0.0  # keys are independent
-    assert bucket.take("a", 20.0) == 0.0  # one token back after 20 s
-    bucket.take("c", 20.0)
-    assert len(bucket._buckets) == 2  # bounded memory: the oldest key was evicted
 
 
 def test_transitions_are_guarded() -> None:

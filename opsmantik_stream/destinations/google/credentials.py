@@ -85,8 +85,8 @@ def action_id(action: Any) -> str | None:
     """Numeric conversion action id from a resource name or a bare id."""
     if not isinstance(action, str):
         return None
-    action = action.strip()
-    if action.isdigit():
-        return action
-    m = _ACTION_RE.match(action)
+    text = action.strip()
+    if text.isdigit():
+        return text
+    m = _ACTION_RE.match(text)
     return m.group(2) if m else None

@@ -60,7 +60,7 @@ def currency_exponent(currency: str) -> int:
 def minor_to_major(value_minor: int, currency: str) -> float:
     """Convert minor units (cents) to the major-unit double Google expects."""
     exp = currency_exponent(currency)
-    return round(value_minor / (10**exp), exp)
+    return round(value_minor / 10.0**exp, exp)
 
 
 def format_ads_datetime(dt: datetime) -> str:
@@ -143,7 +143,7 @@ def request_id_from_headers(headers: httpx.Headers) -> str | None:
     for name in ("request-id", "x-request-id", "x-goog-request-id"):
         v = headers.get(name)
         if v:
-            return v
+            return str(v)
     return None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,9 @@ from opsmantik_stream.destinations.google.oauth import OAuthConfigError, OAuthEr
 __all__ = ["OK", "ChunkResult", "GoogleDestination", "Reply", "Verdict", "verdict"]
 
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+# telemetry.UPLOADER_METRICS names this module records
+_DURATION = "opsmantik_upload_request_duration_seconds"
+_RESPONSES = "opsmantik_upload_responses"
 #: Google rejects more than 2,000 conversions (or events) in one request.
 MAX_CHUNK_SIZE = 2000
 #: The click id of the connection test's validate-only conversion: not a real click, so Google
@@ -301,6 +305,8 @@ class GoogleDestination(Destination):
         if isinstance(reply, Verdict):
             return ChunkResult([reply] * len(chunk), 0, None, reply)
         cr = self.parse_reply(reply, len(chunk))
+        code = cr.whole.code if cr.whole is not None else None
+        self.ctx.stats.inc(_RESPONSES, (self.name, str(reply.status), code or "none"))
         result.http_status = reply.status
         result.request_id = cr.request_id
         if cr.request_id:
@@ -331,15 +337,20 @@ class GoogleDestination(Destination):
                 )
             h = {**headers, "authorization": f"Bearer {token}", "content-type": "application/json"}
             result.requests_sent += 1
+            started = time.perf_counter()
             try:
                 resp = await self._http.post(url, content=content, headers=h, timeout=self._timeout)
             except httpx.TimeoutException as exc:
-                return verdict(0, "TIMEOUT", f"no response within the timeout ({type(exc).__name__})")
+                return self._no_answer("TIMEOUT", f"no response within the timeout ({type(exc).__name__})")
             except httpx.ConnectError as exc:
-                return verdict(0, "CONNECT_ERROR", f"connection failed ({type(exc).__name__})")
+                return self._no_answer("CONNECT_ERROR", f"connection failed ({type(exc).__name__})")
             except httpx.HTTPError as exc:
-                return verdict(0, "NETWORK_ERROR", f"transport error ({type(exc).__name__})")
+                return self._no_answer("NETWORK_ERROR", f"transport error ({type(exc).__name__})")
+            finally:
+                self.ctx.stats.observe(_DURATION, (self.name,), time.perf_counter() - started)
             if resp.status_code == 401 and attempt == 0:
+                # answered, but resent with a fresh token: counted here, the resend's answer below
+                self.ctx.stats.inc(_RESPONSES, (self.name, "401", "UNAUTHENTICATED"))
                 self.tokens.invalidate(creds)
                 continue
             try:
@@ -446,6 +457,11 @@ class GoogleDestination(Destination):
         """A row this destination cannot deliver at all (e.g. an adjustment it does not offer):
         its verdict, given without a request; ``None`` to send it."""
         return None
+
+    def _no_answer(self, code: str, message: str) -> Verdict:
+        """A request left but no HTTP answer came back: counted as status ``none``."""
+        self.ctx.stats.inc(_RESPONSES, (self.name, "none", code))
+        return verdict(0, code, message)
 
     def chunk_key(self, conv: Conversion, creds: GoogleCredentials) -> str:
         """Rows with different keys never share a request."""

@@ -1,0 +1,53 @@
+"""The memoised functions of the ingest path, with their bounds, in one list (issue 18).
+
+Every bounded in-memory structure states its bound beside its definition (a named constant
+or a setting; docs/soak.md has the whole table). The memos are module-level
+``functools.lru_cache`` functions, so each process that imports them has its own copy: the
+gateway uses the address and routing memos, a partition the attribution and session-id
+ones. ``lru_report()`` is what ``/metrics`` and the soak read in each process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["lru_caches", "lru_report", "resident_bytes"]
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux ``/proc/self/statm``), or None elsewhere."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def lru_caches() -> dict[str, Any]:
+    """Name -> the ``lru_cache``-wrapped function."""
+    from opsmantik_stream import routing
+    from opsmantik_stream.ingest import admission, attribution, store
+
+    return {
+        "attribution.url_params": attribution._url_params,
+        "attribution.host_of": attribution._host_of,
+        "attribution.is_google": attribution._is_google,
+        "attribution.social_platform": attribution._social_platform,
+        "attribution.is_search": attribution._is_search,
+        "attribution.parse_device": attribution._parse_device,
+        "attribution.positions": attribution._positions,
+        "admission.truncate_ip": admission._truncate,
+        "admission.client_net": admission.client_net,
+        "routing.partition_for": routing.partition_for,
+        "store.derived_session_id": store._derived,
+    }
+
+
+def lru_report() -> dict[str, tuple[int, int]]:
+    """Name -> (entries now, bound) of every memo in this process."""
+    out = {}
+    for name, fn in lru_caches().items():
+        info = fn.cache_info()
+        out[name] = (int(info.currsize), int(info.maxsize))
+    return out
