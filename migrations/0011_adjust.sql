@@ -110,7 +110,7 @@ BEGIN
         RETURN false;
     END IF;
     IF q.kind = 'retraction' THEN
-        RETURN q.value_minor = 0 AND NOT EXISTS (
+        RETURN coalesce(q.value_minor = 0, false) AND NOT EXISTS (
             SELECT 1 FROM sales
             WHERE q.source_kind = 'sale' AND id = q.source_id AND site_id = q.site_id AND status = 'CONFIRMED'
             UNION ALL
@@ -168,12 +168,13 @@ BEGIN
     FROM session_captured_identifiers(q.site_id, q.session_id) c;
     -- A call's caller number is normalised and hashed in one place (destinations.base, E.164);
     -- here it is enough that the call carries a number.
-    RETURN (q.gclid IS NULL OR q.gclid = btrim(s.gclid))
+    -- (NULL is no match: a comparison with a missing value must refuse, never pass)
+    RETURN coalesce((q.gclid IS NULL OR q.gclid = btrim(s.gclid))
        AND (q.wbraid IS NULL OR q.wbraid = btrim(s.wbraid))
        AND (q.gbraid IS NULL OR q.gbraid = btrim(s.gbraid))
        AND (q.email_sha256 IS NULL OR q.email_sha256 = src_email OR q.email_sha256 = cap_email)
        AND (q.phone_sha256 IS NULL OR q.phone_sha256 = src_phone OR src_has_number
-            OR q.phone_sha256 = cap_phone);
+            OR q.phone_sha256 = cap_phone), false);
 END
 $$;
 

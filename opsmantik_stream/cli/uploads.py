@@ -294,7 +294,9 @@ def cmd_credentials_test(args: argparse.Namespace) -> int:
         try:
             result = await delivery.test_credentials(
                 conn,
-                settings,
+                # the operator's machine holds the key file (docs/security.md): like an
+                # uploader, this command may read it to open the stored credentials
+                settings.with_overrides(vault_open_credentials=True),
                 site_id,
                 args.public_id,
                 args.destination,

@@ -9,12 +9,14 @@ import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+from gateway.app import gateway_settings
 from opsmantik_stream.cli import main as cli_main
 from opsmantik_stream.config import Settings
 from opsmantik_stream.enums import ActorType
@@ -244,6 +246,37 @@ async def test_credentials_test_says_what_does_not_work(
     assert (await emu.state())["accepted_count"] == 0
 
 
+async def test_the_served_gateway_tests_credentials_in_an_uploader(
+    pool: asyncpg.Pool,
+    gateway_pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    make_token: Callable[..., Any],
+    emu: Emu,
+    uploader_stack: Callable[..., Any],
+) -> None:
+    """The served gateway never holds the vault key (``gateway_settings`` drops it): the test
+    runs in an uploader actor, which does, and the answer is the same."""
+    s, _ = uploader_stack(1)
+    served = gateway_settings(s)
+    assert served.vault_key is None and not served.vault_open_credentials
+    site = await make_site()
+    await emu.config(**CLEAN)
+    await use_destination(pool, s, site, "google_ads")
+    owner = await make_token(site["public_id"], "owner")
+    app = _make_app(served, gateway_pool, ray_enabled=True)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
+        got = await _test_creds(c, owner, site)
+        assert [(st["step"], st["ok"]) for st in got["steps"]] == [("token", True), ("upload", True)], got
+        await emu.config(invalid_grant_tokens=["refresh-value"])
+        bad = await _test_creds(c, owner, site)
+        assert bad["ok"] is False and bad["steps"][-1]["code"] == "invalid_grant"
+        r = await c.post(
+            f"/api/sites/{site['public_id']}/credentials/test", json={"destination": "x"}, headers=auth(owner)
+        )
+        assert r.status_code == 422 and r.headers["x-opsmantik-error-code"] == "invalid_destination"
+    assert (await emu.state())["accepted_count"] == 0
+
+
 async def test_credentials_test_from_the_cli(
     pool: asyncpg.Pool,
     make_site: Callable[..., Any],
@@ -253,13 +286,18 @@ async def test_credentials_test_from_the_cli(
     db_url: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     site = await make_site()
     await emu.config(**CLEAN)
     await use_destination(pool, fast, site, "google_ads")
+    # an operator's machine: the key file `serve` created, no key in the environment
+    key_file = tmp_path / "vault.key"
+    key_file.write_text(fast.vault_key or "")
+    monkeypatch.delenv("OPSMANTIK_VAULT_KEY", raising=False)
     for var, value in {
         "OPSMANTIK_DATABASE_URL": db_url,
-        "OPSMANTIK_VAULT_KEY": fast.vault_key or "",
+        "OPSMANTIK_VAULT_KEY_FILE": str(key_file),
         "OPSMANTIK_DATA_DIR": fast.data_dir,
         "OPSMANTIK_GOOGLE_ADS_BASE_URL": emu_base,
         "OPSMANTIK_DATA_MANAGER_BASE_URL": emu_base,
