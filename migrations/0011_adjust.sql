@@ -75,12 +75,15 @@ $$;
 -- 4. Hardening (0010) let the API role (an operator's request) write only queue rows that are
 --    exactly the conversion of a confirmed source. Adjustments and identifiers are new kinds of
 --    legitimate rows; the guard learns them and keeps refusing everything else:
---    - a conversion's hashed identifiers must be its source's (a sale's own hashes, a call
---      that carries a caller number) or those captured on its session by a form that opted in
---      (session_captured_identifiers); a conversion without a click id needs one of them;
+--    - a conversion must still pass 0010's rule (kept as it is, renamed
+--      ocq_matches_conversion; a NULL answer, which it gave when a click id was compared with
+--      one the session lacks, now counts as a refusal), and its hashed identifiers must be its
+--      source's (a sale's own hashes, a call that carries a caller number) or those captured on
+--      its session by a form that opted in (session_captured_identifiers);
 --    - an adjustment must copy the uploaded (COMPLETED) conversion it adjusts, of the same
 --      site, and carry the source's current figures: a restatement the confirmed sale's new
 --      value and currency, a retraction value 0 and a source that is no longer confirmed.
+ALTER FUNCTION ocq_matches_source(offline_conversion_queue) RENAME TO ocq_matches_conversion;
 
 -- The hashed email and phone a form captured on a session (the newest form-submit that carried
 -- any; only hashes are stored, in the event's metadata). Runs with the caller's rights.
@@ -93,6 +96,20 @@ CREATE FUNCTION session_captured_identifiers(p_site uuid, p_session uuid,
       AND (e.metadata ? 'email_sha256' OR e.metadata ? 'phone_sha256')
     ORDER BY e.created_at DESC
     LIMIT 1
+$$;
+
+-- A call's caller number is normalised and hashed in one place (destinations.base, E.164):
+-- here it is enough that the call carries a number. A comparison with a missing value refuses.
+CREATE FUNCTION ocq_identifiers_match(q offline_conversion_queue) RETURNS boolean
+    LANGUAGE sql STABLE SET search_path = public, pg_temp AS $$
+    SELECT coalesce(
+        (q.email_sha256 IS NULL OR q.email_sha256 = sa.email_sha256 OR q.email_sha256 = cap.email_sha256)
+        AND (q.phone_sha256 IS NULL OR q.phone_sha256 = sa.phone_sha256 OR q.phone_sha256 = cap.phone_sha256
+             OR EXISTS (SELECT 1 FROM calls c WHERE q.source_kind = 'call' AND c.id = q.source_id
+                          AND c.site_id = q.site_id AND c.phone_number IS NOT NULL)),
+        false)
+    FROM session_captured_identifiers(q.site_id, q.session_id) cap
+    LEFT JOIN sales sa ON q.source_kind = 'sale' AND sa.id = q.source_id AND sa.site_id = q.site_id
 $$;
 
 CREATE FUNCTION ocq_matches_adjustment(q offline_conversion_queue) RETURNS boolean
@@ -124,94 +141,27 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION ocq_matches_source(q offline_conversion_queue) RETURNS boolean
-    LANGUAGE plpgsql STABLE SET search_path = public, pg_temp AS $$
-DECLARE
-    src_value bigint;
-    src_currency text;
-    src_time timestamptz;
-    src_email text;
-    src_phone text;
-    src_has_number boolean := false;
-    s record;
-    cap_email text;
-    cap_phone text;
-BEGIN
-    IF q.kind <> 'conversion' THEN
-        RETURN ocq_matches_adjustment(q);
-    END IF;
-    IF q.source_kind = 'sale' THEN
-        SELECT amount_minor, currency, occurred_at, email_sha256, phone_sha256
-        INTO src_value, src_currency, src_time, src_email, src_phone
-        FROM sales WHERE id = q.source_id AND site_id = q.site_id AND status = 'CONFIRMED';
-    ELSE
-        SELECT value_minor, currency, confirmed_at, phone_number IS NOT NULL
-        INTO src_value, src_currency, src_time, src_has_number
-        FROM calls WHERE id = q.source_id AND site_id = q.site_id AND status = 'confirmed';
-    END IF;
-    IF NOT FOUND OR src_value IS DISTINCT FROM q.value_minor OR src_currency IS DISTINCT FROM q.currency
-       OR src_time IS DISTINCT FROM q.conversion_time THEN
-        RETURN false;
-    END IF;
-    IF q.order_id IS DISTINCT FROM
-       'om_' || left(encode(sha256(convert_to(q.site_id::text || '|' || q.source_kind || '|' || q.source_id::text,
-                                              'UTF8')), 'hex'), 32) THEN
-        RETURN false;
-    END IF;
-    SELECT gclid, wbraid, gbraid, consent_scopes INTO s
-    FROM sessions WHERE id = q.session_id AND site_id = q.site_id
-    ORDER BY created_month DESC LIMIT 1;
-    IF NOT FOUND OR NOT ('marketing' = ANY (s.consent_scopes)) THEN
-        RETURN false;
-    END IF;
-    SELECT c.email_sha256, c.phone_sha256 INTO cap_email, cap_phone
-    FROM session_captured_identifiers(q.site_id, q.session_id) c;
-    -- A call's caller number is normalised and hashed in one place (destinations.base, E.164);
-    -- here it is enough that the call carries a number.
-    -- (NULL is no match: a comparison with a missing value must refuse, never pass)
-    RETURN coalesce((q.gclid IS NULL OR q.gclid = btrim(s.gclid))
-       AND (q.wbraid IS NULL OR q.wbraid = btrim(s.wbraid))
-       AND (q.gbraid IS NULL OR q.gbraid = btrim(s.gbraid))
-       AND (q.email_sha256 IS NULL OR q.email_sha256 = src_email OR q.email_sha256 = cap_email)
-       AND (q.phone_sha256 IS NULL OR q.phone_sha256 = src_phone OR src_has_number
-            OR q.phone_sha256 = cap_phone), false);
-END
+-- The name 0010's guard calls, for inserts and for payload changes.
+CREATE FUNCTION ocq_matches_source(q offline_conversion_queue) RETURNS boolean
+    LANGUAGE sql STABLE SET search_path = public, pg_temp AS $$
+    SELECT CASE WHEN q.kind <> 'conversion' THEN ocq_matches_adjustment(q)
+                ELSE coalesce(ocq_matches_conversion(q), false) AND ocq_identifiers_match(q) END
 $$;
 
-CREATE OR REPLACE FUNCTION ocq_api_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+-- 0010's guard checks the columns it knew; this one the columns added here. An operator may
+-- rewrite a pending adjustment's kind and figures (a newer cancel/restate), never turn a
+-- conversion into an adjustment or back, nor change what an adjustment adjusts.
+CREATE FUNCTION ocq_api_guard_adjust() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF current_user <> 'opsmantik_api' THEN
-        RETURN NEW;  -- partitions, uploaders and jobs run as the owner
-    END IF;
-    IF TG_OP = 'INSERT' THEN
-        IF NEW.status <> 'QUEUED' OR NEW.attempt <> 0 OR NEW.claimed_by IS NOT NULL OR NEW.claimed_at IS NOT NULL
-           OR NEW.claim_batch_id IS NOT NULL OR NEW.uploaded_at IS NOT NULL OR NEW.provider_request_id IS NOT NULL
-           OR NOT ocq_matches_source(NEW) THEN
-            RAISE EXCEPTION 'offline_conversion_queue: not the conversion of a confirmed source of this site'
-                USING ERRCODE = 'insufficient_privilege';
-        END IF;
         RETURN NEW;
     END IF;
-    -- UPDATE: operators requeue, void and revive, and rewrite a pending adjustment (its kind
-    -- and figures); only uploaders claim and complete; a conversion never becomes an
-    -- adjustment or the other way round, and an adjustment never changes what it adjusts
-    IF NEW.site_id IS DISTINCT FROM OLD.site_id OR NEW.source_kind IS DISTINCT FROM OLD.source_kind
-       OR NEW.source_id IS DISTINCT FROM OLD.source_id OR NEW.order_id IS DISTINCT FROM OLD.order_id
-       OR NEW.session_id IS DISTINCT FROM OLD.session_id OR NEW.created_at IS DISTINCT FROM OLD.created_at
-       OR NEW.uploaded_at IS DISTINCT FROM OLD.uploaded_at
-       OR NEW.provider_request_id IS DISTINCT FROM OLD.provider_request_id
-       OR (NEW.kind = 'conversion') IS DISTINCT FROM (OLD.kind = 'conversion')
-       OR NEW.adjusts_id IS DISTINCT FROM OLD.adjusts_id
-       OR (NEW.claim_batch_id IS NOT NULL AND NEW.claim_batch_id IS DISTINCT FROM OLD.claim_batch_id)
-       OR (NEW.claimed_by IS NOT NULL AND NEW.claimed_by IS DISTINCT FROM OLD.claimed_by)
-       OR (NEW.status IN ('PROCESSING', 'COMPLETED') AND NEW.status IS DISTINCT FROM OLD.status) THEN
+    IF (NEW.kind = 'conversion') IS DISTINCT FROM (OLD.kind = 'conversion')
+       OR NEW.adjusts_id IS DISTINCT FROM OLD.adjusts_id THEN
         RAISE EXCEPTION 'offline_conversion_queue: column not writable by operators'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF (NEW.gclid, NEW.wbraid, NEW.gbraid, NEW.value_minor, NEW.currency, NEW.conversion_time, NEW.kind,
-        NEW.email_sha256, NEW.phone_sha256)
-       IS DISTINCT FROM (OLD.gclid, OLD.wbraid, OLD.gbraid, OLD.value_minor, OLD.currency, OLD.conversion_time,
-                         OLD.kind, OLD.email_sha256, OLD.phone_sha256)
+    IF (NEW.kind, NEW.email_sha256, NEW.phone_sha256) IS DISTINCT FROM (OLD.kind, OLD.email_sha256, OLD.phone_sha256)
        AND NOT ocq_matches_source(NEW) THEN
         RAISE EXCEPTION 'offline_conversion_queue: not the conversion of a confirmed source of this site'
             USING ERRCODE = 'insufficient_privilege';
@@ -219,6 +169,8 @@ BEGIN
     RETURN NEW;
 END
 $$;
+CREATE TRIGGER ocq_api_guard_adjust BEFORE UPDATE ON offline_conversion_queue
+    FOR EACH ROW EXECUTE FUNCTION ocq_api_guard_adjust();
 
 -- 5. The gateway's service connection (0010 grants it exactly what it writes): the site's
 --    enhanced-conversions switch (`PUT /api/sites/{site}/enhanced-conversions`, audited), and
