@@ -86,13 +86,14 @@ $$;
 ALTER FUNCTION ocq_matches_source(offline_conversion_queue) RENAME TO ocq_matches_conversion;
 
 -- The hashed email and phone a form captured on a session (the newest form-submit that carried
--- any; only hashes are stored, in the event's metadata). Runs with the caller's rights.
+-- any: ingest stores them in the event's metadata for form intents only, never the plain
+-- values; opsmantik_stream/capture.py). Runs with the caller's rights.
 CREATE FUNCTION session_captured_identifiers(p_site uuid, p_session uuid,
                                              OUT email_sha256 text, OUT phone_sha256 text)
     LANGUAGE sql STABLE SET search_path = public, pg_temp AS $$
     SELECT e.metadata->>'email_sha256', e.metadata->>'phone_sha256'
     FROM events e
-    WHERE e.session_id = p_session AND e.site_id = p_site AND e.event_action = 'form_submit'
+    WHERE e.session_id = p_session AND e.site_id = p_site
       AND (e.metadata ? 'email_sha256' OR e.metadata ? 'phone_sha256')
     ORDER BY e.created_at DESC
     LIMIT 1

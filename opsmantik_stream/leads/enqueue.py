@@ -106,13 +106,19 @@ async def enqueue_conversion(
 ) -> EnqueueResult:
     """Enqueue (in the caller's transaction) when the session has ``marketing`` consent and a
     click id, or, on a site that opted in to enhanced conversions for leads, a hashed email or
-    phone instead. Identifiers (already normalised and hashed) go with the row either way. Never
+    phone instead. Identifiers (already normalised and hashed: the source's own, else those a
+    form captured on the session, see ``opsmantik_stream.capture``) go with the row either way. Never
     raises for a business reason; see ``EnqueueResult``."""
     kind = SourceKind(source_kind).value
     session = None
     if value_minor is not None and value_minor > 0 and session_id is not None:
         session = await conn.fetchrow(Q.sales.session_for_conversion, site_id, session_id, session_month)
     click = choose_click_id(session["gclid"], session["wbraid"], session["gbraid"]) if session else None
+    if session is not None and (email_sha256 is None or phone_sha256 is None):
+        # what the source lacks, a form that opted in may have captured on the session
+        captured = await conn.fetchrow(Q.sales.session_captured_identifiers, site_id, session["id"])
+        email_sha256 = email_sha256 or captured["email_sha256"]
+        phone_sha256 = phone_sha256 or captured["phone_sha256"]
     site = await conn.fetchrow(Q.sales.site_destination, site_id)
     reason = not_enqueued_reason(
         value_minor,

@@ -156,12 +156,17 @@ async def resolve_subject(conn: asyncpg.Connection, subject: Subject) -> Subject
         sessions = await _ids(conn, Q.privacy.sessions_by_fingerprint, site, subject.value)
     elif subject.kind == PrivacyIdentifier.EMAIL:
         sessions = await _ids(conn, Q.privacy.sessions_by_email, site, subject.value)
+        # a form that opted in to enhanced conversions left only the address's hash
+        sessions += await _ids(conn, Q.privacy.sessions_by_captured_identifier, site, email_sha256(subject.value), None)
     else:
         # stored numbers are as the phone system sent them: narrow by the last digits, then
         # keep those that normalise to the subject's number (the one rule, normalize_phone)
         candidates = await conn.fetch(Q.privacy.phone_call_candidates, site, subject.value[-7:])
         call_ids = [r["id"] for r in candidates if normalize_phone(r["phone_number"]) == f"tel:{subject.value}"]
         sessions = await _ids(conn, Q.privacy.sessions_of_calls, site, call_ids) if call_ids else []
+        sessions += await _ids(
+            conn, Q.privacy.sessions_by_captured_identifier, site, None, hash_phone_e164(subject.value)
+        )
     return await expand(conn, site, sessions, call_ids, subject)
 
 

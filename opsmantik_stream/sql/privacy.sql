@@ -56,6 +56,15 @@ SELECT DISTINCT session_id AS id
 FROM events
 WHERE site_id = $1 AND (lower(metadata ->> 'email') = $2 OR metadata ->> 'email_lc' = $2);
 
+-- name: sessions_by_captured_identifier
+-- Sessions on which a form that opted in captured the subject's hashed email ($2) or phone
+-- ($3) (opsmantik_stream/capture.py: only the hashes are in the event's metadata).
+SELECT DISTINCT session_id AS id
+FROM events
+WHERE site_id = $1
+  AND (($2::text IS NOT NULL AND metadata ->> 'email_sha256' = $2)
+       OR ($3::text IS NOT NULL AND metadata ->> 'phone_sha256' = $3));
+
 -- name: phone_call_candidates
 -- Calls whose number ends in the same last seven digits (a cheap narrowing; the caller keeps
 -- those whose normalised number is the subject's). Click intents are left out: their number

@@ -56,6 +56,10 @@ WHERE site_id = $1 AND id = $2 AND ($3::date IS NULL OR created_month = $3)
 ORDER BY created_month DESC
 LIMIT 1;
 
+-- name: session_captured_identifiers
+-- The hashed email/phone a form that opted in captured on the session (migration 0011).
+SELECT email_sha256, phone_sha256 FROM session_captured_identifiers($1, $2);
+
 -- name: site_destination
 SELECT default_destination, currency, enhanced_conversions FROM sites WHERE id = $1;
 

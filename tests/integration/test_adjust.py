@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from gateway.app import gateway_settings
+from opsmantik_stream.capture import form_identifiers
 from opsmantik_stream.cli import main as cli_main
 from opsmantik_stream.config import Settings
-from opsmantik_stream.enums import ActorType
+from opsmantik_stream.enums import ActorType, IntentAction
 from opsmantik_stream.leads.enqueue import order_id_for
 from opsmantik_stream.uploads import UploadEngine, delivery
 from opsmantik_stream.vault import Vault
@@ -380,6 +381,74 @@ async def test_identifier_only_conversion_is_uploaded_when_the_site_opts_in(
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_phone"
     audits = await pool.fetch("SELECT payload FROM audit_log WHERE site_id = $1", uuid.UUID(site["site_id"]))
     assert not any("jane" in json.dumps(a["payload"]).lower() or JANE in json.dumps(a["payload"]) for a in audits)
+
+
+async def test_identifiers_a_form_captured_fill_the_sessions_conversion(
+    pool: asyncpg.Pool,
+    gateway_pool: asyncpg.Pool,
+    make_site: Callable[..., Any],
+    make_token: Callable[..., Any],
+    fast: Settings,
+    emu: Emu,
+    engine: UploadEngine,
+) -> None:
+    """A form with data-om-capture sends meta.om_email/om_phone; ingest keeps only what
+    capture.form_identifiers returns (the hashes) in the event's metadata. A conversion of that
+    session whose source has no identifier of its own is queued with them (without a click id
+    once the site opted in) and uploaded; erasing the address finds the session by its hash."""
+    site = await make_site()
+    await emu.config(**CLEAN)
+    await use_destination(pool, fast, site, "google_ads")
+    owner = await make_token(site["public_id"], "owner")
+    session = await make_session(pool, site["site_id"], gclid=None)
+    meta = form_identifiers(IntentAction.FORM, "  Jane.Doe@Gmail.com ", "+90 532 123 45 67")
+    assert meta == {"email_sha256": JANE, "phone_sha256": JANE_PHONE}
+    # only a form intent captures; a number not in international form is dropped, never guessed
+    assert form_identifiers(IntentAction.PHONE, "jane@example.com", None) == {}
+    assert form_identifiers(IntentAction.FORM, "not an address", "0532 123 45 67") == {}
+    await pool.execute(
+        """INSERT INTO events (session_id, session_month, site_id, url, event_category, event_action, metadata)
+           VALUES ($1, $2, $3, 'https://shop.example/quote', 'conversion', 'form_submit', $4)""",
+        uuid.UUID(session["id"]),
+        session["created_month"],
+        uuid.UUID(site["site_id"]),
+        {"lead_score": 40, **meta},
+    )
+    app = _make_app(fast, gateway_pool, ray_enabled=False)  # the gateway's own database role
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        conv_id = await conversation_of(client, owner, site, session)
+        off = await confirmed_sale(client, owner, site, conv_id, 5000)
+        assert (off["enqueued"], off["reason"]) == (False, "no_click_id_enhanced_conversions_off")
+        r = await client.put(
+            f"/api/sites/{site['public_id']}/enhanced-conversions", json={"enabled": True}, headers=auth(owner)
+        )
+        assert r.status_code == 200, r.text
+        got = await confirmed_sale(client, owner, site, conv_id, 7000)
+        assert got["enqueued"] is True and got["click_id_type"] is None, got
+        row = await pool.fetchrow(
+            "SELECT email_sha256, phone_sha256 FROM offline_conversion_queue WHERE order_id = $1", got["order_id"]
+        )
+        assert (row["email_sha256"], row["phone_sha256"]) == (JANE, JANE_PHONE)
+        await drain(engine)
+        [sent] = await emulated(emu)
+        assert sent["order_id"] == got["order_id"]
+        assert sent["identifiers"] == [{"hashedEmail": JANE}, {"hashedPhoneNumber": JANE_PHONE}]
+
+        r = await client.post(
+            "/api/privacy/erase",
+            json={"site": site["public_id"], "identifier_type": "email", "identifier_value": "janedoe@gmail.com"},
+            headers=auth(owner),
+        )
+        assert r.status_code == 200, r.text
+    left = await pool.fetchval(
+        "SELECT count(*) FROM events WHERE session_id = $1 AND metadata ?| array['email_sha256', 'phone_sha256']",
+        uuid.UUID(session["id"]),
+    )
+    assert left == 0
+    row = await pool.fetchrow(
+        "SELECT email_sha256, phone_sha256 FROM offline_conversion_queue WHERE order_id = $1", got["order_id"]
+    )
+    assert (row["email_sha256"], row["phone_sha256"]) == (None, None)
 
 
 @pytest.mark.parametrize(
