@@ -1,7 +1,7 @@
 # One command per chore, the same on a laptop and in CI.
 #   make run    create .venv if missing, install, serve the whole stack (Ctrl-C stops it)
 #   make test   create .venv if missing, install with test extras, run the whole suite
-#   make lint   ruff (lint, format, complexity) + mypy (strict on opsmantik_stream)
+#   make lint   ruff (lint, format, complexity) + mypy (strict on opsmantik_stream, gateway, actors)
 #   make fuzz   >= 10,000 property-based requests against a served stack; prints counts by status
 #   make bench  the benchmark scenarios in benchmarks/
 #   make soak   half the ingest peak for SOAK_MINUTES (30): memory and latency over time
@@ -54,7 +54,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy opsmantik_stream actors gateway tests benchmarks
-	$(BIN)/mypy --strict opsmantik_stream
+	$(BIN)/mypy --strict opsmantik_stream gateway actors
 
 format: install
 	$(BIN)/ruff format .

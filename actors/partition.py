@@ -187,6 +187,9 @@ class SitePartition:
                 )
                 assert pool is not None
                 self._store = IngestStore(pool)
+                from opsmantik_stream.bounds import settle_heap
+
+                settle_heap()  # ready to write: the start-up objects leave the collector's walks
         return self._store
 
     async def call_event(self, payload: bytes) -> bytes:

@@ -13,6 +13,8 @@ import resource
 import time
 from pathlib import Path
 
+from benchmarks import memory
+
 __all__ = ["CpuSampler", "classify", "wait_for_quiet"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -48,19 +50,9 @@ def _snapshot(markers: tuple[str, ...]) -> dict[int, tuple[str, float]]:
     name (descendants of this process, plus PostgreSQL servers whose command line names one
     of ``markers``, the benchmark's data folders); the rest is background load."""
     procs: dict[int, tuple[int, str, str, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        rpar = stat.rfind(")")
-        comm = stat[stat.find("(") + 1 : rpar]
-        fields = stat[rpar + 2 :].split()
+    for pid, comm, cmd, fields in memory.processes():
         ticks = int(fields[11]) + int(fields[12])  # utime + stime
-        procs[int(entry.name)] = (int(fields[1]), comm, cmd or comm, ticks / _TICK)
+        procs[pid] = (int(fields[1]), comm, cmd, ticks / _TICK)
     children: dict[int, list[int]] = {}
     for pid, (ppid, *_rest) in procs.items():
         children.setdefault(ppid, []).append(pid)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,7 @@ __all__ = [
     "ProcInfo",
     "kind_of",
     "peaks_note",
+    "processes",
     "product_peaks",
     "scan",
     "unwatch",
@@ -141,10 +142,9 @@ def _pss(pid: int) -> tuple[int | None, int | None]:
     return pss, shmem
 
 
-def scan(markers: Iterable[str] = ()) -> list[ProcInfo]:
-    """This benchmark's processes with their memory (see the module doc for "this benchmark's")."""
-    marks = tuple(m for m in markers if m)
-    rows: dict[int, tuple[int, str, str, int, int]] = {}  # pid -> ppid, comm, cmd, start, rss
+def processes() -> Iterator[tuple[int, str, str, list[str]]]:
+    """Every process now: pid, name, command line (the name when it has none) and the fields
+    of ``/proc/<pid>/stat`` after the name (field k of proc(5) is ``fields[k - 3]``)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -152,12 +152,19 @@ def scan(markers: Iterable[str] = ()) -> list[ProcInfo]:
             stat = (entry / "stat").read_text()
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
-            continue
-        rpar = stat.rfind(")")
+            continue  # exited meanwhile
+        rpar = stat.rfind(")")  # the name may hold spaces and parentheses
         comm = stat[stat.find("(") + 1 : rpar]
-        fields = stat[rpar + 2 :].split()
+        yield int(entry.name), comm, cmd or comm, stat[rpar + 2 :].split()
+
+
+def scan(markers: Iterable[str] = ()) -> list[ProcInfo]:
+    """This benchmark's processes with their memory (see the module doc for "this benchmark's")."""
+    marks = tuple(m for m in markers if m)
+    rows: dict[int, tuple[int, str, str, int, int]] = {}  # pid -> ppid, comm, cmd, start, rss
+    for pid, comm, cmd, fields in processes():
         # fields[k] is stat field k + 3: ppid 4, starttime 22, rss 24 (pages)
-        rows[int(entry.name)] = (int(fields[1]), comm, cmd or comm, int(fields[19]), int(fields[21]) * _PAGE)
+        rows[pid] = (int(fields[1]), comm, cmd, int(fields[19]), int(fields[21]) * _PAGE)
     children: dict[int, list[int]] = {}
     for pid, row in rows.items():
         children.setdefault(row[0], []).append(pid)

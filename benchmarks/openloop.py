@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks.payloads import SiteRef, batch_body, single_body
 
-__all__ = ["OpenLoopResult", "percentile", "run_open_loop"]
+__all__ = ["Connections", "OpenLoopResult", "percentile", "run_open_loop"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -106,6 +106,54 @@ class _Conn(asyncio.Protocol):
             self.on_free(self)
 
 
+class Connections:
+    """The keep-alive connections of one open-loop worker: the idle ones, and one more
+    opened (up to ``max_conns``) whenever a request finds none idle; a new connection is
+    handed to ``on_free`` as soon as it is open."""
+
+    def __init__(self, host: str, port: int, max_conns: int, on_free: Any) -> None:
+        self.host, self.port, self.max_conns, self.on_free = host, port, max_conns, on_free
+        self.idle: deque[_Conn] = deque()
+        self.all: list[_Conn] = []
+        self._opening = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # keeps references to the openers
+
+    async def open(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_connection(lambda: _Conn(self.on_free), self.host, self.port)
+        self.all.append(proto)
+        return proto
+
+    def take(self) -> _Conn | None:
+        """An idle open connection, or None."""
+        while self.idle and self.idle[0].closed:
+            self.idle.popleft()
+        return self.idle.popleft() if self.idle else None
+
+    def grow(self) -> None:
+        """Open one more connection in the background, unless ``max_conns`` are open or opening."""
+        if len(self.all) + self._opening >= self.max_conns:
+            return
+        self._opening += 1
+        task = asyncio.get_running_loop().create_task(self._grow())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _grow(self) -> None:
+        try:
+            conn = await self.open()
+        except OSError:
+            return
+        finally:
+            self._opening -= 1
+        self.on_free(conn)
+
+    def close(self) -> None:
+        for c in self.all:
+            if c.transport is not None:
+                c.transport.close()
+
+
 async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     sites = [SiteRef(**s) for s in cfg["sites"]]
@@ -113,9 +161,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     rate, seconds, max_conns = cfg["rate"], cfg["seconds"], cfg["max_conns"]
     run, batch = cfg["run"], cfg["batch"]
     total = int(rate * seconds)
-    idle: deque[_Conn] = deque()
     pending: deque[tuple[float, bytes]] = deque()
-    conns: list[_Conn] = []
     latencies: list[float] = []
     lags: list[float] = []
     statuses: dict[str, int] = {}
@@ -142,12 +188,9 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
             lags.append((clock() - intended) * 1000.0)
             conn.send(body, intended, done)
         else:
-            idle.append(conn)
+            pool.idle.append(conn)
 
-    async def open_conn() -> _Conn:
-        _, proto = await loop.create_connection(lambda: _Conn(on_free), host, port)
-        conns.append(proto)
-        return proto
+    pool = Connections(host, port, max_conns, on_free)
 
     def build(n: int) -> bytes:
         site = sites[n % len(sites)]
@@ -163,21 +206,9 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     clock = time.perf_counter
 
     for _ in range(min(max_conns, cfg["initial_conns"])):
-        idle.append(await open_conn())
-    opening = 0
-
-    async def grow() -> None:
-        nonlocal opening
-        try:
-            conn = await open_conn()
-        except OSError:
-            opening -= 1
-            return
-        opening -= 1
-        on_free(conn)
+        pool.idle.append(await pool.open())
 
     sent_all = False
-    growing: set[asyncio.Task[None]] = set()  # keeps references to connection openers
     t0 = clock() + 0.05
     n = 0
     while n < total:
@@ -191,19 +222,13 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
             data = prepared[n]
             outstanding += 1
             n += 1
-            if idle:
-                conn = idle.popleft()
-                if conn.closed:
-                    outstanding -= 1
-                    n -= 1
-                    continue
+            conn = pool.take()
+            if conn is not None:
                 lags.append((clock() - intended) * 1000.0)
                 conn.send(data, intended, done)
             else:
                 pending.append((intended, data))
-                if len(conns) + opening < max_conns:
-                    opening += 1
-                    growing.add(loop.create_task(grow()))
+                pool.grow()
     sent_all = True
     if outstanding == 0 and not all_done.done():
         all_done.set_result(None)
@@ -211,9 +236,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         await asyncio.wait_for(asyncio.shield(all_done), cfg["drain_s"])
     except TimeoutError:
         pass
-    for c in conns:
-        if c.transport is not None:
-            c.transport.close()
+    pool.close()
     return {
         "sent": total,
         "completed": len(latencies),

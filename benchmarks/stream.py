@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from benchmarks.mix import TrafficMix
-from benchmarks.openloop import _Conn, percentile
+from benchmarks.openloop import Connections, _Conn, percentile
 from benchmarks.payloads import SiteRef
 
 __all__ = ["StreamLoad", "Window"]
@@ -55,9 +55,7 @@ async def _worker(cfg: dict[str, Any]) -> None:
     t0 = clock() + max(0.0, cfg["start_at"] - time.time())
     total = int(rate * seconds)
     deltas: dict[int, _Delta] = {}
-    idle: deque[_Conn] = deque()
     pending: deque[tuple[float, str, bytes]] = deque()
-    conns: list[_Conn] = []
     outstanding = 0
     sent_all = False
     all_done = loop.create_future()
@@ -91,24 +89,9 @@ async def _worker(cfg: dict[str, Any]) -> None:
             intended, kind, data = pending.popleft()
             send(conn, intended, kind, data)
         else:
-            idle.append(conn)
+            pool.idle.append(conn)
 
-    async def open_conn() -> _Conn:
-        _, proto = await loop.create_connection(lambda: _Conn(on_free), host, port)
-        conns.append(proto)
-        return proto
-
-    opening = 0
-
-    async def grow() -> None:
-        nonlocal opening
-        try:
-            conn = await open_conn()
-        except OSError:
-            opening -= 1
-            return
-        opening -= 1
-        on_free(conn)
+    pool = Connections(host, port, cfg["max_conns"], on_free)
 
     def flush(final: dict[str, Any] | None = None) -> None:
         body: dict[str, Any] = {
@@ -129,9 +112,8 @@ async def _worker(cfg: dict[str, Any]) -> None:
             flush()
 
     for _ in range(min(cfg["max_conns"], 8)):
-        idle.append(await open_conn())
+        pool.idle.append(await pool.open())
     flushing = loop.create_task(flusher())
-    growing: set[asyncio.Task[None]] = set()
     n = 0
     while n < total:
         now = clock()
@@ -151,17 +133,12 @@ async def _worker(cfg: dict[str, Any]) -> None:
             delta(intended).sent += 1
             # a resent heartbeat adds no event row even when it is the copy that was stored
             tag = req.kind if req.kind != "duplicate" or req.stores_row else "duplicate_heartbeat"
-            while idle and idle[0].closed:
-                idle.popleft()
-            if idle:
-                send(idle.popleft(), intended, tag, data)
+            conn = pool.take()
+            if conn is not None:
+                send(conn, intended, tag, data)
             else:
                 pending.append((intended, tag, data))
-                if len(conns) + opening < cfg["max_conns"]:
-                    opening += 1
-                    task = loop.create_task(grow())
-                    growing.add(task)
-                    task.add_done_callback(growing.discard)
+                pool.grow()
     sent_all = True
     if outstanding == 0 and not all_done.done():
         all_done.set_result(None)
@@ -170,9 +147,7 @@ async def _worker(cfg: dict[str, Any]) -> None:
     except TimeoutError:
         pass
     flushing.cancel()
-    for c in conns:
-        if c.transport is not None:
-            c.transport.close()
+    pool.close()
     flush(
         {
             "sent": total,

@@ -177,6 +177,9 @@ def create_app(
         )
         app.state.ctx = AppContext(settings=cfg, pool=pool, ray_enabled=ray_enabled)
         metrics = await _start_metrics_server(app) if cfg.metrics_port else None
+        from opsmantik_stream.bounds import settle_heap
+
+        settle_heap()  # ready to serve: the start-up objects leave the collector's walks
         try:
             yield
         finally:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -11,6 +13,11 @@ from gateway.handles import RoutingCache
 from gateway.partitions import PartitionClient
 from gateway.sync import SyncRuntime
 from opsmantik_stream.config import Settings
+
+if TYPE_CHECKING:  # only for the annotations: these modules read the context themselves
+    from gateway.limits import KeyedLimit
+    from gateway.metrics import MetricsState
+    from gateway.signed import SignedSites
 
 __all__ = ["AppContext"]
 
@@ -21,8 +28,15 @@ class AppContext:
     pool: asyncpg.Pool
     # False for an app run without Ray (e.g. unit tests of pure routes); /health says so.
     ray_enabled: bool = True
-    # Free-form slots for components added by later modules (limiters, test clocks, ...).
-    extras: dict[str, Any] = field(default_factory=dict)
+    # The clocks the routes read (a test moves time by replacing them).
+    clock: Callable[[], float] = field(default=time.time)
+    monotonic: Callable[[], float] = field(default=time.monotonic)
+    # The routes' keyed limiters by name, made on first use (``gateway.limits.route_limit``);
+    # a test may put its own in.
+    route_limits: dict[str, KeyedLimit] = field(default_factory=dict)
+    # Made on first use by the module that owns them.
+    signed_sites: SignedSites | None = None
+    metrics: MetricsState | None = None
     routing: RoutingCache = field(init=False)
     # every call to a partition goes through this one client (routing, timeout, resends)
     partitions: PartitionClient = field(init=False)

@@ -45,11 +45,11 @@ class KeyedLimit:
 
 def route_limit(ctx: Any, name: str, per_min: int) -> KeyedLimit:
     """The gateway's limiter called ``name`` (made on first use; a test may put its own
-    into ``ctx.extras[name]``)."""
-    found = ctx.extras.get(name)
+    into ``ctx.route_limits[name]``)."""
+    found: KeyedLimit | None = ctx.route_limits.get(name)
     if found is None:
-        found = ctx.extras[name] = KeyedLimit(per_min)
-    return found  # type: ignore[no-any-return]
+        found = ctx.route_limits[name] = KeyedLimit(per_min)
+    return found
 
 
 def rate_limited(wait_s: float, message: str) -> ApiError:

@@ -31,7 +31,6 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from gateway.limits import KeyedLimit
 from opsmantik_stream.enums import AlertKind
 from opsmantik_stream.privacy.retention import last_run
 from opsmantik_stream.queries import Q
@@ -43,6 +42,7 @@ __all__ = [
     "INGEST_EVENTS",
     "PARTITION_CALL_SECONDS",
     "REGISTRY",
+    "MetricsState",
     "register_cache_source",
     "render_metrics",
     "timed_partition_call",
@@ -202,16 +202,23 @@ def _retention_metrics(run: dict[str, Any] | None) -> Iterator[Any]:
     yield rows
 
 
-def _figures(ctx: Any) -> tuple[_DatabaseFigures, CollectorRegistry]:
-    """The database figures of this gateway (its own database; one per app, so two gateways
-    in one process, as in tests, never mix their figures)."""
-    found = ctx.extras.get("metrics_figures")
-    if found is None:
-        figures = _DatabaseFigures()
-        registry = CollectorRegistry(auto_describe=True)
-        registry.register(figures)
-        found = ctx.extras["metrics_figures"] = (figures, registry)
-    return found  # type: ignore[no-any-return]
+class MetricsState:
+    """The database figures and bounded-structure figures of one gateway, with their own
+    registry (one per app, so two gateways in one process, as in tests, never mix them)."""
+
+    def __init__(self) -> None:
+        self.figures = _DatabaseFigures()
+        self.bounded = _BoundedFigures()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self.figures)
+        self.registry.register(self.bounded)
+
+
+def _state(ctx: Any) -> MetricsState:
+    state: MetricsState | None = ctx.metrics
+    if state is None:
+        state = ctx.metrics = MetricsState()
+    return state
 
 
 class _BoundedFigures(Collector):
@@ -232,9 +239,8 @@ class _BoundedFigures(Collector):
         entries: dict[tuple[str, str], tuple[int, int]] = {}
         resident: dict[str, int] = {}
         gateway = {**ctx.sync.bounded(), **ctx.partitions.bounded(), **lru_report()}
-        for name, found in ctx.extras.items():
-            if isinstance(found, KeyedLimit):  # the routes' keyed buckets (gateway.limits)
-                gateway[f"route_buckets:{name}"] = found.bounded()
+        for name, limit in ctx.route_limits.items():  # the routes' keyed buckets (gateway.limits)
+            gateway[f"route_buckets:{name}"] = limit.bounded()
         entries.update({("gateway", k): v for k, v in gateway.items()})
         own = resident_bytes()
         if own is not None:
@@ -463,12 +469,7 @@ async def render_metrics(ctx: Any) -> bytes:
     """The exposition text: in-process metrics, the (cached) database figures, the bounded
     structures of the gateway and the partitions, and every actor's figures; the sources are
     refreshed concurrently, each asked at most ``_ACTOR_TIMEOUT_S``."""
-    figures, registry = _figures(ctx)
-    clock = ctx.extras.get("monotonic") or time.monotonic
-    bounded = ctx.extras.get("metrics_bounded")
-    if bounded is None:
-        bounded = ctx.extras["metrics_bounded"] = _BoundedFigures()
-        registry.register(bounded)
+    state = _state(ctx)
     routing = ctx.routing if ctx.ray_enabled else None
 
     async def actors() -> None:
@@ -481,6 +482,8 @@ async def render_metrics(ctx: Any) -> bytes:
             _ACTOR_FIGURES.clear()  # no routing table (Registry away): no actor figures this time
 
     await asyncio.gather(
-        figures.refresh_if_stale(ctx.pool, ctx.settings.metrics_cache_s, clock()), bounded.refresh(ctx), actors()
+        state.figures.refresh_if_stale(ctx.pool, ctx.settings.metrics_cache_s, ctx.monotonic()),
+        state.bounded.refresh(ctx),
+        actors(),
     )
-    return generate_latest(REGISTRY) + generate_latest(registry)
+    return generate_latest(REGISTRY) + generate_latest(state.registry)

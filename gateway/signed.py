@@ -101,13 +101,11 @@ class SignedSites:
 
 
 def _sites(ctx: Any) -> SignedSites:
-    sites = ctx.extras.get("signed_sites")
+    sites: SignedSites | None = ctx.signed_sites
     if sites is None:
         s = ctx.settings
-        sites = ctx.extras["signed_sites"] = SignedSites(
-            s.call_event_site_cache_ttl_s, s.call_event_lookup_rate_limit_per_min
-        )
-    return sites  # type: ignore[no-any-return]
+        sites = ctx.signed_sites = SignedSites(s.call_event_site_cache_ttl_s, s.call_event_lookup_rate_limit_per_min)
+    return sites
 
 
 @dataclass(frozen=True)
@@ -127,7 +125,7 @@ async def authenticate(request: Request, typ: type[T], max_bytes: int) -> Signed
     413 for a body over ``max_bytes``, 429 when the client's site look-ups are spent, 400/422
     for a signed body that does not fit ``typ``. ``typ`` has a ``site_id`` field."""
     ctx = request.app.state.ctx
-    clock: Callable[[], float] = ctx.extras.get("clock") or time.time
+    clock: Callable[[], float] = ctx.clock
     raw = await read_limited(request, max_bytes)
     ts_header = request.headers.get("x-ops-ts")
     signature = request.headers.get("x-ops-signature")

@@ -6,7 +6,7 @@ address and number as ``meta.om_email`` / ``meta.om_phone``. Only their normalis
 is kept, in the event's metadata as ``email_sha256`` / ``phone_sha256`` (Google's rules, the
 one normalisation in :mod:`opsmantik_stream.destinations.base`); the plain values are never
 stored, logged or returned. A conversion of the session is enqueued with them when its source
-has none of its own (SQL ``session_captured_identifiers``, migration 0011), and erase finds the
+has none of its own (SQL ``session_captured_identifiers``, migration 0012), and erase finds the
 session by them.
 
 Ingest calls :func:`form_identifiers` once per event and stores what it returns in the

@@ -21,6 +21,7 @@ from opsmantik_stream.config import Settings
 
 __all__ = [
     "API_ROLE",
+    "EMBEDDED_SETTINGS",
     "GATEWAY_ROLE",
     "OWNER_ROLE",
     "EmbeddedPostgres",
@@ -44,11 +45,25 @@ GATEWAY_ROLE = "opsmantik_gateway"
 API_ROLE = "opsmantik_api"
 
 
+# Settings of the embedded server for a write-heavy ingest load (an external PostgreSQL is
+# the operator's to tune; docs/operations.md names these). Every checkpoint makes the next
+# change of each page write the whole 8 KB page to the WAL; with the stock 1 GB
+# `max_wal_size` a busy ingest checkpointed every minute or so and most of its WAL was such
+# page images. Fewer checkpoints cost disk (WAL up to `max_wal_size`) and a longer crash
+# recovery (replaying at most that), never durability: commits still flush the WAL.
+EMBEDDED_SETTINGS: dict[str, str] = {
+    "max_wal_size": "4GB",
+    "min_wal_size": "512MB",  # keeps WAL segments for reuse instead of creating new files
+    "checkpoint_timeout": "15min",
+}
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server in ``<data_dir>/pg`` run by pgserver; reused across starts.
 
     ``pgserver`` listens on a unix socket only (no TCP port at all), which keeps the
-    embedded database off every network interface.
+    embedded database off every network interface. ``EMBEDDED_SETTINGS`` are applied on
+    every start (ALTER SYSTEM and a reload: none of them needs a restart).
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -65,6 +80,9 @@ class EmbeddedPostgres:
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         # pgserver exports get_server without listing it in __all__
         self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        self._server.psql(
+            "".join(f"ALTER SYSTEM SET {k} = '{v}';" for k, v in EMBEDDED_SETTINGS.items()) + "SELECT pg_reload_conf();"
+        )
         return str(self._server.get_uri())
 
     @property

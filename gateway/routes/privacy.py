@@ -11,7 +11,6 @@ scoped by the site, because the API role may not rewrite tracking rows.
 from __future__ import annotations
 
 import datetime as dt
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -92,7 +91,7 @@ async def consent(request: Request) -> Response:
     scopes of the matching sessions of the site (a decision older than the recorded one
     changes nothing). Withdrawing ``marketing`` voids the sessions' pending conversions."""
     ctx = request.app.state.ctx
-    clock: Callable[[], float] = ctx.extras.get("clock") or time.time
+    clock: Callable[[], float] = ctx.clock
     signed = await authenticate(request, ConsentBody, MAX_BODY_BYTES)
     if signed is None:
         return unauthorized()

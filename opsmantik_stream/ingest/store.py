@@ -82,10 +82,13 @@ class CallExpired(Exception):
 
 
 # Memo bound of derived session ids (partition process): keys are a site id and a client
-# session id that is not a UUID (the tracker always sends UUIDs), a fingerprint and day, or
-# an event key, at most ~0.6 KB per entry with its value, so at most ~37 MB. Beyond it the
-# least recently used is forgotten (and derived again, a uuid5: ~2 us).
-DERIVED_ID_MEMO_SIZE = 65_536
+# session id (every event derives its session's fallback id), a fingerprint and day, or an
+# event key, at most ~0.6 KB per entry with its value, so at most ~5 MB. The entries that
+# pay are the sessions active now, whose events arrive minutes apart; a larger memo only
+# keeps sessions that ended (the 30-minute soak saw 65,536 entries fill slowly with them,
+# +17 % of a partition's memory). Beyond it the least recently used is forgotten (and
+# derived again, a uuid5: ~2 us).
+DERIVED_ID_MEMO_SIZE = 8192
 
 
 @functools.lru_cache(maxsize=DERIVED_ID_MEMO_SIZE)

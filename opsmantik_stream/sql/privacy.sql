@@ -293,11 +293,14 @@ SELECT count(*)::bigint FROM consent_changes WHERE site_id = $1 AND session_id =
 -- name: retention_sessions
 -- One batch of sessions without analytics consent whose last activity is older than the
 -- cutoff, locked (SKIP LOCKED: a session the partition is writing now waits for the next run).
+-- A session starts before its last activity: `created_at < $1` is implied, and it is what the
+-- retention index is on (an index on the last activity would make every session update
+-- non-HOT; migration 0011).
 SELECT site_id, id
 FROM sessions
 WHERE anonymized_at IS NULL AND NOT ('analytics' = ANY (consent_scopes))
-  AND last_activity_at < $1 AND created_month <= $2::date
-ORDER BY last_activity_at
+  AND created_at < $1 AND last_activity_at < $1 AND created_month <= $2::date
+ORDER BY created_at
 LIMIT $3
 FOR UPDATE SKIP LOCKED;
 
@@ -308,7 +311,7 @@ SELECT count(*)::bigint AS sessions,
            AS events
 FROM sessions s
 WHERE s.anonymized_at IS NULL AND NOT ('analytics' = ANY (s.consent_scopes))
-  AND s.last_activity_at < $1 AND s.created_month <= $2::date;
+  AND s.created_at < $1 AND s.last_activity_at < $1 AND s.created_month <= $2::date;
 
 -- name: retention_dead_letters
 -- One batch of old dead letters, redacted with the same marker as an erase.

@@ -57,7 +57,7 @@ ORDER BY created_month DESC
 LIMIT 1;
 
 -- name: session_captured_identifiers
--- The hashed email/phone a form that opted in captured on the session (migration 0011).
+-- The hashed email/phone a form that opted in captured on the session (migration 0012).
 SELECT email_sha256, phone_sha256 FROM session_captured_identifiers($1, $2);
 
 -- name: site_destination

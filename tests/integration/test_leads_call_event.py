@@ -131,7 +131,7 @@ async def test_auth_failures_share_one_401_and_store_nothing(
     site, other = await make_site(), await make_site()
     await make_session(pool, site["site_id"], fingerprint="fp")
     fixed_now = int(time.time())
-    _ctx(stack_client).extras["clock"] = lambda: float(fixed_now)
+    _ctx(stack_client).clock = lambda: float(fixed_now)
     body = call_body(site, "fp")
 
     def with_headers(**over: str) -> dict[str, str]:
@@ -199,7 +199,7 @@ async def test_next_secret_rotation_body_rules_and_rate_limits(
     assert len(await _calls(pool, site)) == before
 
     # per-fingerprint limit (a tiny bucket injected for the test)
-    _ctx(stack_client).extras["call_event_fingerprint_limit"] = KeyedLimit(2)
+    _ctx(stack_client).route_limits["call_event_fingerprint_limit"] = KeyedLimit(2)
     codes = []
     for _ in range(3):
         b = call_body(site, "fp", event_id=str(uuid.uuid4()))

@@ -80,7 +80,7 @@ async def test_database_figures_are_cached_not_read_per_scrape(
 
     ctx = AppContext(settings=settings.with_overrides(metrics_cache_s=15.0), pool=gateway_pool, ray_enabled=False)
     now = [1000.0]
-    ctx.extras["monotonic"] = lambda: now[0]
+    ctx.monotonic = lambda: now[0]
     app = create_app(ctx)
     site = await make_site()
     await _queue_row(pool, site)

@@ -96,7 +96,7 @@ def test_routing_and_session_id_memos_hold_their_bound() -> None:
 
     day = dt.date(2026, 1, 1)
     site = str(uuid.uuid4())
-    n = 3 * store.DERIVED_ID_MEMO_SIZE
+    n = 3 * max(store.DERIVED_ID_MEMO_SIZE, routing.ROUTING_MEMO_SIZE)
     for i in range(n):
         routing.partition_for(f"{i:032x}", 2)
         # a client session id that is not a UUID gets a derived one (memoised)

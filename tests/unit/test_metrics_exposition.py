@@ -10,7 +10,6 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -42,7 +41,8 @@ def _uploader_answer() -> dict[str, Any]:
 def rendered() -> Iterator[list[tuple[str, dict[str, str], float]]]:
     """The exposition with every collector filled (as after a scrape of a running stack)."""
     parts, ups = gm._ACTOR_FIGURES.partitions, gm._ACTOR_FIGURES.uploaders
-    figures, registry = gm._figures(SimpleNamespace(extras={}))  # one gateway's database figures
+    state = gm.MetricsState()  # one gateway's database figures
+    figures, registry = state.figures, state.registry
     figures.snapshot = {
         "queue": {"QUEUED": 3},
         "breakers": {"OPEN": 1},
