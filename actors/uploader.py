@@ -7,7 +7,9 @@ from the Registry and re-read when the routing version changes (a resize re-spli
 
 Methods: ``start()``, ``drain()`` (finish in-flight work, take no more), ``stop()`` (cancel at
 once; claimed rows are rescued later), ``run_once()`` (one deterministic iteration, for tests
-and operators), ``status()``, ``ping()``, ``metrics()`` (figures for ``/metrics``).
+and operators), ``status()``, ``ping()``, ``metrics()`` (figures for ``/metrics``),
+``test_credentials()`` (the connection test of ``POST /api/sites/{site}/credentials/test``:
+only uploaders hold the vault key that opens stored credentials).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from actors.registry import REGISTRY_NAME
 from opsmantik_stream.budget import pool_size
 from opsmantik_stream.config import Settings
 from opsmantik_stream.db import create_pool
-from opsmantik_stream.uploads import UploadEngine
+from opsmantik_stream.enums import ActorType
+from opsmantik_stream.uploads import UploadEngine, delivery
+from opsmantik_stream.uploads.credentials import CredentialsError
 
 __all__ = ["Uploader"]
 
@@ -183,6 +187,28 @@ class Uploader:
         """This uploader's figures for the gateway's /metrics (``telemetry.Stats.snapshot``;
         empty until the engine is built)."""
         return self._engine.stats.snapshot() if self._engine is not None else {}
+
+    async def test_credentials(
+        self, site_id: str, public_id: str, destination: str | None, actor_type: str, actor_id: str | None
+    ) -> dict[str, Any]:
+        """Test a site's stored credentials (``uploads.delivery.test_credentials``: a token
+        refresh and a validate-only upload, audited) here, where the vault key is. A refusal
+        comes back as ``{"error": {"code", "message"}}`` for the gateway to answer."""
+        await self._get_engine()
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire() as conn:
+                return await delivery.test_credentials(
+                    conn,
+                    self._settings,
+                    site_id,
+                    public_id,
+                    destination,
+                    actor_type=ActorType(actor_type),
+                    actor_id=actor_id,
+                )
+        except CredentialsError as exc:
+            return {"error": {"code": exc.code, "message": exc.message}}
 
     async def node(self) -> str:
         """The Ray node this actor runs on (placement checks)."""

@@ -32,8 +32,14 @@ def _request_bodies() -> dict[tuple[str, str], type]:
     # imported here: the route modules import this module's users
     from gateway.routes.calls import CallActionBody
     from gateway.routes.privacy import EraseBody
-    from gateway.routes.sales import ConversationBody, LinkBody, ResolveBody, SaleBody
-    from gateway.routes.uploads import BreakerResetBody, DestinationBody, RequeueBody
+    from gateway.routes.sales import ConversationBody, LinkBody, ResolveBody, RestateBody, SaleBody
+    from gateway.routes.uploads import (
+        BreakerResetBody,
+        CredentialsTestBody,
+        DestinationBody,
+        EnhancedConversionsBody,
+        RequeueBody,
+    )
     from opsmantik_stream.ingest.schema import Envelope
     from opsmantik_stream.leads.call_events import CallEventBody
     from opsmantik_stream.privacy import ConsentBody
@@ -47,7 +53,10 @@ def _request_bodies() -> dict[tuple[str, str], type]:
         ("post", "/api/conversations/{conversation_id}/links"): LinkBody,
         ("post", "/api/conversations/{conversation_id}/resolve"): ResolveBody,
         ("post", "/api/sales"): SaleBody,
+        ("post", "/api/sales/{sale_id}/restate"): RestateBody,
         ("put", "/api/sites/{site}/credentials"): credentials_body_type(),
+        ("post", "/api/sites/{site}/credentials/test"): CredentialsTestBody,
+        ("put", "/api/sites/{site}/enhanced-conversions"): EnhancedConversionsBody,
         ("put", "/api/sites/{site}/destination"): DestinationBody,
         ("post", "/api/oci/requeue"): RequeueBody,
         ("post", "/api/oci/breaker/reset"): BreakerResetBody,

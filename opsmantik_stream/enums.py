@@ -36,6 +36,7 @@ __all__ = [
     "OutcomeKind",
     "PlatformRole",
     "PrivacyIdentifier",
+    "QueueKind",
     "QueueStatus",
     "SaleStatus",
     "SiteRole",
@@ -153,6 +154,16 @@ class QueueStatus(StrEnum):
     RETRY = "RETRY"
     FAILED = "FAILED"
     BLOCKED = "BLOCKED"
+
+
+class QueueKind(StrEnum):
+    """What a queue row delivers: a conversion, or an adjustment of an uploaded one (issue 13)."""
+
+    CONVERSION = "conversion"
+    #: the conversion's value changed (Google Ads RESTATEMENT; Data Manager re-sends the event)
+    RESTATEMENT = "restatement"
+    #: the conversion is withdrawn (Google Ads RETRACTION; Data Manager cannot)
+    RETRACTION = "retraction"
 
 
 class ErrorCategory(StrEnum):
@@ -291,6 +302,7 @@ CHECKED_COLUMNS: dict[tuple[str, str], type[StrEnum]] = {
     ("offline_conversion_queue", "status"): QueueStatus,
     ("offline_conversion_queue", "destination"): Destination,
     ("offline_conversion_queue", "source_kind"): SourceKind,
+    ("offline_conversion_queue", "kind"): QueueKind,
     ("offline_conversion_queue", "error_category"): ErrorCategory,
     ("provider_health_state", "state"): CircuitState,
     ("provider_health_state", "destination"): Destination,

@@ -13,6 +13,7 @@ from gateway.auth import CurrentPrincipal, site_uuid
 from gateway.errors import ApiError, JSONResponse, decode_json, json_response
 from gateway.operator import lead_error, parse_time_param, parse_uuid_or_404, require_on_row_site
 from opsmantik_stream.db import api_transaction
+from opsmantik_stream.enums import ActorType
 from opsmantik_stream.fields import NO_NUL_PATTERN, MinorUnits, Note, SitePublicId, Text32, Text64
 from opsmantik_stream.leads import conversations as conv
 from opsmantik_stream.leads import sales as sales_core
@@ -50,6 +51,9 @@ class SaleBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     external_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL_PATTERN)] | None = None
     conversation_id: uuid.UUID | None = None
     notes: Note | None = None
+    #: the customer's email and phone (E.164), for enhanced conversions: hashed on arrival
+    email: Annotated[str, msgspec.Meta(max_length=320, pattern=NO_NUL_PATTERN)] | None = None
+    phone: Text64 | None = None
 
 
 @router.post(
@@ -152,6 +156,8 @@ async def create_sale(request: Request, principal: CurrentPrincipal) -> JSONResp
                 conversation_id=body.conversation_id,
                 notes=body.notes,
                 user_id=principal.user_id,
+                email=body.email,
+                phone=body.phone,
             )
     except LeadError as exc:
         raise lead_error(exc) from None
@@ -204,6 +210,53 @@ async def confirm_sale(sale_id: str, request: Request, principal: CurrentPrincip
         async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
             await require_on_row_site(conn, principal, Q.sales.sale_site, sid, "sale", Capability.LEADS_OPERATE)
             result = await sales_core.confirm_sale(conn, sale_id=sid, user_id=principal.user_id)
+    except LeadError as exc:
+        raise lead_error(exc) from None
+    return json_response({"ok": True, **result})
+
+
+class RestateBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    amount_minor: MinorUnits
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
+
+
+@router.post(
+    "/api/sales/{sale_id}/cancel",
+    response_class=JSONResponse,
+    summary="Cancel a sale; its conversion is voided before upload, retracted after (audited)",
+)
+async def cancel_sale(sale_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    sid = parse_uuid_or_404(sale_id, "sale")
+    try:
+        async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
+            await require_on_row_site(conn, principal, Q.sales.sale_site, sid, "sale", Capability.LEADS_OPERATE)
+            result = await sales_core.cancel_sale(
+                conn, sale_id=sid, actor_type=ActorType.USER, user_id=principal.user_id
+            )
+    except LeadError as exc:
+        raise lead_error(exc) from None
+    return json_response({"ok": True, **result})
+
+
+@router.post(
+    "/api/sales/{sale_id}/restate",
+    response_class=JSONResponse,
+    summary="Change a confirmed sale's value; its conversion is restated (audited)",
+)
+async def restate_sale(sale_id: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    sid = parse_uuid_or_404(sale_id, "sale")
+    body = decode_json(await request.body(), RestateBody)
+    try:
+        async with api_transaction(request.app.state.ctx.pool, principal.user_id) as conn:
+            await require_on_row_site(conn, principal, Q.sales.sale_site, sid, "sale", Capability.LEADS_OPERATE)
+            result = await sales_core.restate_sale(
+                conn,
+                sale_id=sid,
+                amount_minor=body.amount_minor,
+                currency=body.currency,
+                actor_type=ActorType.USER,
+                user_id=principal.user_id,
+            )
     except LeadError as exc:
         raise lead_error(exc) from None
     return json_response({"ok": True, **result})

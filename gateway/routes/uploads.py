@@ -17,6 +17,8 @@ implementation, shared with the CLI).
 
 from __future__ import annotations
 
+import asyncio
+import random
 from typing import Annotated, Any
 
 import asyncpg
@@ -27,6 +29,7 @@ from gateway.auth import CurrentPrincipal, site_with_capability
 from gateway.errors import ApiError, JSONResponse, json_response
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType
+from opsmantik_stream.fields import Text64
 from opsmantik_stream.rbac import Capability
 from opsmantik_stream.uploads import delivery, operator
 from opsmantik_stream.uploads.credentials import CredentialsError, credentials_from_mapping, vault_from_settings
@@ -87,6 +90,90 @@ async def put_credentials(site: str, request: Request, principal: CurrentPrincip
     except CredentialsError as exc:
         raise _delivery_error(exc) from None
     return json_response({"ok": True, "site": site, **result})
+
+
+class EnhancedConversionsBody(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool
+
+
+@router.put(
+    "/api/sites/{site}/enhanced-conversions",
+    response_class=JSONResponse,
+    summary="Upload conversions with a hashed email/phone but no click id (needs site:write)",
+)
+async def put_enhanced_conversions(site: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    site_id = await site_with_capability(request, principal, site, Capability.SITE_WRITE)
+    body: EnhancedConversionsBody = await _decode(request, EnhancedConversionsBody)
+    ctx = request.app.state.ctx
+    try:
+        async with ctx.pool.acquire() as conn:
+            result = await delivery.set_enhanced_conversions(
+                conn, site_id, body.enabled, actor_type=ActorType.USER, actor_id=principal.user_id
+            )
+    except CredentialsError as exc:
+        raise _delivery_error(exc) from None
+    return json_response({"ok": True, "site": site, **result})
+
+
+class CredentialsTestBody(msgspec.Struct, forbid_unknown_fields=True):
+    destination: Text64 | None = None
+
+
+@router.post(
+    "/api/sites/{site}/credentials/test",
+    response_class=JSONResponse,
+    summary="Test the stored credentials without storing anything at the destination (needs site:write)",
+)
+async def test_credentials(site: str, request: Request, principal: CurrentPrincipal) -> JSONResponse:
+    site_id = await site_with_capability(request, principal, site, Capability.SITE_WRITE)
+    body: CredentialsTestBody = (
+        await _decode(request, CredentialsTestBody) if await request.body() else CredentialsTestBody()
+    )
+    ctx = request.app.state.ctx
+    try:
+        if ctx.ray_enabled:
+            result = await _test_on_an_uploader(ctx, site_id, site, body.destination, principal.user_id)
+        else:
+            # a gateway without actors (tests): the test runs here, with this process's vault
+            async with ctx.pool.acquire() as conn:
+                result = await delivery.test_credentials(
+                    conn,
+                    ctx.settings,
+                    site_id,
+                    site,
+                    body.destination,
+                    actor_type=ActorType.USER,
+                    actor_id=principal.user_id,
+                )
+    except CredentialsError as exc:
+        raise _delivery_error(exc) from None
+    return json_response({"site": site, **result})
+
+
+async def _test_on_an_uploader(
+    ctx: Any, site_id: str, public_id: str, destination: str | None, user_id: str
+) -> dict[str, Any]:
+    """Run the connection test in an uploader: the gateway seals credentials but cannot open
+    them (only uploaders hold the vault key). 503 when no uploader answers."""
+    table = await ctx.routing.table()
+    if not table.uploaders:
+        raise ApiError(503, "no_uploader", "no uploader is running to open the credentials; start the stack")
+    name = random.choice(table.uploaders)
+    # a token refresh and one request, each bounded by the request timeout, plus Ray's hop
+    timeout = 2 * ctx.settings.upload_request_timeout_s + 10.0
+    try:
+        got = await asyncio.wait_for(
+            ctx.routing.handle(name).test_credentials.remote(
+                str(site_id), public_id, destination, ActorType.USER.value, user_id
+            ),
+            timeout,
+        )
+    except Exception:
+        ctx.routing.forget(name)  # a dead actor's handle is looked up again next time
+        raise ApiError(503, "uploader_unavailable", "the uploader did not answer; try again") from None
+    if "error" in got:
+        raise CredentialsError(got["error"]["code"], got["error"]["message"])
+    return dict(got)
 
 
 @router.put(

@@ -511,10 +511,30 @@
     }
   }
 
+  // Enhanced conversions for leads: a form that opts in with data-om-capture="email,phone"
+  // (never by default) sends its email and phone with the form-submit event, and only with
+  // "marketing" consent. The server keeps only their SHA-256 (never the plain values).
+  var CAPTURE = {
+    email: { selector: 'input[type="email"],input[autocomplete~="email"],input[name*="mail" i]', max: 320 },
+    phone: { selector: 'input[type="tel"],input[autocomplete~="tel"],input[name*="phone" i]', max: 64 }
+  };
+  function captured(f) {
+    var wanted = (attr(f, 'data-om-capture') || '').toLowerCase().split(/[\s,]+/);
+    if (consentScopes().indexOf('marketing') < 0) return null;
+    var out = null;
+    ['email', 'phone'].forEach(function (kind) {
+      if (wanted.indexOf(kind) < 0) return;
+      var input = f.querySelector(CAPTURE[kind].selector);
+      var value = input && typeof input.value === 'string' ? input.value.trim() : '';
+      if (value && value.length <= CAPTURE[kind].max) { out = out || {}; out['om_' + kind] = value; }
+    });
+    return out;
+  }
+
   function onSubmit(e) {
     var f = e.target;
     if (!f || f.tagName !== 'FORM') return;
-    send('conversion', 'form_submit', f.id || attr(f, 'name') || 'form', null, null);
+    send('conversion', 'form_submit', f.id || attr(f, 'name') || 'form', null, captured(f));
   }
 
   var scrollSent = {};

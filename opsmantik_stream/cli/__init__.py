@@ -15,6 +15,7 @@ from opsmantik_stream.cli import (
     ingest_key,  # noqa: F401  (registers `site ingest-key rotate` via SITE_EXTENSIONS)
     jobs,
     privacy,
+    sales,
     scale,
     serve,
     site,
@@ -25,7 +26,7 @@ from opsmantik_stream.cli import (
 
 __all__ = ["main"]
 
-COMMAND_MODULES = [serve, database, site, token, console, status, scale, jobs, uploads, privacy, emulator]
+COMMAND_MODULES = [serve, database, site, token, console, status, scale, jobs, uploads, sales, privacy, emulator]
 
 
 def build_parser() -> argparse.ArgumentParser:

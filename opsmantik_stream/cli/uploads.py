@@ -125,6 +125,22 @@ def _register_site(ssub: Any) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_destination_set)
 
+    ec = ssub.add_parser(
+        "enhanced-conversions",
+        help="upload conversions with a hashed email/phone but no click id",
+        description="Enhanced conversions for leads: when on, a confirmed sale or sealed call whose session has "
+        "no click id is still queued and uploaded when it carries the customer's hashed email or phone (and the "
+        "visitor gave marketing consent). The Google Ads account must have enhanced conversions for leads "
+        "turned on and the customer data terms accepted.",
+    )
+    esub = ec.add_subparsers(dest="ec_command", metavar="SUBCOMMAND")
+    esub.required = True
+    p = esub.add_parser("set", help="turn it on or off (audited)", description="Turn enhanced conversions on or off.")
+    p.add_argument("public_id", help="the site's public id")
+    p.add_argument("state", choices=["on", "off"], help="on or off")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_enhanced_conversions_set)
+
     creds = ssub.add_parser("credentials", help="destination credentials (write-only)", description="Credentials.")
     csub = creds.add_subparsers(dest="credentials_command", metavar="SUBCOMMAND")
     csub.required = True
@@ -153,6 +169,24 @@ def _register_site(ssub: Any) -> None:
         p.add_argument("--" + field.replace("_", "-"), dest=field, help=argparse.SUPPRESS)
     add_json_flag(p)
     p.set_defaults(func=cmd_credentials_set)
+
+    p = csub.add_parser(
+        "test",
+        help="check the stored credentials without storing anything at the destination",
+        description="Test a site's stored credentials before the first lead: refresh the OAuth token, then "
+        "make one validate-only upload (Google Ads) or validate-only ingest (Data Manager), which Google "
+        "checks and does not store. Says in words what works and what does not (a revoked refresh token, "
+        "an account not allowlisted, a wrong conversion action, a wrong login customer id) and how to fix "
+        "it. Exit status 0 when everything works, 1 when a step failed.",
+    )
+    p.add_argument("public_id", help="the site's public id")
+    p.add_argument(
+        "--destination",
+        choices=delivery.destination_names(),
+        help="test this destination's credentials (default: the site's destination)",
+    )
+    add_json_flag(p)
+    p.set_defaults(func=cmd_credentials_test)
 
 
 _DEST = "cred_"
@@ -239,6 +273,46 @@ def cmd_credentials_set(args: argparse.Namespace) -> int:
         f"key {view['key_fingerprint']}); secrets are sealed and never shown\n{view['note']}",
     )
     return 0
+
+
+def cmd_enhanced_conversions_set(args: argparse.Namespace) -> int:
+    async def body(conn: asyncpg.Connection, settings: Settings) -> dict[str, Any]:
+        site_id = await _site_id(conn, args.public_id)
+        result = await delivery.set_enhanced_conversions(
+            conn, site_id, args.state == "on", actor_type=ActorType.CLI, actor_id=_actor()
+        )
+        return {"public_id": args.public_id, **result}
+
+    result = run_with_db(body)
+    emit(args, result, f"enhanced conversions for leads are {args.state} for {result['public_id']}")
+    return 0
+
+
+def cmd_credentials_test(args: argparse.Namespace) -> int:
+    async def body(conn: asyncpg.Connection, settings: Settings) -> dict[str, Any]:
+        site_id = await _site_id(conn, args.public_id)
+        try:
+            result = await delivery.test_credentials(
+                conn,
+                # the operator's machine holds the key file (docs/security.md): like an
+                # uploader, this command may read it to open the stored credentials
+                settings.with_overrides(vault_open_credentials=True),
+                site_id,
+                args.public_id,
+                args.destination,
+                actor_type=ActorType.CLI,
+                actor_id=_actor(),
+            )
+        except CredentialsError as exc:
+            raise CliError(exc.message) from None
+        return {"public_id": args.public_id, **result}
+
+    result = run_with_db(body)
+    lines = [result["summary"]] + [
+        f"  {'ok  ' if s['ok'] else 'FAIL'} {s['step']}: {s['detail']}" for s in result["steps"]
+    ]
+    emit(args, result, "\n".join(lines))
+    return 0 if result["ok"] else 1
 
 
 def cmd_destination_set(args: argparse.Namespace) -> int:

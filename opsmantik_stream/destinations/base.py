@@ -41,6 +41,7 @@ from opsmantik_stream.telemetry import UPLOADER_METRICS, Stats
 
 __all__ = [
     "BeforeRequest",
+    "CheckStep",
     "Classification",
     "Conversion",
     "CredentialsError",
@@ -56,7 +57,10 @@ __all__ = [
     "UserIdentifier",
     "credentials_command",
     "destination_command",
+    "email_sha256",
     "normalize_e164",
+    "normalize_email",
+    "phone_sha256",
     "requeue_command",
 ]
 
@@ -73,16 +77,55 @@ def normalize_e164(phone: str) -> str | None:
     return p if _E164_RE.match(p) else None
 
 
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: Google removes the dots of the local part for these domains before matching (its rule).
+_DOTLESS_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+
+def normalize_email(email: str) -> str | None:
+    """Google's normalisation of an email address before hashing: trimmed, lower-cased, and
+    for gmail.com / googlemail.com without the dots before the ``@``; ``None`` if it is not
+    an address."""
+    e = email.strip().lower()
+    if len(e) > 254 or not _EMAIL_RE.match(e):
+        return None
+    local, _, domain = e.rpartition("@")
+    if domain in _DOTLESS_DOMAINS:
+        local = local.replace(".", "")
+        if not local:
+            return None
+    return f"{local}@{domain}"
+
+
+def email_sha256(email: str) -> str | None:
+    """Lower-case hex SHA-256 of the normalised email (``None`` if it is not an address)."""
+    e = normalize_email(email)
+    return None if e is None else hashlib.sha256(e.encode("utf-8")).hexdigest()
+
+
+def phone_sha256(phone: str) -> str | None:
+    """Lower-case hex SHA-256 of the E.164 phone number (``None`` if it is not E.164)."""
+    p = normalize_e164(phone)
+    return None if p is None else hashlib.sha256(p.encode("ascii")).hexdigest()
+
+
 class Operation(StrEnum):
     """What a destination can be asked to do."""
 
     UPLOAD = "upload"
+    #: check credentials without storing anything at the destination (:meth:`Destination.test_connection`)
+    TEST = "test"
+    #: deliver adjustments (restatements, retractions) of uploaded conversions through ``upload``
+    #: (rows with :attr:`Conversion.adjustment` set); a destination that cannot do one kind
+    #: answers those rows FAILED with a code and words saying so
+    ADJUST = "adjust"
 
 
 class IdentifierKind(StrEnum):
     """Kinds of user identifier a conversion may carry (values are SHA-256 hex digests)."""
 
     PHONE_SHA256 = "phone_sha256"
+    EMAIL_SHA256 = "email_sha256"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +140,18 @@ class UserIdentifier:
     def phone(cls, number: str) -> UserIdentifier:
         """The hashed identifier of a phone number in international form (``ValueError`` if it
         is not E.164 once formatting is stripped)."""
-        e164 = normalize_e164(number)
-        if e164 is None:
+        digest = phone_sha256(number)
+        if digest is None:
             raise ValueError("not an E.164 phone number")
-        return cls(IdentifierKind.PHONE_SHA256, hashlib.sha256(e164.encode("ascii")).hexdigest())
+        return cls(IdentifierKind.PHONE_SHA256, digest)
+
+    @classmethod
+    def email(cls, address: str) -> UserIdentifier:
+        """The hashed identifier of an email address (``ValueError`` if it is not one)."""
+        digest = email_sha256(address)
+        if digest is None:
+            raise ValueError("not an email address")
+        return cls(IdentifierKind.EMAIL_SHA256, digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +177,11 @@ class Conversion:
     user_identifiers: tuple[UserIdentifier, ...] = ()
     consent_scopes: tuple[str, ...] | None = None
     target: str | None = None
+    #: set for an adjustment of an uploaded conversion (``restatement`` / ``retraction``, the
+    #: queue's kind): ``order_id`` names the conversion, ``value_minor`` is the new value, and
+    #: ``adjusted_at`` (timezone-aware) is when the adjustment happened
+    adjustment: str | None = None
+    adjusted_at: datetime | None = None
 
     def identifier(self, kind: IdentifierKind) -> str | None:
         return next((u.value for u in self.user_identifiers if u.kind is kind), None)
@@ -194,6 +250,17 @@ class UploadResult:
 #: bucket (waiting there is not an attempt). Returns ``None`` to send, or a number of seconds to
 #: hold back this request and the rest of the upload (those rows come back ``DEFERRED``).
 BeforeRequest = Callable[[int], Awaitable[float | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckStep:
+    """One step of a connection test: what was tried (``token``, ``upload``...), whether it
+    worked, the destination's or our code when not, and what it means in words (with the fix)."""
+
+    step: str
+    ok: bool
+    detail: str
+    code: str | None = None
 
 
 class CredentialsError(Exception):
@@ -317,6 +384,12 @@ class Destination(abc.ABC):
         """The fix for a destination-specific account/config error, or ``None`` (the uploader
         then uses the generic hints of ``uploads/hints.py``)."""
         return None
+
+    async def test_connection(self, creds: Any, *, public_id: str) -> list[CheckStep]:
+        """Try the credentials without storing anything at the destination (refresh the token,
+        a validate-only upload...); one :class:`CheckStep` per step tried, stopping at the
+        first that fails. Never raises for a destination or network error."""
+        raise UnsupportedOperation(f"{self.name} cannot test a connection")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release what the destination owns (the shared HTTP client is the uploader's)."""

@@ -22,6 +22,7 @@ from opsmantik_stream.destinations.google.classify import classify
 from opsmantik_stream.destinations.google.consent import google_consent
 from opsmantik_stream.destinations.google.credentials import GoogleCredentials, action_id, digits
 from opsmantik_stream.destinations.google.mapping import (
+    email_hash,
     error_envelope,
     format_rfc3339,
     get_either,
@@ -32,11 +33,16 @@ from opsmantik_stream.destinations.google.mapping import (
     type_is,
 )
 from opsmantik_stream.destinations.google.transport import OK, ChunkResult, GoogleDestination, Reply, Verdict, verdict
+from opsmantik_stream.enums import QueueKind
 
-__all__ = ["DataManagerDestination", "build_dm_event"]
+__all__ = ["RETRACTION_NOT_SUPPORTED", "DataManagerDestination", "build_dm_event"]
 
 _EVENT_INDEX_RE = re.compile(r"^events\[(\d+)\]")
 _DEST_REF = "conversions"
+#: Our code for a retraction sent to Data Manager: refused, with words, never a silent drop.
+RETRACTION_NOT_SUPPORTED = "RETRACTION_NOT_SUPPORTED"
+#: Most user identifiers one event may carry.
+MAX_IDENTIFIERS = 10
 
 
 def _consent(flag: bool | None) -> str | None:
@@ -48,18 +54,19 @@ def _consent(flag: bool | None) -> str | None:
 def build_dm_event(conv: Conversion) -> dict[str, Any]:
     """Map one validated row to a Data Manager ``Event`` dict (lowerCamelCase)."""
     click = pick_click_id(conv)
-    assert click is not None
     ev: dict[str, Any] = {
         "transactionId": conv.order_id,
         "eventTimestamp": format_rfc3339(conv.conversion_time),
         "eventSource": "WEB",
-        "adIdentifiers": {click[0]: click[1]},
         "conversionValue": minor_to_major(conv.value_minor, conv.currency),
         "currency": conv.currency.upper(),
     }
-    phone = phone_hash(conv)
-    if phone is not None:
-        ev["userData"] = {"userIdentifiers": [{"phoneNumber": phone}]}
+    if click is not None:
+        ev["adIdentifiers"] = {click[0]: click[1]}
+    # hashed identifiers (enhanced conversions for leads), at most 10 per event
+    ids = [{"emailAddress": h} for h in [email_hash(conv)] if h] + [{"phoneNumber": h} for h in [phone_hash(conv)] if h]
+    if ids:
+        ev["userData"] = {"userIdentifiers": ids[:MAX_IDENTIFIERS]}
     ad_user_data, ad_personalization = google_consent(conv.consent_scopes)
     consent: dict[str, str] = {}
     if (c := _consent(ad_user_data)) is not None:
@@ -77,6 +84,19 @@ class DataManagerDestination(GoogleDestination):
     name = "data_manager"
     label = "Google Data Manager API (events:ingest)"
     base_url_setting = "data_manager_base_url"
+
+    def refuse(self, conv: Conversion) -> Verdict | None:
+        # A restatement is the event re-sent with the same transactionId and the new value (an
+        # adjustment there); the Data Manager API has no way to withdraw an event.
+        if conv.adjustment == QueueKind.RETRACTION:
+            return Verdict(
+                Classification(OutcomeKind.FAILED, ErrorCategory.VALIDATION),
+                RETRACTION_NOT_SUPPORTED,
+                "refused: the Data Manager API cannot retract an uploaded conversion; remove or adjust it in "
+                "Google Ads (Goals > Conversions > Uploads), or send sales that can be cancelled through the "
+                "Google Ads API (`opsmantik site destination set PUBLIC_ID google_ads`)",
+            )
+        return None
 
     def chunk_key(self, conv: Conversion, creds: GoogleCredentials) -> str:
         # One destination (conversion action) per request keeps the body simple.

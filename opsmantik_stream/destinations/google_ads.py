@@ -16,10 +16,18 @@ from typing import Any
 
 import msgspec
 
-from opsmantik_stream.destinations.base import Conversion, credentials_command, destination_command
+from opsmantik_stream.destinations.base import (
+    Classification,
+    Conversion,
+    OutcomeKind,
+    UploadResult,
+    credentials_command,
+    destination_command,
+)
 from opsmantik_stream.destinations.google.consent import google_consent
 from opsmantik_stream.destinations.google.credentials import GoogleCredentials, action_id, digits
 from opsmantik_stream.destinations.google.mapping import (
+    email_hash,
     error_envelope,
     format_ads_datetime,
     get_either,
@@ -31,34 +39,79 @@ from opsmantik_stream.destinations.google.mapping import (
 )
 from opsmantik_stream.destinations.google.transport import OK, ChunkResult, GoogleDestination, Reply, Verdict, verdict
 
-__all__ = ["ALLOWLIST_CODES", "GoogleAdsDestination", "build_ads_conversion"]
+__all__ = [
+    "ALLOWLIST_CODES",
+    "ENHANCED_CONVERSIONS_CODES",
+    "GoogleAdsDestination",
+    "build_ads_adjustment",
+    "build_ads_conversion",
+]
 
 #: Google's answer for an account that may no longer upload click conversions through the
 #: Google Ads API (new adopters must use the Data Manager API since 2026-06-15).
 ALLOWLIST_CODES = frozenset({"CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"})
 _SWITCH_TO = "data_manager"
+#: Google's answers for identifiers sent to an account that has not turned enhanced conversions
+#: for leads on, or has not accepted the customer data terms (an account setting, not our row).
+ENHANCED_CONVERSIONS_CODES = frozenset(
+    {
+        "CUSTOMER_NOT_ENABLED_ENHANCED_CONVERSIONS_FOR_LEADS",
+        "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS",
+        "CUSTOMER_DATA_POLICY_PROHIBITS_ENHANCED_CONVERSIONS",
+    }
+)
+#: Most user identifiers one click conversion may carry.
+MAX_IDENTIFIERS = 5
+#: The request field whose index names a row in a partial failure (uploads, adjustments).
+_ROW_FIELDS = frozenset({"conversions", "conversion_adjustments", "conversionAdjustments"})
+_ADJUSTMENT_TYPES = {"restatement": "RESTATEMENT", "retraction": "RETRACTION"}
+_ADJUST = "adjust"
 
 
 def build_ads_conversion(conv: Conversion, customer_id: str, default_action: str) -> dict[str, Any]:
     """Map one validated row to a lowerCamelCase ``ClickConversion`` dict."""
     click = pick_click_id(conv)
-    assert click is not None  # validated by the caller
     aid = action_id((conv.target or default_action).strip())
     out: dict[str, Any] = {
-        click[0]: click[1],
         "conversionAction": f"customers/{customer_id}/conversionActions/{aid}",
         "conversionDateTime": format_ads_datetime(conv.conversion_time),
         "conversionValue": minor_to_major(conv.value_minor, conv.currency),
         "currencyCode": conv.currency.upper(),
         "orderId": conv.order_id,
     }
-    phone = phone_hash(conv)
-    if phone is not None:
-        out["userIdentifiers"] = [{"hashedPhoneNumber": phone}]
+    if click is not None:
+        out[click[0]] = click[1]
+    # enhanced conversions for leads: hashed identifiers, with or without a click id (validated
+    # by the caller: at least one of them); Google takes at most 5, one kind per entry
+    ids = [{"hashedEmail": h} for h in [email_hash(conv)] if h] + [
+        {"hashedPhoneNumber": h} for h in [phone_hash(conv)] if h
+    ]
+    if ids:
+        out["userIdentifiers"] = ids[:MAX_IDENTIFIERS]
     ad_user_data, _ = google_consent(conv.consent_scopes)
     if ad_user_data is not None:
         # click conversions take adUserData only (adPersonalization is for the user-data services)
         out["consent"] = {"adUserData": "GRANTED" if ad_user_data else "DENIED"}
+    return out
+
+
+def build_ads_adjustment(conv: Conversion, customer_id: str, default_action: str) -> dict[str, Any]:
+    """Map one adjustment row to a lowerCamelCase ``ConversionAdjustment`` dict, keyed by our
+    order id (the conversion's), with the adjustment's own time and, for a restatement, the
+    new value."""
+    assert conv.adjustment in _ADJUSTMENT_TYPES and conv.adjusted_at is not None
+    aid = action_id((conv.target or default_action).strip())
+    out: dict[str, Any] = {
+        "conversionAction": f"customers/{customer_id}/conversionActions/{aid}",
+        "adjustmentType": _ADJUSTMENT_TYPES[conv.adjustment],
+        "orderId": conv.order_id,
+        "adjustmentDateTime": format_ads_datetime(conv.adjusted_at),
+    }
+    if conv.adjustment == "restatement":
+        out["restatementValue"] = {
+            "adjustedValue": minor_to_major(conv.value_minor, conv.currency),
+            "currencyCode": conv.currency.upper(),
+        }
     return out
 
 
@@ -99,7 +152,7 @@ def _row_index(error: Mapping[str, Any]) -> int | None:
     for el in elems:
         if not isinstance(el, Mapping):
             continue
-        if get_either(el, "fieldName", "field_name") == "conversions":
+        if get_either(el, "fieldName", "field_name") in _ROW_FIELDS:
             idx = el.get("index")
             try:
                 return int(idx) if idx is not None else None
@@ -123,8 +176,17 @@ class GoogleAdsDestination(GoogleDestination):
     def blocked_hint(
         cls, code: str | None, *, public_id: str, site_destination: str, site_has_credentials: bool
     ) -> str | None:
-        if code not in ALLOWLIST_CODES or site_destination != cls.name:
+        if site_destination != cls.name:
             return None  # the generic hints cover it (e.g. the site already moved on)
+        if code in ENHANCED_CONVERSIONS_CODES:
+            return (
+                "this Google Ads account does not accept hashed email/phone identifiers yet: in Google Ads turn "
+                "on enhanced conversions for leads (Goals > Settings) and accept the customer data terms; or "
+                f"stop sending identifier-only conversions with `opsmantik site enhanced-conversions set "
+                f"{public_id} off`"
+            )
+        if code not in ALLOWLIST_CODES:
+            return None
         return (
             "Google refuses click-conversion uploads for this account through the Google Ads API (accounts new "
             f"to offline conversion import must use the Data Manager API): switch the site with "
@@ -132,10 +194,27 @@ class GoogleAdsDestination(GoogleDestination):
             f"{credentials_command(public_id, _SWITCH_TO)} if missing"
         )
 
+    def chunk_key(self, conv: Conversion, creds: GoogleCredentials) -> str:
+        # adjustments go to their own service, never in a request with click conversions
+        return _ADJUST if conv.adjustment else ""
+
+    async def _send_chunk(
+        self, creds: GoogleCredentials, chunk: Sequence[Conversion], result: UploadResult
+    ) -> ChunkResult:
+        cr = await super()._send_chunk(creds, chunk, result)
+        for i, conv in enumerate(chunk):
+            # a retraction of a conversion already retracted (our own earlier, ambiguous send):
+            # what we asked for holds, so it is delivered
+            if conv.adjustment == "retraction" and cr.verdicts[i].code == "CONVERSION_ALREADY_RETRACTED":
+                cr.verdicts[i] = Verdict(Classification(OutcomeKind.ALREADY_EXISTS), cr.verdicts[i].code)
+        return cr
+
     def build_request(self, creds: GoogleCredentials, chunk: Sequence[Conversion]) -> tuple[str, bytes, dict[str, str]]:
         cid = digits(creds.customer_id)
         assert cid is not None
-        url = f"{self.base_url}/{self.api_version}/customers/{cid}:uploadClickConversions"
+        adjust = bool(chunk[0].adjustment)
+        method = "uploadConversionAdjustments" if adjust else "uploadClickConversions"
+        url = f"{self.base_url}/{self.api_version}/customers/{cid}:{method}"
         headers: dict[str, str] = {}
         if creds.developer_token:
             # Ignored by Google since 2026-09-09 but still accepted; sent when configured.
@@ -143,10 +222,17 @@ class GoogleAdsDestination(GoogleDestination):
         login = digits(creds.login_customer_id)
         if login:
             headers["login-customer-id"] = login
-        body = {
-            "conversions": [build_ads_conversion(c, cid, creds.conversion_action) for c in chunk],
-            "partialFailure": True,
-        }
+        body = (
+            {
+                "conversionAdjustments": [build_ads_adjustment(c, cid, creds.conversion_action) for c in chunk],
+                "partialFailure": True,
+            }
+            if adjust
+            else {
+                "conversions": [build_ads_conversion(c, cid, creds.conversion_action) for c in chunk],
+                "partialFailure": True,
+            }
+        )
         return url, msgspec.json.encode(body), headers
 
     # one reading of every place Google's documented error envelope may put a code, a message

@@ -44,10 +44,27 @@ _MESSAGES = {
     "NO_CONVERSION_ACTION_FOUND": "The conversion action specified in the upload request cannot be found.",
     "GBRAID_WBRAID_BOTH_SET": "Only one of gbraid and wbraid may be set.",
     "INVALID_USER_IDENTIFIER": "The user identifier is not a valid SHA-256 hash.",
+    "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS": "The customer has not accepted the customer data terms "
+    "in the conversion settings page.",
+    "CUSTOMER_NOT_ENABLED_ENHANCED_CONVERSIONS_FOR_LEADS": "The customer has not enabled enhanced "
+    "conversions for leads in the conversion settings page.",
     "INTERNAL_ERROR": "An internal error has occurred.",
     "TRANSIENT_ERROR": "The operation failed due to a transient error. Retry the request.",
     "CONCURRENT_MODIFICATION": "Multiple requests tried to modify the same resource at once.",
     "TOO_MANY_CONVERSIONS_IN_REQUEST": "Upload fewer than 2001 events in a single request.",
+    "CONVERSION_NOT_FOUND": "The conversion for this conversion action and conversion identifier can't be "
+    "found. Make sure your conversion identifiers are associated with the correct conversion action and try again.",
+    "ADJUSTMENT_PRECEDES_CONVERSION": "Adjustment has an adjustment_date_time that occurred before the "
+    "associated conversion.",
+    "TOO_RECENT_CONVERSION": "Adjustment can't be recorded because the conversion occurred too recently. "
+    "Try adjusting a conversion that occurred at least 24 hours ago.",
+    "CONVERSION_ALREADY_RETRACTED": "The conversion was already retracted. This adjustment was not processed.",
+    "RESTATEMENT_ALREADY_EXISTS": "The conversion has a prior restatement with the same adjustment_date_time.",
+    "MORE_RECENT_RESTATEMENT_FOUND": "A more recent adjustment_date_time has already been reported for the "
+    "associated conversion.",
+    "DUPLICATE_ADJUSTMENT_IN_REQUEST": "Imported adjustment has a duplicate conversion adjustment with the same "
+    "adjustment_date_time.",
+    "TOO_MANY_ADJUSTMENTS_IN_REQUEST": "Try uploading fewer than 2001 adjustments in a single API request.",
     "INVALID_JOB_ID": "The job ID provided is not in the allowed range [1, 2^31).",
 }
 
@@ -105,16 +122,44 @@ class GoogleAdsApi(EmulatorCore):
         index: int | None = None,
         field_name: str | None = None,
         trigger: str | None = None,
+        collection: str = "conversions",
     ) -> dict[str, Any]:
         e: dict[str, Any] = {"errorCode": {key: name}, "message": message or _MESSAGES.get(name, name)}
         if trigger is not None:
             e["trigger"] = {"stringValue": trigger}
         if index is not None:
-            path: list[dict[str, Any]] = [{"fieldName": "conversions", "index": index}]
+            path: list[dict[str, Any]] = [{"fieldName": collection, "index": index}]
             if field_name:
                 path.append({"fieldName": field_name})
             e["location"] = {"fieldPathElements": path}
         return e
+
+    def _ads_admit(self, version: str, customer: str, req: dict[str, Any], n_rows: int) -> EmuReply | None:
+        """The account's rate limits (429 with a retry delay) and the partial-failure flag both
+        upload services require; ``None`` when the request may go on."""
+        limited = self._rate_check(customer, n_rows)
+        if limited is not None:
+            enum, delay, rate_name = limited
+            err = self._err("quotaError", enum, f"Too many requests. Retry in {int(delay + 0.999)} seconds.")
+            err["details"] = {
+                "quotaErrorDetails": {
+                    "rateScope": "DEVELOPER" if enum == "RESOURCE_EXHAUSTED" else "ACCOUNT",
+                    "rateName": rate_name,
+                    "retryDelay": f"{int(delay + 0.999)}s",
+                }
+            }
+            return self._ads_error(
+                version, 429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", [err]
+            )
+        if get_either(req, "partialFailure", "partial_failure") is not True:
+            return self._ads_error(
+                version,
+                400,
+                "INVALID_ARGUMENT",
+                "Request contains an invalid argument.",
+                [self._err("fieldError", "REQUIRED", "partial_failure must be true for this service.")],
+            )
+        return None
 
     def handle_ads_upload(
         self,
@@ -128,7 +173,7 @@ class GoogleAdsApi(EmulatorCore):
         customer, sep, method = customer_path.partition(":")
         if version not in cfg.api_versions and version not in cfg.retired_versions:
             return EmuReply(404, HTML_404, {"content-type": "text/html; charset=UTF-8"}, html=True)
-        if not sep or method != "uploadClickConversions":
+        if not sep or method not in ("uploadClickConversions", "uploadConversionAdjustments"):
             return EmuReply(404, HTML_404, {"content-type": "text/html; charset=UTF-8"}, html=True)
         self.api_requests += 1
         if version in cfg.retired_versions:
@@ -191,7 +236,8 @@ class GoogleAdsApi(EmulatorCore):
                 ],
             )
         not_allowlisted = customer in cfg.not_allowlisted
-        if not_allowlisted and cfg.not_allowlisted_mode != "row":
+        adjust = method == "uploadConversionAdjustments"
+        if not_allowlisted and cfg.not_allowlisted_mode != "row" and not adjust:
             return self._ads_error(
                 version,
                 403,
@@ -205,32 +251,15 @@ class GoogleAdsApi(EmulatorCore):
             return self._status_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
         if not isinstance(req, dict):
             return self._status_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+        if adjust:
+            return self._ads_adjust(version, customer, req)
         convs = req.get("conversions") or []
         if not isinstance(convs, list):
             return self._status_error(400, "INVALID_ARGUMENT", "Invalid value at 'conversions'.")
         self.rows_received += len(convs)
-        limited = self._rate_check(customer, len(convs))
-        if limited is not None:
-            enum, delay, rate_name = limited
-            err = self._err("quotaError", enum, f"Too many requests. Retry in {int(delay + 0.999)} seconds.")
-            err["details"] = {
-                "quotaErrorDetails": {
-                    "rateScope": "DEVELOPER" if enum == "RESOURCE_EXHAUSTED" else "ACCOUNT",
-                    "rateName": rate_name,
-                    "retryDelay": f"{int(delay + 0.999)}s",
-                }
-            }
-            return self._ads_error(
-                version, 429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", [err]
-            )
-        if get_either(req, "partialFailure", "partial_failure") is not True:
-            return self._ads_error(
-                version,
-                400,
-                "INVALID_ARGUMENT",
-                "Request contains an invalid argument.",
-                [self._err("fieldError", "REQUIRED", "partial_failure must be true for this service.")],
-            )
+        refused = self._ads_admit(version, customer, req, len(convs))
+        if refused is not None:
+            return refused
         if len(convs) > cfg.max_conversions:
             return self._ads_error(
                 version,
@@ -432,6 +461,22 @@ class GoogleAdsApi(EmulatorCore):
                     "conversionUploadError", "INVALID_USER_IDENTIFIER", index=i, field_name="user_identifiers"
                 )
                 continue
+            if uids and customer in cfg.data_terms_not_accepted:
+                errors[i] = err(
+                    "conversionUploadError",
+                    "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS",
+                    index=i,
+                    field_name="user_identifiers",
+                )
+                continue
+            if uids and not present and customer in cfg.ec_leads_disabled:
+                errors[i] = err(
+                    "conversionUploadError",
+                    "CUSTOMER_NOT_ENABLED_ENHANCED_CONVERSIONS_FOR_LEADS",
+                    index=i,
+                    field_name="user_identifiers",
+                )
+                continue
             click_field = present[0] if present else None
             click = str(c[click_field]) if click_field else None
             if not_allowlisted:
@@ -511,6 +556,7 @@ class GoogleAdsApi(EmulatorCore):
                 continue
             if order_id:
                 self._ads_orders.add((customer, aid, order_id))
+                self._ads_order_rows[(customer, aid, order_id)] = (len(self.accepted), instant)
                 self.order_id_counts[order_id] += 1
             if click is not None:
                 self._ads_clicks.add((customer, click, aid, instant))
@@ -526,6 +572,7 @@ class GoogleAdsApi(EmulatorCore):
                     "value": get_either(c, "conversionValue", "conversion_value"),
                     "currency": get_either(c, "currencyCode", "currency_code"),
                     "user_identifiers": len(uids) if isinstance(uids, list) else 0,
+                    "identifiers": uids if isinstance(uids, list) else [],
                     "consent": c.get("consent"),
                     "request_id": rid,
                     "received_at": now,
@@ -546,6 +593,157 @@ class GoogleAdsApi(EmulatorCore):
             payload["partialFailureError"] = {
                 "code": 3,
                 "message": summary,
+                "details": [self._ads_failure(version, failed, rid)],
+            }
+        return self._reply(200, payload, rid)
+
+    # ------------------------------------------------------------------ adjustments
+
+    def _ads_adjust(self, version: str, customer: str, req: dict[str, Any]) -> EmuReply:
+        """``POST /{version}/customers/{customerId}:uploadConversionAdjustments`` (RETRACTION and
+        RESTATEMENT keyed by order id; partial failure), with Google's checks: the conversion
+        must exist, be at least ``adjustment_min_age_s`` old and precede the adjustment; a
+        retracted conversion takes nothing more; adjustment times are unique per conversion and
+        never older than the newest one applied."""
+        cfg = self.config
+        adjs = get_either(req, "conversionAdjustments", "conversion_adjustments") or []
+        if not isinstance(adjs, list):
+            return self._status_error(400, "INVALID_ARGUMENT", "Invalid value at 'conversion_adjustments'.")
+        self.rows_received += len(adjs)
+        refused = self._ads_admit(version, customer, req, len(adjs))
+        if refused is not None:
+            return refused
+        if len(adjs) > cfg.max_conversions:
+            return self._ads_error(
+                version,
+                400,
+                "INVALID_ARGUMENT",
+                "Request contains an invalid argument.",
+                [self._err("conversionAdjustmentUploadError", "TOO_MANY_ADJUSTMENTS_IN_REQUEST")],
+            )
+        validate_only = get_either(req, "validateOnly", "validate_only") is True
+        rid = self._request_id()
+        now = self.clock()
+        n = len(adjs)
+        errors: list[dict[str, Any] | None] = [None] * n
+        parsed: list[tuple[tuple[str, str, str], str, float, Any] | None] = [None] * n
+
+        def err(name: str, i: int, key: str = "conversionAdjustmentUploadError", **kw: Any) -> dict[str, Any]:
+            return self._err(key, name, index=i, collection="conversion_adjustments", **kw)
+
+        for i, a in enumerate(adjs):
+            if not isinstance(a, dict):
+                errors[i] = err("REQUIRED", i, "fieldError", field_name="conversion_action")
+                continue
+            action = get_either(a, "conversionAction", "conversion_action")
+            m = _ACTION_RE.match(action) if isinstance(action, str) else None
+            if m is None:
+                errors[i] = err("REQUIRED", i, "fieldError", field_name="conversion_action")
+                continue
+            aid = m.group(2)
+            if cfg.conversion_actions and aid not in cfg.conversion_actions:
+                errors[i] = err("NO_CONVERSION_ACTION_FOUND", i, field_name="conversion_action", trigger=action)
+                continue
+            kind = get_either(a, "adjustmentType", "adjustment_type")
+            if kind not in ("RETRACTION", "RESTATEMENT"):
+                errors[i] = err("REQUIRED", i, "fieldError", field_name="adjustment_type")
+                continue
+            order_id = get_either(a, "orderId", "order_id")
+            if not order_id:
+                errors[i] = err("REQUIRED", i, "fieldError", field_name="order_id")
+                continue
+            when = get_either(a, "adjustmentDateTime", "adjustment_date_time")
+            instant = _ads_instant(when) if isinstance(when, str) else None
+            if instant is None:
+                errors[i] = err(
+                    "INVALID_STRING_DATE_TIME_SECONDS_WITH_OFFSET", i, "dateError", field_name="adjustment_date_time"
+                )
+                continue
+            value = None
+            if kind == "RESTATEMENT":
+                rv = get_either(a, "restatementValue", "restatement_value")
+                value = get_either(rv, "adjustedValue", "adjusted_value") if isinstance(rv, dict) else None
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    errors[i] = err("REQUIRED", i, "fieldError", field_name="restatement_value.adjusted_value")
+                    continue
+            key = (customer, aid, str(order_id))
+            found = self._ads_order_rows.get(key)
+            if found is None:
+                errors[i] = err("CONVERSION_NOT_FOUND", i, field_name="order_id", trigger=str(order_id))
+                continue
+            _idx, conv_instant = found
+            if instant < conv_instant:
+                errors[i] = err("ADJUSTMENT_PRECEDES_CONVERSION", i, field_name="adjustment_date_time")
+                continue
+            if now - conv_instant < cfg.adjustment_min_age_s:
+                errors[i] = err("TOO_RECENT_CONVERSION", i)
+                continue
+            if key in self._ads_retracted:
+                errors[i] = err("CONVERSION_ALREADY_RETRACTED", i)
+                continue
+            applied = self._ads_adjusted.get(key, [])
+            if instant in applied:
+                errors[i] = err("RESTATEMENT_ALREADY_EXISTS", i, field_name="adjustment_date_time")
+                continue
+            if applied and instant < max(applied):
+                errors[i] = err("MORE_RECENT_RESTATEMENT_FOUND", i, field_name="adjustment_date_time")
+                continue
+            parsed[i] = (key, kind, instant, value)
+
+        seen: Counter[tuple[tuple[str, str, str], float]] = Counter((p[0], p[2]) for p in parsed if p is not None)
+        results: list[dict[str, Any]] = []
+        for i, p in enumerate(parsed):
+            if p is not None and seen[(p[0], p[2])] > 1:
+                errors[i] = err("DUPLICATE_ADJUSTMENT_IN_REQUEST", i)
+                p = None
+            if p is None:
+                results.append({})
+                continue
+            key, kind, instant, value = p
+            a = adjs[i]
+            results.append(
+                {
+                    "conversionAction": get_either(a, "conversionAction", "conversion_action"),
+                    "adjustmentType": kind,
+                    "adjustmentDateTime": get_either(a, "adjustmentDateTime", "adjustment_date_time"),
+                    "orderId": key[2],
+                }
+            )
+            if validate_only:
+                continue
+            self._ads_adjusted.setdefault(key, []).append(instant)
+            rec = self.accepted[self._ads_order_rows[key][0]]
+            if kind == "RETRACTION":
+                self._ads_retracted.add(key)
+                rec["retracted"] = True
+            else:
+                rec["value"] = value
+                rv = get_either(a, "restatementValue", "restatement_value") or {}
+                rec["currency"] = get_either(rv, "currencyCode", "currency_code") or rec["currency"]
+            rec["adjusted_at"] = now
+            self.adjustments[key[2]] += 1
+            self.adjustment_log.append(
+                {
+                    "api": "google_ads",
+                    "account": customer,
+                    "order_id": key[2],
+                    "type": kind,
+                    "value": value,
+                    "adjustment_date_time": get_either(a, "adjustmentDateTime", "adjustment_date_time"),
+                    "request_id": rid,
+                    "received_at": now,
+                }
+            )
+        payload: dict[str, Any] = {"jobId": str(self.rng.randint(2**31, 2**63 - 1))}
+        if not validate_only:
+            payload["results"] = results
+        failed = [e for e in errors if e is not None]
+        if failed:
+            payload["partialFailureError"] = {
+                "code": 3,
+                "message": failed[0]["message"]
+                if len(failed) == 1
+                else f"Multiple errors in \u2018details\u2019. First error: {failed[0]['message']}",
                 "details": [self._ads_failure(version, failed, rid)],
             }
         return self._reply(200, payload, rid)

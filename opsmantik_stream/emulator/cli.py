@@ -216,6 +216,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "USER_PERMISSION_DENIED (repeatable; unlisted customers accept any)",
     )
     auth.add_argument(
+        "--ec-leads-disabled",
+        action="append",
+        default=[],
+        metavar="CUSTOMER",
+        help="customer id without enhanced conversions for leads: identifier-only conversions answer "
+        "CUSTOMER_NOT_ENABLED_ENHANCED_CONVERSIONS_FOR_LEADS (repeatable)",
+    )
+    auth.add_argument(
+        "--data-terms-not-accepted",
+        action="append",
+        default=[],
+        metavar="CUSTOMER",
+        help="customer id that has not accepted the customer data terms: conversions with user identifiers "
+        "answer CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS (repeatable)",
+    )
+    auth.add_argument(
+        "--adjustment-min-age-s",
+        type=float,
+        default=d.adjustment_min_age_s,
+        help="an adjustment of a conversion younger than this answers TOO_RECENT_CONVERSION "
+        "(Google: 24 h; default: %(default)s)",
+    )
+    auth.add_argument(
         "--dm-processing-s",
         type=float,
         default=d.dm_processing_s,
@@ -253,6 +276,9 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         conversion_actions=args.conversion_action,
         manager_links=dict(args.manager_link),
         dm_processing_s=args.dm_processing_s,
+        ec_leads_disabled=args.ec_leads_disabled,
+        data_terms_not_accepted=args.data_terms_not_accepted,
+        adjustment_min_age_s=args.adjustment_min_age_s,
     )
 
 
@@ -265,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(build_config(args))
     print(
         f"opsmantik emulator on http://{args.host}:{args.port} "
-        f"(token: /token, Ads: /{{v}}/customers/{{id}}:uploadClickConversions, "
+        f"(token: /token, Ads: /{{v}}/customers/{{id}}:uploadClickConversions|uploadConversionAdjustments, "
         f"Data Manager: /v1/events:ingest, control: /_emulator/state)",
         flush=True,
     )

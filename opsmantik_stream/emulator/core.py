@@ -115,6 +115,15 @@ class EmulatorConfig(msgspec.Struct, forbid_unknown_fields=True):
     not_allowlisted: list[str] = []
     #: ``request`` (403 for the whole request) or ``row`` (every row in partial failure).
     not_allowlisted_mode: str = "request"
+    #: Customer ids that have not turned on enhanced conversions for leads: a conversion with user
+    #: identifiers and no click id fails CUSTOMER_NOT_ENABLED_ENHANCED_CONVERSIONS_FOR_LEADS.
+    ec_leads_disabled: list[str] = []
+    #: Customer ids that have not accepted the customer data terms: any conversion with user
+    #: identifiers fails CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS.
+    data_terms_not_accepted: list[str] = []
+    #: An adjustment of a conversion that happened less recently than this fails
+    #: TOO_RECENT_CONVERSION (Google: at least 24 hours).
+    adjustment_min_age_s: float = 24 * 3600.0
     #: When non-empty, the only conversion action ids that exist.
     conversion_actions: list[str] = []
     #: customer id -> manager ids allowed as login-customer-id (unlisted customers: any).
@@ -220,6 +229,13 @@ class EmulatorCore:
         self.order_id_attempts: Counter[str] = Counter()
         self.adjustments: Counter[str] = Counter()
         self._ads_orders: set[tuple[str, str, str]] = set()
+        #: (customer, action, order id) -> index in ``accepted`` and the conversion's instant
+        self._ads_order_rows: dict[tuple[str, str, str], tuple[int, float]] = {}
+        #: (customer, action, order id) -> adjustment instants applied, and whether retracted
+        self._ads_adjusted: dict[tuple[str, str, str], list[float]] = {}
+        self._ads_retracted: set[tuple[str, str, str]] = set()
+        #: every adjustment applied, in order, for inspection (``/_emulator/state``)
+        self.adjustment_log: list[dict[str, Any]] = []
         self._ads_clicks: set[tuple[str, str, str, float]] = set()
         self._dm_txn: dict[tuple[str, str, str], int] = {}
         self._flaky_seen: set[str] = set()
@@ -257,6 +273,7 @@ class EmulatorCore:
             "order_id_counts": dict(self.order_id_counts),
             "order_id_attempts": dict(self.order_id_attempts),
             "adjustments": dict(self.adjustments),
+            "adjustment_log": list(self.adjustment_log),
             "duplicate_order_ids": sorted(k for k, n in self.order_id_counts.items() if n > 1),
             "requests_per_second": per_second(self.received_per_second),
             "admitted_requests_per_second": per_second(self.admitted_per_second),

@@ -325,6 +325,10 @@ class DataManagerApi(EmulatorCore):
                             )
                             or []
                         ),
+                        "identifiers": get_either(
+                            get_either(ev, "userData", "user_data") or {}, "userIdentifiers", "user_identifiers"
+                        )
+                        or [],
                         "consent": ev.get("consent"),
                         "request_id": rid,
                         "received_at": now,

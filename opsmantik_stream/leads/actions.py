@@ -16,7 +16,9 @@ from typing import Any
 
 import asyncpg
 
-from opsmantik_stream.enums import ActorType, CallAction, CallStatus, SourceKind
+from opsmantik_stream.destinations.base import phone_sha256
+from opsmantik_stream.enums import ActorType, CallAction, CallSource, CallStatus, QueueKind, SourceKind
+from opsmantik_stream.leads.adjust import adjust_conversion
 from opsmantik_stream.leads.enqueue import EnqueueResult, enqueue_conversion
 from opsmantik_stream.leads.errors import LeadError
 from opsmantik_stream.queries import Q
@@ -163,25 +165,7 @@ async def apply_call_action(
         snapshot,
         {k: v for k, v in payload.items() if v is not None},
     )
-    conversion: EnqueueResult | None = None
-    voided = False
-    if updated["status"] == S.CONFIRMED and previous != S.CONFIRMED:
-        session_id, session_month = session_of_call(row)
-        conversion = await enqueue_conversion(
-            conn,
-            site_id=row["site_id"],
-            source_kind=SourceKind.CALL,
-            source_id=call_id,
-            session_id=session_id,
-            session_month=session_month,
-            conversion_time=updated["confirmed_at"] or now,
-            value_minor=updated["value_minor"],
-            currency=updated["currency"] or "TRY",
-        )
-    elif previous == S.CONFIRMED and updated["status"] != S.CONFIRMED:
-        voided = bool(
-            await conn.fetch(Q.sales.void_pending_conversion, SourceKind.CALL.value, call_id, f"call {action}")
-        )
+    conversion, voided, retracted = await _follow_up_conversion(conn, row, updated, previous, action, now)
     await write_audit(
         conn,
         actor_type,
@@ -196,6 +180,7 @@ async def apply_call_action(
             "new_status": updated["status"],
             "enqueued": conversion.enqueued if conversion else None,
             "conversion_voided": voided,
+            "conversion_retracted": retracted,
         },
     )
     return {
@@ -204,4 +189,54 @@ async def apply_call_action(
         "previous_status": previous,
         "conversion": conversion.to_dict() if conversion else None,
         "conversion_voided": voided,
+        "conversion_retracted": retracted,
     }
+
+
+async def _follow_up_conversion(
+    conn: asyncpg.Connection,
+    row: asyncpg.Record,
+    updated: asyncpg.Record,
+    previous: str,
+    action: str,
+    now: dt.datetime,
+) -> tuple[EnqueueResult | None, bool, bool]:
+    """What a call's new state means for its conversion, in the action's transaction:
+    (the enqueue answer of a seal, voided before upload, retracted after upload)."""
+    call_id = row["id"]
+    conversion: EnqueueResult | None = None
+    voided = False
+    retracted = False
+    if updated["status"] == S.CONFIRMED and previous != S.CONFIRMED:
+        session_id, session_month = session_of_call(row)
+        conversion = await enqueue_conversion(
+            conn,
+            site_id=row["site_id"],
+            source_kind=SourceKind.CALL,
+            source_id=call_id,
+            session_id=session_id,
+            session_month=session_month,
+            conversion_time=updated["confirmed_at"] or now,
+            value_minor=updated["value_minor"],
+            currency=updated["currency"] or "TRY",
+            # a phone system's call event carries the caller's number: only its hash is queued
+            phone_sha256=phone_sha256(row["phone_number"])
+            if row["source"] == CallSource.CALL_EVENT and row["phone_number"]
+            else None,
+        )
+    elif previous == S.CONFIRMED and updated["status"] != S.CONFIRMED:
+        voided = bool(
+            await conn.fetch(Q.sales.void_pending_conversion, SourceKind.CALL.value, call_id, f"call {action}")
+        )
+        if not voided:
+            # already uploaded (or being uploaded: 409, the action rolls back): retract it there
+            retraction = await adjust_conversion(
+                conn,
+                site_id=row["site_id"],
+                source_kind=SourceKind.CALL.value,
+                source_id=call_id,
+                kind=QueueKind.RETRACTION,
+                reason=f"call {action}",
+            )
+            retracted = retraction.outcome == "adjustment_queued"
+    return conversion, voided, retracted

@@ -36,6 +36,8 @@ class NotEnqueued:
     NO_SESSION = "no_session"
     SESSION_NOT_FOUND = "session_not_found"
     NO_CLICK_ID = "no_click_id"
+    #: no click id, identifiers present, but the site has not opted in to identifier-only uploads
+    ENHANCED_CONVERSIONS_OFF = "no_click_id_enhanced_conversions_off"
     NO_MARKETING_CONSENT = "no_marketing_consent"
     ALREADY_ENQUEUED = "already_enqueued"
     PENDING_FOR_SESSION = "pending_conversion_for_session"
@@ -65,9 +67,13 @@ def not_enqueued_reason(
     session_found: bool,
     click: tuple[str, str] | None,
     consent_scopes: list[str] | None,
+    *,
+    has_identifier: bool = False,
+    enhanced_conversions: bool = False,
 ) -> str | None:
     """Why a conversion of this source cannot be enqueued (a ``NotEnqueued`` reason), or
-    None when it can. The enqueue and the console's "not queued: ..." read this one rule."""
+    None when it can. The enqueue and the console's "not queued: ..." read this one rule.
+    Without a click id a hashed identifier is enough on a site with enhanced conversions on."""
     if value_minor is None or value_minor <= 0:
         return NotEnqueued.ZERO_VALUE
     if not has_session:
@@ -75,7 +81,10 @@ def not_enqueued_reason(
     if not session_found:
         return NotEnqueued.SESSION_NOT_FOUND
     if click is None:
-        return NotEnqueued.NO_CLICK_ID
+        if not has_identifier:
+            return NotEnqueued.NO_CLICK_ID
+        if not enhanced_conversions:
+            return NotEnqueued.ENHANCED_CONVERSIONS_OFF
     if "marketing" not in (consent_scopes or []):
         return NotEnqueued.NO_MARKETING_CONSENT
     return None
@@ -92,23 +101,39 @@ async def enqueue_conversion(
     conversion_time: dt.datetime,
     value_minor: int | None,
     currency: str,
+    email_sha256: str | None = None,
+    phone_sha256: str | None = None,
 ) -> EnqueueResult:
-    """Enqueue (in the caller's transaction) when the session has a click id and
-    ``marketing`` consent. Never raises for a business reason; see ``EnqueueResult``."""
+    """Enqueue (in the caller's transaction) when the session has ``marketing`` consent and a
+    click id, or, on a site that opted in to enhanced conversions for leads, a hashed email or
+    phone instead. Identifiers (already normalised and hashed: the source's own, else those a
+    form captured on the session, see ``opsmantik_stream.capture``) go with the row either way. Never
+    raises for a business reason; see ``EnqueueResult``."""
     kind = SourceKind(source_kind).value
     session = None
     if value_minor is not None and value_minor > 0 and session_id is not None:
         session = await conn.fetchrow(Q.sales.session_for_conversion, site_id, session_id, session_month)
     click = choose_click_id(session["gclid"], session["wbraid"], session["gbraid"]) if session else None
+    if session is not None and (email_sha256 is None or phone_sha256 is None):
+        # what the source lacks, a form that opted in may have captured on the session
+        captured = await conn.fetchrow(Q.sales.session_captured_identifiers, site_id, session["id"])
+        email_sha256 = email_sha256 or captured["email_sha256"]
+        phone_sha256 = phone_sha256 or captured["phone_sha256"]
+    site = await conn.fetchrow(Q.sales.site_destination, site_id)
     reason = not_enqueued_reason(
-        value_minor, session_id is not None, session is not None, click, session["consent_scopes"] if session else None
+        value_minor,
+        session_id is not None,
+        session is not None,
+        click,
+        session["consent_scopes"] if session else None,
+        has_identifier=email_sha256 is not None or phone_sha256 is not None,
+        enhanced_conversions=bool(site["enhanced_conversions"]),
     )
     if reason is not None:
         return EnqueueResult(False, reason)
-    assert session is not None and click is not None
-    site = await conn.fetchrow(Q.sales.site_destination, site_id)
+    assert session is not None
     destination = site["default_destination"]
-    click_type, click_value = click
+    click_type, click_value = click if click is not None else (None, None)
     # exactly one click id is stored: the uploader sends what it finds
     ids = {t.value: (click_value if t.value == click_type else None) for t in ClickIdType}
     order_id = order_id_for(site_id, kind, source_id)
@@ -129,12 +154,17 @@ async def enqueue_conversion(
         value_minor,
         currency,
         consent,
+        email_sha256,
+        phone_sha256,
     )
     if row is not None:
         return EnqueueResult(True, None, str(row["id"]), row["order_id"], click_type)
     existing = await conn.fetchrow(Q.sales.conversion_by_source, kind, source_id)
     if existing is not None and existing["status"] == "FAILED" and existing["error_code"] == "VOIDED":
-        if await conn.fetchrow(Q.sales.pending_conversion_for_session, site_id, session["id"]) is None:
+        lead_waits = kind == SourceKind.CALL and (
+            await conn.fetchrow(Q.sales.pending_lead_for_session, site_id, session["id"]) is not None
+        )
+        if not lead_waits:
             revived = await conn.fetchrow(
                 Q.sales.revive_voided_conversion,
                 kind,
@@ -147,6 +177,8 @@ async def enqueue_conversion(
                 currency,
                 destination,
                 consent,
+                email_sha256,
+                phone_sha256,
             )
             if revived is not None:
                 return EnqueueResult(True, None, str(revived["id"]), revived["order_id"], click_type)

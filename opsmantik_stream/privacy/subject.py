@@ -28,6 +28,7 @@ from typing import Any
 
 import asyncpg
 
+from opsmantik_stream.destinations.base import email_sha256
 from opsmantik_stream.destinations.google.mapping import hash_phone_e164
 from opsmantik_stream.enums import PrivacyIdentifier
 from opsmantik_stream.ingest.store import session_uuid
@@ -155,12 +156,17 @@ async def resolve_subject(conn: asyncpg.Connection, subject: Subject) -> Subject
         sessions = await _ids(conn, Q.privacy.sessions_by_fingerprint, site, subject.value)
     elif subject.kind == PrivacyIdentifier.EMAIL:
         sessions = await _ids(conn, Q.privacy.sessions_by_email, site, subject.value)
+        # a form that opted in to enhanced conversions left only the address's hash
+        sessions += await _ids(conn, Q.privacy.sessions_by_captured_identifier, site, email_sha256(subject.value), None)
     else:
         # stored numbers are as the phone system sent them: narrow by the last digits, then
         # keep those that normalise to the subject's number (the one rule, normalize_phone)
         candidates = await conn.fetch(Q.privacy.phone_call_candidates, site, subject.value[-7:])
         call_ids = [r["id"] for r in candidates if normalize_phone(r["phone_number"]) == f"tel:{subject.value}"]
         sessions = await _ids(conn, Q.privacy.sessions_of_calls, site, call_ids) if call_ids else []
+        sessions += await _ids(
+            conn, Q.privacy.sessions_by_captured_identifier, site, None, hash_phone_e164(subject.value)
+        )
     return await expand(conn, site, sessions, call_ids, subject)
 
 
@@ -182,9 +188,11 @@ async def expand(
     digits = subject.phone_digits if subject else None
     calls = await _ids(conn, Q.privacy.related_calls, site, sessions, call_ids, fp, email, digits)
     conversations = await _ids(conn, Q.privacy.related_conversations, site, sessions, calls, email, digits)
-    sales = await _ids(conn, Q.privacy.related_sales, site, conversations, email, digits)
     phone_hash = hash_phone_e164(subject.value) if subject and subject.kind == PrivacyIdentifier.PHONE else None
-    queue_rows = await _ids(conn, Q.privacy.related_queue_rows, site, sessions, calls, sales, phone_hash)
+    # an address is hashed by Google's rule, as sales store it for enhanced conversions
+    email_hash = email_sha256(email) if email else None
+    sales = await _ids(conn, Q.privacy.related_sales, site, conversations, email, digits, email_hash, phone_hash)
+    queue_rows = await _ids(conn, Q.privacy.related_queue_rows, site, sessions, calls, sales, phone_hash, email_hash)
     sids = {str(s) for s in sessions}
     if sessions:
         sids.update(await _ids(conn, Q.privacy.client_session_ids, site, sessions))

@@ -56,6 +56,15 @@ SELECT DISTINCT session_id AS id
 FROM events
 WHERE site_id = $1 AND (lower(metadata ->> 'email') = $2 OR metadata ->> 'email_lc' = $2);
 
+-- name: sessions_by_captured_identifier
+-- Sessions on which a form that opted in captured the subject's hashed email ($2) or phone
+-- ($3) (opsmantik_stream/capture.py: only the hashes are in the event's metadata).
+SELECT DISTINCT session_id AS id
+FROM events
+WHERE site_id = $1
+  AND (($2::text IS NOT NULL AND metadata ->> 'email_sha256' = $2)
+       OR ($3::text IS NOT NULL AND metadata ->> 'phone_sha256' = $3));
+
 -- name: phone_call_candidates
 -- Calls whose number ends in the same last seven digits (a cheap narrowing; the caller keeps
 -- those whose normalised number is the subject's). Click intents are left out: their number
@@ -104,7 +113,10 @@ WHERE s.site_id = $1
        OR s.id IN (SELECT l.entity_id FROM conversation_links l
                    WHERE l.site_id = $1 AND l.conversation_id = ANY ($2::uuid[]) AND l.entity_type = 'sale')
        OR ($3::text IS NOT NULL AND position($3 IN lower(s.notes)) > 0)
-       OR ($4::text IS NOT NULL AND position($4 IN regexp_replace(s.notes, '[\s().+-]', '', 'g')) > 0));
+       OR ($4::text IS NOT NULL AND position($4 IN regexp_replace(s.notes, '[\s().+-]', '', 'g')) > 0)
+       -- the customer's hashed email / phone given for enhanced conversions
+       OR ($5::text IS NOT NULL AND s.email_sha256 = $5)
+       OR ($6::text IS NOT NULL AND s.phone_sha256 = $6));
 
 -- name: related_queue_rows
 SELECT id
@@ -113,7 +125,8 @@ WHERE site_id = $1
   AND (session_id = ANY ($2::uuid[])
        OR (source_kind = 'call' AND source_id = ANY ($3::uuid[]))
        OR (source_kind = 'sale' AND source_id = ANY ($4::uuid[]))
-       OR ($5::text IS NOT NULL AND phone_sha256 = $5));
+       OR ($5::text IS NOT NULL AND phone_sha256 = $5)
+       OR ($6::text IS NOT NULL AND email_sha256 = $6));
 
 -- name: client_session_ids
 -- The session ids the tracker used (a non-UUID sid was mapped to a derived UUID), as dead
@@ -193,15 +206,18 @@ SET note = NULL, primary_source = '{}'::jsonb
 WHERE site_id = $1 AND id = ANY ($2::uuid[]) AND (note IS NOT NULL OR primary_source <> '{}'::jsonb);
 
 -- name: anonymize_sales
-UPDATE sales SET notes = NULL WHERE site_id = $1 AND id = ANY ($2::uuid[]) AND notes IS NOT NULL;
+UPDATE sales SET notes = NULL, email_sha256 = NULL, phone_sha256 = NULL
+WHERE site_id = $1 AND id = ANY ($2::uuid[])
+  AND (notes IS NOT NULL OR email_sha256 IS NOT NULL OR phone_sha256 IS NOT NULL);
 
 -- name: void_conversions
 SELECT privacy_void_conversions($1, $2::uuid[], $3, $4);
 
 -- name: anonymize_queue_rows
 UPDATE offline_conversion_queue
-SET gclid = NULL, wbraid = NULL, gbraid = NULL, phone_sha256 = NULL, anonymized_at = $3
-WHERE site_id = $1 AND id = ANY ($2::uuid[]) AND num_nonnulls(gclid, wbraid, gbraid, phone_sha256) > 0;
+SET gclid = NULL, wbraid = NULL, gbraid = NULL, phone_sha256 = NULL, email_sha256 = NULL, anonymized_at = $3
+WHERE site_id = $1 AND id = ANY ($2::uuid[])
+  AND num_nonnulls(gclid, wbraid, gbraid, phone_sha256, email_sha256) > 0;
 
 -- name: redact_dead_letters
 -- The payload is replaced by a marker; a pending one can no longer be replayed.
@@ -242,7 +258,7 @@ SELECT * FROM sales WHERE site_id = $1 AND id = ANY ($2::uuid[]) AND id > $3 ORD
 
 -- name: export_queue_rows
 SELECT id, destination, source_kind, source_id, session_id, order_id, gclid, wbraid, gbraid,
-       conversion_time, value_minor, currency, phone_sha256, status, attempt, uploaded_at,
+       conversion_time, value_minor, currency, phone_sha256, email_sha256, kind, status, attempt, uploaded_at,
        error_code, created_at, updated_at, anonymized_at
 FROM offline_conversion_queue
 WHERE site_id = $1 AND id = ANY ($2::uuid[]) AND id > $3

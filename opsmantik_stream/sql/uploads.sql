@@ -58,7 +58,8 @@ FROM (
 ) c
 WHERE q.id = c.id
 RETURNING q.id, q.order_id, q.attempt, q.gclid, q.wbraid, q.gbraid, q.conversion_time,
-          q.value_minor, q.currency, q.phone_sha256, q.consent_scopes, q.created_at;
+          q.value_minor, q.currency, q.phone_sha256, q.email_sha256, q.consent_scopes, q.created_at,
+          q.kind, q.adjusted_at;
 
 -- name: finish_rows
 -- Guarded transitions: only rows still PROCESSING under this uploader's claim and attempt
@@ -219,6 +220,11 @@ SELECT id, public_id, default_destination FROM sites WHERE id = $1 FOR UPDATE;
 -- name: set_site_destination
 UPDATE sites SET default_destination = $2 WHERE id = $1;
 
+-- name: set_enhanced_conversions
+-- Whether the site uploads conversions that have hashed identifiers but no click id.
+UPDATE sites SET enhanced_conversions = $2 WHERE id = $1
+RETURNING (SELECT enhanced_conversions FROM sites WHERE id = $1) AS previous, enhanced_conversions;
+
 -- name: blocked_elsewhere
 -- BLOCKED rows queued for another destination than the site's (a requeue moves them).
 SELECT count(*) FROM offline_conversion_queue
@@ -307,19 +313,27 @@ LIMIT $2;
 
 -- name: requeue_rows
 -- FAILED/BLOCKED -> QUEUED with a fresh attempt budget (an operator fixed the cause), moved to
--- the site's current destination (the fix may have been choosing another one). Rows whose
--- session already has another pending conversion stay as they are.
+-- the site's current destination (the fix may have been choosing another one); an adjustment
+-- stays with its conversion's destination (only that one holds the conversion). A lead whose
+-- session already has another pending lead, and an adjustment whose conversion already has
+-- another pending adjustment, stay as they are.
 UPDATE offline_conversion_queue q
 SET status = 'QUEUED', attempt = 0, next_retry_at = now(), claimed_by = NULL, claimed_at = NULL,
     claim_batch_id = NULL, error_code = NULL, error_category = NULL,
-    destination = (SELECT s.default_destination FROM sites s WHERE s.id = q.site_id),
+    destination = CASE WHEN q.kind = 'conversion'
+                       THEN (SELECT s.default_destination FROM sites s WHERE s.id = q.site_id)
+                       ELSE q.destination END,
     last_error = 'requeued by operator'
 WHERE q.site_id = $1 AND q.status IN ('FAILED', 'BLOCKED')
   AND ($2::uuid[] IS NULL OR q.id = ANY ($2::uuid[]))
   AND ($3::text IS NULL OR q.status = $3)
-  AND NOT (q.status = 'FAILED' AND q.error_code = 'VOIDED')
-  AND (q.session_id IS NULL OR NOT EXISTS (
+  AND NOT (q.status = 'FAILED' AND q.error_code IN ('VOIDED', 'SUPERSEDED'))
+  AND (q.session_id IS NULL OR q.kind <> 'conversion' OR q.source_kind <> 'call' OR NOT EXISTS (
         SELECT 1 FROM offline_conversion_queue o
         WHERE o.site_id = q.site_id AND o.session_id = q.session_id AND o.id <> q.id
+          AND o.kind = 'conversion' AND o.source_kind = 'call'
           AND o.status IN ('QUEUED', 'PROCESSING', 'RETRY')))
+  AND (q.adjusts_id IS NULL OR NOT EXISTS (
+        SELECT 1 FROM offline_conversion_queue o
+        WHERE o.adjusts_id = q.adjusts_id AND o.id <> q.id AND o.status IN ('QUEUED', 'PROCESSING', 'RETRY')))
 RETURNING q.id, q.destination;

@@ -21,16 +21,40 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import httpx
 
+from opsmantik_stream.config import Settings
 from opsmantik_stream.destinations import registry
-from opsmantik_stream.destinations.base import credentials_command, destination_command, requeue_command
+from opsmantik_stream.destinations.base import (
+    CheckStep,
+    DestinationContext,
+    Operation,
+    credentials_command,
+    destination_command,
+    requeue_command,
+)
 from opsmantik_stream.enums import ActorType
 from opsmantik_stream.queries import Q
 from opsmantik_stream.tenancy import write_audit
-from opsmantik_stream.uploads.credentials import CredentialsError, SiteCredentials, public_view, save_credentials
+from opsmantik_stream.uploads.credentials import (
+    CredentialsError,
+    SiteCredentials,
+    open_credentials,
+    public_view,
+    save_credentials,
+    vault_from_settings,
+)
 from opsmantik_stream.vault import Vault
 
-__all__ = ["credentials_overview", "destination_names", "set_credentials", "set_destination", "sites_delivery"]
+__all__ = [
+    "credentials_overview",
+    "destination_names",
+    "set_credentials",
+    "set_destination",
+    "set_enhanced_conversions",
+    "sites_delivery",
+    "test_credentials",
+]
 
 
 def destination_names() -> list[str]:
@@ -169,4 +193,115 @@ async def set_destination(
         "credentials": with_credentials,
         "blocked_elsewhere": blocked_elsewhere,
         "note": "; ".join(notes) or None,
+    }
+
+
+async def set_enhanced_conversions(
+    conn: asyncpg.Connection, site_id: Any, enabled: bool, *, actor_type: ActorType, actor_id: str | None
+) -> dict[str, Any]:
+    """Opt the site in or out of enhanced conversions for leads (conversions with a hashed email
+    or phone but no click id are then queued and uploaded, with marketing consent); audited."""
+    async with conn.transaction():
+        row = await conn.fetchrow(Q.uploads.set_enhanced_conversions, site_id, enabled)
+        if row is None:
+            raise CredentialsError("site_not_found", "no such site")
+        await write_audit(
+            conn,
+            actor_type,
+            actor_id,
+            "site.enhanced_conversions_set",
+            "site",
+            str(site_id),
+            site_id,
+            {"enabled": enabled, "previous": row["previous"]},
+        )
+    return {"enhanced_conversions": enabled, "previous": row["previous"]}
+
+
+async def test_credentials(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    site_id: Any,
+    public_id: str,
+    destination: str | None = None,
+    *,
+    actor_type: ActorType,
+    actor_id: str | None,
+    http: httpx.AsyncClient | None = None,
+) -> dict[str, Any]:
+    """Test the site's stored credentials for ``destination`` (default: the site's) without
+    storing anything at the destination: each step tried, in words, and ``ok`` when all
+    worked. Audited (the answer carries no secret). Endpoints are the deployment's settings."""
+    site = await conn.fetchrow(Q.sales.site_destination, site_id)
+    if site is None:
+        raise CredentialsError("site_not_found", "no such site")
+    name = destination or site["default_destination"]
+    if name not in destination_names():
+        raise CredentialsError(
+            "invalid_destination", f"destination must be one of {', '.join(destination_names())}: {name!r}"
+        )
+    cls = registry.get(name)
+    steps: list[CheckStep]
+    row = await conn.fetchrow(Q.uploads.credentials_for, site_id, name)
+    if Operation.TEST not in cls.operations:
+        steps = [CheckStep("test", False, f"{name} offers no connection test", "UNSUPPORTED_OPERATION")]
+    elif row is None:
+        steps = [
+            CheckStep(
+                "credentials",
+                False,
+                f"no {name} credentials for this site: set them with {credentials_command(public_id, name)}",
+                "MISSING_CREDENTIALS",
+            )
+        ]
+    else:
+        try:
+            creds = open_credentials(vault_from_settings(settings), row, name)
+        except CredentialsError as exc:
+            steps = [
+                CheckStep(
+                    "credentials",
+                    False,
+                    f"{exc.message}: set them again with {credentials_command(public_id, name)}",
+                    exc.code,
+                )
+            ]
+        else:
+            timeout = httpx.Timeout(
+                settings.upload_request_timeout_s, connect=min(5.0, settings.upload_request_timeout_s)
+            )
+            # the deployment's endpoints only, and no redirects (never an address a tenant chose)
+            client = http or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+            try:
+                dest = cls(DestinationContext(settings, client, timeout, settings.upload_chunk_size))
+                try:
+                    steps = await dest.test_connection(creds, public_id=public_id)
+                finally:
+                    await dest.aclose()
+            finally:
+                if http is None:
+                    await client.aclose()
+    ok = bool(steps) and all(s.ok for s in steps)
+    failed = next((s for s in steps if not s.ok), None)
+    summary = (
+        f"{name} works for this site: " + "; ".join(s.detail for s in steps)
+        if ok
+        else f"{name} does not work for this site yet: {failed.detail if failed else 'nothing was tried'}"
+    )
+    await write_audit(
+        conn,
+        actor_type,
+        actor_id,
+        "credentials.test",
+        "provider_credentials",
+        name,
+        site_id,
+        {"destination": name, "ok": ok, "code": failed.code if failed else None},
+    )
+    return {
+        "destination": name,
+        "site_destination": site["default_destination"],
+        "ok": ok,
+        "summary": summary,
+        "steps": [{"step": s.step, "ok": s.ok, "code": s.code, "detail": s.detail} for s in steps],
     }

@@ -56,7 +56,7 @@ from opsmantik_stream.destinations.base import (
     UploadResult,
     UserIdentifier,
 )
-from opsmantik_stream.enums import CircuitState, ErrorCategory, GateDecision, OutcomeKind
+from opsmantik_stream.enums import CircuitState, ErrorCategory, GateDecision, OutcomeKind, QueueKind
 from opsmantik_stream.queries import Q
 from opsmantik_stream.retry import RetryPolicy
 from opsmantik_stream.telemetry import UPLOADER_METRICS, Stats
@@ -558,7 +558,11 @@ class UploadEngine:
 
 
 def _conversion(row: Any) -> Conversion:
-    phone = row["phone_sha256"]
+    ids = tuple(
+        UserIdentifier(kind, row[kind.value])
+        for kind in (IdentifierKind.EMAIL_SHA256, IdentifierKind.PHONE_SHA256)
+        if row[kind.value]
+    )
     scopes = row["consent_scopes"]
     return Conversion(
         queue_id=str(row["id"]),
@@ -569,7 +573,10 @@ def _conversion(row: Any) -> Conversion:
         gclid=row["gclid"],
         wbraid=row["wbraid"],
         gbraid=row["gbraid"],
-        user_identifiers=(UserIdentifier(IdentifierKind.PHONE_SHA256, phone),) if phone else (),
+        user_identifiers=ids,
+        # an adjustment of an uploaded conversion (restatement, retraction), or None
+        adjustment=row["kind"] if row["kind"] != QueueKind.CONVERSION else None,
+        adjusted_at=row["adjusted_at"],
         # the visitor's consent as recorded when the conversion was enqueued
         consent_scopes=tuple(scopes) if scopes is not None else None,
     )

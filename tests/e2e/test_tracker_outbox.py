@@ -43,7 +43,23 @@ PAGE = """<!doctype html>
   <script src="/assets/core.js" {site} {consent} data-api="/api/sync" async></script>
 </body></html>
 """
+FORMS = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Quote</title></head><body>
+  <form id="plain" action="#" onsubmit="return false">
+    <input type="email" value="jane@example.com"><input type="tel" value="+905321234567">
+    <button id="send-plain">Send</button></form>
+  <form id="both" action="#" onsubmit="return false" data-om-capture="email,phone">
+    <input name="your-email" value="  Jane.Doe@Gmail.com "><input name="phone" value="+90 532 123 45 67">
+    <button id="send-both">Send</button></form>
+  <form id="email-only" action="#" onsubmit="return false" data-om-capture="email">
+    <input type="email" value="joe@example.com"><input type="tel" value="+905551112233">
+    <button id="send-email-only">Send</button></form>
+  <script src="/assets/core.js" data-ops-site-id="{site}" {consent} data-api="/api/sync" async></script>
+</body></html>
+"""
 PAGES = {
+    "/forms": FORMS.format(site=SITE, consent='data-consent="analytics,marketing"'),
+    "/forms-analytics": FORMS.format(site=SITE, consent='data-consent="analytics"'),
     "/page": PAGE.format(site=f'data-ops-site-id="{SITE}"', consent='data-consent="analytics,marketing"'),
     "/noconsent": PAGE.format(site=f'data-ops-site-id="{SITE}"', consent=""),
     "/nosite": PAGE.format(site="", consent='data-consent="analytics"'),
@@ -320,3 +336,37 @@ async def _has(stub: Stub, action: str) -> bool:
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_only_a_form_that_opts_in_sends_its_email_and_phone(bt: BrowserThread, stub: Stub) -> None:
+    """data-om-capture="email,phone" on the form (never by default), with marketing consent:
+    the form-submit event carries the fields it names, as typed (the server hashes them)."""
+    page, _log = await bt.new_page()
+    try:
+        for path, marketing in (("/forms", True), ("/forms-analytics", False)):
+            stub.hits.clear()
+            await bt(page.goto(f"{stub.base}{path}"))
+            await _ready(bt, page)
+            for form in ("plain", "both", "email-only"):
+                await bt(page.click(f"#send-{form}"))
+            await bt(page.evaluate("window.opsmantik.flush()"))
+
+            async def submits() -> dict[str, dict[str, Any]] | None:
+                got = {e["el"]: e["meta"] for h in stub.hits for e in h.events if e.get("ea") == "form_submit"}
+                return got if len(got) == 3 else None
+
+            sent = await until(submits, "three form submits")
+            captured = {
+                form: {k: v for k, v in meta.items() if k.startswith("om_") and k != "om_tracker_version"}
+                for form, meta in sent.items()
+            }
+            if marketing:
+                assert captured == {
+                    "plain": {},
+                    "both": {"om_email": "Jane.Doe@Gmail.com", "om_phone": "+90 532 123 45 67"},
+                    "email-only": {"om_email": "joe@example.com"},
+                }
+            else:
+                assert captured == {"plain": {}, "both": {}, "email-only": {}}
+    finally:
+        await bt.close_page(page)

@@ -142,6 +142,10 @@ def test_every_command_has_help() -> None:
         ["token", "create"],
         ["status"],
         ["emulator"],
+        ["sale", "cancel"],
+        ["sale", "restate"],
+        ["site", "credentials", "test"],
+        ["site", "enhanced-conversions", "set"],
     ]
     for cmd in commands:
         proc = subprocess.run(

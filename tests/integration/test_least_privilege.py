@@ -375,3 +375,72 @@ async def test_two_partition_jobs_at_once_do_not_collide(db_url: str) -> None:
     finally:
         for conn in (first, second, watcher):
             await conn.close()
+
+
+async def test_api_role_cannot_forge_adjustments_or_identifiers(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, make_site: Any, make_token: Any
+) -> None:
+    """Issue 13's rows (adjustments, hashed identifiers) pass the guard only as the real paths
+    write them: the source's own identifiers, and adjustments that carry the source's figures."""
+    site = await make_site()
+    token = await make_token(site["public_id"], "owner")
+    async with pool.acquire() as conn:
+        owner = (await tenancy.resolve_token(conn, token)).user_id  # type: ignore[union-attr]
+    session = await make_session(pool, site["site_id"], gclid="gclid-EC")
+    r = await client.post(
+        "/api/conversations", json={"site": site["public_id"], "primary_session_id": session["id"]}, headers=auth(token)
+    )
+    conv_id = r.json()["conversation"]["id"]
+    body = {"site": site["public_id"], "conversation_id": conv_id, "amount_minor": 7000, "currency": "EUR"}
+    r = await client.post(
+        "/api/sales",
+        json={**body, "occurred_at": "2026-03-05T14:30:00Z", "email": "a@example.com"},
+        headers=auth(token),
+    )
+    sale_id = r.json()["sale"]["id"]
+    r = await client.post(f"/api/sales/{sale_id}/confirm", headers=auth(token))
+    assert r.json()["enqueued"] is True, r.text
+    qid = await pool.fetchval("SELECT id FROM offline_conversion_queue WHERE order_id = $1", r.json()["order_id"])
+    someone_else = "f" * 64
+    for sql, arg in (
+        # another person's hash on the sale's conversion
+        ("UPDATE offline_conversion_queue SET email_sha256 = $2 WHERE id = $1", someone_else),
+        # a click id the session never had (its wbraid is NULL: no match, never a pass)
+        ("UPDATE offline_conversion_queue SET wbraid = $2 WHERE id = $1", "forged-wbraid"),
+    ):
+        async with api_transaction(pool, owner) as conn:
+            with pytest.raises(Insufficient):
+                await conn.execute(sql, qid, arg)
+
+    await pool.execute(
+        "UPDATE offline_conversion_queue SET status = 'COMPLETED', uploaded_at = now() WHERE id = $1", qid
+    )
+    adjustment = """INSERT INTO offline_conversion_queue (site_id, destination, source_kind, source_id, order_id, gclid,
+            email_sha256, conversion_time, value_minor, currency, consent_scopes, kind, adjusts_id, adjusted_at)
+        SELECT site_id, destination, source_kind, source_id, order_id, gclid, email_sha256, conversion_time,
+               $2, currency, consent_scopes, $3, id, now()
+        FROM offline_conversion_queue WHERE id = $1"""
+    # a restatement to a value the sale does not have; a retraction of a sale still confirmed
+    for value, kind in ((1, "restatement"), (0, "retraction")):
+        async with api_transaction(pool, owner) as conn:
+            with pytest.raises(Insufficient):
+                await conn.execute(adjustment, qid, value, kind)
+
+    # the real paths: restate (an adjustment with the sale's new value), then cancel (the
+    # pending adjustment becomes a retraction); the pending row cannot be reshaped by hand
+    r = await client.post(f"/api/sales/{sale_id}/restate", json={"amount_minor": 9000}, headers=auth(token))
+    assert r.status_code == 200 and r.json()["conversion"]["outcome"] == "adjustment_queued", r.text
+    adj = uuid.UUID(r.json()["conversion"]["adjustment_id"])
+    reshape: tuple[tuple[str, object], ...] = (
+        ("UPDATE offline_conversion_queue SET value_minor = $2 WHERE id = $1", 1),
+        ("UPDATE offline_conversion_queue SET kind = $2 WHERE id = $1", "conversion"),
+        ("UPDATE offline_conversion_queue SET email_sha256 = $2 WHERE id = $1", someone_else),
+    )
+    for statement, new_value in reshape:
+        async with api_transaction(pool, owner) as conn:
+            with pytest.raises(Insufficient):
+                await conn.execute(statement, adj, new_value)
+    r = await client.post(f"/api/sales/{sale_id}/cancel", headers=auth(token))
+    assert r.status_code == 200, r.text
+    got = await pool.fetchrow("SELECT kind, value_minor, status FROM offline_conversion_queue WHERE id = $1", adj)
+    assert (got["kind"], got["value_minor"], got["status"]) == ("retraction", 0, "QUEUED")

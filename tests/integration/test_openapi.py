@@ -18,6 +18,9 @@ BODY_ROUTES = {
     ("post", "/api/conversations/{conversation_id}/links"): "LinkBody",
     ("post", "/api/conversations/{conversation_id}/resolve"): "ResolveBody",
     ("post", "/api/sales"): "SaleBody",
+    ("post", "/api/sales/{sale_id}/restate"): "RestateBody",
+    ("post", "/api/sites/{site}/credentials/test"): "CredentialsTestBody",
+    ("put", "/api/sites/{site}/enhanced-conversions"): "EnhancedConversionsBody",
     # one body per destination, tagged by "destination" (see credentials_body_type)
     ("put", "/api/sites/{site}/credentials"): "GoogleAdsCredentialsBody|DataManagerCredentialsBody",
     ("put", "/api/sites/{site}/destination"): "DestinationBody",
@@ -57,5 +60,7 @@ async def test_every_operation_is_described(client: httpx.AsyncClient) -> None:
     sale = schemas["SaleBody"]["properties"]
     assert sale["amount_minor"]["maximum"] == 10**15 and sale["amount_minor"]["minimum"] == 0
     assert sale["notes"]["anyOf"][0]["pattern"] == "^[^\\x00]*$"
+    assert sale["email"]["anyOf"][0]["pattern"] == sale["phone"]["anyOf"][0]["pattern"] == "^[^\\x00]*$"
+    assert schemas["RestateBody"]["properties"]["amount_minor"]["maximum"] == 10**15
     call_event = schemas["CallEventBody"]
     assert "event_id" in call_event["required"] and call_event.get("additionalProperties") is False

@@ -182,10 +182,12 @@ async def test_concurrent_confirms_enqueue_once_and_reasons(
     assert sorted(a.status_code for a in answers) == [200, 409]
     assert await _count(pool, "offline_conversion_queue", site["site_id"]) == 1
 
-    # a second sale of the same session waits: one pending conversion per (site, session)
+    # a second sale of the same session is its own conversion with its own order id (issue 13)
     sale2 = (await _sale(client, token, site, amount_minor=500, conversation_id=conv_id)).json()["sale"]
     resp = await client.post(f"/api/sales/{sale2['id']}/confirm", headers=auth(token))
-    assert resp.json()["enqueued"] is False and resp.json()["reason"] == "pending_conversion_for_session"
+    assert resp.json()["enqueued"] is True, resp.text
+    assert resp.json()["order_id"] == order_id_for(site["site_id"], "sale", sale2["id"])
+    assert await _count(pool, "offline_conversion_queue", site["site_id"]) == 2
 
     # no marketing consent -> confirmed, not enqueued, and the answer says why
     analytics_only = await make_session(pool, site["site_id"], consent=("analytics",))
@@ -205,7 +207,7 @@ async def test_concurrent_confirms_enqueue_once_and_reasons(
     sale4 = (await _sale(client, token, site, amount_minor=700)).json()["sale"]
     resp = await client.post(f"/api/sales/{sale4['id']}/confirm", headers=auth(token))
     assert (resp.json()["enqueued"], resp.json()["reason"]) == (False, "no_conversation")
-    assert await _count(pool, "offline_conversion_queue", site["site_id"]) == 1
+    assert await _count(pool, "offline_conversion_queue", site["site_id"]) == 2
 
 
 ROLES = ["owner", "admin", "operator", "analyst", "billing"]

@@ -34,6 +34,8 @@ TOO_RECENT_ERRORS = frozenset(
         "TOO_RECENT_EVENT",
         "TOO_RECENT_CONVERSION_ACTION",
         "TOO_RECENT_CALL",
+        # an adjustment of a conversion that happened less than 24 hours ago
+        "TOO_RECENT_CONVERSION",
         # Data Manager processing error reason (request status counts).
         "PROCESSING_ERROR_REASON_TOO_RECENT_CLICK",
     }
@@ -48,16 +50,22 @@ ALREADY_EXISTS_ERRORS = frozenset(
         "CALL_CONVERSION_ALREADY_EXISTS",
         "PROCESSING_ERROR_REASON_DUPLICATE_TRANSACTION_ID",
         "PROCESSING_ERROR_REASON_DUPLICATE_GCLID",
+        # an adjustment resent with its own (stable) adjustment time: already applied
+        "RESTATEMENT_ALREADY_EXISTS",
     }
 )
 
 #: The request was too large: resend the rows in smaller requests.
-SPLIT_BATCH_ERRORS = frozenset({"TOO_MANY_CONVERSIONS_IN_REQUEST", "TOO_MANY_EVENTS"})
+SPLIT_BATCH_ERRORS = frozenset(
+    {"TOO_MANY_CONVERSIONS_IN_REQUEST", "TOO_MANY_EVENTS", "TOO_MANY_ADJUSTMENTS_IN_REQUEST"}
+)
 
 #: Server-side transient faults, per row or per request. In-request duplicates are a client
 #: bug but none of the copies was processed, so they are retried (one copy at a time).
 TRANSIENT_ERRORS = frozenset(
     {
+        # an adjustment whose conversion Google has not processed yet (it was just uploaded)
+        "CONVERSION_NOT_FOUND",
         "UNKNOWN",
         "UNSPECIFIED",
         "INTERNAL_ERROR",

@@ -7,7 +7,6 @@ phone numbers, protobuf Durations, both casings of proto-JSON keys, and the REST
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -15,14 +14,16 @@ from typing import Any
 
 import httpx
 
-from opsmantik_stream.destinations.base import Conversion, IdentifierKind, normalize_e164
+from opsmantik_stream.destinations.base import Conversion, IdentifierKind, normalize_e164, phone_sha256
 
 __all__ = [
     "currency_exponent",
+    "email_hash",
     "error_envelope",
     "format_ads_datetime",
     "format_rfc3339",
     "get_either",
+    "has_identifier",
     "hash_phone_e164",
     "minor_to_major",
     "normalize_e164",
@@ -89,19 +90,30 @@ def pick_click_id(conv: Conversion) -> tuple[str, str] | None:
 
 def hash_phone_e164(phone: str) -> str | None:
     """Lowercase hex SHA-256 of the E.164 phone number, or ``None`` if it is not E.164."""
-    normalized = normalize_e164(phone)
-    if normalized is None:
-        return None
-    return hashlib.sha256(normalized.encode("ascii")).hexdigest()
+    return phone_sha256(phone)
 
 
-def phone_hash(conv: Conversion) -> str | None:
-    """The row's hashed phone, when it carries a well-formed one."""
-    h = conv.identifier(IdentifierKind.PHONE_SHA256)
+def _hashed(conv: Conversion, kind: IdentifierKind) -> str | None:
+    h = conv.identifier(kind)
     if h is None:
         return None
     h = h.strip().lower()
     return h if _SHA256_HEX_RE.match(h) else None
+
+
+def phone_hash(conv: Conversion) -> str | None:
+    """The row's hashed phone, when it carries a well-formed one."""
+    return _hashed(conv, IdentifierKind.PHONE_SHA256)
+
+
+def email_hash(conv: Conversion) -> str | None:
+    """The row's hashed email, when it carries a well-formed one."""
+    return _hashed(conv, IdentifierKind.EMAIL_SHA256)
+
+
+def has_identifier(conv: Conversion) -> bool:
+    """Whether the row carries a usable hashed identifier (enough without a click id)."""
+    return phone_hash(conv) is not None or email_hash(conv) is not None
 
 
 def parse_duration(value: Any) -> float | None:

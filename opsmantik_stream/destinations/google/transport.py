@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import httpx
@@ -21,14 +21,17 @@ import msgspec
 
 from opsmantik_stream.destinations.base import (
     BeforeRequest,
+    CheckStep,
     Classification,
     Conversion,
     Destination,
     DestinationContext,
     ErrorCategory,
+    Operation,
     OutcomeKind,
     RowOutcome,
     UploadResult,
+    credentials_command,
 )
 from opsmantik_stream.destinations.google.classify import classify
 from opsmantik_stream.destinations.google.credentials import (
@@ -38,7 +41,12 @@ from opsmantik_stream.destinations.google.credentials import (
     action_id,
     digits,
 )
-from opsmantik_stream.destinations.google.mapping import parse_duration, pick_click_id, request_id_from_headers
+from opsmantik_stream.destinations.google.mapping import (
+    has_identifier,
+    parse_duration,
+    pick_click_id,
+    request_id_from_headers,
+)
 from opsmantik_stream.destinations.google.oauth import OAuthConfigError, OAuthError, TokenProvider
 
 __all__ = ["OK", "ChunkResult", "GoogleDestination", "Reply", "Verdict", "verdict"]
@@ -49,6 +57,18 @@ _DURATION = "opsmantik_upload_request_duration_seconds"
 _RESPONSES = "opsmantik_upload_responses"
 #: Google rejects more than 2,000 conversions (or events) in one request.
 MAX_CHUNK_SIZE = 2000
+#: The click id of the connection test's validate-only conversion: not a real click, so Google
+#: may refuse it (a row error about the click id means the account and action were accepted).
+TEST_CLICK_ID = "opsmantik-connection-test"
+_PERMISSION = frozenset({"USER_PERMISSION_DENIED", "PERMISSION_DENIED", "CUSTOMER_NOT_FOUND", "INVALID_CUSTOMER_ID"})
+_ACTION = frozenset(
+    {
+        "NO_CONVERSION_ACTION_FOUND",
+        "INVALID_CONVERSION_ACTION_ID",
+        "INVALID_CONVERSION_ACTION",
+        "RESOURCE_NAME_MALFORMED",
+    }
+)
 
 _SEVERITY = {
     OutcomeKind.COMPLETED: 0,
@@ -116,6 +136,7 @@ class GoogleDestination(Destination):
     credentials_schema = GoogleCredentials
     credential_help = GOOGLE_CREDENTIAL_HELP
     secret_fields = GOOGLE_SECRET_FIELDS
+    operations = frozenset({Operation.UPLOAD, Operation.TEST, Operation.ADJUST})
     max_batch = MAX_CHUNK_SIZE
     #: the deployment setting holding this destination's API root
     base_url_setting: ClassVar[str]
@@ -169,8 +190,8 @@ class GoogleDestination(Destination):
             return verdict(0, "MISSING_CONVERSION_ACTION", "no conversion action in credentials or row")
         if action_id(action) is None:
             return verdict(0, "INVALID_CONVERSION_ACTION", "conversion action is not an id or resource name")
-        if pick_click_id(conv) is None:
-            return verdict(200, "MISSING_CLICK_ID", "row has no gclid, wbraid or gbraid")
+        if pick_click_id(conv) is None and not has_identifier(conv):
+            return verdict(200, "MISSING_CLICK_ID", "row has no gclid, wbraid or gbraid, and no hashed identifier")
         if not conv.order_id or not conv.order_id.strip():
             return verdict(200, "MISSING_ORDER_ID", "order id is required for idempotent uploads")
         t = conv.conversion_time
@@ -211,7 +232,7 @@ class GoogleDestination(Destination):
         else:
             valid: list[int] = []
             for i, conv in enumerate(conversions):
-                problem = self._check_row(conv, creds.conversion_action)
+                problem = self.refuse(conv) or self._check_row(conv, creds.conversion_action)
                 if problem is None:
                     valid.append(i)
                 else:
@@ -339,6 +360,103 @@ class GoogleDestination(Destination):
             retry_after = parse_duration((resp.headers.get("retry-after") or "") + "s")
             return Reply(resp.status_code, body, request_id_from_headers(resp.headers), retry_after)
         raise AssertionError("unreachable")
+
+    # -- connection test ----------------------------------------------------------------
+
+    async def test_connection(self, creds: Any, *, public_id: str) -> list[CheckStep]:
+        """Refresh the token (a fresh one, not the cache's), then one validate-only upload of a
+        test conversion: Google checks the account, the manager link, the conversion action and
+        the allowlist without storing anything."""
+        assert isinstance(creds, GoogleCredentials)
+        fix = credentials_command(public_id, self.name)
+        problem = self._check_credentials(creds)
+        if problem is not None:
+            return [CheckStep("credentials", False, f"{problem.message}: set them again with {fix}", problem.code)]
+        self.tokens.invalidate(creds)
+        try:
+            await self.tokens.get_token(creds)
+        except OAuthConfigError as exc:
+            if exc.code == "invalid_grant":
+                words = f"the refresh token is expired or revoked: store a new one with {fix}"
+            elif exc.code in ("invalid_client", "unauthorized_client"):
+                words = f"Google does not know this OAuth client id and secret: set the right ones with {fix}"
+            else:
+                words = f"Google refused the OAuth credentials ({exc.message}): set them again with {fix}"
+            return [CheckStep("token", False, words, exc.code)]
+        except OAuthError as exc:
+            return [
+                CheckStep(
+                    "token", False, f"the token endpoint did not answer usefully ({exc.message}); try again", exc.code
+                )
+            ]
+        steps = [CheckStep("token", True, "the refresh token was exchanged for an access token")]
+        probe = Conversion(
+            queue_id="connection-test",
+            order_id="om_connection_test",
+            conversion_time=datetime.now(UTC) - timedelta(hours=1),
+            value_minor=100,
+            currency="USD",
+            gclid=TEST_CLICK_ID,
+        )
+        url, content, headers = self.build_request(creds, [probe])
+        body = msgspec.json.decode(content)
+        body["validateOnly"] = True  # Google validates and stores nothing
+        scratch = UploadResult(destination=self.name, rows=[])
+        reply = await self._post(creds, url, msgspec.json.encode(body), headers, scratch)
+        if isinstance(reply, Verdict):
+            steps.append(CheckStep("upload", False, f"{self.label} could not be reached: {reply.message}", reply.code))
+            return steps
+        v = self.parse_reply(reply, 1).verdicts[0]
+        kind = v.cls.kind
+        # a validate-only answer carries no results: 200 without a named error is a pass
+        if kind in (OutcomeKind.COMPLETED, OutcomeKind.ALREADY_EXISTS) or (
+            reply.status == 200 and v.code == "MISSING_RESULT"
+        ):
+            steps.append(
+                CheckStep("upload", True, f"a validate-only upload was accepted by {self.label} (nothing was stored)")
+            )
+        elif kind is OutcomeKind.FAILED and v.cls.category is ErrorCategory.VALIDATION and v.code not in _ACTION:
+            steps.append(
+                CheckStep(
+                    "upload",
+                    True,
+                    f"{self.label} accepted the account and conversion action and refused only the test "
+                    f"conversion itself ({v.code}: it carries no real click), as expected; nothing was stored",
+                    v.code,
+                )
+            )
+        else:
+            steps.append(CheckStep("upload", False, self._test_advice(v, creds, public_id), v.code))
+        return steps
+
+    def _test_advice(self, v: Verdict, creds: GoogleCredentials, public_id: str) -> str:
+        """What a failed validate-only upload means, and what fixes it."""
+        fix = credentials_command(public_id, self.name)
+        said = f" (Google said: {v.message})" if v.message else ""
+        hint = self.blocked_hint(v.code, public_id=public_id, site_destination=self.name, site_has_credentials=True)
+        if hint is not None:
+            return hint + said
+        if v.code in _ACTION:
+            return (
+                f"conversion action {creds.conversion_action!r} does not exist in account {creds.customer_id}: "
+                f"set the right one with {fix} --conversion-action ...{said}"
+            )
+        if v.code in _PERMISSION:
+            return (
+                f"these credentials cannot act on account {creds.customer_id}: when it is reached through a "
+                f"manager account, set that account with {fix} --login-customer-id ...; otherwise check "
+                f"--customer-id{said}"
+            )
+        if v.cls.kind is OutcomeKind.BLOCKED:
+            return f"{self.label} refused this account or set-up ({v.code}): fix it with {fix}{said}"
+        if v.cls.kind in (OutcomeKind.RETRY, OutcomeKind.RETRY_AFTER_6H, OutcomeKind.SPLIT_BATCH):
+            return f"{self.label} is temporarily unavailable or rate limited ({v.code}); try again later{said}"
+        return f"{self.label} refused the test upload ({v.code}){said}"
+
+    def refuse(self, conv: Conversion) -> Verdict | None:
+        """A row this destination cannot deliver at all (e.g. an adjustment it does not offer):
+        its verdict, given without a request; ``None`` to send it."""
+        return None
 
     def _no_answer(self, code: str, message: str) -> Verdict:
         """A request left but no HTTP answer came back: counted as status ``none``."""
