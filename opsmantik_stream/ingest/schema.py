@@ -101,6 +101,10 @@ class MetaIn(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     intent_action: Str64 | None = None
     phone_number: Str256 | None = None
     consent_scopes: ScopesIn | None = None
+    # what a form that opted in with data-om-capture sent (opsmantik_stream/capture.py): only
+    # their hashes are kept, for form intents with marketing consent; never stored as sent
+    om_email: Str512 | None = None
+    om_phone: Str256 | None = None
 
 
 _NO_META = MetaIn()

@@ -39,6 +39,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from opsmantik_stream.capture import PLAIN_META_KEYS, form_identifiers
 from opsmantik_stream.ingest import attribution as attr
 from opsmantik_stream.ingest.billing import classify_billable, seconds_to_next_month
 from opsmantik_stream.ingest.intents import detect_intent, intent_target, target_phone_number
@@ -124,6 +125,9 @@ class EventMeta(msgspec.Struct, omit_defaults=True):
     duration_sec: int | None = None
     focus_dur: int | None = None
     intent_target: str | None = None
+    # a form's captured email / phone, hashed (opsmantik_stream/capture.py)
+    email_sha256: str | None = None
+    phone_sha256: str | None = None
 
 
 class BatchEvent(msgspec.Struct, omit_defaults=True):
@@ -243,6 +247,11 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
         scroll = max(scroll or 0, _clip(ev.ev, 100) or 0)
     click_id, click_type = ids.best()
     ua = ev.ua is not None
+    captured = (
+        form_identifiers(intent, meta.om_email, meta.om_phone)
+        if (meta.om_email or meta.om_phone) and ev.consent is not None and "marketing" in ev.consent
+        else {}
+    )
     return BatchEvent(
         i=i,
         site=ev.site_id,
@@ -309,6 +318,8 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
             duration_sec=meta.duration_sec,
             focus_dur=meta.focus_dur,
             intent_target=target,
+            email_sha256=captured.get("email_sha256"),
+            phone_sha256=captured.get("phone_sha256"),
         ),
         intent=intent.value if intent is not None else None,
         target=target,
@@ -334,7 +345,8 @@ def _dead_payload(ev: WireEvent) -> dict[str, Any]:
             "ev": ev.ev,
             "r": ev.referrer,
             "consent": ev.consent,
-            "meta": ev.meta,
+            # a form's captured email and phone are never kept as sent (a replay goes without them)
+            "meta": msgspec.structs.replace(ev.meta, **dict.fromkeys(PLAIN_META_KEYS)),
             "ip": ev.ip,
             "ua": ev.ua,
         }

@@ -384,3 +384,37 @@ async def test_a_consent_event_passes_the_gate_and_plain_events_cannot_raise_con
     lonely = str(uuid.uuid4())
     assert (await post(stack_client, event(site, sid=lonely, ec="system", ea="consent", consent=[]))).status_code == 202
     assert await pool.fetchval("SELECT count(*) FROM sessions WHERE id = $1", uuid.UUID(lonely)) == 0
+
+
+async def test_form_capture_keeps_only_the_hashes(
+    stack_client: httpx.AsyncClient, make_site: Any, pool: asyncpg.Pool
+) -> None:
+    """A form that opted in (``data-om-capture``) sends ``meta.om_email`` / ``om_phone`` with
+    its form-submit: the event keeps their SHA-256 (``capture.form_identifiers``), never the
+    values; without marketing consent, or on an event that is not a form, nothing is kept."""
+    from opsmantik_stream.capture import form_identifiers
+    from opsmantik_stream.enums import IntentAction
+
+    site = await make_site(origins=[ORIGIN])
+    plain = {"om_email": "  Jane.Doe@Gmail.com ", "om_phone": "+90 532 123 45 67"}
+    form = event(site, ec="conversion", ea="form_submit", el="quote", meta={"fp": "fp-f", **plain})
+    no_consent = event(
+        site, ec="conversion", ea="form_submit", el="quote", consent=["analytics"], meta={"fp": "fp-g", **plain}
+    )
+    view = event(site, meta={"fp": "fp-h", **plain})
+    for body in (form, no_consent, view):
+        r = await post(stack_client, body)
+        assert r.status_code == 202, r.text
+    found = await pool.fetch("SELECT metadata->>'eid' AS eid, metadata::text AS m FROM events")
+    rows = {r["eid"]: json.loads(r["m"]) for r in found}
+    want = form_identifiers(IntentAction.FORM, plain["om_email"], plain["om_phone"])
+    assert set(want) == {"email_sha256", "phone_sha256"}
+    assert {k: rows[form["eid"]].get(k) for k in want} == want
+    for other in (no_consent, view):
+        assert not set(want) & set(rows[other["eid"]]), rows[other["eid"]]
+    # the values as sent are nowhere in the database
+    stored = await pool.fetchval(
+        "SELECT string_agg(x, ' ') FROM (SELECT metadata::text AS x FROM events "
+        "UNION ALL SELECT row_to_json(s)::text FROM sessions s UNION ALL SELECT payload::text FROM dead_letters) t"
+    )
+    assert "jane" not in stored.lower() and "123 45 67" not in stored and "5321234567" not in stored
