@@ -21,9 +21,11 @@ from typing import Annotated
 import msgspec
 
 __all__ = [
+    "CURRENCY_PATTERN",
     "MAX_MINOR_UNITS",
     "NO_NUL_PATTERN",
     "SITE_PUBLIC_ID_PATTERN",
+    "CurrencyCode",
     "MinorUnits",
     "Note",
     "SitePublicId",
@@ -40,13 +42,17 @@ __all__ = [
 # regex (re.search semantics) matching strings without a NUL character
 NO_NUL_PATTERN = "^[^\\x00]*$"
 SITE_PUBLIC_ID_PATTERN = "^[0-9a-f]{32}$"
+# an ISO 4217 code as sites, sales and Google take it: three upper-case letters
+CURRENCY_PATTERN = "^[A-Z]{3}$"
 # 10**15 minor units: ten trillion in a two-decimal currency; far below bigint's 2**63 - 1
 MAX_MINOR_UNITS = 10**15
 
 _SITE_RE = re.compile(SITE_PUBLIC_ID_PATTERN)
+_CURRENCY_RE = re.compile(CURRENCY_PATTERN)
 
 MinorUnits = Annotated[int, msgspec.Meta(ge=0, le=MAX_MINOR_UNITS)]
 SitePublicId = Annotated[str, msgspec.Meta(pattern=SITE_PUBLIC_ID_PATTERN)]
+CurrencyCode = Annotated[str, msgspec.Meta(pattern=CURRENCY_PATTERN)]
 
 
 # strings of at most N characters that PostgreSQL can store
@@ -58,6 +64,11 @@ Text512 = Annotated[str, msgspec.Meta(max_length=512, pattern=NO_NUL_PATTERN)]
 Text2048 = Annotated[str, msgspec.Meta(max_length=2048, pattern=NO_NUL_PATTERN)]
 # operator notes on calls, conversations and sales
 Note = Annotated[str, msgspec.Meta(max_length=2000, pattern=NO_NUL_PATTERN)]
+
+
+def is_currency_code(value: str) -> bool:
+    """True for a currency code as ``CURRENCY_PATTERN`` has it (``TRY``, ``EUR``)."""
+    return bool(_CURRENCY_RE.fullmatch(value))
 
 
 def is_site_public_id(value: str) -> bool:

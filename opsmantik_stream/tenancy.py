@@ -13,6 +13,7 @@ import asyncpg
 import msgspec
 
 from opsmantik_stream.enums import ActorType, PlatformRole, SiteRole
+from opsmantik_stream.fields import is_currency_code
 from opsmantik_stream.queries import Q
 from opsmantik_stream.rbac import Capability, role_can
 
@@ -129,7 +130,7 @@ async def create_site(
     """Create a site with its plan, origins and call-event secrets; returns the new site."""
     domain_origin = normalize_origin(domain)
     all_origins = {domain_origin, *(normalize_origin(o) for o in origins or [])}
-    if not (len(currency) == 3 and currency.isalpha() and currency.isupper()):
+    if not is_currency_code(currency):
         raise TenancyError("invalid_currency", f"currency must be an ISO 4217 code like TRY: {currency!r}")
     secret = _new_secret()
     async with conn.transaction():

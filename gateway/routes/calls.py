@@ -22,7 +22,7 @@ from gateway.partitions import PartitionUnavailable
 from gateway.signed import authenticate, unauthorized
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType, CallSource, CallStatus
-from opsmantik_stream.fields import MinorUnits, Note, Text32
+from opsmantik_stream.fields import CurrencyCode, MinorUnits, Note, Text32
 from opsmantik_stream.leads import signing
 from opsmantik_stream.leads.actions import apply_call_action, call_dict
 from opsmantik_stream.leads.call_events import (
@@ -135,7 +135,7 @@ async def list_intents(
 class CallActionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     action: Text32
     value_minor: MinorUnits | None = None
-    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
+    currency: CurrencyCode | None = None
     score: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     note: Note | None = None
 

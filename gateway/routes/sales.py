@@ -14,7 +14,7 @@ from gateway.errors import ApiError, JSONResponse, decode_json, json_response
 from gateway.operator import lead_error, parse_time_param, parse_uuid_or_404, require_on_row_site
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType
-from opsmantik_stream.fields import NO_NUL_PATTERN, MinorUnits, Note, SitePublicId, Text32, Text64
+from opsmantik_stream.fields import NO_NUL_PATTERN, CurrencyCode, MinorUnits, Note, SitePublicId, Text32, Text64
 from opsmantik_stream.leads import conversations as conv
 from opsmantik_stream.leads import sales as sales_core
 from opsmantik_stream.leads.errors import LeadError
@@ -47,7 +47,7 @@ class SaleBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # the column is a bigint; no real sale comes near it (fields.MAX_MINOR_UNITS)
     amount_minor: MinorUnits
     occurred_at: Text64
-    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
+    currency: CurrencyCode | None = None
     external_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL_PATTERN)] | None = None
     conversation_id: uuid.UUID | None = None
     notes: Note | None = None
@@ -217,7 +217,7 @@ async def confirm_sale(sale_id: str, request: Request, principal: CurrentPrincip
 
 class RestateBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     amount_minor: MinorUnits
-    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
+    currency: CurrencyCode | None = None
 
 
 @router.post(

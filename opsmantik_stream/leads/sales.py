@@ -11,7 +11,7 @@ import asyncpg
 
 from opsmantik_stream.destinations.base import email_sha256, phone_sha256
 from opsmantik_stream.enums import ActorType, QueueKind, SaleStatus, SourceKind
-from opsmantik_stream.fields import to_utc
+from opsmantik_stream.fields import is_currency_code, to_utc
 from opsmantik_stream.leads.actions import session_of_call
 from opsmantik_stream.leads.adjust import adjust_conversion
 from opsmantik_stream.leads.enqueue import EnqueueResult, NotEnqueued, enqueue_conversion
@@ -243,7 +243,7 @@ async def restate_sale(
         raise LeadError(
             400, "invalid_amount", "amount_minor must be a positive integer (cancel the sale to withdraw it)"
         )
-    if currency is not None and not (len(currency) == 3 and currency.isascii() and currency.isupper()):
+    if currency is not None and not is_currency_code(currency):
         raise LeadError(400, "invalid_currency", "currency must be an ISO 4217 code such as EUR")
     sale = await conn.fetchrow(Q.sales.lock_sale, sale_id)
     if sale is None:

@@ -9,7 +9,6 @@ both Google destinations (``DestinationContext.shared``), with the deployment's 
 from __future__ import annotations
 
 import abc
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,10 +47,10 @@ from opsmantik_stream.destinations.google.mapping import (
     request_id_from_headers,
 )
 from opsmantik_stream.destinations.google.oauth import OAuthConfigError, OAuthError, TokenProvider
+from opsmantik_stream.fields import is_currency_code
 
 __all__ = ["OK", "ChunkResult", "GoogleDestination", "Reply", "Verdict", "verdict"]
 
-_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 # telemetry.UPLOADER_METRICS names this module records
 _DURATION = "opsmantik_upload_request_duration_seconds"
 _RESPONSES = "opsmantik_upload_responses"
@@ -197,7 +196,7 @@ class GoogleDestination(Destination):
         t = conv.conversion_time
         if not isinstance(t, datetime) or t.tzinfo is None or t.utcoffset() is None:
             return verdict(200, "INVALID_CONVERSION_TIME", "conversion_time must be a timezone-aware datetime")
-        if not conv.currency or not _CURRENCY_RE.match(conv.currency.upper()):
+        if not conv.currency or not is_currency_code(conv.currency.upper()):
             return verdict(200, "INVALID_CURRENCY", "currency must be an ISO 4217 code")
         if conv.value_minor < 0:
             return verdict(200, "INVALID_VALUE", "value_minor must not be negative")
