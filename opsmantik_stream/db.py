@@ -51,7 +51,14 @@ API_ROLE = "opsmantik_api"
 # `max_wal_size` a busy ingest checkpointed every minute or so and most of its WAL was such
 # page images. Fewer checkpoints cost disk (WAL up to `max_wal_size`) and a longer crash
 # recovery (replaying at most that), never durability: commits still flush the WAL.
+#
+# Shared buffers: the ledger's primary key takes a random leaf page per event (its keys are
+# hashes), so its whole index is the working set; past the stock 128 MB every insert waits
+# for a page to be written out and read back, and a 30-minute soak's p99 doubled as the
+# ledger grew. 512 MB holds a few days of a busy site's index; it needs a restart, which
+# `start` does once, right after it created the database.
 EMBEDDED_SETTINGS: dict[str, str] = {
+    "shared_buffers": "512MB",
     "max_wal_size": "4GB",
     "min_wal_size": "512MB",  # keeps WAL segments for reuse instead of creating new files
     "checkpoint_timeout": "15min",
@@ -63,7 +70,8 @@ class EmbeddedPostgres:
 
     ``pgserver`` listens on a unix socket only (no TCP port at all), which keeps the
     embedded database off every network interface. ``EMBEDDED_SETTINGS`` are applied on
-    every start (ALTER SYSTEM and a reload: none of them needs a restart).
+    every start (ALTER SYSTEM and a reload; a new database is restarted once for
+    ``shared_buffers``).
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -78,11 +86,17 @@ class EmbeddedPostgres:
             import pgserver
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not (self.pgdata / "PG_VERSION").exists()
         # pgserver exports get_server without listing it in __all__
         self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         self._server.psql(
             "".join(f"ALTER SYSTEM SET {k} = '{v}';" for k, v in EMBEDDED_SETTINGS.items()) + "SELECT pg_reload_conf();"
         )
+        if fresh:
+            # shared_buffers is read at server start: restart the server this call just created
+            # (nobody else uses it yet); an older database takes it at its next start
+            self._server.cleanup()
+            self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         return str(self._server.get_uri())
 
     @property
