@@ -1,6 +1,13 @@
 """The emulator's Google Ads API: ``POST /{version}/customers/{customerId}:uploadClickConversions``
-(partial failure, whole-request errors, dedupe by order id and by click + time, quotas).
-Wire: reference/google-apis.md §1 and §3."""
+(partial failure, whole-request errors, dedupe by order id and by click + time, quotas) and
+``:uploadConversionAdjustments`` (retractions and restatements by order id).
+Wire: reference/google-apis.md §1 and §3.
+
+Why this module is over 600 lines: it is one Google service as the wire has it. Both upload
+methods share the admission of a request (credentials, developer token, customer, quotas),
+the shapes of its errors and the per-customer store of what was uploaded, and an adjustment is
+judged against the conversions this same class recorded; split in two, one service's rules
+would sit in two files that must change together."""
 
 from __future__ import annotations
 
