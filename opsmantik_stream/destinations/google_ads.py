@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from opsmantik_stream.destinations.base import (
+    BeforeRequest,
     Classification,
     Conversion,
     OutcomeKind,
@@ -199,9 +200,13 @@ class GoogleAdsDestination(GoogleDestination):
         return _ADJUST if conv.adjustment else ""
 
     async def _send_chunk(
-        self, creds: GoogleCredentials, chunk: Sequence[Conversion], result: UploadResult
+        self,
+        creds: GoogleCredentials,
+        chunk: Sequence[Conversion],
+        result: UploadResult,
+        before_request: BeforeRequest | None = None,
     ) -> ChunkResult:
-        cr = await super()._send_chunk(creds, chunk, result)
+        cr = await super()._send_chunk(creds, chunk, result, before_request)
         for i, conv in enumerate(chunk):
             # a retraction of a conversion already retracted (our own earlier, ambiguous send):
             # what we asked for holds, so it is delivered

@@ -11,6 +11,10 @@ aiolimiter leaky buckets:
   ``budget / (1 + margin)``). A send that wakes a few milliseconds late keeps its slot, so
   scheduling jitter does not push every later send back, and there are no bursts; one later
   than the margin (an uploader starved of CPU) restarts the grid rather than catching up.
+  The grid slot is taken before the attempt's STARTED row is committed (waiting is never an
+  attempt), so a slow commit could still make a send late and let the next one catch up; the
+  last gate (``SendWindow``, at the moment the request leaves) holds a send until at most
+  ``share`` sends fall in any ``1 + margin`` seconds, so the bound holds at the wire.
 - conversions: capacity ``c`` (at least one request's worth) and a leak of
   ``(share - c) / (60 + margin)`` per second, so any 60 s window holds at most ``share``.
 
@@ -24,12 +28,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ["AccountBucket", "BucketSet", "Pacer", "split_share"]
+__all__ = ["AccountBucket", "BucketSet", "Pacer", "SendWindow", "split_share"]
 
 
 class Pacer:
@@ -82,6 +87,43 @@ class Pacer:
             self.record()
 
 
+class SendWindow:
+    """At most ``limit`` sends in any ``window_s`` seconds, measured when a send leaves.
+
+    The last gate of an account bucket, taken right before the request goes on the wire (after
+    the STARTED commit and the token fetch). It keeps the times of the last ``limit`` sends; a
+    send waits until the oldest of them is ``window_s`` old. On the pacer's grid it never waits;
+    it only holds back a send that would catch up on one delayed between its slot and the wire.
+    aiolimiter's leaky bucket admits ``capacity + rate * T`` in a window ``T`` (more than
+    ``limit`` per window for any capacity >= 1), hence this sliding log of ``limit`` times.
+    """
+
+    def __init__(self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if limit < 1 or window_s <= 0:
+            raise ValueError("limit >= 1 and window_s > 0")
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._sent: deque[float] = deque(maxlen=limit)
+        self._lock = asyncio.Lock()
+
+    def delay(self, now: float | None = None) -> float:
+        """Seconds until one more send may leave (0 when it may leave now)."""
+        now = self._clock() if now is None else now
+        if len(self._sent) < self.limit:
+            return 0.0
+        return max(0.0, self._sent[0] + self.window_s - now)
+
+    def record(self, now: float | None = None) -> None:
+        self._sent.append(self._clock() if now is None else now)
+
+    async def admit(self) -> None:
+        async with self._lock:
+            while (wait := self.delay()) > 0:
+                await asyncio.sleep(wait)
+            self.record()
+
+
 def split_share(total: float, index: int, size: int) -> float:
     """This uploader's part of ``total``: integer parts that sum to at most ``total``.
 
@@ -120,12 +162,17 @@ class AccountBucket:
         self.conversions_per_min = conversions_per_min
         if requests_per_s <= 0 or conversions_per_min < 1:
             self._requests: Pacer | None = None
+            self._window: SendWindow | None = None
             self._conversions: AsyncLimiter | None = None
             self.max_batch = 0
             return
         # one send per slot; the slot stretched by the margin, and a send may be late by at most
         # the margin (later: the grid restarts), so any 1 s window holds at most the share
         self._requests = Pacer((1.0 + margin_s) / requests_per_s, max_late_s=margin_s)
+        # the same bound checked when the request leaves: ``limit`` sends per ``limit`` slots
+        # (a share below one per second: one send per slot)
+        limit = max(1, math.floor(requests_per_s))
+        self._window = SendWindow(limit, limit * (1.0 + margin_s) / requests_per_s)
         capacity = float(min(max_batch, max(1, math.floor(conversions_per_min / 2))))
         leak_per_s = (conversions_per_min - capacity) / (60.0 + margin_s)
         if leak_per_s <= 0:
@@ -150,6 +197,12 @@ class AccountBucket:
         assert self._requests is not None and self._conversions is not None
         await self._conversions.acquire(min(float(conversions), self._conversions.max_rate))
         await self._requests.acquire()
+
+    async def at_send(self) -> None:
+        """The last gate, right before the request leaves: wait (rarely) until the send keeps
+        at most the share in any ``1 + margin`` seconds, whatever delayed it since its slot."""
+        assert self._window is not None
+        await self._window.admit()
 
 
 class BucketSet:

@@ -452,8 +452,9 @@ class UploadEngine:
         async def before_request(n: int) -> float | None:
             # The bucket first (waiting is never an attempt); then one round trip commits the
             # durable STARTED row and reads the pool-wide pause (another uploader may have set
-            # it since the group was listed); then the send. Nothing else stands between the
-            # bucket's slot and the send, so the slot's timing (the budget per 1 s) holds.
+            # it since the group was listed); then the bucket's send window, right before the
+            # send (the destination fetched its token before calling us), so the budget per
+            # 1 s holds at the wire even when the commit was slow.
             nonlocal carried_wait_s
             waiting_from = time.monotonic()
             await bucket.acquire(n)
@@ -462,6 +463,9 @@ class UploadEngine:
             until = await started.before_send(account, self._sql_now())
             if until is not None:
                 return max(0.0, (until - (self._sql_now() or datetime.now(UTC))).total_seconds())
+            # the last gate: a commit slow enough to make this send late must not let it
+            # bunch with the next one in Google's 1 s window
+            await bucket.at_send()
             return None
 
         try:

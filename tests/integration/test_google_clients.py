@@ -231,13 +231,23 @@ async def test_400_retired_and_unknown_versions_block(env: Env) -> None:
 async def test_401_refreshes_once_then_succeeds(env: Env, dest: str) -> None:
     env.configure(token_ttl_s=100)
     client = env.client(dest)
-    assert (await client.upload(creds(dest), rows(1, "a"))).rows[0].kind is K.COMPLETED
+    # the bucket's hook: the token is already there when it is called (a token fetch never
+    # stands between the bucket's slot and the send), and the resend after a 401 is a request
+    # of its own, so it goes through the bucket again
+    tokens_at_hook: list[int] = []
+
+    async def before(n: int) -> None:
+        tokens_at_hook.append(env.state.token_requests)
+
+    assert (await client.upload(creds(dest), rows(1, "a"), before_request=before)).rows[0].kind is K.COMPLETED
+    assert tokens_at_hook == [1]
     env.clock.t += 200  # the emulator expired the token; the client's cache has not noticed
-    res = await client.upload(creds(dest), rows(1, "b"))
+    res = await client.upload(creds(dest), rows(1, "b"), before_request=before)
     assert res.rows[0].kind is K.COMPLETED
     assert res.requests_sent == 2
     assert env.state.token_requests == 2
     assert env.state.responses_by_status[401] == 1
+    assert tokens_at_hook == [1, 1, 2]
 
 
 class _BogusTokens(TokenProvider):
@@ -257,7 +267,13 @@ async def test_401_twice_blocks(env: Env, dest: str) -> None:
 @pytest.mark.parametrize("dest", DESTS)
 async def test_invalid_grant_blocks_without_api_call(env: Env, dest: str) -> None:
     env.configure(invalid_grant_tokens=["rt-secret-xyz"])
-    res = await env.client(dest).upload(creds(dest, refresh_token="rt-secret-xyz"), rows(2))
+    hooked: list[int] = []
+
+    async def before(n: int) -> None:
+        hooked.append(n)
+
+    res = await env.client(dest).upload(creds(dest, refresh_token="rt-secret-xyz"), rows(2), before_request=before)
+    assert hooked == []  # no bucket slot spent on an account without a token
     assert {(r.kind, r.error_code, r.error_category) for r in res.rows} == {
         (K.BLOCKED, "invalid_grant", ErrorCategory.AUTH)
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -126,6 +126,17 @@ def _deferred(hold_s: float) -> Verdict:
         Classification(OutcomeKind.DEFERRED, ErrorCategory.RATE_LIMIT, max(0.0, hold_s)),
         "ACCOUNT_PAUSED",
         "not sent: Google asked to pause this account; no attempt spent",
+    )
+
+
+def _token_verdict(exc: OAuthError) -> Verdict:
+    if isinstance(exc, OAuthConfigError):
+        # Always an account problem (revoked grant, wrong client): never retried.
+        return Verdict(Classification(OutcomeKind.BLOCKED, ErrorCategory.AUTH), exc.code, exc.message)
+    return Verdict(
+        Classification(OutcomeKind.RETRY, ErrorCategory.TRANSIENT),
+        "TOKEN_ENDPOINT_UNAVAILABLE" if exc.code != "TIMEOUT" else "TIMEOUT",
+        exc.message,
     )
 
 
@@ -253,15 +264,12 @@ class GoogleDestination(Destination):
                     for i in idx:
                         verdicts[i] = stop
                     continue
-                chunk = [conversions[i] for i in idx]
-                if before_request is not None:
-                    hold_s = await before_request(len(chunk))
-                    if hold_s is not None:
-                        stop = _deferred(hold_s)
-                        for i in idx:
-                            verdicts[i] = stop
-                        continue
-                cr = await self._send_chunk(creds, chunk, result)
+                cr = await self._gate_and_send(creds, [conversions[i] for i in idx], result, before_request)
+                if isinstance(cr, Verdict):  # held back: this chunk and the rest are deferred
+                    stop = cr
+                    for i in idx:
+                        verdicts[i] = stop
+                    continue
                 if cr.whole is not None and cr.whole.cls.kind is OutcomeKind.BLOCKED:
                     stop = cr.whole
                 for pos, i in enumerate(idx):
@@ -296,11 +304,35 @@ class GoogleDestination(Destination):
             result.message = v.message
             result.retry_delay_s = v.cls.retry_delay_s
 
+    async def _gate_and_send(
+        self,
+        creds: GoogleCredentials,
+        chunk: Sequence[Conversion],
+        result: UploadResult,
+        before_request: BeforeRequest | None,
+    ) -> ChunkResult | Verdict:
+        """The token, then ``before_request`` (the bucket), then the send; a :class:`Verdict`
+        when the hook held the request back."""
+        # The token first: its fetch must not stand between the bucket's slot (taken in
+        # before_request) and the send, or a slow token endpoint would make the send late and
+        # bunch it with the next one.
+        token_problem = await self._token_problem(creds)
+        if token_problem is not None:
+            return ChunkResult([token_problem] * len(chunk), 0, None, token_problem)
+        if before_request is not None and (hold_s := await before_request(len(chunk))) is not None:
+            return _deferred(hold_s)
+        return await self._send_chunk(creds, chunk, result, before_request)
+
     async def _send_chunk(
-        self, creds: GoogleCredentials, chunk: Sequence[Conversion], result: UploadResult
+        self,
+        creds: GoogleCredentials,
+        chunk: Sequence[Conversion],
+        result: UploadResult,
+        before_request: BeforeRequest | None = None,
     ) -> ChunkResult:
         url, content, headers = self.build_request(creds, chunk)
-        reply = await self._post(creds, url, content, headers, result)
+        before_resend = None if before_request is None else (lambda: before_request(len(chunk)))
+        reply = await self._post(creds, url, content, headers, result, before_resend)
         if isinstance(reply, Verdict):
             return ChunkResult([reply] * len(chunk), 0, None, reply)
         cr = self.parse_reply(reply, len(chunk))
@@ -319,21 +351,20 @@ class GoogleDestination(Destination):
         content: bytes,
         headers: dict[str, str],
         result: UploadResult,
+        before_resend: Callable[[], Awaitable[float | None]] | None = None,
     ) -> Reply | Verdict:
         """POST with a Bearer token; on 401 refresh the token once and resend (a 401 means
-        nothing was processed, so resending is safe)."""
+        nothing was processed, so resending is safe). The resend is a request of its own:
+        ``before_resend`` (the bucket) is awaited again, after the fresh token."""
         for attempt in range(2):
             try:
                 token = await self.tokens.get_token(creds)
-            except OAuthConfigError as exc:
-                # Always an account problem (revoked grant, wrong client): never retried.
-                return Verdict(Classification(OutcomeKind.BLOCKED, ErrorCategory.AUTH), exc.code, exc.message)
-            except OAuthError as exc:
-                return Verdict(
-                    Classification(OutcomeKind.RETRY, ErrorCategory.TRANSIENT),
-                    "TOKEN_ENDPOINT_UNAVAILABLE" if exc.code != "TIMEOUT" else "TIMEOUT",
-                    exc.message,
-                )
+            except OAuthError as exc:  # OAuthConfigError included
+                return _token_verdict(exc)
+            if attempt == 1 and before_resend is not None:
+                hold_s = await before_resend()
+                if hold_s is not None:
+                    return _deferred(hold_s)
             h = {**headers, "authorization": f"Bearer {token}", "content-type": "application/json"}
             result.requests_sent += 1
             started = time.perf_counter()
@@ -359,6 +390,14 @@ class GoogleDestination(Destination):
             retry_after = parse_duration((resp.headers.get("retry-after") or "") + "s")
             return Reply(resp.status_code, body, request_id_from_headers(resp.headers), retry_after)
         raise AssertionError("unreachable")
+
+    async def _token_problem(self, creds: GoogleCredentials) -> Verdict | None:
+        """Fetch (or reuse) the access token ahead of the send; the verdict when there is none."""
+        try:
+            await self.tokens.get_token(creds)
+        except OAuthError as exc:  # OAuthConfigError included
+            return _token_verdict(exc)
+        return None
 
     # -- connection test ----------------------------------------------------------------
 
