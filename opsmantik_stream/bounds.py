@@ -43,6 +43,7 @@ def lru_caches() -> dict[str, Any]:
 
     return {
         "attribution.url_params": attribution._url_params,
+        "attribution.url_attribution": attribution._url_attribution,
         "attribution.host_of": attribution._host_of,
         "attribution.is_google": attribution._is_google,
         "attribution.social_platform": attribution._social_platform,

@@ -15,6 +15,7 @@ import pytest
 from gateway.limits import KeyedLimit
 from opsmantik_stream import bounds, routing
 from opsmantik_stream.ingest import admission, attribution, store
+from opsmantik_stream.ingest.schema import MetaIn
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +30,7 @@ def _fresh_memos() -> Iterator[None]:
 def test_every_memo_is_listed_with_its_named_bound() -> None:
     report = bounds.lru_report()
     assert report["attribution.url_params"] == (0, attribution.URL_MEMO_SIZE)
+    assert report["attribution.url_attribution"] == (0, attribution.URL_MEMO_SIZE)
     assert report["attribution.host_of"] == (0, attribution.URL_MEMO_SIZE)
     for name in ("is_google", "social_platform", "is_search"):
         assert report[f"attribution.{name}"] == (0, attribution.HOST_MEMO_SIZE)
@@ -46,10 +48,12 @@ def test_url_and_host_memos_hold_their_bound_against_unique_ad_click_urls() -> N
     for i in range(n):
         url = f"https://shop.example.com/p/{i}?gclid=Cj0K{i:x}&utm_source=google"
         assert attribution.url_params(url)["gclid"] == f"Cj0K{i:x}"
+        assert attribution.url_attribution(url, MetaIn(fp="x"))[0].gclid == f"Cj0K{i:x}"
         assert attribution.host_of(url) == "shop.example.com"
         assert attribution.referrer_host(f"https://r{i}.example.org/x", url) == f"r{i}.example.org"
     report = bounds.lru_report()
     assert report["attribution.url_params"] == (attribution.URL_MEMO_SIZE, attribution.URL_MEMO_SIZE)
+    assert report["attribution.url_attribution"] == (attribution.URL_MEMO_SIZE, attribution.URL_MEMO_SIZE)
     assert report["attribution.host_of"] == (attribution.URL_MEMO_SIZE, attribution.URL_MEMO_SIZE)
 
 

@@ -8,13 +8,15 @@ import datetime as dt
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from opsmantik_stream.ingest import attribution as attr
 from opsmantik_stream.ingest.admission import TokenBucketLimiter, client_net, origin_allowed, truncate_ip
 from opsmantik_stream.ingest.billing import classify_billable, seconds_to_next_month, year_month
 from opsmantik_stream.ingest.intents import detect_intent, intent_target
 from opsmantik_stream.ingest.keys import EventKind, event_kind, idempotency_key, time_component
-from opsmantik_stream.ingest.schema import BodyError, consent_scopes, decode_body
+from opsmantik_stream.ingest.schema import BodyError, MetaIn, consent_scopes, decode_body
 from opsmantik_stream.ingest.scoring import lead_score
 
 pytestmark = pytest.mark.unit
@@ -172,6 +174,45 @@ def test_click_ids_url_first_then_meta_and_junk_ignored() -> None:
     assert attr.ClickIds(wbraid="W", gbraid="B").best() == ("W", "wbraid")
     assert attr.ClickIds(gbraid="B").best() == ("B", "gbraid")
     assert attr.ClickIds().best() == (None, None)
+
+
+_URL_PARTS = st.sampled_from(
+    [
+        "gclid=G1",
+        "wbraid=W",
+        "gbraid=null",
+        "fbclid=F",
+        "utm_source=google",
+        "utm_medium=cpc",
+        "matchtype=e",
+        "utm_campaign=%20spring%20",
+        "x=1",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    query=st.lists(_URL_PARTS, max_size=4),
+    fragment=st.lists(_URL_PARTS, max_size=2),
+    meta=st.fixed_dictionaries(
+        {},
+        optional={
+            k: st.sampled_from(["M", " m2 ", "undefined"]) for k in ("gclid", "gbraid", "utm_source", "matchtype")
+        },
+    ),
+)
+def test_url_attribution_is_the_two_look_ups_memoised_or_not(
+    query: list[str], fragment: list[str], meta: dict[str, str]
+) -> None:
+    # the memo by URL (meta without click ids or UTMs) and the direct path answer alike
+    url = "https://shop.example.com/p" + ("?" + "&".join(query) if query else "")
+    url += "#/offer?" + "&".join(fragment) if fragment else ""
+    for m in (MetaIn(fp="f", **meta), MetaIn(fp="f"), None):
+        params = attr.url_params(url)
+        ids, utm = attr.url_attribution(url, m)
+        assert ids == attr.click_ids(params, m)
+        assert dict(utm) == attr.template_params(params, m)
 
 
 @pytest.mark.parametrize(
