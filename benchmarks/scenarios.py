@@ -13,6 +13,8 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,18 @@ class Peak:
     runs: list[WrkResult]
     cpu: list[dict[str, float]]
     inside: list[dict[str, Any]]  # partition calls, events per call, commits (product stacks)
+    # the ceiling measured just before each run (paired runs), in the runs' order
+    paired: list[float] = field(default_factory=list)
+
+    @property
+    def paired_median(self) -> float | None:
+        return sorted(self.paired)[len(self.paired) // 2] if self.paired else None
+
+    def paired_note(self, unit: str) -> str:
+        if not self.paired:
+            return ""
+        each = " / ".join(f"{v:,.0f}" for v in self.paired)
+        return f"; ceiling measured just before each run: {each} {unit} (median {self.paired_median:,.0f})"
 
     @property
     def median(self) -> WrkResult:
@@ -144,6 +158,8 @@ def _peak(
     cpu_key: str,
     repeats: int = 3,
     stack: ServeStack | None = None,
+    pair: Callable[[], float] | None = None,
+    pair_markers: tuple[str, ...] = (),
 ) -> Peak:
     """Closed-loop peaks with wrk (a short warm-up first), ``repeats`` times; CPU by component
     recorded for each run, and, on a product stack, what happened inside (partition calls,
@@ -151,7 +167,13 @@ def _peak(
 
     Without wrk, the Python open-loop generator offers far more than the server can take and
     its achieved rate stands in for the peak (the report then says the generator may be
-    the limit)."""
+    the limit).
+
+    With ``pair``, the ceiling is measured again right before each run: the machine's speed
+    drifts over minutes (a ceiling measured once, minutes earlier, moved a ratio from 38 % to
+    62 % between two runs of the same code), and a ceiling taken next to each run drifts with
+    it."""
+    paired: list[float] = []
     if ctx.quick:
         repeats = 1
     runs: list[WrkResult] = []
@@ -163,7 +185,12 @@ def _peak(
         )
         ctx.acked += warm.count(202) * max(1, batch)
     for k in range(repeats):
-        wait_for_quiet(markers)
+        if pair is not None:
+            wait_for_quiet(markers + pair_markers)
+            paired.append(pair())
+            wait_for_quiet(markers + pair_markers)
+        else:
+            wait_for_quiet(markers)
         before = probes.snapshot(base, stack) if stack is not None else None
         sampler = CpuSampler(markers)
         sampler.start()
@@ -204,7 +231,7 @@ def _peak(
             + (f", {inside[-1]['events_per_call_mean']} events/call" if inside else ""),
             flush=True,
         )
-    peak = Peak(runs=runs, cpu=cpus, inside=inside)
+    peak = Peak(runs=runs, cpu=cpus, inside=inside, paired=paired)
     ctx.cpu[cpu_key] = peak.median_cpu
     if ctx.wrk is None:
         ctx.notes.append(f"{cpu_key}: measured with the Python generator (no wrk); it may not outrun the server.")
@@ -269,8 +296,9 @@ def _generator_kept_up(p: OpenLoopResult) -> bool:
 # ---------------------------------------------------------------------------- ceilings
 
 
-def http_ceiling(ctx: Context) -> None:
-    """A bare FastAPI endpoint (uvicorn + uvloop + httptools, one process) decoding the body."""
+@contextmanager
+def _ceiling_server() -> Iterator[tuple[str, int]]:
+    """The HTTP ceiling's server (``benchmarks.ceiling_app``) while the block runs: (base URL, port)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.ceiling_app", "--port", str(port)],
@@ -280,7 +308,50 @@ def http_ceiling(ctx: Context) -> None:
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 30, proc)
-        base = f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+class _StorePair:
+    """The store ceiling kept ready beside a product stack, for one short run on demand (the
+    shape that was best in the ``store_ceiling`` scenario). Its own embedded PostgreSQL and
+    event loop; ``markers`` name its processes for the quiet checks."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._loop = asyncio.new_event_loop()
+        self._ceiling = StoreCeiling()
+        self._runs = 0
+        shape = ctx.options.get("store_shape") or (BATCH_SIZE, 2)
+        self.batch, self.connections = int(shape[0]), int(shape[1])
+        self.markers = (str(self._ceiling.folder),)
+
+    def __enter__(self) -> _StorePair:
+        self._loop.run_until_complete(self._ceiling.setup())
+        return self
+
+    def __call__(self) -> float:
+        self._runs += 1
+        result = self._loop.run_until_complete(
+            self._ceiling.run(
+                batch=self.batch, connections=self.connections, seconds=self._ctx.seconds(6.0), run=f"pair{self._runs}"
+            )
+        )
+        return float(result["events_per_s"])
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._loop.run_until_complete(self._ceiling.close_pool())
+        finally:
+            self._ceiling.close()
+            self._loop.close()
+
+
+def http_ceiling(ctx: Context) -> None:
+    """A bare FastAPI endpoint (uvicorn + uvloop + httptools, one process) decoding the body."""
+    with _ceiling_server() as (base, port):
         sites = [SiteRef(uuid.uuid4().hex, f"https://bench{i}.example.com") for i in range(SITES)]
         seconds = ctx.seconds(12.0)
         peak = _peak(
@@ -369,9 +440,6 @@ def http_ceiling(ctx: Context) -> None:
                     + ("" if kept else f"; python generator saturated (send lag p99 {p.send_lag_p99_ms:.0f} ms)"),
                 )
             )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def store_ceiling(ctx: Context) -> None:
@@ -382,6 +450,7 @@ def store_ceiling(ctx: Context) -> None:
     out = asyncio.run(_store_runs(ctx, grid, repeats=1 if ctx.quick else 3))
     best = out["best"]
     ctx.ceilings["store"] = best["events_per_s"]
+    ctx.options["store_shape"] = (best["batch"], best["connections"])
     ctx.cpu["store ceiling"] = best["cpu_percent"]
     runs = ", ".join(f"{r['batch']}x{r['connections']}: {r['events_per_s']:,.0f}" for r in out["runs"])
     rates = sorted(r["events_per_s"] for r in out["repeats"])
@@ -501,15 +570,36 @@ def _profile_run(
 def ingest(ctx: Context, only: set[str]) -> None:
     """Single events (peak + open-loop points), 50-event batches and the duplicate storm on
     one stack with the default 2 partitions."""
-    with ServeStack(partitions=2, uploaders=0, label="ingest") as stack:
+    with ServeStack(partitions=2, uploaders=0, label="ingest") as stack, ExitStack() as pairs:
         stack.keep_log_as = ctx.out_dir / f"{ctx.stem}-serve-ingest.log"
         sites = stack.create_sites(SITES)
         markers = _markers(stack)
         ctx.acked = 0
+        # each peak run is paired with a ceiling run just before it (not in --quick runs)
+        pair_single: Callable[[], float] | None = None
+        pair_batch: _StorePair | None = None
+        if not ctx.quick and ctx.wrk is not None and "ingest_single" in only:
+            ceiling_base, _port = pairs.enter_context(_ceiling_server())
+            ceiling_sites = [SiteRef(uuid.uuid4().hex, f"https://bench{i}.example.com") for i in range(SITES)]
+            wrk = ctx.wrk
+
+            def pair_single() -> float:
+                return run_wrk(
+                    wrk,
+                    ceiling_base,
+                    ceiling_sites,
+                    run=_run_id(),
+                    batch=0,
+                    seconds=ctx.seconds(8.0),
+                    connections=SINGLE_CONNECTIONS,
+                ).ok_rps
+
+        if not ctx.quick and "ingest_batch" in only and "store" in ctx.ceilings:
+            pair_batch = pairs.enter_context(_StorePair(ctx))
         if "ingest_single" in only:
-            _ingest_single(ctx, stack, sites, markers)
+            _ingest_single(ctx, stack, sites, markers, pair_single)
         if "ingest_batch" in only:
-            _ingest_batch(ctx, stack, sites, markers)
+            _ingest_batch(ctx, stack, sites, markers, pair_batch)
         acknowledged = ctx.acked
         if acknowledged:
             ledger, events = _stored(stack, sites)
@@ -540,8 +630,15 @@ def _all_ok(peak: Peak) -> bool:
     return all(r.count(202) == r.requests and not any(r.errors.values()) for r in peak.runs)
 
 
-def _ingest_single(ctx: Context, stack: ServeStack, sites: list[SiteRef], markers: tuple[str, ...]) -> None:
-    print("  ingest single events: wrk peaks ...", flush=True)
+def _ingest_single(
+    ctx: Context,
+    stack: ServeStack,
+    sites: list[SiteRef],
+    markers: tuple[str, ...],
+    pair: Callable[[], float] | None = None,
+) -> None:
+    after = " (each after an HTTP ceiling run)" if pair else ""
+    print(f"  ingest single events: wrk peaks{after} ...", flush=True)
     peak = _peak(
         ctx,
         stack.base_url,
@@ -552,9 +649,11 @@ def _ingest_single(ctx: Context, stack: ServeStack, sites: list[SiteRef], marker
         markers=markers,
         cpu_key="ingest single events peak (wrk)",
         stack=stack,
+        pair=pair,
     )
     res = peak.median
-    http = ctx.ceilings.get("http")
+    # the ceiling measured beside these runs when there is one, else the ceiling scenario's
+    http = peak.paired_median or ctx.ceilings.get("http")
     cpu = peak.median_cpu
     inside = peak.median_inside
     ctx.ceilings["ingest_single_peak"] = res.ok_rps
@@ -577,10 +676,9 @@ def _ingest_single(ctx: Context, stack: ServeStack, sites: list[SiteRef], marker
                 "inside": inside,
                 **_cpu_details(cpu, res.ok_rps, "request"),
             },
-            note=f"{peak.spread_note()}; p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms at "
-            f"{SINGLE_CONNECTIONS} connections; {_inside_note(inside)}; {_cpu_note(cpu, res.ok_rps, 'request')}"
-            + _bg(ctx, "ingest single events peak (wrk)")
-            + _errors(res),
+            note=f"{peak.spread_note()}{peak.paired_note('requests/s')}; p50 {res.p50_ms:.1f} ms, "
+            f"p99 {res.p99_ms:.1f} ms at {SINGLE_CONNECTIONS} connections; {_inside_note(inside)}; "
+            f"{_cpu_note(cpu, res.ok_rps, 'request')}" + _bg(ctx, "ingest single events peak (wrk)") + _errors(res),
         )
     )
     print("  ingest single events: open-loop points ...", flush=True)
@@ -634,8 +732,15 @@ def _inside_note(inside: dict[str, Any]) -> str:
     )
 
 
-def _ingest_batch(ctx: Context, stack: ServeStack, sites: list[SiteRef], markers: tuple[str, ...]) -> None:
-    print("  ingest 50-event batches: wrk peaks ...", flush=True)
+def _ingest_batch(
+    ctx: Context,
+    stack: ServeStack,
+    sites: list[SiteRef],
+    markers: tuple[str, ...],
+    pair: _StorePair | None = None,
+) -> None:
+    after = " (each after a store ceiling run)" if pair else ""
+    print(f"  ingest 50-event batches: wrk peaks{after} ...", flush=True)
     peak = _peak(
         ctx,
         stack.base_url,
@@ -646,9 +751,12 @@ def _ingest_batch(ctx: Context, stack: ServeStack, sites: list[SiteRef], markers
         markers=markers,
         cpu_key="ingest 50-event batches (wrk)",
         stack=stack,
+        pair=pair,
+        pair_markers=pair.markers if pair is not None else (),
     )
     res = peak.median
-    store = ctx.ceilings.get("store")
+    # the ceiling measured beside these runs when there is one, else the ceiling scenario's
+    store = peak.paired_median or ctx.ceilings.get("store")
     events_per_s = res.ok_rps * BATCH_SIZE
     ctx.ceilings["ingest_batch_events"] = events_per_s
     ctx.add(
@@ -670,7 +778,8 @@ def _ingest_batch(ctx: Context, stack: ServeStack, sites: list[SiteRef], markers
                 "inside": peak.median_inside,
                 **_cpu_details(peak.median_cpu, events_per_s, "event"),
             },
-            note=f"{peak.spread_note(BATCH_SIZE)}; {res.ok_rps:,.0f} requests/s, p50 {res.p50_ms:.0f} ms, "
+            note=f"{peak.spread_note(BATCH_SIZE)}{peak.paired_note('events/s')}; {res.ok_rps:,.0f} requests/s, "
+            f"p50 {res.p50_ms:.0f} ms, "
             f"p99 {res.p99_ms:.0f} ms; {_inside_note(peak.median_inside)}; "
             + _cpu_note(peak.median_cpu, events_per_s, "event")
             + _bg(ctx, "ingest 50-event batches (wrk)")
