@@ -13,6 +13,7 @@ Writes benchmarks/results/<date>.json (the list of results), <date>.md (the tabl
     python -m benchmarks --quick              # short runs: a smoke check of the suite
     python -m benchmarks --only ingest_single,http_ceiling
     python -m benchmarks --only soak --minutes 30   # `make soak`: see docs/soak.md
+    python -m benchmarks --only soak --rate 1500    # the soak at a fixed offered load
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--minutes", type=float, default=30.0, help="length of the soak's load in minutes (default 30, at least 1)"
     )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="REQUESTS_PER_S",
+        help="the soak's offered load (default: half of its measured peak); set it to compare soak runs",
+    )
     return ap
 
 
@@ -57,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.minutes < 1:
         print("--minutes must be at least 1", file=sys.stderr)
+        return 2
+    if args.rate is not None and not args.rate >= 1:
+        print("--rate must be at least 1 request per second", file=sys.stderr)
         return 2
     only = set(DEFAULT_SCENARIOS) if not args.only else {x.strip() for x in args.only.split(",") if x.strip()}
     unknown = only - set(SCENARIOS)
@@ -75,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = now.strftime("%Y-%m-%d") + ("-quick" if args.quick else "") + ("-soak" if only == {"soak"} else "")
     ctx = Context(quick=args.quick, wrk=wrk, out_dir=args.out, stem=stem, profile=not args.no_profile)
     ctx.options["minutes"] = args.minutes
+    ctx.options["rate"] = args.rate
     args.out.mkdir(parents=True, exist_ok=True)
     print(
         f"benchmarks: {', '.join(s for s in SCENARIOS if s in only)}"
