@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -208,7 +209,7 @@ def test_url_attribution_is_the_two_look_ups_memoised_or_not(
     # the memo by URL (meta without click ids or UTMs) and the direct path answer alike
     url = "https://shop.example.com/p" + ("?" + "&".join(query) if query else "")
     url += "#/offer?" + "&".join(fragment) if fragment else ""
-    for m in (MetaIn(fp="f", **meta), MetaIn(fp="f"), None):
+    for m in (msgspec.convert({"fp": "f", **meta}, MetaIn), MetaIn(fp="f"), None):
         params = attr.url_params(url)
         ids, utm = attr.url_attribution(url, m)
         assert ids == attr.click_ids(params, m)
