@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import re
 import shutil
-import subprocess
 import tempfile
 from typing import Any
 
 import aiohttp
+
+from tests.debian import ensure_tool
 
 __all__ = ["Browser", "ensure_chromium"]
 
@@ -28,29 +28,7 @@ _CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-s
 
 def ensure_chromium(install_timeout_s: float = 900) -> tuple[str | None, str]:
     """(path to chromium, reason when None)."""
-    for name in _CANDIDATES:
-        path = shutil.which(name)
-        if path:
-            return path, ""
-    if shutil.which("apt-get") is None:
-        return None, "chromium is not installed and apt-get is not available"
-    if os.geteuid() != 0:
-        return None, "chromium is not installed and installing it needs root (apt-get install chromium)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    try:
-        done = subprocess.run(cmd, env=env, capture_output=True, timeout=install_timeout_s, check=False)
-        if done.returncode != 0:
-            # the package lists may be missing on a fresh machine
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=install_timeout_s, check=False)
-            done = subprocess.run(cmd, env=env, capture_output=True, timeout=install_timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"installing chromium failed: {exc}"
-    path = shutil.which("chromium")
-    if path is None:
-        tail = done.stderr.decode(errors="replace")[-300:]
-        return None, f"apt-get install chromium failed ({done.returncode}): {tail}"
-    return path, ""
+    return ensure_tool(_CANDIDATES, "chromium", install_timeout_s)
 
 
 class Browser:

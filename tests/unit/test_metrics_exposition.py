@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import metrics as gm
 from opsmantik_stream import telemetry
 from opsmantik_stream.telemetry import UPLOADER_METRICS, Histogram, Stats, lru_cache_figures
+from tests.debian import ensure_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -169,9 +169,10 @@ def test_alerts_and_dashboard_name_only_existing_metrics(rendered: list[tuple[st
 
 
 def test_alert_rules_pass_promtool() -> None:
-    promtool = shutil.which("promtool")
+    # Debian's prometheus package carries promtool (installed like chromium, never skipped)
+    promtool, reason = ensure_tool(("promtool",), "prometheus")
     if promtool is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus); rules not checked")
+        pytest.fail(f"promtool unavailable, the alert rules cannot be checked: {reason}")
     done = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout + done.stderr
