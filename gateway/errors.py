@@ -14,12 +14,15 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from opsmantik_stream.errors import DomainError
+
 __all__ = [
     "ApiError",
     "ErrorMiddleware",
     "JSONResponse",
     "api_error_handler",
     "decode_json",
+    "domain_error",
     "is_connection_loss",
     "json_response",
     "validation_error",
@@ -57,6 +60,11 @@ class ApiError(Exception):
         self.message = message or code
         self.headers = headers or {}
         self.extra = extra or {}
+
+
+def domain_error(exc: DomainError) -> ApiError:
+    """The answer for a request the domain refused (a lead rule, a privacy request, a sign-in)."""
+    return ApiError(exc.status, exc.code, exc.message)
 
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:

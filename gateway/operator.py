@@ -10,16 +10,10 @@ import asyncpg
 
 from gateway.errors import ApiError
 from opsmantik_stream.fields import to_utc
-from opsmantik_stream.leads.errors import LeadError
 from opsmantik_stream.rbac import Capability
 from opsmantik_stream.tenancy import Principal
 
-__all__ = ["lead_error", "parse_time_param", "parse_uuid_or_404", "require_on_row_site"]
-
-
-def lead_error(exc: LeadError) -> ApiError:
-    """The answer for a business rule a lead operation refused."""
-    return ApiError(exc.status, exc.code, exc.message)
+__all__ = ["parse_time_param", "parse_uuid_or_404", "require_on_row_site"]
 
 
 def parse_uuid_or_404(value: str, what: str) -> uuid.UUID:

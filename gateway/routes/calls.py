@@ -15,9 +15,9 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from gateway.auth import CurrentPrincipal, site_uuid
-from gateway.errors import ApiError, JSONResponse, decode_json, json_response
+from gateway.errors import ApiError, JSONResponse, decode_json, domain_error, json_response
 from gateway.limits import rate_limited, route_limit
-from gateway.operator import lead_error, parse_time_param, parse_uuid_or_404, require_on_row_site
+from gateway.operator import parse_time_param, parse_uuid_or_404, require_on_row_site
 from gateway.partitions import PartitionUnavailable
 from gateway.signed import authenticate, unauthorized
 from opsmantik_stream.db import api_transaction
@@ -163,7 +163,7 @@ async def call_action(call_id: str, request: Request, principal: CurrentPrincipa
                 note=body.note,
             )
     except LeadError as exc:
-        raise lead_error(exc) from None
+        raise domain_error(exc) from None
     return json_response({"ok": True, **result})
 
 

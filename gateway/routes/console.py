@@ -25,7 +25,7 @@ import msgspec
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, Response
 
-from gateway.errors import ApiError, JSONResponse, decode_json, json_response
+from gateway.errors import ApiError, JSONResponse, decode_json, domain_error, json_response
 from opsmantik_stream import tenancy
 from opsmantik_stream.console import signin
 from opsmantik_stream.rbac import CAPABILITIES
@@ -144,7 +144,7 @@ async def sign_in(request: Request) -> JSONResponse:
             else:
                 session = await signin.session_for_token(conn, body.token or "", ttl_s=ttl)
     except signin.SignInError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+        raise domain_error(exc) from None
     response = json_response({"ok": True, "csrf": session.csrf, "expires_at": session.expires_at})
     _set_cookie(response, request, session.token, ttl)
     return response

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import CurrentPrincipal, site_with_capability
-from gateway.errors import ApiError, JSONResponse, decode_json, json_response
+from gateway.errors import JSONResponse, decode_json, domain_error, json_response
 from gateway.limits import rate_limited, route_limit
 from gateway.signed import authenticate, unauthorized
 from opsmantik_stream.db import api_transaction
@@ -43,10 +43,6 @@ from opsmantik_stream.rbac import Capability
 __all__ = ["router"]
 
 router = APIRouter(tags=["privacy"])
-
-
-def _privacy_error(exc: PrivacyError) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message)
 
 
 # ---------------------------------------------------------------- POST /api/consent
@@ -104,7 +100,7 @@ async def consent(request: Request) -> Response:
         async with ctx.pool.acquire() as conn:
             result = await apply_consent(conn, site["id"], body, now)
     except PrivacyError as exc:
-        raise _privacy_error(exc) from None
+        raise domain_error(exc) from None
     return json_response(result)
 
 
@@ -121,7 +117,7 @@ def _subject(site_id: str, identifier_type: str, identifier_value: str) -> Any:
     try:
         return normalize_identifier(uuid.UUID(site_id), identifier_type, identifier_value)
     except PrivacyError as exc:
-        raise _privacy_error(exc) from None
+        raise domain_error(exc) from None
 
 
 @router.post(

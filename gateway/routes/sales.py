@@ -10,8 +10,8 @@ import msgspec
 from fastapi import APIRouter, Query, Request
 
 from gateway.auth import CurrentPrincipal, site_uuid
-from gateway.errors import ApiError, JSONResponse, decode_json, json_response
-from gateway.operator import lead_error, parse_time_param, parse_uuid_or_404, require_on_row_site
+from gateway.errors import ApiError, JSONResponse, decode_json, domain_error, json_response
+from gateway.operator import parse_time_param, parse_uuid_or_404, require_on_row_site
 from opsmantik_stream.db import api_transaction
 from opsmantik_stream.enums import ActorType
 from opsmantik_stream.fields import NO_NUL_PATTERN, CurrencyCode, MinorUnits, Note, SitePublicId, Text32, Text64
@@ -76,7 +76,7 @@ async def create_conversation(request: Request, principal: CurrentPrincipal) -> 
                 user_id=principal.user_id,
             )
     except LeadError as exc:
-        raise lead_error(exc) from None
+        raise domain_error(exc) from None
     return json_response({"ok": True, "created": created, "conversation": row}, 201 if created else 200)
 
 
@@ -103,7 +103,7 @@ async def link_conversation(conversation_id: str, request: Request, principal: C
                 user_id=principal.user_id,
             )
     except LeadError as exc:
-        raise lead_error(exc) from None
+        raise domain_error(exc) from None
     return json_response({"ok": True, "created": created, "link": link}, 201 if created else 200)
 
 
@@ -130,7 +130,7 @@ async def resolve_conversation(conversation_id: str, request: Request, principal
                 user_id=principal.user_id,
             )
     except LeadError as exc:
-        raise lead_error(exc) from None
+        raise domain_error(exc) from None
     return json_response({"ok": True, "changed": changed, "conversation": result})
 
 
@@ -160,7 +160,7 @@ async def create_sale(request: Request, principal: CurrentPrincipal) -> JSONResp
                 phone=body.phone,
             )
     except LeadError as exc:
-        raise lead_error(exc) from None
+        raise domain_error(exc) from None
     return json_response({"ok": True, "created": created, "sale": sale}, 201 if created else 200)
 
 
@@ -195,7 +195,7 @@ async def list_sales(
                 limit=limit,
             )
     except LeadError as exc:
-        raise lead_error(exc) from None
+        raise domain_error(exc) from None
     return json_response({"ok": True, "site": site, "sales": rows})
 
 
@@ -211,7 +211,7 @@ async def confirm_sale(sale_id: str, request: Request, principal: CurrentPrincip
             await require_on_row_site(conn, principal, Q.sales.sale_site, sid, "sale", Capability.LEADS_OPERATE)
             result = await sales_core.confirm_sale(conn, sale_id=sid, user_id=principal.user_id)
     except LeadError as exc:
-        raise lead_error(exc) from None
+        raise domain_error(exc) from None
     return json_response({"ok": True, **result})
 
 
@@ -234,7 +234,7 @@ async def cancel_sale(sale_id: str, request: Request, principal: CurrentPrincipa
                 conn, sale_id=sid, actor_type=ActorType.USER, user_id=principal.user_id
             )
     except LeadError as exc:
-        raise lead_error(exc) from None
+        raise domain_error(exc) from None
     return json_response({"ok": True, **result})
 
 
@@ -258,5 +258,5 @@ async def restate_sale(sale_id: str, request: Request, principal: CurrentPrincip
                 user_id=principal.user_id,
             )
     except LeadError as exc:
-        raise lead_error(exc) from None
+        raise domain_error(exc) from None
     return json_response({"ok": True, **result})

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from opsmantik_stream.enums import ActorType, ConsoleSignIn
+from opsmantik_stream.errors import DomainError
 from opsmantik_stream.queries import Q
 from opsmantik_stream.tenancy import TOKEN_PREFIX, hash_token, resolve_token, write_audit
 
@@ -49,14 +50,8 @@ SESSION_LABEL = "console session"
 _MAX_SECRET_LEN = 200
 
 
-class SignInError(Exception):
+class SignInError(DomainError):
     """A sign-in that cannot happen; ``status`` and ``code`` go into the HTTP answer."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from opsmantik_stream.errors import DomainError
+
 __all__ = [
     "MAX_BATCH_EVENTS",
     "MAX_BODY_BYTES",
@@ -135,14 +137,8 @@ class Envelope(EventIn, kw_only=True):
     events: Annotated[list[EventIn], msgspec.Meta(min_length=1, max_length=MAX_BATCH_EVENTS)] | None = None
 
 
-class BodyError(Exception):
+class BodyError(DomainError):
     """The body is not acceptable: ``status`` 400 or 422, ``code`` for the error header."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 # strict=False: numbers sent as strings ("1920") are fine for counters; text fields stay strict.

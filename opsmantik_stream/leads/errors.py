@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
+from opsmantik_stream.errors import DomainError
+
 __all__ = ["LeadError"]
 
 
-class LeadError(Exception):
-    """A request that cannot be done: ``status`` (HTTP), a stable ``code`` and a message."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class LeadError(DomainError):
+    """A lead, call or sale operation that cannot be done as asked."""

@@ -31,6 +31,7 @@ import asyncpg
 from opsmantik_stream.destinations.base import email_sha256
 from opsmantik_stream.destinations.google.mapping import hash_phone_e164
 from opsmantik_stream.enums import PrivacyIdentifier
+from opsmantik_stream.errors import DomainError
 from opsmantik_stream.ingest.store import session_uuid
 from opsmantik_stream.queries import Q
 from opsmantik_stream.targets import normalize_phone
@@ -50,14 +51,8 @@ MAX_IDENTIFIER_LENGTH = 320
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
-class PrivacyError(Exception):
+class PrivacyError(DomainError):
     """A privacy request that cannot be done as asked (bad identifier, unknown site, ...)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
