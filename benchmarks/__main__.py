@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = ""
     charts = []
     if ctx.soak is not None:
-        from benchmarks.soak import render_soak_markdown, write_soak_chart
+        from benchmarks.soak_report import render_soak_markdown, write_soak_chart
 
         meta["soak"] = ctx.soak
         png = write_soak_chart(args.out / f"{stem}-memory-p99.png", ctx.soak)

@@ -158,7 +158,7 @@ def _samples(minutes: int, curve: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_soak_growth_is_the_last_window_mean_over_the_first_window_peak() -> None:
-    from benchmarks.soak import growth_table
+    from benchmarks.soak_report import growth_table
 
     samples = _samples(
         30,
@@ -179,7 +179,7 @@ def test_soak_growth_is_the_last_window_mean_over_the_first_window_peak() -> Non
 
 def test_postgresqls_shared_segment_is_judged_by_its_size_not_by_growth() -> None:
     from benchmarks.memory import PG_SHARED
-    from benchmarks.soak import growth_conditions
+    from benchmarks.soak_report import growth_conditions
 
     growth = {
         "postgresql": {"growth_pct": 2.0, "peak_mb": 30.0},
@@ -193,7 +193,7 @@ def test_postgresqls_shared_segment_is_judged_by_its_size_not_by_growth() -> Non
 
 
 def test_soak_report_has_its_table_and_one_png(tmp_path: Path) -> None:
-    from benchmarks.soak import growth_table, render_soak_markdown, write_soak_chart
+    from benchmarks.soak_report import growth_table, render_soak_markdown, write_soak_chart
 
     samples = _samples(3, {"partition 1": lambda t: 100.0, "postgresql": lambda t: 120.0})
     report = {
@@ -232,6 +232,10 @@ def test_soak_report_has_its_table_and_one_png(tmp_path: Path) -> None:
     assert "Exactly once: 10 events answered 202, 10 ledger rows" in text
     assert "events waiting max 51, mean 25.5; calls in flight max 1." in text
     assert "Upload queue after the drain, by state: {'COMPLETED': 2}." in text
+    assert "## Soak: 3 min at 450 requests/s (half of the 900/s peak)" in text
+    # a load fixed with --rate is not called half of the peak
+    fixed = render_soak_markdown({**report, "fixed_rate": True}, png.name)
+    assert "## Soak: 3 min at 450 requests/s (fixed with --rate; the peak was 900/s)" in fixed
 
 
 def test_every_soak_request_is_what_its_kind_says_by_the_products_own_rules() -> None:
