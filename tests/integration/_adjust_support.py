@@ -4,6 +4,7 @@ queue and emulator views the tests read. (The fixtures are in ``_adjust_fixtures
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -12,9 +13,8 @@ import httpx
 from opsmantik_stream.config import Settings
 from opsmantik_stream.enums import ActorType
 from opsmantik_stream.uploads import UploadEngine, delivery
-from opsmantik_stream.vault import Vault
 from tests.integration._leads_support import auth
-from tests.integration._uploader_support import Emu, site_credentials
+from tests.integration._uploader_support import Emu, credentials_through_delivery
 
 OCCURRED = "2026-03-05T14:30:00+00:00"
 # the emulator with no failure configured (tests that configure one start from here)
@@ -30,20 +30,22 @@ async def drain(engine: UploadEngine, limit: int = 20) -> None:
 
 
 async def use_destination(pool: asyncpg.Pool, fast: Settings, site: dict[str, Any], destination: str) -> None:
-    assert fast.vault_key is not None
+    """Credentials for ``destination`` and the site sent there, as the CLI does it."""
+    await credentials_through_delivery(pool, fast, site, destination)
     async with pool.acquire() as conn:
-        await delivery.set_credentials(
-            conn,
-            Vault(fast.vault_key),
-            site["site_id"],
-            site["public_id"],
-            site_credentials(destination, requests_per_s=1000.0, conversions_per_min=1e6),
-            actor_type=ActorType.CLI,
-            actor_id="test",
-        )
         await delivery.set_destination(
             conn, site["site_id"], site["public_id"], destination, actor_type=ActorType.CLI, actor_id="test"
         )
+
+
+async def site_sending_to(
+    make_site: Callable[..., Any], emu: Emu, pool: asyncpg.Pool, fast: Settings, destination: str
+) -> dict[str, Any]:
+    """A new site whose conversions go to ``destination``, with the emulator reset to no failure."""
+    site: dict[str, Any] = await make_site()
+    await emu.config(**CLEAN)
+    await use_destination(pool, fast, site, destination)
+    return site
 
 
 async def emulated(emu: Emu) -> list[dict[str, Any]]:

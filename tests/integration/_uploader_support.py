@@ -115,6 +115,27 @@ def site_credentials(destination: str = "google_ads", customer_id: str = "123456
     )
 
 
+async def credentials_through_delivery(
+    pool: asyncpg.Pool, settings: Settings, site: dict[str, Any], destination: str
+) -> dict[str, Any]:
+    """Credentials for the emulator's account saved the way the CLI and the API save them
+    (``delivery.set_credentials``: vault, audit record), with a budget no test runs into."""
+    from opsmantik_stream.enums import ActorType
+    from opsmantik_stream.uploads import delivery
+
+    assert settings.vault_key is not None
+    async with pool.acquire() as conn:
+        return await delivery.set_credentials(
+            conn,
+            Vault(settings.vault_key),
+            site["site_id"],
+            site["public_id"],
+            site_credentials(destination, requests_per_s=1000.0, conversions_per_min=1e6),
+            actor_type=ActorType.CLI,
+            actor_id="test",
+        )
+
+
 async def set_creds(
     pool: asyncpg.Pool,
     settings: Settings,

@@ -22,7 +22,6 @@ from opsmantik_stream.leads.enqueue import order_id_for
 from opsmantik_stream.uploads import UploadEngine, delivery
 from tests.integration._adjust_fixtures import client_fixture, engine_fixture, fast_fixture  # noqa: F401  (fixtures)
 from tests.integration._adjust_support import (
-    CLEAN,
     confirmed_sale,
     conversation_of,
     drain,
@@ -30,6 +29,7 @@ from tests.integration._adjust_support import (
     emulated,
     post,
     queue_rows,
+    site_sending_to,
     use_destination,
 )
 from tests.integration._leads_support import auth, make_intent, make_session
@@ -87,9 +87,7 @@ async def test_cancel_and_restate_before_upload_change_the_queued_row(
     engine: UploadEngine,
     destination: str,
 ) -> None:
-    site = await make_site()
-    await emu.config(**CLEAN)
-    await use_destination(pool, fast, site, destination)
+    site = await site_sending_to(make_site, emu, pool, fast, destination)
     token = await make_token(site["public_id"], "operator")
     conv_id = await conversation_of(client, token, site, await make_session(pool, site["site_id"]))
     kept = await confirmed_sale(client, token, site, conv_id, 12000)
@@ -127,9 +125,7 @@ async def test_restate_then_cancel_after_upload_are_adjustments_delivered_once(
     engine: UploadEngine,
     destination: str,
 ) -> None:
-    site = await make_site()
-    await emu.config(**CLEAN)
-    await use_destination(pool, fast, site, destination)
+    site = await site_sending_to(make_site, emu, pool, fast, destination)
     token = await make_token(site["public_id"], "operator")
     conv_id = await conversation_of(client, token, site, await make_session(pool, site["site_id"]))
     sale = await confirmed_sale(client, token, site, conv_id, 12000)
@@ -190,9 +186,7 @@ async def test_undo_after_upload_retracts_the_call_conversion(
     emu: Emu,
     engine: UploadEngine,
 ) -> None:
-    site = await make_site()
-    await emu.config(**CLEAN)
-    await use_destination(pool, fast, site, "google_ads")
+    site = await site_sending_to(make_site, emu, pool, fast, "google_ads")
     token = await make_token(site["public_id"], "operator")
     # the seal's conversion time is now: let the emulator accept an adjustment of it at once
     await emu.config(adjustment_min_age_s=0)
@@ -225,9 +219,7 @@ async def test_emulator_adjustment_rules_and_their_handling(
 ) -> None:
     """Google's checks, reproduced: too recent (retried after 6 h, no attempt lost), unknown order
     id, adjustment before the conversion, a resent restatement (already applied: delivered)."""
-    site = await make_site()
-    await emu.config(**CLEAN)
-    await use_destination(pool, fast, site, "google_ads")
+    site = await site_sending_to(make_site, emu, pool, fast, "google_ads")
     token = await make_token(site["public_id"], "operator")
     conv_id = await conversation_of(client, token, site, await make_session(pool, site["site_id"]))
     body = {"site": site["public_id"], "occurred_at": "2026-01-01T00:00:00Z", "amount_minor": 100, "currency": "EUR"}

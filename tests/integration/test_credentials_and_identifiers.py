@@ -31,6 +31,7 @@ from tests.integration._adjust_support import (
     conversation_of,
     drain,
     emulated,
+    site_sending_to,
     use_destination,
 )
 from tests.integration._leads_support import auth, make_session
@@ -186,9 +187,7 @@ async def test_credentials_test_from_the_cli(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
-    site = await make_site()
-    await emu.config(**CLEAN)
-    await use_destination(pool, fast, site, "google_ads")
+    site = await site_sending_to(make_site, emu, pool, fast, "google_ads")
     # an operator's machine: the key file `serve` created, no key in the environment
     key_file = tmp_path / "vault.key"
     key_file.write_text(fast.vault_key or "")
@@ -232,9 +231,7 @@ async def test_identifier_only_conversion_is_uploaded_when_the_site_opts_in(
     engine: UploadEngine,
     destination: str,
 ) -> None:
-    site = await make_site()
-    await emu.config(**CLEAN)
-    await use_destination(pool, fast, site, destination)
+    site = await site_sending_to(make_site, emu, pool, fast, destination)
     owner = await make_token(site["public_id"], "owner")
     no_click = await make_session(pool, site["site_id"], gclid=None)
     conv_id = await conversation_of(client, owner, site, no_click)
@@ -293,9 +290,7 @@ async def test_identifiers_a_form_captured_fill_the_sessions_conversion(
     capture.form_identifiers returns (the hashes) in the event's metadata. A conversion of that
     session whose source has no identifier of its own is queued with them (without a click id
     once the site opted in) and uploaded; erasing the address finds the session by its hash."""
-    site = await make_site()
-    await emu.config(**CLEAN)
-    await use_destination(pool, fast, site, "google_ads")
+    site = await site_sending_to(make_site, emu, pool, fast, "google_ads")
     owner = await make_token(site["public_id"], "owner")
     session = await make_session(pool, site["site_id"], gclid=None)
     meta = form_identifiers(IntentAction.FORM, "  Jane.Doe@Gmail.com ", "+90 532 123 45 67")

@@ -31,10 +31,10 @@ from tests.integration._uploader_support import (
     Emu,
     add_rows,
     assert_ledger_complete,
+    credentials_through_delivery,
     fast_settings,
     rows_of,
     set_creds,
-    site_credentials,
 )
 from tests.serving import serve_in_thread
 
@@ -60,20 +60,6 @@ async def engines(pool: asyncpg.Pool, fast: Settings) -> AsyncIterator[Callable[
     yield make
     for e in made:
         await e.aclose()
-
-
-async def _set(pool: asyncpg.Pool, fast: Settings, site: dict[str, Any], destination: str) -> dict[str, Any]:
-    assert fast.vault_key is not None
-    async with pool.acquire() as conn:
-        return await delivery.set_credentials(
-            conn,
-            Vault(fast.vault_key),
-            site["site_id"],
-            site["public_id"],
-            site_credentials(destination, requests_per_s=1000.0, conversions_per_min=1e6),
-            actor_type=ActorType.CLI,
-            actor_id="test",
-        )
 
 
 async def _received(emu: Emu, account: str = ACCOUNT) -> int:
@@ -160,7 +146,7 @@ async def test_missing_credentials_say_so_and_requeue_moves_rows(pool, make_site
         assert f"opsmantik site destination set {pid} google_ads" in r["last_error"]
         assert f"opsmantik oci requeue --site {pid} --status BLOCKED" in r["last_error"]
     # the fix: credentials for google_ads, the only destination with some, become the site's
-    result = await _set(pool, fast, site, "google_ads")
+    result = await credentials_through_delivery(pool, fast, site, "google_ads")
     assert result["site_destination_changed"] is True
     async with pool.acquire() as conn, conn.transaction():
         requeued = await operator.requeue(
@@ -178,7 +164,7 @@ async def test_missing_credentials_say_so_and_requeue_moves_rows(pool, make_site
 async def test_not_allowlisted_is_blocked_with_the_switch_command(pool, make_site, fast, emu, engines, mode) -> None:
     site = await make_site()
     pid = site["public_id"]
-    await _set(pool, fast, site, "google_ads")
+    await credentials_through_delivery(pool, fast, site, "google_ads")
     rows = await add_rows(pool, site["site_id"], ["Cj0Kallow1", "Cj0Kallow2"])
     await emu.config(not_allowlisted=[ACCOUNT], not_allowlisted_mode=mode)
     engine = engines()
@@ -191,7 +177,7 @@ async def test_not_allowlisted_is_blocked_with_the_switch_command(pool, make_sit
         assert f"opsmantik site credentials set {pid} --destination data_manager" in r["last_error"]
         assert f"opsmantik oci requeue --site {pid} --status BLOCKED" in r["last_error"]
     # the fix the hint names: Data Manager credentials, the destination, a requeue
-    await _set(pool, fast, site, "data_manager")
+    await credentials_through_delivery(pool, fast, site, "data_manager")
     async with pool.acquire() as conn:
         switched = await delivery.set_destination(
             conn, site["site_id"], pid, "data_manager", actor_type=ActorType.CLI, actor_id="t"
@@ -453,7 +439,7 @@ async def test_consent_is_copied_at_enqueue_and_sent_as_recorded(
 ) -> None:
     site = await make_site()
     token = await make_token(site["public_id"], "operator")
-    await _set(pool, fast, site, destination)
+    await credentials_through_delivery(pool, fast, site, destination)
     session = await make_session(pool, site["site_id"], consent=("analytics", "marketing"), gclid="Cj0Kconsent")
     call_id = await make_intent(pool, site["site_id"], session)
     r = await client.post(
