@@ -113,10 +113,13 @@ def session_uuid(site_id: str, sid: str | None, fp: str | None, day: dt.date, ke
 
 
 class EventMeta(msgspec.Struct, omit_defaults=True):
-    """What an event row keeps in ``events.metadata`` besides its score and attribution
-    (added by ``ingest_batch``): the event's own facts. Session facts (fingerprint, click
-    ids, device, consent) live on the session row, once."""
+    """What an event row keeps in ``events.metadata``: the event's own facts, and its score
+    and attribution as decided without an earlier click (``ingest_batch`` replaces those two
+    for an Ads Assisted event). Session facts (fingerprint, click ids, device, consent) live
+    on the session row, once."""
 
+    lead_score: int
+    attribution_source: str
     eid: str | None = None
     referrer: str | None = None
     scroll_pct: float | None = None
@@ -308,6 +311,8 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
         score_a=lead_score(**score_args, ads_assisted=True) if assist else None,
         ev=ev.ev,
         meta=EventMeta(
+            lead_score=score,
+            attribution_source=attribution,
             eid=ev.eid,
             referrer=ev.referrer,
             scroll_pct=meta.scroll_pct,

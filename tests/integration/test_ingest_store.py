@@ -74,6 +74,32 @@ async def test_months_are_the_servers_and_a_session_spans_the_boundary(pool: asy
     assert [tuple(x) for x in ledger] == [("2026-01", 1), ("2026-02", 1)]
 
 
+async def test_event_ids_follow_receive_time_and_every_ledger_row_has_its_month(
+    pool: asyncpg.Pool, make_site: Any
+) -> None:
+    site = await make_site()
+    clock = Clock(dt.datetime(2026, 3, 31, 23, 0, tzinfo=dt.UTC))
+    store = IngestStore(pool, clock=clock)
+    start = dt.datetime(2026, 3, 31, 22, 0, tzinfo=dt.UTC)
+    # three batches, received in this order; inside a batch the events are seconds apart
+    for b in range(3):
+        batch = [wire(site, start + dt.timedelta(minutes=b, seconds=k)) for k in range(4)]
+        assert {r.status for r in await store.ingest(batch)} == {"accepted"}
+    rows = await pool.fetch("SELECT id, created_at FROM events ORDER BY created_at")
+    ids = [r["id"] for r in rows]
+    assert len(ids) == 12 and len(set(ids)) == 12
+    assert ids == sorted(ids)  # time-ordered: the primary key grows at its right edge
+    assert {i.version for i in ids} == {7}
+    # a writer that leaves year_month out (dead letters, tools) gets the UTC month of created_at
+    await pool.execute(
+        "INSERT INTO ingest_idempotency (site_id, idempotency_key, created_at) VALUES ($1, 'k-1', $2)",
+        site["site_id"],
+        dt.datetime(2026, 4, 1, 1, 0, tzinfo=dt.timezone(dt.timedelta(hours=3))),
+    )
+    months = await pool.fetch("SELECT DISTINCT year_month FROM ingest_idempotency ORDER BY 1")
+    assert [m["year_month"] for m in months] == ["2026-03"]
+
+
 async def test_a_failing_event_goes_to_dead_letters_and_the_batch_commits(pool: asyncpg.Pool, make_site: Any) -> None:
     site = await make_site()
     # a real database refusal for one row (as a bad value or a future constraint would cause)
