@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["lead_score", "score_parts"]
+__all__ = ["lead_score", "lead_scores", "score_parts"]
 
 
 def score_parts(
@@ -64,3 +64,29 @@ def lead_score(
         ads_assisted=ads_assisted,
     )
     return max(0, min(100, sum(points for _, points in parts)))
+
+
+def lead_scores(
+    *,
+    category: str | None,
+    action: str | None,
+    value: float | None,
+    scroll_pct: float | None,
+    cta_hovers: int | None,
+    google_referrer: bool,
+) -> tuple[int, int]:
+    """:func:`lead_score` without and with Ads Assisted, from one pass over the rules (the
+    partition needs both for every Google-referred event)."""
+    parts = score_parts(
+        category=category,
+        action=action,
+        value=value,
+        scroll_pct=scroll_pct,
+        cta_hovers=cta_hovers,
+        google_referrer=google_referrer,
+        ads_assisted=True,
+    )
+    total = sum(points for _, points in parts)
+    assisted = max(0, min(100, total))
+    without = max(0, min(100, total - parts[-1][1]))  # Ads Assisted is always the last part
+    return without, assisted

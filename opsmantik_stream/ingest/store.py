@@ -45,7 +45,7 @@ from opsmantik_stream.ingest.billing import classify_billable, seconds_to_next_m
 from opsmantik_stream.ingest.intents import detect_intent, intent_target, target_phone_number
 from opsmantik_stream.ingest.keys import EventKind, event_kind, idempotency_key
 from opsmantik_stream.ingest.schema import MetaIn, WireEvent, WireResult
-from opsmantik_stream.ingest.scoring import lead_score
+from opsmantik_stream.ingest.scoring import lead_scores
 from opsmantik_stream.queries import Q
 
 __all__ = ["SESSION_NAMESPACE", "BatchEvent", "CallExpired", "EventMeta", "IngestStore", "prepare", "session_uuid"]
@@ -230,15 +230,14 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
     utm_medium = utm.get("utm_medium")
     attribution, assisted = attr.attribution_pair(ids, utm_medium, ref_host)
     google = attr.is_google_host(ref_host)
-    score_args: dict[str, Any] = {
-        "category": ev.ec,
-        "action": ev.ea,
-        "value": ev.ev,
-        "scroll_pct": meta.scroll_pct,
-        "cta_hovers": meta.cta_hovers,
-        "google_referrer": google,
-    }
-    score = lead_score(**score_args, ads_assisted=False)
+    score, score_assisted = lead_scores(
+        category=ev.ec,
+        action=ev.ea,
+        value=ev.ev,
+        scroll_pct=meta.scroll_pct,
+        cta_hovers=meta.cta_hovers,
+        google_referrer=google,
+    )
     assist = assisted != attribution
     intent = None if kind == EventKind.HEARTBEAT else detect_intent(ev.ec, ev.ea, ev.el, meta.intent_action)
     target = intent_target(intent, ev.el, meta.phone_number) if intent is not None else None
@@ -308,7 +307,7 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
         scroll=scroll,
         cta=meta.cta_hovers,
         attr_a=assisted if assist else None,
-        score_a=lead_score(**score_args, ads_assisted=True) if assist else None,
+        score_a=score_assisted if assist else None,
         ev=ev.ev,
         meta=EventMeta(
             lead_score=score,

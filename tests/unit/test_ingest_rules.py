@@ -18,7 +18,7 @@ from opsmantik_stream.ingest.billing import classify_billable, seconds_to_next_m
 from opsmantik_stream.ingest.intents import detect_intent, intent_target
 from opsmantik_stream.ingest.keys import EventKind, event_kind, idempotency_key, time_component
 from opsmantik_stream.ingest.schema import BodyError, MetaIn, consent_scopes, decode_body
-from opsmantik_stream.ingest.scoring import lead_score
+from opsmantik_stream.ingest.scoring import lead_score, lead_scores
 
 pytestmark = pytest.mark.unit
 
@@ -343,6 +343,18 @@ def test_lead_score(kw: dict[str, object], score: int) -> None:
     }
     args.update(kw)
     assert lead_score(**args) == score  # type: ignore[arg-type]
+
+
+@given(
+    category=st.sampled_from([None, "conversion", "interaction", "page", " Interaction "]),
+    action=st.sampled_from([None, "view", "scroll_depth", "hover_intent"]),
+    value=st.one_of(st.none(), st.floats(min_value=-10, max_value=200)),
+    scroll_pct=st.one_of(st.none(), st.floats(min_value=0, max_value=100)),
+    cta_hovers=st.one_of(st.none(), st.integers(min_value=0, max_value=5)),
+    google_referrer=st.booleans(),
+)
+def test_both_lead_scores_at_once_are_the_two_lead_scores(**kw: object) -> None:
+    assert lead_scores(**kw) == (lead_score(**kw, ads_assisted=False), lead_score(**kw, ads_assisted=True))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- intents and targets
