@@ -1,7 +1,9 @@
 """HTTP ceiling: a bare FastAPI endpoint that decodes the ingest body and answers 202.
 
-Served exactly like the gateway (``opsmantik serve``): one uvicorn process with uvloop and
-httptools, no access log. The body is decoded with msgspec into typed Structs of the same
+Served like the gateway (``opsmantik serve``): one uvicorn process with uvloop and
+httptools, no access log; with uvicorn's own protocol, as a bare FastAPI app gets it (the
+gateway's one write per response, ``gateway/http_protocol.py``, is product work the ceiling
+does not get). The body is decoded with msgspec into typed Structs of the same
 shape and limits as ``POST /api/sync`` (one event or ``{"events": [...]}``), so the only
 thing the real endpoint does on top is the product's own work: site lookup, origin and
 rate-limit checks, the partition call and the PostgreSQL commit.

@@ -102,6 +102,7 @@ def _serve_http(settings: Any, url: str) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.http_protocol import OneSendHttpToolsProtocol
 
     app = create_app(settings=settings, db_url=url, ray_enabled=True)
     config = uvicorn.Config(
@@ -109,7 +110,8 @@ def _serve_http(settings: Any, url: str) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with each response's head and body sent in one write
+        http=OneSendHttpToolsProtocol,
         log_config=None,
         access_log=False,
         # the app applies OPSMANTIK_TRUSTED_PROXIES itself; uvicorn's default would believe
