@@ -57,18 +57,11 @@ API_ROLE = "opsmantik_api"
 # for a page to be written out and read back, and a 30-minute soak's p99 doubled as the
 # ledger grew. 512 MB holds a few days of a busy site's index; it needs a restart, which
 # `start` does once, right after it created the database.
-#
-# Autovacuum every 5 s (stock: 1 min). ingest_batch() keeps its plans for the connection's
-# life, and a plan made while a table (or a new month's partition) was still empty can be
-# one that only suits an empty table: a fresh stack spent 3x the database CPU per event
-# looking up sessions until the first ANALYZE of the table, which makes PostgreSQL plan
-# again. The 5 s check finds a table past its analyze threshold soon after traffic starts.
 EMBEDDED_SETTINGS: dict[str, str] = {
     "shared_buffers": "512MB",
     "max_wal_size": "4GB",
     "min_wal_size": "512MB",  # keeps WAL segments for reuse instead of creating new files
     "checkpoint_timeout": "15min",
-    "autovacuum_naptime": "5s",
 }
 
 

@@ -100,30 +100,6 @@ async def test_event_ids_follow_receive_time_and_every_ledger_row_has_its_month(
     assert [m["year_month"] for m in months] == ["2026-03"]
 
 
-async def test_new_tables_are_analyzed_within_seconds_of_their_first_events(pool: asyncpg.Pool, make_site: Any) -> None:
-    # the partition's plans were made while the tables were empty; ANALYZE makes PostgreSQL
-    # plan again for tables with rows, and the embedded server's autovacuum comes every 5 s
-    site = await make_site()
-    store = IngestStore(pool)
-    now = dt.datetime.now(dt.UTC)
-    for _ in range(3):
-        assert {r.status for r in await store.ingest([wire(site, now) for _ in range(40)])} == {"accepted"}
-    deadline = time.monotonic() + 30  # the stock autovacuum (1 min) would not be here yet
-    analyzed: list[str] = []
-    while time.monotonic() < deadline:
-        analyzed = [
-            r["relname"]
-            for r in await pool.fetch(
-                "SELECT relname FROM pg_stat_user_tables WHERE last_autoanalyze IS NOT NULL"
-                " AND (relname LIKE 'sessions\\_2%' OR relname LIKE 'events\\_2%')"
-            )
-        ]
-        if len(analyzed) >= 2:
-            break
-        await asyncio.sleep(0.5)
-    assert sorted(r.split("_")[0] for r in analyzed) == ["events", "sessions"]
-
-
 async def test_a_failing_event_goes_to_dead_letters_and_the_batch_commits(pool: asyncpg.Pool, make_site: Any) -> None:
     site = await make_site()
     # a real database refusal for one row (as a bad value or a future constraint would cause)
