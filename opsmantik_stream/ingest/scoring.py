@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["lead_score", "lead_scores", "score_parts"]
+__all__ = ["lead_scores", "score_parts"]
 
 
 def score_parts(
@@ -43,29 +43,6 @@ def score_parts(
     return parts
 
 
-def lead_score(
-    *,
-    category: str | None,
-    action: str | None,
-    value: float | None,
-    scroll_pct: float | None,
-    cta_hovers: int | None,
-    google_referrer: bool,
-    ads_assisted: bool,
-) -> int:
-    """The sum of :func:`score_parts`, capped to 0-100."""
-    parts = score_parts(
-        category=category,
-        action=action,
-        value=value,
-        scroll_pct=scroll_pct,
-        cta_hovers=cta_hovers,
-        google_referrer=google_referrer,
-        ads_assisted=ads_assisted,
-    )
-    return max(0, min(100, sum(points for _, points in parts)))
-
-
 def lead_scores(
     *,
     category: str | None,
@@ -75,8 +52,9 @@ def lead_scores(
     cta_hovers: int | None,
     google_referrer: bool,
 ) -> tuple[int, int]:
-    """:func:`lead_score` without and with Ads Assisted, from one pass over the rules (the
-    partition needs both for every Google-referred event)."""
+    """The event's score without and with Ads Assisted: the sum of :func:`score_parts`, capped
+    to 0-100, from one pass over the rules (the partition needs both for every Google-referred
+    event; the database picks one once it knows whether an earlier session had a click)."""
     parts = score_parts(
         category=category,
         action=action,

@@ -18,7 +18,7 @@ from opsmantik_stream.ingest.billing import classify_billable, seconds_to_next_m
 from opsmantik_stream.ingest.intents import detect_intent, intent_target
 from opsmantik_stream.ingest.keys import EventKind, event_kind, idempotency_key, time_component
 from opsmantik_stream.ingest.schema import BodyError, MetaIn, consent_scopes, decode_body
-from opsmantik_stream.ingest.scoring import lead_score, lead_scores
+from opsmantik_stream.ingest.scoring import lead_scores, score_parts
 
 pytestmark = pytest.mark.unit
 
@@ -342,7 +342,8 @@ def test_lead_score(kw: dict[str, object], score: int) -> None:
         "ads_assisted": False,
     }
     args.update(kw)
-    assert lead_score(**args) == score  # type: ignore[arg-type]
+    assisted = args.pop("ads_assisted")
+    assert lead_scores(**args)[1 if assisted else 0] == score  # type: ignore[arg-type]
 
 
 @given(
@@ -353,8 +354,11 @@ def test_lead_score(kw: dict[str, object], score: int) -> None:
     cta_hovers=st.one_of(st.none(), st.integers(min_value=0, max_value=5)),
     google_referrer=st.booleans(),
 )
-def test_both_lead_scores_at_once_are_the_two_lead_scores(**kw: object) -> None:
-    assert lead_scores(**kw) == (lead_score(**kw, ads_assisted=False), lead_score(**kw, ads_assisted=True))  # type: ignore[arg-type]
+def test_both_lead_scores_are_the_capped_sums_of_their_parts(**kw: object) -> None:
+    def capped(assisted: bool) -> int:
+        return max(0, min(100, sum(points for _, points in score_parts(**kw, ads_assisted=assisted))))  # type: ignore[arg-type, misc]
+
+    assert lead_scores(**kw) == (capped(False), capped(True))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- intents and targets
