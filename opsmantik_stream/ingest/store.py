@@ -10,8 +10,9 @@ Two halves:
   without "an earlier session of this visitor on this site had a click id", the one fact
   that needs the database), intent and target, the session ids to use. The result is a
   ``BatchEvent`` whose fields are exactly the attributes of the SQL type
-  ``ingest_batch_event`` (a test compares them).
-- ``ingest_batch(now, events)`` (migration 0006): one statement, hence one transaction and
+  ``ingest_batch_event``, in their order (a test compares them).
+- ``ingest_batch(now, events)`` (migrations 0006, 0014): the batch as an array of those rows
+  in PostgreSQL's binary format (no JSON to parse); one statement, hence one transaction and
   one round trip, that locks the month's usage of the batch's sites, inserts the ledger
   (duplicates drop out), decides the quota from the locked counts, resolves and upserts
   sessions, inserts event rows and intents and moves the usage counters.
@@ -38,6 +39,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from msgspec.structs import astuple
 
 from opsmantik_stream.capture import PLAIN_META_KEYS, form_identifiers
 from opsmantik_stream.ingest import attribution as attr
@@ -133,9 +135,10 @@ class EventMeta(msgspec.Struct, omit_defaults=True):
     phone_sha256: str | None = None
 
 
-class BatchEvent(msgspec.Struct, omit_defaults=True):
-    """One prepared event; field names and meaning are the SQL type ``ingest_batch_event``
-    (migration 0006). Booleans have no default so they are always sent."""
+class BatchEvent(msgspec.Struct, kw_only=True):
+    """One prepared event: the SQL type ``ingest_batch_event`` (migrations 0006 and 0014),
+    field for field and in its order, so ``astuple`` gives the row that asyncpg sends in the
+    binary format (a test compares them). ``meta`` and ``other`` are JSON text (``jsonb``)."""
 
     i: int
     site: str
@@ -143,18 +146,15 @@ class BatchEvent(msgspec.Struct, omit_defaults=True):
     ver: int
     billable: bool
     reason: str
-    hb: bool
-    sid: str
-    alt: str
-    consent_set: bool
-    assist: bool
-    at_ms: int
-    attr: str
-    score: int
     lc: str | None = None
     la: str | None = None
     ll: str | None = None
+    at_ms: int
+    hb: bool
+    sid: str
+    alt: str
     consent: list[str] | None = None
+    consent_set: bool
     ip: str | None = None
     url: str | None = None
     exit_page: str | None = None
@@ -162,7 +162,7 @@ class BatchEvent(msgspec.Struct, omit_defaults=True):
     gclid: str | None = None
     wbraid: str | None = None
     gbraid: str | None = None
-    other: dict[str, str] | None = None
+    other: str | None = None
     utm_source: str | None = None
     utm_medium: str | None = None
     utm_campaign: str | None = None
@@ -190,10 +190,13 @@ class BatchEvent(msgspec.Struct, omit_defaults=True):
     active: int | None = None
     scroll: int | None = None
     cta: int | None = None
+    attr: str
+    score: int
+    assist: bool
     attr_a: str | None = None
     score_a: int | None = None
     ev: float | None = None
-    meta: EventMeta | None = None
+    meta: str | None = None
     intent: str | None = None
     target: str | None = None
     phone: str | None = None
@@ -278,7 +281,7 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
         gclid=ids.gclid,
         wbraid=ids.wbraid,
         gbraid=ids.gbraid,
-        other=ids.other or None,
+        other=_json(ids.other) if ids.other else None,
         utm_source=utm.get("utm_source"),
         utm_medium=utm_medium,
         utm_campaign=utm.get("utm_campaign"),
@@ -309,19 +312,21 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
         attr_a=assisted if assist else None,
         score_a=score_assisted if assist else None,
         ev=ev.ev,
-        meta=EventMeta(
-            lead_score=score,
-            attribution_source=attribution,
-            eid=ev.eid,
-            referrer=ev.referrer,
-            scroll_pct=meta.scroll_pct,
-            cta_hovers=meta.cta_hovers,
-            active_sec=meta.active_sec,
-            duration_sec=meta.duration_sec,
-            focus_dur=meta.focus_dur,
-            intent_target=target,
-            email_sha256=captured.get("email_sha256"),
-            phone_sha256=captured.get("phone_sha256"),
+        meta=_json(
+            EventMeta(
+                lead_score=score,
+                attribution_source=attribution,
+                eid=ev.eid,
+                referrer=ev.referrer,
+                scroll_pct=meta.scroll_pct,
+                cta_hovers=meta.cta_hovers,
+                active_sec=meta.active_sec,
+                duration_sec=meta.duration_sec,
+                focus_dur=meta.focus_dur,
+                intent_target=target,
+                email_sha256=captured.get("email_sha256"),
+                phone_sha256=captured.get("phone_sha256"),
+            )
         ),
         intent=intent.value if intent is not None else None,
         target=target,
@@ -370,6 +375,11 @@ class _DeadRow(msgspec.Struct):
 
 
 _encode = msgspec.json.Encoder().encode
+
+
+def _json(value: Any) -> str:
+    """JSON text for a ``jsonb`` field of a batch row."""
+    return _encode(value).decode()
 
 
 def _utcnow() -> dt.datetime:
@@ -499,7 +509,7 @@ class IngestStore:
         return out
 
     async def _batch(self, rows: list[BatchEvent], now: dt.datetime, deadline: float | None) -> list[WireResult]:
-        payload = _encode(rows).decode()
+        payload = [astuple(row) for row in rows]
         for attempt in range(_ATTEMPTS):
             try:
                 async with self._pool.acquire() as conn:

@@ -12,9 +12,10 @@ WHERE s.public_id = $1
 GROUP BY s.id, p.rate_limit_per_min;
 
 -- name: ingest_batch
--- A partition's micro-batch in one statement (migration 0006): ledger, quota, sessions,
+-- A partition's micro-batch in one statement (migrations 0006, 0014): ledger, quota, sessions,
 -- events, intents and usage in one transaction; a status letter and the quota left per event.
-SELECT status, remaining FROM ingest_batch($1::timestamptz, $2::text::json);
+-- $2 is a list of ``BatchEvent`` tuples, sent as binary rows of ingest_batch_event.
+SELECT status, remaining FROM ingest_batch($1::timestamptz, $2::ingest_batch_event[]);
 
 -- name: ingest_dead_letters
 -- Events captured instead of stored, with non-billable ledger rows; a letter per event.

@@ -214,16 +214,22 @@ async def test_one_session_id_for_two_sites_in_one_batch_fails_nobody(pool: asyn
 
 
 async def test_the_prepared_event_is_exactly_the_sql_type(pool: asyncpg.Pool) -> None:
-    # the partition sends BatchEvent as JSON objects and ingest_batch reads them by name:
-    # a field the type lacks (or the other way round) would be lost silently
+    # the partition sends each BatchEvent as a row of the SQL type, field by position: a
+    # field out of place would land in another attribute
     rows = await pool.fetch(
         """SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type
            FROM pg_attribute a JOIN pg_type t ON t.typrelid = a.attrelid
-           WHERE t.typname = 'ingest_batch_event' AND a.attnum > 0 AND NOT a.attisdropped"""
+           WHERE t.typname = 'ingest_batch_event' AND a.attnum > 0 AND NOT a.attisdropped
+           ORDER BY a.attnum"""
     )
-    assert {r["attname"] for r in rows} == set(BatchEvent.__struct_fields__)
+    assert [r["attname"] for r in rows] == list(BatchEvent.__struct_fields__)
     types = {r["attname"]: r["type"] for r in rows}
-    expected = {bool: "boolean", int: ("integer", "smallint", "bigint"), float: "double precision"}
+    expected = {
+        bool: "boolean",
+        int: ("integer", "smallint", "bigint"),
+        float: "double precision",
+        str: ("text", "uuid"),
+    }
     for field in msgspec.structs.fields(BatchEvent):
         hint = field.type
         args = [t for t in getattr(hint, "__args__", ()) if t is not type(None)]
