@@ -54,6 +54,7 @@ def lru_caches() -> dict[str, Any]:
         "admission.client_net": admission.client_net,
         "routing.partition_for": routing.partition_for,
         "store.derived_session_id": store._derived,
+        "store.page_facts": store._page_memo,
     }
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "Device",
     "attribution_pair",
     "attribution_source",
+    "carries_url_keys",
     "click_ids",
     "host_of",
     "is_google_host",
@@ -71,7 +72,7 @@ _JUNK = frozenset({"", "null", "undefined", "none", "(not set)"})
 
 # Memo bounds (issue 18: every bounded structure states its bound). These caches live in
 # every partition process for its whole life; entries are evicted least recently used, and
-# only strings up to _MEMO_MAX_CHARS are memoised (longer ones are parsed each time, and are
+# only strings up to MEMO_MAX_CHARS are memoised (longer ones are parsed each time, and are
 # rare), so the bytes are bounded too. Worst cases, measured with tracemalloc (key + value):
 # URL parameters 8,192 x ~3.2 KB = 26 MB, click ids and UTMs by URL 8,192 x ~1.5 KB = 12 MB
 # (the URL string is shared with the first memo), hosts 8,192 x ~1.3 KB = 11 MB, devices 4,096 x
@@ -80,12 +81,12 @@ _JUNK = frozenset({"", "null", "undefined", "none", "(not set)"})
 URL_MEMO_SIZE = 8192
 HOST_MEMO_SIZE = 4096
 DEVICE_MEMO_SIZE = 4096
-_MEMO_MAX_CHARS = 1024
+MEMO_MAX_CHARS = 1024
 
 
 def _memo(fn: Any, key: str) -> Any:
     """``fn(key)`` through its memo when ``key`` is short enough, else computed directly."""
-    return fn(key) if len(key) <= _MEMO_MAX_CHARS else fn.__wrapped__(key)
+    return fn(key) if len(key) <= MEMO_MAX_CHARS else fn.__wrapped__(key)
 
 
 class Attribution:
@@ -228,6 +229,16 @@ def url_attribution(url: str | None, meta: Any) -> tuple[ClickIds, Mapping[str, 
 
 _URL_KEYS = CLICK_ID_KEYS + TEMPLATE_KEYS
 _NO_IDS = ClickIds()
+
+
+def carries_url_keys(meta: Any) -> bool:
+    """Whether ``meta`` (a mapping or a struct) has a click id or template key of its own: if
+    not, everything taken from the URL depends on the URL alone (and can be memoised)."""
+    if meta is None:
+        return False
+    if isinstance(meta, Mapping):
+        return any(meta.get(key) is not None for key in _URL_KEYS)
+    return _carries_any(meta, _URL_KEYS)
 
 
 def _carries_any(meta: Any, keys: tuple[str, ...]) -> bool:

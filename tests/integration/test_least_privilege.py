@@ -369,9 +369,14 @@ async def test_two_partition_jobs_at_once_do_not_collide(db_url: str) -> None:
             await asyncio.sleep(0.01)  # the second call now waits for the first transaction
         await tx.commit()
         assert await racing is False
-        # the locked version keeps 0006's fillfactor for sessions (HOT updates)
-        options = await watcher.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'sessions_2031_03'")
-        assert options == ["fillfactor=70"]
+        # new session partitions get 0014's fillfactor (HOT updates), as the ones that existed
+        # when the migration ran
+        options = await watcher.fetch(
+            "SELECT c.relname, c.reloptions FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'sessions'::regclass"
+        )
+        assert "sessions_2031_03" in {r["relname"] for r in options} and len(options) > 2
+        assert {tuple(r["reloptions"] or ()) for r in options} == {("fillfactor=50",)}
     finally:
         for conn in (first, second, watcher):
             await conn.close()

@@ -39,6 +39,7 @@ def test_every_memo_is_listed_with_its_named_bound() -> None:
     assert report["admission.client_net"] == (0, admission.ADDRESS_MEMO_SIZE)
     assert report["routing.partition_for"] == (0, routing.ROUTING_MEMO_SIZE)
     assert report["store.derived_session_id"] == (0, store.DERIVED_ID_MEMO_SIZE)
+    assert report["store.page_facts"] == (0, store.PAGE_MEMO_SIZE)
     # no memo in the ingest path is unbounded
     assert all(bound > 0 for _n, bound in report.values())
 
@@ -55,6 +56,27 @@ def test_url_and_host_memos_hold_their_bound_against_unique_ad_click_urls() -> N
     assert report["attribution.url_params"] == (attribution.URL_MEMO_SIZE, attribution.URL_MEMO_SIZE)
     assert report["attribution.url_attribution"] == (attribution.URL_MEMO_SIZE, attribution.URL_MEMO_SIZE)
     assert report["attribution.host_of"] == (attribution.URL_MEMO_SIZE, attribution.URL_MEMO_SIZE)
+
+
+def test_page_facts_hold_their_bound_and_skip_long_urls() -> None:
+    import datetime as dt
+
+    from opsmantik_stream.ingest.schema import WireEvent
+
+    day = dt.date(2026, 12, 3)
+    n = 3 * store.PAGE_MEMO_SIZE
+    for i in range(n):
+        ev = WireEvent(
+            site_id="s", received_ms=1, url=f"https://shop.example.com/p/{i}?gclid=G{i}", referrer=f"https://r{i}.org/"
+        )
+        row = store.prepare(ev, 1, day)
+        assert (row.gclid, row.ref) == (f"G{i}", f"r{i}.org")
+    assert bounds.lru_report()["store.page_facts"] == (store.PAGE_MEMO_SIZE, store.PAGE_MEMO_SIZE)
+    store._page_memo.cache_clear()
+    long_url = "https://shop.example.com/p?gclid=abc&pad=" + "x" * 5000
+    for _ in range(3):
+        assert store.prepare(WireEvent(site_id="s", received_ms=1, url=long_url), 1, day).gclid == "abc"
+    assert bounds.lru_report()["store.page_facts"][0] == 0
 
 
 def test_long_urls_and_hosts_are_answered_but_never_memoised() -> None:
