@@ -78,6 +78,9 @@ DECLARE
     v_prev    date := (date_trunc('month', p_now AT TIME ZONE 'UTC') - interval '1 month')::date;
     -- how far back an earlier visit / click of the same fingerprint is looked for
     v_history date := (date_trunc('month', p_now AT TIME ZONE 'UTC') - interval '5 months')::date;
+    -- when the batch's ledger rows expire (once per batch: adding days to a timestamptz looks
+    -- up the time zone)
+    v_expires timestamptz := p_now + interval '90 days';
     v_ym      text := utc_year_month(p_now);
     v_sites   uuid[];
     v_consent boolean;
@@ -128,7 +131,7 @@ BEGIN
         INSERT INTO ingest_idempotency AS l (
             site_id, idempotency_key, created_at, year_month, expires_at, billable, billing_state, billing_reason,
             idempotency_version, event_category, event_action, event_label)
-        SELECT e.site, e.key, p_now, v_ym, p_now + interval '90 days', e.billable,
+        SELECT e.site, e.key, p_now, v_ym, v_expires, e.billable,
                CASE WHEN e.billable THEN 'ACCEPTED' ELSE 'NOT_BILLABLE' END, e.reason, e.ver, e.lc, e.la, e.ll
         FROM unnest(p_events) AS e
         ORDER BY e.site, e.key
@@ -255,10 +258,11 @@ BEGIN
                   AND (ev.fresh
                        OR ev.assist AND EXISTS (
                               SELECT 1 FROM sessions z
-                              WHERE z.site_id = ev.site AND z.fingerprint = ev.fp AND z.created_month >= v_history
+                              WHERE z.site_id = ev.site AND z.fingerprint = ev.fp
+                                AND z.created_month BETWEEN v_history AND v_cur
                                 AND (z.gclid IS NOT NULL OR z.wbraid IS NOT NULL OR z.gbraid IS NOT NULL)
                                 AND z.id <> ev.id))
-                  AND y.site_id = ev.site AND y.fingerprint = ev.fp AND y.created_month >= v_history
+                  AND y.site_id = ev.site AND y.fingerprint = ev.fp AND y.created_month BETWEEN v_history AND v_cur
                 ORDER BY y.created_at DESC
                 LIMIT 100
             ) AS x
