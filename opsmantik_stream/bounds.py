@@ -39,7 +39,7 @@ def resident_bytes() -> int | None:
 def lru_caches() -> dict[str, Any]:
     """Name -> the ``lru_cache``-wrapped function."""
     from opsmantik_stream import routing
-    from opsmantik_stream.ingest import admission, attribution, store
+    from opsmantik_stream.ingest import admission, attribution, scoring, store
 
     return {
         "attribution.url_params": attribution._url_params,
@@ -55,6 +55,7 @@ def lru_caches() -> dict[str, Any]:
         "routing.partition_for": routing.partition_for,
         "store.derived_session_id": store._derived,
         "store.page_facts": store._page_memo,
+        "scoring.lead_scores": scoring._lead_scores,
     }
 
 

@@ -236,9 +236,9 @@ def carries_url_keys(meta: Any) -> bool:
     not, everything taken from the URL depends on the URL alone (and can be memoised)."""
     if meta is None:
         return False
-    if isinstance(meta, Mapping):
-        return any(meta.get(key) is not None for key in _URL_KEYS)
-    return _carries_any(meta, _URL_KEYS)
+    if isinstance(meta, msgspec.Struct):  # first: a Mapping check goes through the ABC machinery
+        return _carries_any(meta, _URL_KEYS)
+    return any(meta.get(key) is not None for key in _URL_KEYS)
 
 
 def _carries_any(meta: Any, keys: tuple[str, ...]) -> bool:

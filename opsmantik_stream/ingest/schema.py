@@ -273,21 +273,22 @@ class WireEvent(msgspec.Struct, array_like=True, frozen=True):
     ) -> WireEvent:
         # `url` wins over `u` when both are sent (as in the original tracker contract).
         url = clean_text(ev.url) or clean_text(ev.u) or ""
+        # by position, in field order (keywords cost more than the rest of this call)
         return cls(
-            site_id=site_id,
-            received_ms=received_ms,
-            url=url,
-            eid=clean_text(ev.eid),
-            sid=clean_text(ev.sid),
-            ec=clean_text(ev.ec),
-            ea=clean_text(ev.ea),
-            el=clean_text(ev.el),
-            ev=event_value(ev.ev),
-            referrer=clean_text(ev.r),
-            consent=scopes,
-            meta=ev.meta if ev.meta is not None else _NO_META,
-            ip=ip,
-            ua=clean_text(ua),
+            site_id,
+            received_ms,
+            url,
+            clean_text(ev.eid),  # eid
+            clean_text(ev.sid),  # sid
+            clean_text(ev.ec),  # ec
+            clean_text(ev.ea),  # ea
+            clean_text(ev.el),  # el
+            event_value(ev.ev),  # ev
+            clean_text(ev.r),  # referrer
+            scopes,  # consent
+            ev.meta if ev.meta is not None else _NO_META,  # meta
+            ip,  # ip
+            clean_text(ua),  # ua
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 __all__ = ["lead_scores", "score_parts"]
 
 
@@ -55,6 +57,25 @@ def lead_scores(
     """The event's score without and with Ads Assisted: the sum of :func:`score_parts`, capped
     to 0-100, from one pass over the rules (the partition needs both for every Google-referred
     event; the database picks one once it knows whether an earlier session had a click)."""
+    return _lead_scores(category, action, value, scroll_pct, cta_hovers, google_referrer)
+
+
+# Memo bound of scores (partition process): most events are page views and clicks of a few
+# kinds with no scroll depth or hover count, so a few entries answer them; the key is six
+# short values (category and action are at most 256 characters), ~0.8 KB per entry with its
+# value, at most ~0.8 MB.
+SCORE_MEMO_SIZE = 1024
+
+
+@lru_cache(maxsize=SCORE_MEMO_SIZE)
+def _lead_scores(
+    category: str | None,
+    action: str | None,
+    value: float | None,
+    scroll_pct: float | None,
+    cta_hovers: int | None,
+    google_referrer: bool,
+) -> tuple[int, int]:
     parts = score_parts(
         category=category,
         action=action,

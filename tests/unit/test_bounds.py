@@ -14,7 +14,7 @@ import pytest
 
 from gateway.limits import KeyedLimit
 from opsmantik_stream import bounds, routing
-from opsmantik_stream.ingest import admission, attribution, store
+from opsmantik_stream.ingest import admission, attribution, scoring, store
 from opsmantik_stream.ingest.schema import MetaIn
 
 
@@ -40,6 +40,7 @@ def test_every_memo_is_listed_with_its_named_bound() -> None:
     assert report["routing.partition_for"] == (0, routing.ROUTING_MEMO_SIZE)
     assert report["store.derived_session_id"] == (0, store.DERIVED_ID_MEMO_SIZE)
     assert report["store.page_facts"] == (0, store.PAGE_MEMO_SIZE)
+    assert report["scoring.lead_scores"] == (0, scoring.SCORE_MEMO_SIZE)
     # no memo in the ingest path is unbounded
     assert all(bound > 0 for _n, bound in report.values())
 
@@ -77,6 +78,23 @@ def test_page_facts_hold_their_bound_and_skip_long_urls() -> None:
     for _ in range(3):
         assert store.prepare(WireEvent(site_id="s", received_ms=1, url=long_url), 1, day).gclid == "abc"
     assert bounds.lru_report()["store.page_facts"][0] == 0
+
+
+def test_score_memo_holds_its_bound() -> None:
+    n = 3 * scoring.SCORE_MEMO_SIZE
+    for i in range(n):
+        depth = i % 100
+        want = 10 + (10 if depth >= 50 else 0) + (20 if depth >= 90 else 0)  # interaction, scroll
+        got = scoring.lead_scores(
+            category="interaction",
+            action="view",
+            value=float(i),
+            scroll_pct=depth,
+            cta_hovers=None,
+            google_referrer=False,
+        )
+        assert got == (want, want + 25)
+    assert bounds.lru_report()["scoring.lead_scores"] == (scoring.SCORE_MEMO_SIZE, scoring.SCORE_MEMO_SIZE)
 
 
 def test_long_urls_and_hosts_are_answered_but_never_memoised() -> None:

@@ -107,3 +107,26 @@ def test_scores_and_attribution_with_and_without_an_earlier_click() -> None:
     assert (row.gclid, row.click_id, row.click_type) == ("G-1", "G-1", "gclid")
     assert row.assist is False and row.attr_a is None and row.score_a is None
     assert row.attr == "First Click (Paid)" and (row.src, row.medium) == ("Google Ads", "cpc")
+
+
+def test_the_gateway_builds_the_wire_event_field_by_field() -> None:
+    # WireEvent.build is positional too (the gateway runs it for every event)
+    from opsmantik_stream.ingest.schema import EventIn
+
+    sent = EventIn(
+        u=" https://shop.example.com/u ",
+        eid=" e-1 ",
+        sid="s-1",
+        ec="interaction",
+        ea="click",
+        el="buy\x00 now",
+        ev="4.5",
+        r="https://ref.example.org/",
+        meta=MetaIn(fp="fp-9"),
+    )
+    ev = WireEvent.build(sent, site_id=SITE, received_ms=99, scopes=["analytics"], ip="198.51.100.0", ua=" UA/1 ")
+    assert (ev.site_id, ev.received_ms, ev.url) == (SITE, 99, "https://shop.example.com/u")
+    assert (ev.eid, ev.sid, ev.ec, ev.ea, ev.el) == ("e-1", "s-1", "interaction", "click", "buy now")
+    assert ev.ev == 4.5 and ev.referrer == "https://ref.example.org/"
+    assert ev.consent == ["analytics"] and ev.meta.fp == "fp-9"
+    assert (ev.ip, ev.ua) == ("198.51.100.0", "UA/1")
