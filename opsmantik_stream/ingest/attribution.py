@@ -236,9 +236,18 @@ def carries_url_keys(meta: Any) -> bool:
     not, everything taken from the URL depends on the URL alone (and can be memoised)."""
     if meta is None:
         return False
-    if isinstance(meta, msgspec.Struct):  # first: a Mapping check goes through the ABC machinery
-        return _carries_any(meta, _URL_KEYS)
-    return any(meta.get(key) is not None for key in _URL_KEYS)
+    getter = _URL_GETTERS.get(type(meta))
+    if getter is None:
+        if not isinstance(meta, msgspec.Struct):
+            return any(meta.get(key) is not None for key in _URL_KEYS)
+        # one getter per struct type (a handful, fixed by the code): asked for every event,
+        # so not through _getter, whose key would hash the whole key list each time
+        getter = _URL_GETTERS[type(meta)] = _getter(type(meta), _URL_KEYS)
+    values = getter(meta)
+    return values.count(None) != len(values)
+
+
+_URL_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
 
 
 def _carries_any(meta: Any, keys: tuple[str, ...]) -> bool:
