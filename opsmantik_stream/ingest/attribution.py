@@ -19,6 +19,7 @@ from opsmantik_stream.clickids import CLICK_ID_PRECEDENCE, best_click_id
 __all__ = [
     "CLICK_ID_KEYS",
     "GOOGLE_CLICK_IDS",
+    "SESSION_TEMPLATE_KEYS",
     "TEMPLATE_KEYS",
     "Attribution",
     "ClickIds",
@@ -41,8 +42,9 @@ GOOGLE_CLICK_IDS = CLICK_ID_PRECEDENCE
 OTHER_CLICK_IDS = ("gclsrc", "dclid", "fbclid", "ttclid", "msclkid")
 CLICK_ID_KEYS = GOOGLE_CLICK_IDS + OTHER_CLICK_IDS
 
-# UTM and Google Ads ValueTrack parameters copied onto the session.
-TEMPLATE_KEYS = (
+# UTM and Google Ads ValueTrack parameters that have a session column of the same name (in
+# the columns' order, which is also BatchEvent's) ...
+SESSION_TEMPLATE_KEYS = (
     "utm_source",
     "utm_medium",
     "utm_campaign",
@@ -55,11 +57,9 @@ TEMPLATE_KEYS = (
     "adposition",
     "targetid",
     "feeditemid",
-    "device",
-    "devicemodel",
-    "loc_interest_ms",
-    "loc_physical_ms",
 )
+# ... and every template parameter read (`device` overrides the session's device type)
+TEMPLATE_KEYS = (*SESSION_TEMPLATE_KEYS, "device", "devicemodel", "loc_interest_ms", "loc_physical_ms")
 
 
 PAID_UTM_MEDIUMS = frozenset({"cpc", "ppc", "paid"})

@@ -213,20 +213,7 @@ def _clip(value: float | None, hi: int) -> int | None:
 
 
 # The session columns of the template parameters, in BatchEvent's (and the SQL type's) order.
-SESSION_TEMPLATE_KEYS = (
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_term",
-    "utm_content",
-    "utm_adgroup",
-    "matchtype",
-    "network",
-    "placement",
-    "adposition",
-    "targetid",
-    "feeditemid",
-)
+SESSION_TEMPLATE_KEYS = attr.SESSION_TEMPLATE_KEYS
 
 
 _Opt = str | None
