@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "wall_time_s": wall,
         "generator": (
-            "wrk (closed loop, 1 thread) for peaks; Python open-loop generator (2 processes, "
+            "wrk (closed loop, 1 thread) for peaks; Python open-loop generator (1 process, "
             "uvloop, raw HTTP/1.1) for latency at fixed offered loads"
         )
         if wrk
