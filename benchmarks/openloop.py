@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from benchmarks.payloads import SiteRef, batch_body, single_body
@@ -57,9 +57,13 @@ class OpenLoopResult:
     max_ms: float
     send_lag_p99_ms: float
     processes: int
+    # (scheduled send time as Unix time, latency in ms) of every answered request, only when
+    # asked for (``series=True``): lines requests up with other clocks (benchmarks/tail.py)
+    series: list[tuple[float, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The figures (without the series, which only the tail diagnosis reads)."""
+        return {k: v for k, v in asdict(replace(self, series=None)).items() if k != "series"}
 
 
 class _Conn(asyncio.Protocol):
@@ -166,6 +170,9 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     total = int(rate * seconds)
     pending: deque[tuple[float, bytes]] = deque()
     latencies: list[float] = []
+    series: list[tuple[float, float]] | None = [] if cfg.get("series") else None
+    # perf_counter -> Unix time, for the series only
+    wall0 = time.time() - time.perf_counter()
     lags: list[float] = []
     statuses: dict[str, int] = {}
     completed_in_window = 0
@@ -180,6 +187,8 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         statuses[status] = statuses.get(status, 0) + 1
         if status != "conn_error":
             latencies.append((now - intended) * 1000.0)
+            if series is not None:
+                series.append((intended + wall0, (now - intended) * 1000.0))
             if now <= t0 + seconds and status.startswith("2"):
                 completed_in_window += 1
         if outstanding == 0 and sent_all and not all_done.done():
@@ -252,6 +261,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "statuses": statuses,
         "latencies": latencies,
         "lags": lags,
+        "series": series,
     }
 
 
@@ -277,8 +287,10 @@ def run_open_loop(
     max_conns: int = 256,
     path: str = "/api/sync",
     drain_s: float = 15.0,
+    series: bool = False,
 ) -> OpenLoopResult:
-    """Offer ``rate`` requests/s for ``seconds`` from ``processes`` worker processes."""
+    """Offer ``rate`` requests/s for ``seconds`` from ``processes`` worker processes
+    (``series``: also return every answered request's send time and latency)."""
     procs = []
     folder = tempfile.mkdtemp(prefix="opsm-openloop-")
     for i in range(processes):
@@ -294,6 +306,7 @@ def run_open_loop(
             "batch": batch,
             "sites": [asdict(s) for s in sites],
             "drain_s": drain_s,
+            "series": series,
             "offset": i,
             "stride": processes,
             "out": os.path.join(folder, f"w{i}.json"),
@@ -336,6 +349,7 @@ def run_open_loop(
         max_ms=round(max(latencies, default=0.0), 2),
         send_lag_p99_ms=round(percentile(lags, 99), 2),
         processes=processes,
+        series=sorted(x for o in outs for x in o["series"]) if series else None,
     )
 
 
