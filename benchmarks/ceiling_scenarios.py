@@ -26,6 +26,7 @@ from benchmarks.scenario_kit import (
     generator_kept_up,
     measure_peak,
     sweep,
+    window_note,
 )
 from benchmarks.store_ceiling import StoreCeiling
 
@@ -120,6 +121,7 @@ def http_ceiling(ctx: Context) -> None:
                     ceiling_value=p.offered_rps,
                     details={**p.to_dict(), "generator_kept_up": kept},
                     note=f"p50 {p.p50_ms:.1f} ms, p99 {p.p99_ms:.1f} ms"
+                    + (f"; p99 of its 10 s windows {window_note(p.window_p99_ms)}" if p.window_p99_ms else "")
                     + ("" if kept else f"; python generator saturated (send lag p99 {p.send_lag_p99_ms:.0f} ms)"),
                 )
             )

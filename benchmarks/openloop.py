@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks.payloads import SiteRef, batch_body, single_body
 
-__all__ = ["Connections", "OpenLoopResult", "percentile", "run_open_loop"]
+__all__ = ["Connections", "OpenLoopResult", "percentile", "run_open_loop", "window_p99s"]
 
 # the shortest sleep the schedule takes (uvloop's timer resolution: 1 ms)
 _TICK_S = 0.001
@@ -41,6 +41,22 @@ def percentile(values: Sequence[float], q: float) -> float:
     s = sorted(values)
     k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
     return float(s[k])
+
+
+def window_p99s(series: Sequence[tuple[float, float]], width_s: float = 10.0) -> list[float]:
+    """The p99 latency (ms) of each consecutive ``width_s`` window of a point, by scheduled
+    send time (``series`` as ``run_open_loop(series=True)`` returns it). A trailing window
+    shorter than half of ``width_s`` is left out: too few requests to say anything."""
+    if not series:
+        return []
+    start = min(t for t, _ in series)
+    buckets: dict[int, list[float]] = {}
+    for t, latency in series:
+        buckets.setdefault(int((t - start) // width_s), []).append(latency)
+    end = max(t for t, _ in series)
+    last = int((end - start) // width_s)
+    keep = [k for k in sorted(buckets) if k < last or (end - start) - last * width_s >= width_s / 2]
+    return [round(percentile(buckets[k], 99), 2) for k in keep]
 
 
 @dataclass
@@ -60,6 +76,9 @@ class OpenLoopResult:
     # (scheduled send time as Unix time, latency in ms) of every answered request, only when
     # asked for (``series=True``): lines requests up with other clocks (benchmarks/tail.py)
     series: list[tuple[float, float]] | None = None
+    # the p99 of each 10 s window of the point (only with ``series=True``): how much of the
+    # point's p99 one bad stretch made
+    window_p99_ms: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The figures (without the series, which only the tail diagnosis reads)."""
@@ -336,6 +355,7 @@ def run_open_loop(
         for k, v in o["statuses"].items():
             statuses[k] = statuses.get(k, 0) + v
     ok_in_window = sum(o["completed_in_window"] for o in outs)
+    every = sorted(x for o in outs for x in o["series"]) if series else None
     return OpenLoopResult(
         offered_rps=rate,
         achieved_rps=ok_in_window / seconds,
@@ -349,7 +369,8 @@ def run_open_loop(
         max_ms=round(max(latencies, default=0.0), 2),
         send_lag_p99_ms=round(percentile(lags, 99), 2),
         processes=processes,
-        series=sorted(x for o in outs for x in o["series"]) if series else None,
+        series=every,
+        window_p99_ms=window_p99s(every) if every is not None else None,
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.openloop import run_open_loop
+from benchmarks.openloop import run_open_loop, window_p99s
 from benchmarks.payloads import SiteRef
 from benchmarks.tail import FlushProbe, stall_windows
 
@@ -91,5 +91,15 @@ def test_the_open_loop_series_has_every_answered_request_in_unix_time(accepting_
     assert [t for t, _ in res.series] == sorted(t for t, _ in res.series)
     assert all(before <= t <= time.time() and ms >= 0 for t, ms in res.series)
     assert "series" not in res.to_dict()
+    # one (sub-second) window, whose p99 is the whole point's
+    assert res.window_p99_ms is not None and res.to_dict()["window_p99_ms"] == res.window_p99_ms
     plain = run_open_loop("127.0.0.1", accepting_server, sites, rate=100, seconds=0.2, run="u")
-    assert plain.series is None
+    assert plain.series is None and plain.window_p99_ms is None
+
+
+def test_window_p99s_give_each_10_s_window_its_own_p99() -> None:
+    # 35 s at 100 requests/s of 5 ms; the second window holds a 2 s stall of 300 ms answers
+    series = [(1000.0 + k * 0.01, 300.0 if 1200 <= k < 1400 else 5.0) for k in range(3500)]
+    assert window_p99s(series) == [5.0, 300.0, 5.0]  # the last 5 s: under half a window, left out
+    assert window_p99s(series, width_s=20.0) == [300.0, 5.0]  # a 15 s tail: kept
+    assert window_p99s([]) == []
