@@ -2,10 +2,14 @@
 actor call.
 
 Batches grow with load. An idle partition gets a request's events at once (no added
-latency at low load). While a call is in flight, arriving events wait: the next call leaves
+latency at low load) unless its previous call left moments ago (pacing, below). While a call is in flight, arriving events wait: the next call leaves
 when ``max_wait_s`` passed since the first of them arrived, when ``max_events`` events or
 ``max_bytes`` of payload are queued, or as soon as a call returns -- so under load a call
-carries everything that arrived during the previous one. At most ``max_inflight`` calls
+carries everything that arrived during the previous one. A small call (fewer than
+``small_call`` events) leaves no sooner than ``min_interval_s`` after the previous one left:
+at moderate load calls would otherwise return every few milliseconds with a handful of
+events, and a call's fixed cost (the call, the transaction, each statement's start-up) is
+about that of ten events; a call worth its cost never waits. At most ``max_inflight`` calls
 per partition run at once. Beyond ``max_queued`` waiting events a request is refused at
 once (``Backpressure`` -> 503 + Retry-After): a slow partition costs the gateway bounded
 memory, never a silent drop. ``max_bytes`` keeps a call's argument small enough for Ray to
@@ -76,6 +80,8 @@ class PartitionBatcher:
         max_events: int,
         max_bytes: int = 90_000,
         max_wait_s: float,
+        min_interval_s: float = 0.0,
+        small_call: int = 1,
         max_inflight: int,
         max_queued: int,
         on_call: Callable[[int], None] | None = None,
@@ -85,6 +91,9 @@ class PartitionBatcher:
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._max_wait_s = max_wait_s
+        self._min_interval_s = min_interval_s
+        self._small_call = small_call
+        self._last_start = -1e9
         self._max_inflight = max_inflight
         self._max_queued = max_queued
         self._on_call = on_call  # observes each call's size (metrics)
@@ -127,12 +136,16 @@ class PartitionBatcher:
 
     def _pump(self, *, due: bool) -> None:
         """Start calls while slots are free and a batch is full or due."""
+        loop = asyncio.get_running_loop()
         while self._pending and self._inflight < self._max_inflight:
-            if not due and not self._full():
+            early = 0.0
+            if due and self._min_interval_s and self._queued < self._small_call and not self._full():
+                early = self._last_start + self._min_interval_s - loop.time()
+            if early > 0 or (not due and not self._full()):
                 if self._timer is None:
-                    loop = asyncio.get_running_loop()
-                    self._timer = loop.call_later(self._max_wait_s, self._on_timer)
+                    self._timer = loop.call_later(early if early > 0 else self._max_wait_s, self._on_timer)
                 return
+            self._last_start = loop.time()
             groups: list[_Group] = []
             size = 0
             nbytes = 0
@@ -147,7 +160,7 @@ class PartitionBatcher:
             self._queued_bytes -= nbytes
             self._inflight += 1
             due = False
-            task = asyncio.get_running_loop().create_task(self._call(groups, size))
+            task = loop.create_task(self._call(groups, size))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if not self._pending and self._timer is not None:

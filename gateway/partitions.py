@@ -148,6 +148,8 @@ class PartitionClient:
                 max_events=settings.batch_max_events,
                 max_bytes=settings.batch_max_bytes,
                 max_wait_s=settings.batch_max_wait_ms / 1000.0,
+                min_interval_s=settings.batch_min_interval_ms / 1000.0,
+                small_call=settings.batch_small_call_events,
                 max_inflight=settings.partition_max_inflight,
                 max_queued=settings.partition_max_queued_events,
                 on_call=BATCH_SIZE.observe,

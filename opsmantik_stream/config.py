@@ -174,6 +174,23 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             "event waited this long (an idle partition gets events at once)."
         ),
     ] = 5.0
+    batch_min_interval_ms: Annotated[
+        float,
+        msgspec.Meta(ge=0, le=1000),
+        doc(
+            "Ingest micro-batching: a partition call of fewer than OPSMANTIK_BATCH_SMALL_CALL_EVENTS events "
+            "leaves at the earliest this long after the partition's previous call left (0: as soon as a slot "
+            "is free). Fewer, larger calls at moderate load: a call costs about as much CPU as ten events."
+        ),
+    ] = 6.0
+    batch_small_call_events: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=5000),
+        doc(
+            "Ingest micro-batching: a call of at least this many events leaves as soon as a slot is free; a "
+            "smaller one waits out OPSMANTIK_BATCH_MIN_INTERVAL_MS."
+        ),
+    ] = 10
     partition_max_inflight: Annotated[
         int,
         msgspec.Meta(ge=1, le=64),
