@@ -2,9 +2,10 @@
 actor call.
 
 Batches grow with load. An idle partition gets a request's events at once (no added
-latency at low load) unless its previous call left moments ago (pacing, below). While a call is in flight, arriving events wait: the next call leaves
-when ``max_wait_s`` passed since the first of them arrived, when ``max_events`` events or
-``max_bytes`` of payload are queued, or as soon as a call returns -- so under load a call
+latency at low load) unless its previous call left moments ago (pacing, below). While a
+call is in flight, arriving events wait: the next call leaves when ``max_wait_s`` passed
+since the first of them arrived, when ``max_events`` events or ``max_bytes`` of payload are
+queued, or as soon as a call returns -- so under load a call
 carries everything that arrived during the previous one. A small call (fewer than
 ``small_call`` events) leaves no sooner than ``min_interval_s`` after the previous one left:
 at moderate load calls would otherwise return every few milliseconds with a handful of
