@@ -28,6 +28,12 @@ def prepare_ray_environment() -> None:
     # Workers log JSON lines (opsmantik_stream/logs.py); forwarded to the driver's stderr without
     # Ray's "(ActorName pid=...)" prefix they stay JSON there too (the line names its actor).
     os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
+    # Ray starts its worker processes at nice 15 by default, to keep them behind its own
+    # daemons. Here the workers are the ingest hot path (partitions) and share the machine
+    # with the gateway and PostgreSQL at nice 0: whenever the CPU was busy a partition got a
+    # small fraction of the gateway's share, and batches waited in a runnable actor. Read by
+    # the raylet that a local `ray.init` starts; nodes started with `ray start` need it too.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if "ray._private.ray_constants" in sys.modules:  # Ray read it at import, before this ran
         from ray._private import ray_constants
 
