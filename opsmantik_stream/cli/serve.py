@@ -16,6 +16,10 @@ from opsmantik_stream.migrate import MigrationError, apply_migrations
 
 log = logging.getLogger("opsmantik.serve")
 
+# How long an idle keep-alive connection stays open: longer than the idle timeout of the
+# reverse proxies the docs show (nginx 60 s, Caddy 2 min), see _serve_http.
+KEEP_ALIVE_S = 130
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -119,6 +123,10 @@ def _serve_http(settings: Any, url: str) -> None:
         proxy_headers=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # A reverse proxy keeps idle upstream connections and must be the one to close them:
+        # when the server closes first (uvicorn's default is 5 s), a request the proxy sends
+        # on the closing connection fails as a 502.
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     server = uvicorn.Server(config)
     print(

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,12 @@ def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
         assert health["checks"]["database"] == "ok"
         assert all(v == "ok" for v in health["checks"]["actors"].values())
         assert f"serving on http://127.0.0.1:{port}" in log.read_text()
+        # a keep-alive connection that sits idle (as a reverse proxy's upstream connections do)
+        # is still open later: the proxy, not the gateway, decides when to close it
+        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        idle.request("GET", "/health")
+        idle.getresponse().read()
+        idle_since = time.monotonic()
         # a CLI command shares the running embedded server
         created = subprocess.run(
             [
@@ -110,6 +118,10 @@ def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
         assert scaled.returncode == 0, scaled.stdout + scaled.stderr
         health = wait_healthy(port, proc, log)
         assert sum(1 for name in health["checks"]["actors"] if name.startswith("partition-v2-")) == 2
+        time.sleep(max(0.0, 8.0 - (time.monotonic() - idle_since)))  # past uvicorn's default 5 s
+        idle.request("GET", "/health")
+        assert idle.getresponse().status == 200
+        idle.close()
     finally:
         if proc.poll() is None:
             _interrupt(proc, log)
