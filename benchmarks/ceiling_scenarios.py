@@ -129,8 +129,8 @@ def http_ceiling(ctx: Context) -> None:
 
 def store_ceiling(ctx: Context) -> None:
     """Idempotent batched inserts (ledger + sessions + events, unnest) straight into PostgreSQL:
-    a grid of (batch size, connections), then the best of it twice more (three runs of the
-    ceiling, the median is the figure). CPU is sampled per run, PostgreSQL's included."""
+    a grid of (batch size, connections), then its two best shapes twice more each (three runs
+    of each; the better median is the figure). CPU is sampled per run, PostgreSQL's included."""
     grid = [(50, 2), (50, 8), (250, 4)] if ctx.quick else [(50, 1), (50, 2), (50, 4), (50, 8), (250, 4)]
     out = asyncio.run(_store_runs(ctx, grid, repeats=1 if ctx.quick else 3))
     best = out["best"]
@@ -155,7 +155,14 @@ def store_ceiling(ctx: Context) -> None:
                 **cpu_details(best["cpu_percent"], best["events_per_s"], "event"),
             },
             note=f"median of {len(rates)} runs of {best['batch']}x{best['connections']} "
-            f"(min {rates[0]:,.0f}, max {rates[-1]:,.0f}); grid (batch x connections) {runs}; "
+            f"(min {rates[0]:,.0f}, max {rates[-1]:,.0f}); grid (batch x connections) {runs}"
+            + (
+                "; medians of its two best shapes "
+                + ", ".join(f"{m['shape']}: {m['median']:,.0f}" for m in out["shapes_compared"])
+                if len(out["shapes_compared"]) > 1
+                else ""
+            )
+            + "; "
             + cpu_note(best["cpu_percent"], best["events_per_s"], "event"),
         )
     )
@@ -177,19 +184,27 @@ async def _store_runs(ctx: Context, grid: list[tuple[int, int]], *, repeats: int
     try:
         await ceiling.setup()
         runs = [await one(batch, conns, f"r{i}") for i, (batch, conns) in enumerate(grid)]
-        top = max(runs, key=lambda r: r["events_per_s"])
-        repeats_of_top = [top] + [
-            await one(top["batch"], top["connections"], f"again{k}") for k in range(max(0, repeats - 1))
-        ]
-        ordered = sorted(repeats_of_top, key=lambda r: r["events_per_s"])
-        best = ordered[len(ordered) // 2]
+        # One 6 s run per shape cannot tell apart shapes within a few per cent of each other
+        # on a noisy machine, and the shape chosen here is also the one every paired ceiling
+        # run uses: the two best shapes of the grid are each run `repeats` times and the
+        # better median wins.
+        ranked = sorted(runs, key=lambda r: r["events_per_s"], reverse=True)
+        medians: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        for c, top in enumerate(ranked[: 2 if repeats > 1 else 1]):
+            again = [await one(top["batch"], top["connections"], f"again{c}-{k}") for k in range(max(0, repeats - 1))]
+            ordered = sorted([top, *again], key=lambda r: r["events_per_s"])
+            medians.append((ordered[len(ordered) // 2], [top, *again]))
+        best, repeats_of_top = max(medians, key=lambda m: m[0]["events_per_s"])
         stored = await ceiling.count_rows()
         await ceiling.close_pool()
-        reported = sum(r["events"] for r in runs) + sum(r["events"] for r in repeats_of_top[1:])
+        reported = sum(r["events"] for r in runs) + sum(r["events"] for _, reps in medians for r in reps[1:])
         return {
             "best": best,
             "runs": runs,
             "repeats": repeats_of_top,
+            "shapes_compared": [
+                {"shape": f"{m['batch']}x{m['connections']}", "median": round(m["events_per_s"], 1)} for m, _ in medians
+            ],
             **stored,
             "stored_equals_reported": stored["ledger_rows"] == stored["event_rows"] == reported,
         }
