@@ -36,27 +36,40 @@ async def test_kill_partition_with_requests_in_flight(
         name, handle = await ctx.routing.owner(site["site_id"])
         batcher = ctx.partitions.batchers[name]
 
-        # 240 events: single requests and 10-event batches, 40 requests at a time
+        # Single requests and 10-event batches, 40 at a time, until the kill has failed one:
+        # a fixed number of requests could all be answered before the kill lands on a busy
+        # machine (ray.kill returns before the process is gone). The cap only bounds the test.
         bodies: list[Any] = []
-        for i in range(120):
-            bodies.append(event(site, sid=sid, u=f"{ORIGIN}/single/{i}"))
-        for i in range(12):
-            bodies.append({"events": [event(site, sid=sid, u=f"{ORIGIN}/batch/{i}/{j}") for j in range(10)]})
-        eids = [e["eid"] for b in bodies for e in (b["events"] if "events" in b else [b])]
-        gate = asyncio.Semaphore(40)
-        first: list[httpx.Response | None] = [None] * len(bodies)
+        first: list[httpx.Response | None] = []
+        failed_one = asyncio.Event()
+        cap = 3000
 
-        async def send(i: int) -> None:
-            async with gate:
-                first[i] = await post(client, bodies[i])
+        def next_body() -> int | None:
+            if failed_one.is_set() or len(bodies) >= cap:
+                return None
+            i = len(bodies)
+            if i % 11 == 10:
+                bodies.append({"events": [event(site, sid=sid, u=f"{ORIGIN}/batch/{i}/{j}") for j in range(10)]})
+            else:
+                bodies.append(event(site, sid=sid, u=f"{ORIGIN}/single/{i}"))
+            first.append(None)
+            return i
 
-        load = [asyncio.create_task(send(i)) for i in range(len(bodies))]
+        async def sender() -> None:
+            while (i := next_body()) is not None:
+                r = await post(client, bodies[i])
+                first[i] = r
+                if r.status_code >= 300:
+                    failed_one.set()
+
+        load = [asyncio.create_task(sender()) for _ in range(40)]
         # kill the actor the moment a batch is on its way to it (no sleeping)
         for _ in range(3):
             batcher.call_started.clear()
             await batcher.call_started.wait()
         ray.kill(handle, no_restart=False)
         await asyncio.gather(*load)
+        eids = [e["eid"] for b in bodies for e in (b["events"] if "events" in b else [b])]
 
         answered = [r for r in first if r is not None]
         assert len(answered) == len(bodies)
