@@ -11,7 +11,7 @@ Two halves:
   that needs the database), intent and target, the session ids to use. The result is a
   ``BatchEvent`` whose fields are exactly the attributes of the SQL type
   ``ingest_batch_event``, in their order (a test compares them).
-- ``ingest_batch(now, events)`` (migrations 0006, 0014): the batch as an array of those rows
+- ``ingest_batch(now, events)`` (migrations 0006, 0014, 0015): the batch as an array of those rows
   in PostgreSQL's binary format (no JSON to parse); one statement, hence one transaction and
   one round trip, that locks the month's usage of the batch's sites, inserts the ledger
   (duplicates drop out), decides the quota from the locked counts, resolves and upserts

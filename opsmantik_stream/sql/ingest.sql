@@ -12,7 +12,7 @@ WHERE s.public_id = $1
 GROUP BY s.id, p.rate_limit_per_min;
 
 -- name: ingest_batch
--- A partition's micro-batch in one statement (migrations 0006, 0014): ledger, quota, sessions,
+-- A partition's micro-batch in one statement (migrations 0006, 0014, 0015): ledger, quota, sessions,
 -- events, intents and usage in one transaction; a status letter and the quota left per event.
 -- $2 is a list of ``BatchEvent`` tuples, sent as binary rows of ingest_batch_event.
 SELECT status, remaining FROM ingest_batch($1::timestamptz, $2::ingest_batch_event[]);

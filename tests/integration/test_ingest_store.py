@@ -346,3 +346,42 @@ async def test_a_visitor_with_thousands_of_sessions_costs_every_batch_a_bounded_
     visits = await pool.fetchval("SELECT previous_visit_count FROM sessions ORDER BY created_at DESC, id LIMIT 1")
     assert visits == 100
     assert await pool.fetchval("SELECT count(*) FROM events") == 1  # heartbeats only touch sessions
+
+
+@pytest.mark.parametrize("fillers", [2, 40], ids=["small batch, one probe per id", "large batch, one index scan"])
+async def test_sessions_are_found_alike_in_small_and_large_batches(
+    pool: asyncpg.Pool, make_site: Any, fillers: int
+) -> None:
+    # ingest_batch() probes each session id of a batch under 32 events and looks all of them
+    # up with one index scan from 32 events on (migration 0015): both must find the site's
+    # sessions of this and last month and give an id another site holds a derived session.
+    a = await make_site()
+    b = await make_site()
+    clock = Clock(dt.datetime(2026, 5, 31, 23, 0, tzinfo=dt.UTC))
+    store = IngestStore(pool, clock=clock)
+    prev, cur, taken = (str(uuid.uuid4()) for _ in range(3))
+    await store.ingest([wire(a, clock.now, sid=prev)])  # last month, once the clock moves on
+    clock.now = dt.datetime(2026, 6, 1, 0, 5, tzinfo=dt.UTC)
+    await store.ingest([wire(a, clock.now, sid=cur), wire(b, clock.now, sid=taken)])
+    fresh = [str(uuid.uuid4()) for _ in range(fillers)]
+
+    for round_ in (1, 2):
+        batch = [wire(a, clock.now, sid=s) for s in (prev, cur, taken, *fresh)]
+        assert {r.status for r in await store.ingest(batch)} == {"accepted"}
+        rows = await pool.fetch("SELECT id, site_id, created_month, event_count FROM sessions")
+        by_key = {(str(r["id"]), str(r["site_id"])): (r["created_month"], r["event_count"]) for r in rows}
+        # the site's own sessions get the events, in the months they were created in
+        assert by_key[(prev, a["site_id"])] == (dt.date(2026, 5, 1), 1 + round_)
+        assert by_key[(cur, a["site_id"])] == (dt.date(2026, 6, 1), 1 + round_)
+        assert all(by_key[(f, a["site_id"])] == (dt.date(2026, 6, 1), round_) for f in fresh)
+        # the other site's session is left alone; this site's events for that id share one
+        # session of its own under the derived id (found again in the second round)
+        assert by_key[(taken, b["site_id"])] == (dt.date(2026, 6, 1), 1)
+        derived = [v for (i, s), v in by_key.items() if s == a["site_id"] and i not in {prev, cur, *fresh}]
+        assert derived == [(dt.date(2026, 6, 1), round_)]
+        assert len(rows) == 4 + fillers
+    stored = await pool.fetchval(
+        """SELECT count(*) FROM events e
+           JOIN sessions s ON s.id = e.session_id AND s.created_month = e.session_month AND s.site_id = e.site_id"""
+    )
+    assert stored == 3 + 2 * (3 + fillers)
