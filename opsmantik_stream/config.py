@@ -182,7 +182,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             "leaves at the earliest this long after the partition's previous call left (0: as soon as a slot "
             "is free). Fewer, larger calls at moderate load: a call costs about as much CPU as ten events."
         ),
-    ] = 6.0
+    ] = 12.0
     batch_small_call_events: Annotated[
         int,
         msgspec.Meta(ge=1, le=5000),
