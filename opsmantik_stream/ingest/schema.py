@@ -59,7 +59,13 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
 Pct = Annotated[float, msgspec.Meta(ge=0, le=1000)]
 
 
-class MetaIn(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+# The per-event Structs below (and BatchEvent, EventMeta in store.py) are created by the
+# hundred per batch and hold only strings, numbers, lists of strings and each other: they can
+# never be part of a reference cycle, so they are kept out of Python's cyclic garbage
+# collector (gc=False). Tracked, they set off a collection every ~200 events in a partition,
+# about 3 us of CPU per event (a tenth of the partition's work), plus the occasional full pass
+# over everything the process holds.
+class MetaIn(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, gc=False):
     """The ``meta`` object, typed: every field ingest reads, with its limit. Keys not listed
     here are ignored (not stored), so ``meta`` can neither grow the database nor nest: a value
     of the wrong shape is a 422 naming the field (``meta.sw``)."""
@@ -112,7 +118,7 @@ class MetaIn(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
 _NO_META = MetaIn()
 
 
-class EventIn(msgspec.Struct, kw_only=True):
+class EventIn(msgspec.Struct, kw_only=True, gc=False):
     """One tracker event as sent (short keys). ``s`` and ``u``/``url`` are checked after
     decoding so a batch may carry ``s`` once at the top."""
 
@@ -242,7 +248,7 @@ def clean_text(value: str | None) -> str | None:
     return value or None
 
 
-class WireEvent(msgspec.Struct, array_like=True, frozen=True):
+class WireEvent(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One validated event on its way to the owning partition."""
 
     site_id: str
@@ -292,7 +298,7 @@ class WireEvent(msgspec.Struct, array_like=True, frozen=True):
         )
 
 
-class WireResult(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):
+class WireResult(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True, gc=False):
     """The partition's decision for one event."""
 
     status: str  # accepted | duplicate | rejected_quota

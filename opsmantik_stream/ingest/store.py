@@ -114,7 +114,8 @@ def session_uuid(site_id: str, sid: str | None, fp: str | None, day: dt.date, ke
     return _derived(site_id, f"key|{key}")
 
 
-class EventMeta(msgspec.Struct, omit_defaults=True):
+# gc=False here and on BatchEvent: see the per-event Structs in schema.py
+class EventMeta(msgspec.Struct, omit_defaults=True, gc=False):
     """What an event row keeps in ``events.metadata``: the event's own facts, and its score
     and attribution as decided without an earlier click (``ingest_batch`` replaces those two
     for an Ads Assisted event). Session facts (fingerprint, click ids, device, consent) live
@@ -135,7 +136,7 @@ class EventMeta(msgspec.Struct, omit_defaults=True):
     phone_sha256: str | None = None
 
 
-class BatchEvent(msgspec.Struct):
+class BatchEvent(msgspec.Struct, gc=False):
     """One prepared event: the SQL type ``ingest_batch_event`` (migrations 0006 and 0014),
     field for field and in its order, so ``astuple`` gives the row that asyncpg sends in the
     binary format (a test compares them). ``meta`` and ``other`` are JSON text.
