@@ -16,15 +16,16 @@ from benchmarks.scenario_kit import (
     BATCH_CONNECTIONS,
     BATCH_SIZE,
     LOAD_FRACTIONS,
-    SINGLE_CONNECTIONS,
     SITES,
     Context,
     bg_note,
     ceiling_server,
+    connections_note,
     cpu_details,
     cpu_note,
     generator_kept_up,
     measure_peak,
+    pick_connections,
     sweep,
     window_note,
 )
@@ -38,13 +39,15 @@ def http_ceiling(ctx: Context) -> None:
     with ceiling_server() as (base, port):
         sites = [SiteRef(uuid.uuid4().hex, f"https://bench{i}.example.com") for i in range(SITES)]
         seconds = ctx.seconds(12.0)
+        connections, grid = pick_connections(ctx, base, sites, seconds=ctx.seconds(6.0), markers=())
+        ctx.ceilings["http_connections"] = connections
         peak = measure_peak(
             ctx,
             base,
             sites,
             batch=0,
             seconds=seconds,
-            connections=SINGLE_CONNECTIONS,
+            connections=connections,
             markers=(),
             cpu_key="http ceiling: single events (wrk)",
         )
@@ -64,13 +67,15 @@ def http_ceiling(ctx: Context) -> None:
                 details={
                     "p50_ms": single.p50_ms,
                     "p99_ms": single.p99_ms,
-                    "connections": SINGLE_CONNECTIONS,
+                    "connections": connections,
+                    "connection_grid": grid,
                     "statuses": single.statuses,
                     "runs": peak.spread(),
                     **cpu_details(cpu, single.ok_rps, "request"),
                     "generator_outran_server": outran,
                 },
-                note=f"{peak.spread_note()}; server CPU {server_cpu:.0f} % of a core, wrk {gen_cpu:.0f} %; "
+                note=f"{peak.spread_note()} {connections_note(connections, grid)}; "
+                f"server CPU {server_cpu:.0f} % of a core, wrk {gen_cpu:.0f} %; "
                 + ("generator outran the server" if outran else "GENERATOR COULD NOT SATURATE THE SERVER")
                 + f"; {cpu_note(cpu, single.ok_rps, 'request')}"
                 + bg_note(ctx, "http ceiling: single events (wrk)"),

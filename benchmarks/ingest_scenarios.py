@@ -33,11 +33,13 @@ from benchmarks.scenario_kit import (
     StorePair,
     bg_note,
     ceiling_server,
+    connections_note,
     cpu_details,
     cpu_note,
     errors_note,
     generator_kept_up,
     measure_peak,
+    pick_connections,
     run_id,
     stack_markers,
     sweep,
@@ -120,7 +122,8 @@ def ingest(ctx: Context, only: set[str]) -> None:
                     run=run_id(),
                     batch=0,
                     seconds=ctx.seconds(8.0),
-                    connections=SINGLE_CONNECTIONS,
+                    # the ceiling's own best count (http_ceiling), the same for each of its runs
+                    connections=int(ctx.ceilings.get("http_connections", SINGLE_CONNECTIONS)),
                 ).ok_rps
 
         if not ctx.quick and "ingest_batch" in only and "store" in ctx.ceilings:
@@ -167,14 +170,16 @@ def _ingest_single(
     pair: Callable[[], float] | None = None,
 ) -> None:
     after = " (each after an HTTP ceiling run)" if pair else ""
-    print(f"  ingest single events: wrk peaks{after} ...", flush=True)
+    print("  ingest single events: connections ...", flush=True)
+    connections, grid = pick_connections(ctx, stack.base_url, sites, seconds=ctx.seconds(6.0), markers=markers)
+    print(f"  ingest single events: wrk peaks at {connections} connections{after} ...", flush=True)
     peak = measure_peak(
         ctx,
         stack.base_url,
         sites,
         batch=0,
         seconds=ctx.seconds(15.0),
-        connections=SINGLE_CONNECTIONS,
+        connections=connections,
         markers=markers,
         cpu_key="ingest single events peak (wrk)",
         stack=stack,
@@ -199,13 +204,14 @@ def _ingest_single(
                 "errors": res.errors,
                 "p50_ms": res.p50_ms,
                 "p99_ms": res.p99_ms,
-                "connections": SINGLE_CONNECTIONS,
+                "connections": connections,
+                "connection_grid": grid,
                 "runs": peak.spread(),
                 "inside": inside,
                 **cpu_details(cpu, res.ok_rps, "request"),
             },
             note=f"{peak.spread_note()}{peak.paired_note('requests/s')}; p50 {res.p50_ms:.1f} ms, "
-            f"p99 {res.p99_ms:.1f} ms at {SINGLE_CONNECTIONS} connections; {_inside_note(inside)}; "
+            f"p99 {res.p99_ms:.1f} ms {connections_note(connections, grid)}; {_inside_note(inside)}; "
             f"{cpu_note(cpu, res.ok_rps, 'request')}"
             + bg_note(ctx, "ingest single events peak (wrk)")
             + errors_note(res),
@@ -248,7 +254,7 @@ def _ingest_single(
             + (f"; p99 of its 10 s windows {window_note(half.window_p99_ms)}" if half.window_p99_ms else ""),
         )
     )
-    _profile_run(ctx, stack, sites, batch=0, connections=SINGLE_CONNECTIONS, name="single")
+    _profile_run(ctx, stack, sites, batch=0, connections=connections, name="single")
 
 
 def _open_ok(p: OpenLoopResult) -> bool:

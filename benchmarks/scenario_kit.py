@@ -34,17 +34,20 @@ __all__ = [
     "JUDGED_POINT_S",
     "LOAD_FRACTIONS",
     "SINGLE_CONNECTIONS",
+    "SINGLE_CONNECTION_GRID",
     "SITES",
     "Context",
     "Peak",
     "StorePair",
     "bg_note",
     "ceiling_server",
+    "connections_note",
     "cpu_details",
     "cpu_note",
     "errors_note",
     "generator_kept_up",
     "measure_peak",
+    "pick_connections",
     "run_id",
     "stack_markers",
     "sweep",
@@ -60,6 +63,11 @@ LOAD_FRACTIONS = (0.25, 0.5, 1.0)
 JUDGED_FRACTION = 0.5
 JUDGED_POINT_S = 60.0
 SINGLE_CONNECTIONS = 64
+# A closed loop of n connections does at most n requests per latency. The HTTP ceiling answers
+# from its own CPU and is at its peak with 64; a product request waits for its partition's call
+# and commit, so with 64 it is bound by that latency while a third of the machine idles. Each
+# single-event peak (the ceiling's and the product's) runs at the best of these counts.
+SINGLE_CONNECTION_GRID = (64, 128, 256)
 BATCH_CONNECTIONS = 16
 BATCH_SIZE = 50
 SITES = 8
@@ -273,6 +281,39 @@ def measure_peak(
     if ctx.wrk is None:
         ctx.notes.append(f"{cpu_key}: measured with the Python generator (no wrk); it may not outrun the server.")
     return peak
+
+
+def pick_connections(
+    ctx: Context,
+    base: str,
+    sites: list[SiteRef],
+    *,
+    seconds: float,
+    markers: tuple[str, ...],
+    grid: tuple[int, ...] = SINGLE_CONNECTION_GRID,
+) -> tuple[int, dict[int, float]]:
+    """The connection count of ``grid`` at which single-event requests to ``base`` ran fastest
+    (one wrk run of ``seconds`` each), and every count's rate. ``--quick`` runs and runs
+    without wrk take the first count."""
+    if ctx.quick or ctx.wrk is None:
+        return grid[0], {}
+    rates: dict[int, float] = {}
+    for connections in grid:
+        wait_for_quiet(markers)
+        res = run_wrk(ctx.wrk, base, sites, run=run_id(), batch=0, seconds=seconds, connections=connections)
+        ctx.acked += res.count(202)
+        rates[connections] = res.ok_rps
+        print(f"     {connections} connections: {res.ok_rps:,.0f} requests/s, p50 {res.p50_ms:.1f} ms", flush=True)
+    return max(rates, key=lambda c: rates[c]), rates
+
+
+def connections_note(best: int, rates: dict[int, float]) -> str:
+    """``at 128 connections (64 / 128 / 256: 4,010 / 5,690 / 5,540 requests/s)``."""
+    if not rates:
+        return f"at {best} connections"
+    counts = " / ".join(str(c) for c in rates)
+    values = " / ".join(f"{v:,.0f}" for v in rates.values())
+    return f"at {best} connections (one run each at {counts}: {values} requests/s)"
 
 
 def cpu_details(cpu: dict[str, float], units_per_s: float, unit: str) -> dict[str, Any]:

@@ -288,3 +288,19 @@ def test_memory_components_are_named_by_command_line() -> None:
     assert kind_of("postgres: user db [local] idle", "postgres") == "postgresql"
     assert kind_of("/usr/bin/python -m opsmantik_stream.cli serve", "python") == "gateway"
     assert kind_of("/usr/bin/python -m benchmarks.stream --worker {}", "python") == "load generator"
+
+
+def test_each_single_event_peak_names_the_connections_it_ran_at(tmp_path: Path) -> None:
+    from benchmarks.scenario_kit import SINGLE_CONNECTION_GRID, Context, connections_note, pick_connections
+
+    rates = {64: 4010.4, 128: 5690.0, 256: 5540.2}
+    assert connections_note(128, rates) == (
+        "at 128 connections (one run each at 64 / 128 / 256: 4,010 / 5,690 / 5,540 requests/s)"
+    )
+    # a --quick run (3 s measurements) measures no grid: it runs at the first count
+    quick = Context(quick=True, wrk="/usr/bin/wrk", out_dir=tmp_path, stem="t")
+    assert pick_connections(quick, "http://127.0.0.1:9", [], seconds=3.0, markers=()) == (
+        SINGLE_CONNECTION_GRID[0],
+        {},
+    )
+    assert connections_note(64, {}) == "at 64 connections"
