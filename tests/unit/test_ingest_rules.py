@@ -559,5 +559,5 @@ def test_per_event_structs_stay_out_of_the_cycle_collector() -> None:
         "BatchEvent": row,
         "WireResult": result,
     }
-    assert decoded.consent == ["analytics"] and row.consent == ["analytics"]  # lists inside
+    assert decoded.consent == ["analytics"] and row.consent == "analytics"  # a list inside
     assert [name for name, obj in objects.items() if gc.is_tracked(obj)] == []

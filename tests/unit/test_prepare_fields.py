@@ -67,7 +67,7 @@ def test_every_field_holds_what_its_name_says(url_params: bool) -> None:
     assert got["at_ms"] == 1_764_720_000_123
     assert got["hb"] is False
     assert got["sid"] == SID and got["alt"] != SID
-    assert got["consent"] == ["analytics", "marketing"] and got["consent_set"] is False
+    assert got["consent"] == "analytics,marketing" and got["consent_set"] is False  # joined (migration 0016)
     assert got["ip"] == "203.0.113.0"
     assert got["url"].startswith("https://shop.example.com/offer")
     assert got["exit_page"] == "https://shop.example.com/exit"
