@@ -39,7 +39,7 @@ def resident_bytes() -> int | None:
 def lru_caches() -> dict[str, Any]:
     """Name -> the ``lru_cache``-wrapped function."""
     from opsmantik_stream import routing
-    from opsmantik_stream.ingest import admission, attribution, scoring, store
+    from opsmantik_stream.ingest import admission, attribution, schema, scoring, store
 
     return {
         "attribution.url_params": attribution._url_params,
@@ -54,7 +54,10 @@ def lru_caches() -> dict[str, Any]:
         "admission.client_net": admission.client_net,
         "routing.partition_for": routing.partition_for,
         "store.derived_session_id": store._derived,
+        "store.session_id": store._sid_uuid,
         "store.page_facts": store._page_memo,
+        "store.event_rules": store._event_rules,
+        "schema.consent_scopes": schema._scopes,
         "scoring.lead_scores": scoring._lead_scores,
     }
 

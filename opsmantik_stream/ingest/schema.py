@@ -24,6 +24,7 @@ from opsmantik_stream.errors import DomainError
 __all__ = [
     "MAX_BATCH_EVENTS",
     "MAX_BODY_BYTES",
+    "SCOPES_MEMO_SIZE",
     "BodyError",
     "Envelope",
     "EventIn",
@@ -231,10 +232,10 @@ def consent_scopes(ev: EventIn) -> list[str]:
 # Memo bound of normalised scope sets (gateway process): a key is at most 16 scopes of 32
 # characters or a 256-character string, so ~2 MB at most. The scopes a site's tracker sends
 # repeat on every event; normalising them took ~1 us per event of a 50-event batch.
-_SCOPES_MEMO_SIZE = 1024
+SCOPES_MEMO_SIZE = 1024
 
 
-@functools.lru_cache(maxsize=_SCOPES_MEMO_SIZE)
+@functools.lru_cache(maxsize=SCOPES_MEMO_SIZE)
 def _scopes(raw: str | tuple[str, ...]) -> tuple[str, ...]:
     items = re.split(r"[\s,]+", raw) if isinstance(raw, str) else raw
     return tuple(sorted({x.strip().lower() for x in items if x and x.strip()}))

@@ -105,15 +105,21 @@ def session_uuid(site_id: str, sid: str | None, fp: str | None, day: dt.date, ke
     """The session id for a client session id: the sid itself when it is a UUID, else a
     stable id derived from it (or from the fingerprint and day, or from the event)."""
     if sid:
-        if _UUID.fullmatch(sid):
-            return sid.lower()
-        try:
-            return str(uuid.UUID(sid))
-        except ValueError:
-            return _derived(site_id, f"sid|{sid}")
+        return _sid_uuid(site_id, sid)
     if fp:
         return _derived(site_id, f"fp|{fp}|{day.isoformat()}")
     return _derived(site_id, f"key|{key}")
+
+
+# Memoised with the same bound as _derived: a session's events (minutes apart) carry its sid.
+@functools.lru_cache(maxsize=DERIVED_ID_MEMO_SIZE)
+def _sid_uuid(site_id: str, sid: str) -> str:
+    if _UUID.fullmatch(sid):
+        return sid.lower()
+    try:
+        return str(uuid.UUID(sid))
+    except ValueError:
+        return _derived(site_id, f"sid|{sid}")
 
 
 # gc=False here and on BatchEvent: see the per-event Structs in schema.py

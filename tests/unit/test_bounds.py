@@ -7,6 +7,7 @@ are tested on a real stack in tests/integration/test_bounds.py.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterator
 
@@ -14,8 +15,8 @@ import pytest
 
 from gateway.limits import KeyedLimit
 from opsmantik_stream import bounds, routing
-from opsmantik_stream.ingest import admission, attribution, scoring, store
-from opsmantik_stream.ingest.schema import MetaIn
+from opsmantik_stream.ingest import admission, attribution, schema, scoring, store
+from opsmantik_stream.ingest.schema import MetaIn, WireEvent
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +40,10 @@ def test_every_memo_is_listed_with_its_named_bound() -> None:
     assert report["admission.client_net"] == (0, admission.ADDRESS_MEMO_SIZE)
     assert report["routing.partition_for"] == (0, routing.ROUTING_MEMO_SIZE)
     assert report["store.derived_session_id"] == (0, store.DERIVED_ID_MEMO_SIZE)
+    assert report["store.session_id"] == (0, store.DERIVED_ID_MEMO_SIZE)
     assert report["store.page_facts"] == (0, store.PAGE_MEMO_SIZE)
+    assert report["store.event_rules"] == (0, store.EVENT_RULES_MEMO_SIZE)
+    assert report["schema.consent_scopes"] == (0, schema.SCOPES_MEMO_SIZE)
     assert report["scoring.lead_scores"] == (0, scoring.SCORE_MEMO_SIZE)
     # no memo in the ingest path is unbounded
     assert all(bound > 0 for _n, bound in report.values())
@@ -136,8 +140,6 @@ def test_address_memos_hold_their_bound() -> None:
 
 
 def test_routing_and_session_id_memos_hold_their_bound() -> None:
-    import datetime as dt
-
     day = dt.date(2026, 1, 1)
     site = str(uuid.uuid4())
     n = 3 * max(store.DERIVED_ID_MEMO_SIZE, routing.ROUTING_MEMO_SIZE)
@@ -149,10 +151,37 @@ def test_routing_and_session_id_memos_hold_their_bound() -> None:
     report = bounds.lru_report()
     assert report["routing.partition_for"] == (routing.ROUTING_MEMO_SIZE, routing.ROUTING_MEMO_SIZE)
     assert report["store.derived_session_id"] == (store.DERIVED_ID_MEMO_SIZE, store.DERIVED_ID_MEMO_SIZE)
+    assert report["store.session_id"] == (store.DERIVED_ID_MEMO_SIZE, store.DERIVED_ID_MEMO_SIZE)
     # the derived id does not depend on what the memo holds
     assert store.session_uuid(site, "visitor-0", None, day, "k") == store.session_uuid(
         site, "visitor-0", None, day, "x"
     )
+
+
+def test_event_rule_and_consent_memos_hold_their_bound() -> None:
+    day = dt.date(2026, 12, 4)
+    n = 3 * store.EVENT_RULES_MEMO_SIZE
+    for i in range(n):
+        # a unique label per event (a phone number in a conversion's label, say)
+        wire = WireEvent(
+            str(uuid.uuid4()),
+            1_764_800_000_000,
+            "https://shop.example.com/",
+            ec="conversion",
+            ea="phone_call",
+            el=f"tel:+90532{i:07d}",
+        )
+        row = store.prepare(wire, 1, day)
+        assert (row.billable, row.reason, row.intent) == (True, "conversion", "phone")
+    assert bounds.lru_report()["store.event_rules"] == (store.EVENT_RULES_MEMO_SIZE, store.EVENT_RULES_MEMO_SIZE)
+    for i in range(3 * schema.SCOPES_MEMO_SIZE):
+        ev = schema.EventIn(consent=[f"Scope{i}", "analytics", "analytics"])
+        assert schema.consent_scopes(ev) == ["analytics", f"scope{i}"]
+    assert bounds.lru_report()["schema.consent_scopes"] == (schema.SCOPES_MEMO_SIZE, schema.SCOPES_MEMO_SIZE)
+    # a caller may change the list it got: the memo's value is not shared
+    first = schema.consent_scopes(schema.EventIn(consent="analytics, ads"))
+    first.append("changed")
+    assert schema.consent_scopes(schema.EventIn(consent="analytics, ads")) == ["ads", "analytics"]
 
 
 def test_ingest_rate_limiter_keeps_at_most_its_bound_and_drops_the_least_recently_used() -> None:
