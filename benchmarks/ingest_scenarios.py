@@ -21,7 +21,7 @@ from benchmarks.payloads import SiteRef, single_body
 from benchmarks.profile import descendant_pids, find_pyspy, start_profile, summarise
 from benchmarks.report import make_result
 from benchmarks.scenario_kit import (
-    BATCH_CONNECTIONS,
+    BATCH_CONNECTION_GRID,
     BATCH_SIZE,
     JUDGED_FRACTION,
     JUDGED_POINT_S,
@@ -279,14 +279,25 @@ def _ingest_batch(
     pair: StorePair | None = None,
 ) -> None:
     after = " (each after a store ceiling run)" if pair else ""
-    print(f"  ingest 50-event batches: wrk peaks{after} ...", flush=True)
+    print("  ingest 50-event batches: connections ...", flush=True)
+    connections, grid = pick_connections(
+        ctx,
+        stack.base_url,
+        sites,
+        seconds=ctx.seconds(6.0),
+        markers=markers,
+        grid=BATCH_CONNECTION_GRID,
+        batch=BATCH_SIZE,
+    )
+    ctx.ceilings["batch_connections"] = connections
+    print(f"  ingest 50-event batches: wrk peaks at {connections} connections{after} ...", flush=True)
     peak = measure_peak(
         ctx,
         stack.base_url,
         sites,
         batch=BATCH_SIZE,
         seconds=ctx.seconds(15.0),
-        connections=BATCH_CONNECTIONS,
+        connections=connections,
         markers=markers,
         cpu_key="ingest 50-event batches (wrk)",
         stack=stack,
@@ -311,20 +322,22 @@ def _ingest_batch(
                 "statuses": res.statuses,
                 "p50_ms": res.p50_ms,
                 "p99_ms": res.p99_ms,
-                "connections": BATCH_CONNECTIONS,
+                "connections": connections,
+                "connection_grid_requests_per_s": grid,
                 "runs": peak.spread(BATCH_SIZE),
                 "inside": peak.median_inside,
                 **cpu_details(peak.median_cpu, events_per_s, "event"),
             },
             note=f"{peak.spread_note(BATCH_SIZE)}{peak.paired_note('events/s')}; {res.ok_rps:,.0f} requests/s, "
             f"p50 {res.p50_ms:.0f} ms, "
-            f"p99 {res.p99_ms:.0f} ms; {_inside_note(peak.median_inside)}; "
+            f"p99 {res.p99_ms:.0f} ms {connections_note(connections, grid, per_request=BATCH_SIZE, unit='events/s')}; "
+            f"{_inside_note(peak.median_inside)}; "
             + cpu_note(peak.median_cpu, events_per_s, "event")
             + bg_note(ctx, "ingest 50-event batches (wrk)")
             + errors_note(res),
         )
     )
-    _profile_run(ctx, stack, sites, batch=BATCH_SIZE, connections=BATCH_CONNECTIONS, name="batch")
+    _profile_run(ctx, stack, sites, batch=BATCH_SIZE, connections=connections, name="batch")
 
 
 def _duplicate_storm(ctx: Context, stack: ServeStack) -> None:
@@ -404,7 +417,8 @@ def partitions(ctx: Context) -> None:
                 sites,
                 batch=BATCH_SIZE,
                 seconds=ctx.seconds(12.0),
-                connections=BATCH_CONNECTIONS,
+                # the count the judged batch peak ran at (the grid's first when it did not run)
+                connections=int(ctx.ceilings.get("batch_connections", BATCH_CONNECTION_GRID[0])),
                 markers=stack_markers(stack),
                 cpu_key=f"partitions={n}: 50-event batches (wrk)",
                 repeats=1,

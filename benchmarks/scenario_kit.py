@@ -29,6 +29,7 @@ from benchmarks.wrk import WrkResult, run_wrk
 
 __all__ = [
     "BATCH_CONNECTIONS",
+    "BATCH_CONNECTION_GRID",
     "BATCH_SIZE",
     "JUDGED_FRACTION",
     "JUDGED_POINT_S",
@@ -69,6 +70,12 @@ SINGLE_CONNECTIONS = 64
 # single-event peak (the ceiling's and the product's) runs at the best of these counts.
 SINGLE_CONNECTION_GRID = (64, 128, 256)
 BATCH_CONNECTIONS = 16
+# The same for 50-event batches, whose events wait in the gateway for their partition's call:
+# with 16 connections at most 800 events are in flight, so a call carries ~200 of them; with
+# 64 a call can fill up to OPSMANTIK_BATCH_MAX_EVENTS and its fixed cost is shared by more.
+# The product's batch peaks run at the better of these counts (the store ceiling likewise
+# runs at the best batch size and connection count of its grid).
+BATCH_CONNECTION_GRID = (16, 64)
 BATCH_SIZE = 50
 SITES = 8
 
@@ -291,29 +298,31 @@ def pick_connections(
     seconds: float,
     markers: tuple[str, ...],
     grid: tuple[int, ...] = SINGLE_CONNECTION_GRID,
+    batch: int = 0,
 ) -> tuple[int, dict[int, float]]:
-    """The connection count of ``grid`` at which single-event requests to ``base`` ran fastest
-    (one wrk run of ``seconds`` each), and every count's rate. ``--quick`` runs and runs
-    without wrk take the first count."""
+    """The connection count of ``grid`` at which requests to ``base`` (single events, or
+    ``batch`` events each) ran fastest (one wrk run of ``seconds`` each), and every count's
+    rate in requests/s. ``--quick`` runs and runs without wrk take the first count."""
     if ctx.quick or ctx.wrk is None:
         return grid[0], {}
     rates: dict[int, float] = {}
     for connections in grid:
         wait_for_quiet(markers)
-        res = run_wrk(ctx.wrk, base, sites, run=run_id(), batch=0, seconds=seconds, connections=connections)
-        ctx.acked += res.count(202)
+        res = run_wrk(ctx.wrk, base, sites, run=run_id(), batch=batch, seconds=seconds, connections=connections)
+        ctx.acked += res.count(202) * max(1, batch)
         rates[connections] = res.ok_rps
         print(f"     {connections} connections: {res.ok_rps:,.0f} requests/s, p50 {res.p50_ms:.1f} ms", flush=True)
     return max(rates, key=lambda c: rates[c]), rates
 
 
-def connections_note(best: int, rates: dict[int, float]) -> str:
-    """``at 128 connections (64 / 128 / 256: 4,010 / 5,690 / 5,540 requests/s)``."""
+def connections_note(best: int, rates: dict[int, float], *, per_request: int = 1, unit: str = "requests/s") -> str:
+    """``at 128 connections (64 / 128 / 256: 4,010 / 5,690 / 5,540 requests/s)``; with
+    ``per_request`` events per request and ``unit`` "events/s", the rates in events/s."""
     if not rates:
         return f"at {best} connections"
     counts = " / ".join(str(c) for c in rates)
-    values = " / ".join(f"{v:,.0f}" for v in rates.values())
-    return f"at {best} connections (one run each at {counts}: {values} requests/s)"
+    values = " / ".join(f"{v * per_request:,.0f}" for v in rates.values())
+    return f"at {best} connections (one run each at {counts}: {values} {unit})"
 
 
 def cpu_details(cpu: dict[str, float], units_per_s: float, unit: str) -> dict[str, Any]:

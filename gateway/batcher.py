@@ -13,8 +13,9 @@ events, and a call's fixed cost (the call, the transaction, each statement's sta
 about that of ten events; a call worth its cost never waits. At most ``max_inflight`` calls
 per partition run at once. Beyond ``max_queued`` waiting events a request is refused at
 once (``Backpressure`` -> 503 + Retry-After): a slow partition costs the gateway bounded
-memory, never a silent drop. ``max_bytes`` keeps a call's argument small enough for Ray to
-pass it inline (larger arguments go through its object store).
+memory, never a silent drop. ``max_bytes`` bounds the payload one call holds at both ends (over
+a Ray call, an argument above ~100 KB travels through Ray's object store: one copy more,
+nothing lost; the node-local socket carries any size alike).
 
 Bounds (issue 18): waiting events ``max_queued`` (``OPSMANTIK_PARTITION_MAX_QUEUED_EVENTS``,
 each at most a few KB: the schema limits every field), calls in flight ``max_inflight``
@@ -79,7 +80,7 @@ class PartitionBatcher:
         send: Callable[[bytes], Awaitable[bytes]],
         *,
         max_events: int,
-        max_bytes: int = 90_000,
+        max_bytes: int = 256_000,
         max_wait_s: float,
         min_interval_s: float = 0.0,
         small_call: int = 1,

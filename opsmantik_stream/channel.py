@@ -34,7 +34,7 @@ RETIRED = 1
 EXPIRED = 2
 FAILED = 3
 
-# a batch is at most ~100 KB (see OPSMANTIK_BATCH_MAX_BYTES); anything far larger is a bug
+# a batch is at most ~250 KB (see OPSMANTIK_BATCH_MAX_BYTES); anything far larger is a bug
 MAX_FRAME = 16 * 1024 * 1024
 
 _HEADER = struct.Struct(">I")

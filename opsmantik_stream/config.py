@@ -157,15 +157,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         int,
         msgspec.Meta(ge=1, le=5000),
         doc("Ingest micro-batching: a partition call leaves once this many events wait for it."),
-    ] = 256
+    ] = 512
     batch_max_bytes: Annotated[
         int,
         msgspec.Meta(ge=1024, le=1_000_000),
         doc(
-            "Ingest micro-batching: a partition call leaves once its events take this many bytes (keeps a "
-            "Ray call's argument inline instead of in Ray's object store)."
+            "Ingest micro-batching: a partition call leaves once its events take this many bytes (bounds a "
+            "call's memory; over a Ray call, arguments above ~100 KB travel through Ray's object store)."
         ),
-    ] = 90_000
+    ] = 256_000
     batch_max_wait_ms: Annotated[
         float,
         msgspec.Meta(ge=0, le=1000),

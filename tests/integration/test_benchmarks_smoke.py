@@ -304,3 +304,16 @@ def test_each_single_event_peak_names_the_connections_it_ran_at(tmp_path: Path) 
         {},
     )
     assert connections_note(64, {}) == "at 64 connections"
+
+
+def test_the_batch_peak_names_its_connections_in_events_per_second(tmp_path: Path) -> None:
+    from benchmarks.scenario_kit import BATCH_CONNECTION_GRID, BATCH_SIZE, Context, connections_note, pick_connections
+
+    # requests/s of 50-event requests, shown as events/s
+    assert connections_note(64, {16: 380.2, 64: 421.0}, per_request=BATCH_SIZE, unit="events/s") == (
+        "at 64 connections (one run each at 16 / 64: 19,010 / 21,050 events/s)"
+    )
+    quick = Context(quick=True, wrk="/usr/bin/wrk", out_dir=tmp_path, stem="t")
+    assert pick_connections(
+        quick, "http://127.0.0.1:9", [], seconds=3.0, markers=(), grid=BATCH_CONNECTION_GRID, batch=BATCH_SIZE
+    ) == (BATCH_CONNECTION_GRID[0], {})
