@@ -1,6 +1,6 @@
-"""The ingest scenarios on one served stack: single-event peak and latency at fixed loads,
-50-event batches, the duplicate storm, exactly-once of every 2xx; and the batch run with 1, 2
-and 4 partitions.
+"""The ingest scenarios on served stacks: single-event peak and latency at fixed loads and the
+duplicate storm on one, 50-event batches on a fresh one, exactly-once of every 2xx on both;
+and the batch run with 1, 2 and 4 partitions.
 """
 
 from __future__ import annotations
@@ -99,63 +99,91 @@ def _profile_run(
 
 
 def ingest(ctx: Context, only: set[str]) -> None:
-    """Single events (peak + open-loop points), 50-event batches and the duplicate storm on
-    one stack with the default 2 partitions."""
-    with ServeStack(partitions=2, uploaders=0, label="ingest") as stack, ExitStack() as pairs:
-        stack.keep_log_as = ctx.out_dir / f"{ctx.stem}-serve-ingest.log"
-        sites = stack.create_sites(SITES)
-        markers = stack_markers(stack)
-        ctx.acked = 0
-        # each peak run is paired with a ceiling run just before it (not in --quick runs)
-        pair_single: Callable[[], float] | None = None
-        pair_batch: StorePair | None = None
-        if not ctx.quick and ctx.wrk is not None and "ingest_single" in only:
-            ceiling_base, _port = pairs.enter_context(ceiling_server())
-            ceiling_sites = [SiteRef(uuid.uuid4().hex, f"https://bench{i}.example.com") for i in range(SITES)]
-            wrk = ctx.wrk
+    """Single events (peak + open-loop points) and the duplicate storm on one stack with the
+    default 2 partitions; 50-event batches on a fresh stack of the same shape.
 
-            def pair_single() -> float:
-                return run_wrk(
-                    wrk,
-                    ceiling_base,
-                    ceiling_sites,
-                    run=run_id(),
-                    batch=0,
-                    seconds=ctx.seconds(8.0),
-                    # the ceiling's own best count (http_ceiling), the same for each of its runs
-                    connections=int(ctx.ceilings.get("http_connections", SINGLE_CONNECTIONS)),
-                ).ok_rps
+    The batches get a stack of their own because PostgreSQL's cost per event grows with the
+    tables: the single-event scenario leaves about two million rows behind, and on them the
+    batch runs cost the product's PostgreSQL a fifth more CPU per event than on a fresh
+    database, which is what the store ceiling starts from. Each stack's every 202 is checked
+    against its ledger; the durability row sums both."""
+    settled: list[tuple[int, int, int]] = []  # (ledger, events, acknowledged) per stack
+    if "ingest_single" in only or "duplicate_storm" in only:
+        with ServeStack(partitions=2, uploaders=0, label="ingest") as stack, ExitStack() as pairs:
+            stack.keep_log_as = ctx.out_dir / f"{ctx.stem}-serve-ingest.log"
+            sites = stack.create_sites(SITES)
+            markers = stack_markers(stack)
+            ctx.acked = 0
+            # each peak run is paired with a ceiling run just before it (not in --quick runs)
+            pair_single: Callable[[], float] | None = None
+            if not ctx.quick and ctx.wrk is not None and "ingest_single" in only:
+                ceiling_base, _port = pairs.enter_context(ceiling_server())
+                ceiling_sites = [SiteRef(uuid.uuid4().hex, f"https://bench{i}.example.com") for i in range(SITES)]
+                wrk = ctx.wrk
 
-        if not ctx.quick and "ingest_batch" in only and "store" in ctx.ceilings:
-            pair_batch = pairs.enter_context(StorePair(ctx))
-        if "ingest_single" in only:
-            _ingest_single(ctx, stack, sites, markers, pair_single)
-        if "ingest_batch" in only:
-            _ingest_batch(ctx, stack, sites, markers, pair_batch)
-        acknowledged = ctx.acked
-        if acknowledged:
-            ledger, events = _stored(stack, sites)
-            durable = ledger >= acknowledged and events == ledger
-            ctx.add(
-                make_result(
-                    "Ingest: every event answered 202 is in PostgreSQL",
-                    float(ledger),
-                    "ledger rows",
-                    conditions={
-                        "every 2xx stored (ledger >= acknowledged)": ledger >= acknowledged,
-                        "one event row per ledger row": events == ledger,
-                    },
-                    details={"ledger_rows": ledger, "event_rows": events, "acknowledged": acknowledged},
-                    note=f"{acknowledged:,} events answered 202 over every run on this stack; the ledger may hold "
-                    "more (requests in flight when wrk stopped are stored but not counted)",
-                )
-            )
-            if not durable:
-                ctx.notes.append(
-                    f"Durability check failed: ledger {ledger}, events {events}, acknowledged {acknowledged}."
-                )
-        if "duplicate_storm" in only:
-            _duplicate_storm(ctx, stack)
+                def pair_single() -> float:
+                    return run_wrk(
+                        wrk,
+                        ceiling_base,
+                        ceiling_sites,
+                        run=run_id(),
+                        batch=0,
+                        seconds=ctx.seconds(8.0),
+                        # the ceiling's own best count (http_ceiling), the same for each of its runs
+                        connections=int(ctx.ceilings.get("http_connections", SINGLE_CONNECTIONS)),
+                    ).ok_rps
+
+            if "ingest_single" in only:
+                _ingest_single(ctx, stack, sites, markers, pair_single)
+            if ctx.acked:
+                settled.append((*_stored(stack, sites), ctx.acked))
+            if "duplicate_storm" in only:
+                _duplicate_storm(ctx, stack)
+    if "ingest_batch" in only:
+        with ServeStack(partitions=2, uploaders=0, label="ingest-batch") as stack, ExitStack() as pairs:
+            stack.keep_log_as = ctx.out_dir / f"{ctx.stem}-serve-ingest-batch.log"
+            sites = stack.create_sites(SITES)
+            ctx.acked = 0
+            pair_batch: StorePair | None = None
+            if not ctx.quick and "store" in ctx.ceilings:
+                pair_batch = pairs.enter_context(StorePair(ctx))
+            _ingest_batch(ctx, stack, sites, stack_markers(stack), pair_batch)
+            if ctx.acked:
+                settled.append((*_stored(stack, sites), ctx.acked))
+    if settled:
+        _durability(ctx, settled)
+
+
+def _durability(ctx: Context, settled: list[tuple[int, int, int]]) -> None:
+    """The durability row: on every stack, the ledger holds every event answered 202 and one
+    event row per ledger row."""
+    ledger = sum(x[0] for x in settled)
+    events = sum(x[1] for x in settled)
+    acknowledged = sum(x[2] for x in settled)
+    every_2xx = all(led >= acked for led, _ev, acked in settled)
+    one_row = all(ev == led for led, ev, _acked in settled)
+    per_stack = " + ".join(f"{acked:,}" for _led, _ev, acked in settled)
+    ctx.add(
+        make_result(
+            "Ingest: every event answered 202 is in PostgreSQL",
+            float(ledger),
+            "ledger rows",
+            conditions={
+                "every 2xx stored (ledger >= acknowledged)": every_2xx,
+                "one event row per ledger row": one_row,
+            },
+            details={
+                "ledger_rows": ledger,
+                "event_rows": events,
+                "acknowledged": acknowledged,
+                "per_stack": [{"ledger_rows": s[0], "event_rows": s[1], "acknowledged": s[2]} for s in settled],
+            },
+            note=f"{acknowledged:,} events answered 202 over every run on the ingest stacks ({per_stack}); the "
+            "ledger may hold more (requests in flight when wrk stopped are stored but not counted)",
+        )
+    )
+    if not (every_2xx and one_row):
+        ctx.notes.append(f"Durability check failed: per stack (ledger, events, acknowledged) {settled}.")
 
 
 def _all_ok(peak: Peak) -> bool:
