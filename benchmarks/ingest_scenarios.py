@@ -103,9 +103,9 @@ def ingest(ctx: Context, only: set[str]) -> None:
     default 2 partitions; 50-event batches on a fresh stack of the same shape.
 
     The batches get a stack of their own because PostgreSQL's cost per event grows with the
-    tables: the single-event scenario leaves about two million rows behind, and on them the
-    batch runs cost the product's PostgreSQL a fifth more CPU per event than on a fresh
-    database, which is what the store ceiling starts from. Each stack's every 202 is checked
+    tables (0.039 -> 0.050 ms over the first 1.4 million rows of sustained batches): the
+    single-event scenario leaves about two million rows behind, while the store ceiling's
+    judged runs write into about a million of its own. Each stack's every 202 is checked
     against its ledger; the durability row sums both."""
     settled: list[tuple[int, int, int]] = []  # (ledger, events, acknowledged) per stack
     if "ingest_single" in only or "duplicate_storm" in only:
