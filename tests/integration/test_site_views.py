@@ -4,9 +4,11 @@ parts), role checks and row-level security."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -22,10 +24,34 @@ pytestmark = pytest.mark.integration
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-async def _lead(pool: asyncpg.Pool, site: dict[str, Any], minutes_ago: int, **session_kw: Any) -> str:
+async def _clear_of_midnight(zone: str) -> dt.datetime:
+    """The time now, after waiting out the minute around midnight in ``zone``.
+
+    The traffic view counts by local day. A test that dates a lead seconds ago and expects it
+    under today must not start in the last minute of a day, nor in the first 40 seconds of one,
+    or the lead and the request fall on two days. The suite runs for minutes and can cross
+    midnight, so the module's ``NOW`` is not good enough for such a test."""
+    now = dt.datetime.now(ZoneInfo(zone))
+    since_midnight = now - dt.datetime.combine(now.date(), dt.time(), now.tzinfo)
+    if since_midnight >= dt.timedelta(hours=23, minutes=59):
+        await asyncio.sleep((dt.timedelta(days=1, seconds=40) - since_midnight).total_seconds())
+    elif since_midnight < dt.timedelta(seconds=40):
+        await asyncio.sleep((dt.timedelta(seconds=40) - since_midnight).total_seconds())
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+async def _lead(
+    pool: asyncpg.Pool,
+    site: dict[str, Any],
+    minutes_ago: int = 0,
+    *,
+    seconds_ago: int = 0,
+    now: dt.datetime = NOW,
+    **session_kw: Any,
+) -> str:
     channel = session_kw.pop("channel", ("Google Ads", "cpc"))
     action = session_kw.pop("action", "phone")
-    at = NOW - dt.timedelta(minutes=minutes_ago)
+    at = now - dt.timedelta(minutes=minutes_ago, seconds=seconds_ago)
     session = await make_session(pool, site["site_id"], created_at=at, **session_kw)
     await pool.execute(
         "UPDATE sessions SET traffic_source = $2, traffic_medium = $3, attribution_source = 'First Click (Paid)',"
@@ -170,10 +196,11 @@ async def test_traffic_counts_per_day_by_channel_with_lead_to_sale(
     site = await make_site()
     site_id = uuid.UUID(site["site_id"])
     token = await make_token(site["public_id"], "operator")
-    sealed = await _lead(pool, site, minutes_ago=1)
-    sold = await _lead(pool, site, minutes_ago=2)
-    await _lead(pool, site, minutes_ago=3, channel=("SEO", "organic"))
-    await make_session(pool, site["site_id"], created_at=NOW - dt.timedelta(days=3))  # a session, no intent
+    now = await _clear_of_midnight("UTC")
+    sealed = await _lead(pool, site, seconds_ago=10, now=now)
+    sold = await _lead(pool, site, seconds_ago=20, now=now)
+    await _lead(pool, site, seconds_ago=30, now=now, channel=("SEO", "organic"))
+    await make_session(pool, site["site_id"], created_at=now - dt.timedelta(days=3))  # a session, no intent
     r = await client.post(
         f"/api/calls/{sealed}/actions", json={"action": "seal", "value_minor": 500}, headers=auth(token)
     )
@@ -186,7 +213,7 @@ async def test_traffic_counts_per_day_by_channel_with_lead_to_sale(
         json={
             "site": site["public_id"],
             "amount_minor": 9900,
-            "occurred_at": NOW.isoformat(),
+            "occurred_at": now.isoformat(),
             "conversation_id": conv.json()["conversation"]["id"],
         },
         headers=auth(token),
@@ -198,7 +225,7 @@ async def test_traffic_counts_per_day_by_channel_with_lead_to_sale(
     r = await _get(client, token, f"/api/sites/{site['public_id']}/traffic", days=7)
     assert r.status_code == 200, r.text
     data = r.json()
-    assert len(data["days"]) == 7 and data["days"][-1] == NOW.date().isoformat() and data["timezone"] == "UTC"
+    assert len(data["days"]) == 7 and data["days"][-1] == now.date().isoformat() and data["timezone"] == "UTC"
     today = [row for row in data["rows"] if row["day"] == data["days"][-1]]
     ads = next(row for row in today if (row["source"], row["medium"]) == ("Google Ads", "cpc"))
     seo = next(row for row in today if row["source"] == "SEO")
@@ -212,8 +239,8 @@ async def test_traffic_counts_per_day_by_channel_with_lead_to_sale(
     outsider = await make_token((await make_site())["public_id"], "owner", email="outsider@example.com")
     assert outsider
     outsider_id = await pool.fetchval("SELECT id::text FROM users WHERE email = 'outsider@example.com'")
-    days = ("UTC", NOW.date() - dt.timedelta(days=7), NOW.date())
-    window = (NOW - dt.timedelta(days=7), NOW + dt.timedelta(days=1), "UTC")
+    days = ("UTC", now.date() - dt.timedelta(days=7), now.date())
+    window = (now - dt.timedelta(days=7), now + dt.timedelta(days=1), "UTC")
     member = await pool.fetchval("SELECT user_id::text FROM site_members WHERE site_id = $1", site_id)
     for user, visible in ((outsider_id, False), (member, True)):
         async with api_transaction(pool, user) as conn:
@@ -265,11 +292,13 @@ async def test_closed_days_come_from_the_rollup_and_equal_the_live_count(
 ) -> None:
     site = await make_site(timezone="Europe/Istanbul")
     token = await make_token(site["public_id"], "operator")
+    now = await _clear_of_midnight("Europe/Istanbul")
     # leads on three closed days (one of them across UTC midnight in Istanbul) and today
-    for minutes in (60 * 24 * 3 + 5, 60 * 24 * 3 + 30, 60 * 24 * 2, 60 * 26, 3):
-        await _lead(pool, site, minutes_ago=minutes)
-    await _lead(pool, site, minutes_ago=60 * 24 * 2 + 7, channel=("SEO", "organic"))
-    old_lead = await _lead(pool, site, minutes_ago=60 * 24 * 3 + 10)
+    for minutes in (60 * 24 * 3 + 5, 60 * 24 * 3 + 30, 60 * 24 * 2, 60 * 26):
+        await _lead(pool, site, minutes_ago=minutes, now=now)
+    await _lead(pool, site, seconds_ago=30, now=now)
+    await _lead(pool, site, minutes_ago=60 * 24 * 2 + 7, now=now, channel=("SEO", "organic"))
+    old_lead = await _lead(pool, site, minutes_ago=60 * 24 * 3 + 10, now=now)
     path = f"/api/sites/{site['public_id']}/traffic"
 
     live = (await _get(client, token, path, days=7)).json()
