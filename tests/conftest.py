@@ -20,6 +20,7 @@ Fixtures (all real components; the only stand-in anywhere is the Google emulator
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import shutil
 import tempfile
@@ -34,11 +35,12 @@ import pytest
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 # the vault key's default home (~/.config/opsmantik) is a per-run folder here, for the tests
-# and every process they start
+# and every process they start; removed when the run ends (it holds the run's vault key)
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="opsm-config-")
 from opsmantik_stream.ray_runtime import prepare_ray_environment
 
 prepare_ray_environment()
+atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], ignore_errors=True)
 
 from opsmantik_stream.config import Settings, load_settings  # noqa: E402
 from opsmantik_stream.db import (  # noqa: E402

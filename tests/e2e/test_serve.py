@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,3 +143,4 @@ def test_serve_health_stop_and_restart_keeps_data(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             _interrupt(proc, log)
+        shutil.rmtree(data.parent, ignore_errors=True)  # the embedded database, once stopped

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -479,6 +480,7 @@ class SecondNode:
                 pass
         self.proc.wait(timeout=10)
         self.proc = None
+        shutil.rmtree(self.tmp, ignore_errors=True)  # its logs and sockets, once it is gone
 
     def wait_dead(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
