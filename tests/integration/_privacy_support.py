@@ -13,13 +13,16 @@ import asyncpg
 
 from tests.integration._leads_support import make_session, month_of
 
-# Recognisable values: a test asserts none of them survives an erase.
+# Recognisable values: a test asserts none of them survives an erase, by searching the rows'
+# text, so none may turn up by chance inside a UUID or a hash: each holds a character outside
+# 0-9a-f, but the phone's ten digits (one chance in 16**10 per place).
 FINGERPRINT = "fp-subject-7f3a9c"
 PHONE_RAW = "0532 123 45 67"
 PHONE_E164 = "+905321234567"
 EMAIL = "ayse.yilmaz@example.com"
 GCLID = "Cj0KCQ-subject-gclid"
 IP = "203.0.113.77"
+FBCLID = "IwAR-subject-fbclid"
 
 
 @dataclass
@@ -52,11 +55,13 @@ async def seed_subject(pool: asyncpg.Pool, site: dict[str, Any], at: dt.datetime
     month = month_of(now)
     await pool.execute(
         """UPDATE sessions SET ip_address = $2, city = 'Istanbul', district = 'Kadikoy', browser = 'Chrome',
-               entry_page = 'https://shop.example.com/?gclid=' || $3, other_click_ids = '{"fbclid": "fb-1"}'
+               entry_page = 'https://shop.example.com/?gclid=' || $3,
+               other_click_ids = jsonb_build_object('fbclid', $4::text)
            WHERE id = $1""",
         main,
         IP,
         GCLID,
+        FBCLID,
     )
     other = await make_session(pool, site_id, fingerprint="fp-someone-else", gclid="Cj0-other", created_at=now)
     fp.other_session = other["id"]

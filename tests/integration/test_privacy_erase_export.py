@@ -15,6 +15,7 @@ import pytest
 from tests.integration._leads_support import auth
 from tests.integration._privacy_support import (
     EMAIL,
+    FBCLID,
     FINGERPRINT,
     GCLID,
     IP,
@@ -27,7 +28,7 @@ from tests.integration._privacy_support import (
 
 pytestmark = pytest.mark.integration
 
-PERSONAL = (FINGERPRINT, GCLID, EMAIL, IP, "5321234567", "fb-1")
+PERSONAL = (FINGERPRINT, GCLID, EMAIL, IP, "5321234567", FBCLID)
 
 
 async def _erase(client: httpx.AsyncClient, token: str, site: dict[str, Any], kind: str, value: str) -> httpx.Response:

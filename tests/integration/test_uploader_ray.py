@@ -99,14 +99,26 @@ def uploader_stack_name(s: Settings) -> str:
 
 
 async def test_two_uploaders_never_process_the_same_row(pool, make_site, emu, uploader_stack) -> None:
-    s, uploaders = uploader_stack(2, upload_chunk_size=3)
+    # One batch at a time per uploader and 40 ms per request: alone, one uploader would need
+    # 20 requests (0.8 s or more) for the 60 rows, so the other, already polling every 50 ms,
+    # takes part however late Ray scheduled it.
+    s, uploaders = uploader_stack(2, upload_chunk_size=3, uploader_concurrency=1)
     sites = [await make_site() for _ in range(2)]
-    rows = []
     for site in sites:
         await set_creds(pool, s, site["site_id"])
-        rows += await add_rows(pool, site["site_id"], [f"Cj0K{i}" for i in range(30)])
-    await emu.config(latency_ms=15)
+    await emu.config(latency_ms=40)
     await asyncio.gather(*(u.start.remote() for u in uploaders))
+
+    async def both_polling() -> bool:
+        statuses = await asyncio.gather(*(u.status.remote() for u in uploaders))
+        return all(st["running"] and st["share"] is not None and st["iterations"] >= 1 for st in statuses)
+
+    await _wait_until(both_polling)  # each has its share and has looked for work once
+    rows = []
+    for site in sites:
+        rows += await add_rows(pool, site["site_id"], [f"Cj0K{i}" for i in range(30)])
+    for u in uploaders:
+        u.wake.remote()
 
     async def all_done() -> bool:
         return await pool.fetchval("SELECT count(*) FROM offline_conversion_queue WHERE status = 'COMPLETED'") == len(
