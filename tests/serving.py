@@ -4,6 +4,7 @@ wait for a server started in another process."""
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import subprocess
 import threading
@@ -48,9 +49,28 @@ def serve_in_thread(
         thread.join(timeout=15)
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A port free on 127.0.0.1 right now (for servers started in another process)."""
-    with socket.socket() as sock:
+    """A port free on 127.0.0.1 right now (for servers started in another process).
+
+    It is taken below the kernel's ephemeral range and above Ray's worker ports (10002-19999):
+    ``opsmantik serve`` starts Ray before it binds, and a port from the ephemeral range can be
+    handed to one of Ray's own sockets in between."""
+    low, high = 20000, min(_ephemeral_low(), 65536)
+    for port in random.sample(range(low, high), min(200, max(high - low, 0))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # no room below the ephemeral range: any free port
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

@@ -215,7 +215,10 @@ async def test_a_visible_idle_tab_ends_its_session_after_30_minutes(bt: BrowserT
         seen_at = await bt(page.evaluate("parseInt(sessionStorage.getItem('opsmantik_sid_at'), 10)"))
         # offline: everything stays in the outbox, where the test reads it
         await bt(page.context.set_offline(True))
-        await bt(page.clock.pause_at(_at(seen_at + 1000)))
+        # the page clock runs in real time until paused, and cannot be paused in its past: a
+        # second after the session began, or a little after now on a slow machine
+        now = await bt(page.evaluate("Date.now()"))
+        await bt(page.clock.pause_at(_at(max(seen_at + 1000, now + 500))))
         await bt(page.clock.run_for(45 * 60_000))  # the tab stays open and visible, nobody touches it
         beats = [e for e in await bt(page.evaluate(OUTBOX)) if e["payload"]["ea"] == "heartbeat"]
         assert 29 <= len(beats) <= 30, len(beats)

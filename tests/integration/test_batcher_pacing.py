@@ -45,8 +45,9 @@ async def test_small_calls_wait_out_the_interval_and_large_ones_leave_at_once(
     await ctx.partitions.close()
     assert [size for _, size in calls] == [1, 3, 12]
     (t_first, _), (t_small, _), (t_big, _) = calls
-    assert t_small - t_first >= 0.99
-    assert t_big - t_small < 0.99
+    # times are taken when each call's task runs, a scheduling delay after it left: 0.9 s, not 1
+    assert t_small - t_first >= 0.9
+    assert t_big - t_small < 0.9
     stored = await pool.fetchval("SELECT count(*) FROM events WHERE site_id = $1", site["site_id"])
     ledger = await pool.fetchval("SELECT count(*) FROM ingest_idempotency WHERE site_id = $1", site["site_id"])
     assert stored == ledger == 16

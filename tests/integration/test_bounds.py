@@ -61,8 +61,14 @@ async def test_site_cache_and_origin_verdicts_hold_their_bound(
 async def test_batcher_queue_and_calls_in_flight_hold_their_bound_while_the_partition_stalls(
     settings: Settings, pool: asyncpg.Pool, stack: dict[str, Any], make_site: Any
 ) -> None:
+    # batch_min_interval_ms=0: the first event leaves alone at once, however soon after the
+    # warm-up call (a small call waiting out the interval would leave with 5)
     limits = settings.with_overrides(
-        partition_max_queued_events=20, partition_max_inflight=1, batch_max_events=5, partition_call_timeout_s=60
+        partition_max_queued_events=20,
+        partition_max_inflight=1,
+        batch_max_events=5,
+        partition_call_timeout_s=60,
+        batch_min_interval_ms=0,
     )
     app = _make_app(limits, pool, ray_enabled=True)
     ctx = app.state.ctx

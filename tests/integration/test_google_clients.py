@@ -451,13 +451,15 @@ async def test_real_server_round_trip_and_timeout(dest: str) -> None:
     state: EmulatorState = app.state.emulator
     with serve(app) as base:
         c = creds(dest)
-        timeout = httpx.Timeout(0.3, connect=2.0)
+        # the read timeout must hold for the normal requests on a busy machine (the server is a
+        # thread of this process) and still be well under the slow request's latency
+        timeout = httpx.Timeout(1.0, connect=2.0)
         async with httpx.AsyncClient() as http:
             client = make(dest, http, base, timeout=timeout)
             ok = await client.upload(c, rows(2, "a"))
             assert [r.kind for r in ok.rows] == [K.COMPLETED] * 2 and ok.request_id
             # slower than the client's read timeout: ambiguous, the row is retried
-            state.update_config({"latency_ms": 1000})
+            state.update_config({"latency_ms": 2500})
             slow = await client.upload(c, rows(1, "t"))
             assert (slow.rows[0].kind, slow.rows[0].error_code, slow.http_status) == (K.RETRY, "TIMEOUT", 0)
             state.update_config({"latency_ms": 0})

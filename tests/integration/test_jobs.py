@@ -50,10 +50,13 @@ async def test_partitions_job_creates_months_ahead(pool: asyncpg.Pool, settings:
 
     from opsmantik_stream.jobs import run_job
 
-    result = await run_job("partitions", pool, settings, now=dt.datetime(2027, 6, 15, tzinfo=dt.UTC))
-    assert "2027-09" in result["created"]
-    assert await pool.fetchval("SELECT to_regclass('public.sessions_2027_09') IS NOT NULL")
-    again = await run_job("partitions", pool, settings, now=dt.datetime(2027, 6, 15, tzinfo=dt.UTC))
+    # a June five years ahead: far past the months the migrations created from today's date
+    year = dt.datetime.now(dt.UTC).year + 5
+    june = dt.datetime(year, 6, 15, tzinfo=dt.UTC)
+    result = await run_job("partitions", pool, settings, now=june)
+    assert f"{year}-09" in result["created"]
+    assert await pool.fetchval(f"SELECT to_regclass('public.sessions_{year}_09') IS NOT NULL")
+    again = await run_job("partitions", pool, settings, now=june)
     assert again["created"] == []
 
 
