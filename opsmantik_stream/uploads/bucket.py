@@ -160,6 +160,9 @@ class AccountBucket:
     def __init__(self, requests_per_s: float, conversions_per_min: float, *, max_batch: int, margin_s: float) -> None:
         self.requests_per_s = requests_per_s
         self.conversions_per_min = conversions_per_min
+        self._turn: object | None = None  # the worker between ``wait_ready`` and its slot
+        self._turn_free = asyncio.Event()
+        self._turn_free.set()
         if requests_per_s <= 0 or conversions_per_min < 1:
             self._requests: Pacer | None = None
             self._window: SendWindow | None = None
@@ -185,18 +188,41 @@ class AccountBucket:
     def usable(self) -> bool:
         return self._requests is not None and self.max_batch >= 1
 
-    async def wait_ready(self) -> None:
-        """Wait (without taking anything) until a request could leave now, so the uploader
-        holds a lease only while it can actually send."""
+    async def wait_ready(self) -> object:
+        """Wait (without taking anything) until a request could leave now and no other worker
+        of this uploader is on its way to that slot; return the turn to give to ``end_turn``.
+
+        The uploader then holds a lease only while it can actually send. A slot lets one
+        worker through: when all of an uploader's workers went on together, the ones behind
+        held site leases for later slots, and with several uploaders on one account they took
+        every lease a site allows while the uploader whose slot had come found none and idled.
+        """
         assert self._requests is not None
-        while (wait := self._requests.delay()) > 0:
-            await asyncio.sleep(min(wait, 0.02))
+        while True:
+            if self._turn is not None:
+                await self._turn_free.wait()
+            elif (wait := self._requests.delay()) > 0:
+                await asyncio.sleep(min(wait, 0.02))
+            else:
+                turn = self._turn = object()
+                self._turn_free.clear()
+                return turn
+
+    def end_turn(self, turn: object) -> None:
+        """The worker that had ``turn`` took its slot or gave up: the next may go on."""
+        if self._turn is turn:
+            self._free_turn()
+
+    def _free_turn(self) -> None:
+        self._turn = None
+        self._turn_free.set()
 
     async def acquire(self, conversions: int) -> None:
         """Wait until one request with ``conversions`` rows may go out (never an attempt)."""
         assert self._requests is not None and self._conversions is not None
         await self._conversions.acquire(min(float(conversions), self._conversions.max_rate))
         await self._requests.acquire()
+        self._free_turn()  # the slot is taken: the next worker may wait for the next one
 
     async def at_send(self) -> None:
         """The last gate, right before the request leaves: wait (rarely) until the send keeps

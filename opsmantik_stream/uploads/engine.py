@@ -287,6 +287,7 @@ class UploadEngine:
         has_creds = ctx["destination"] is not None
         account = ctx["account_id"] or ""
         bucket: AccountBucket | None = None
+        turn: object | None = None
         limit = s.upload_chunk_size
         if has_creds:
             rps = float(ctx["requests_per_s"] or s.upload_default_requests_per_s)
@@ -296,10 +297,22 @@ class UploadEngine:
                 return None  # no share of this account for us: leave the rows unclaimed
             limit = min(limit, bucket.max_batch)
             ready_from = time.monotonic()
-            await bucket.wait_ready()
+            turn = await bucket.wait_ready()
             ready_wait_s = time.monotonic() - ready_from
         else:
             ready_wait_s = 0.0
+        try:
+            return await self._leased_attempt(g, probe, ctx, bucket, limit, ready_wait_s)
+        finally:
+            if bucket is not None and turn is not None:
+                bucket.end_turn(turn)  # gave up before its slot (no lease, no rows, a probe taken)
+
+    async def _leased_attempt(
+        self, g: Any, probe: bool, ctx: Any, bucket: AccountBucket | None, limit: int, ready_wait_s: float
+    ) -> dict[str, Any] | None:
+        site_id, destination = g["site_id"], g["destination"]
+        s = self.settings
+        account = ctx["account_id"] or ""
         if g["max_batch"]:
             limit = min(limit, int(g["max_batch"]))  # what Google accepts for this account
         if probe:

@@ -3,6 +3,7 @@ shares, bucket shapes, and how an attempt's outcomes become a breaker signal."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import uuid
@@ -236,3 +237,26 @@ def test_send_window_admits_and_refuses_bad_shapes() -> None:
         SendWindow(0, 1.0)
     with pytest.raises(ValueError):
         SendWindow(1, 0.0)
+
+
+async def test_a_ready_slot_lets_one_worker_on_at_a_time() -> None:
+    # Workers of one uploader go on to take a lease only for a slot they can use: while one is
+    # on its way to the ready slot the others wait, and they go on when it takes the slot (for
+    # the next one) or gives up (for this one).
+    bucket = AccountBucket(20, 6000, max_batch=200, margin_s=0.05)
+    first = await bucket.wait_ready()
+    second = asyncio.ensure_future(bucket.wait_ready())
+    await asyncio.sleep(0.05)
+    assert not second.done()  # the slot is ready, but the first worker is on its way to it
+    bucket.end_turn(first)  # it gave up (no lease): the slot is the next worker's
+    turn = await asyncio.wait_for(second, 1.0)
+    third = asyncio.ensure_future(bucket.wait_ready())
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    await bucket.acquire(1)  # the second worker took the slot
+    bucket.end_turn(turn)  # its attempt ended later: no effect on the third's turn
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await asyncio.wait_for(third, 1.0)
+    # the third waited for the next slot of the grid, one per (1 + margin) / 20 s
+    assert loop.time() - t0 >= 1.05 / 20 - 0.03
