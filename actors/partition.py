@@ -25,7 +25,43 @@ if TYPE_CHECKING:
 
     from opsmantik_stream.ingest.store import IngestStore
 
-__all__ = ["SitePartition"]
+__all__ = ["SitePartition", "remove_stale_sockets", "socket_folder"]
+
+
+def socket_folder() -> str:
+    """Where partitions on this machine open their Unix sockets (one per actor incarnation)."""
+    return os.path.join(tempfile.gettempdir(), "opsmantik-sockets")
+
+
+def remove_stale_sockets(folder: str) -> int:
+    """Remove the sockets of partition processes that are gone; return how many.
+
+    A partition is stopped with ``ray.kill`` or dies with its node, so it never removes its own
+    socket; without this a file per incarnation piles up for as long as the machine runs. A
+    socket's name starts with the pid of the process that opened it, and a file whose process
+    no longer exists has no server behind it. (A pid reused by another process keeps its file
+    until that process is gone too.)
+    """
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        pid_text, _, rest = name.partition("-")
+        if not pid_text.isdigit() or not rest.endswith(".sock"):
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # alive (or not ours to signal): keep
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+            removed += 1
+    return removed
 
 
 async def _keep(conn: asyncpg.Connection) -> None:
@@ -109,8 +145,9 @@ class SitePartition:
             return None
         async with self._init_lock:
             if self._server is None:
-                folder = os.path.join(tempfile.gettempdir(), "opsmantik-sockets")
+                folder = socket_folder()
                 os.makedirs(folder, mode=0o700, exist_ok=True)
+                remove_stale_sockets(folder)
                 path = os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex[:12]}.sock")
                 self._server = await asyncio.start_unix_server(self._serve_connection, path=path)
                 os.chmod(path, 0o600)  # the gateway runs as the same user; nobody else

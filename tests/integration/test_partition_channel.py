@@ -5,6 +5,7 @@ carry the same batches."""
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import asyncpg
@@ -37,6 +38,8 @@ async def test_batches_travel_over_the_socket_and_a_restarted_partition_is_found
         name = (await ctx.routing.table()).owner_of(site["site_id"])
         first = ctx.partitions._channels[name]
         assert isinstance(first, _Channel) and not first.closed
+        old_socket = await ctx.routing.handle(name).data_address.remote()
+        assert old_socket and await asyncio.to_thread(os.path.exists, old_socket)
         # the partition dies; Ray restarts it with a new socket
         ray.kill(ctx.routing.handle(name), no_restart=False)
         for _ in range(100):
@@ -65,6 +68,8 @@ async def test_batches_travel_over_the_socket_and_a_restarted_partition_is_found
             await asyncio.sleep(0.25)
             second = ctx.partitions._channels.get(name)
         assert isinstance(second, _Channel) and second is not first and not second.closed
+        # the new incarnation removed the killed one's socket when it opened its own
+        assert not await asyncio.to_thread(os.path.exists, old_socket)
     await ctx.partitions.close()
     assert await pool.fetchval("SELECT count(*) FROM events") == answers.count(202) + 1 + extra
 
