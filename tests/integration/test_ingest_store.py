@@ -14,6 +14,7 @@ import asyncpg
 import msgspec
 import pytest
 
+from opsmantik_stream.db import close_pool, create_pool
 from opsmantik_stream.ingest.schema import MetaIn, WireEvent
 from opsmantik_stream.ingest.store import BatchEvent, CallExpired, IngestStore
 
@@ -385,3 +386,46 @@ async def test_sessions_are_found_alike_in_small_and_large_batches(
            JOIN sessions s ON s.id = e.session_id AND s.created_month = e.session_month AND s.site_id = e.site_id"""
     )
     assert stored == 3 + 2 * (3 + fillers)
+
+
+async def _sessions_seq_scans(conn: asyncpg.Connection) -> int:
+    # a backend sends its table counters at most once a second; this makes it send them as
+    # soon as this statement ends, before its answer (the read after it sees them)
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    async with conn.transaction():
+        return int(
+            await conn.fetchval(
+                "SELECT coalesce(sum(seq_scan), 0) FROM pg_stat_user_tables WHERE relname LIKE 'sessions%'"
+            )
+        )
+
+
+async def test_a_connection_that_plans_on_a_small_month_still_finds_sessions_by_index(
+    db_url: str, pool: asyncpg.Pool, make_site: Any
+) -> None:
+    # ingest_batch() keeps one plan per statement for a connection's life. A connection that
+    # first called it while the month's sessions were a few dozen rows, never analysed, got a
+    # sequential scan of the month's sessions for the look-up of a large batch's session ids
+    # and kept it until autovacuum analysed the table: every batch read the whole month
+    # (migration 0017 rules that out).
+    site = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    sids = [str(uuid.uuid4()) for _ in range(64)]
+    for k in range(0, 64, 8):  # the month's first sessions, a few small batches (not analysed yet)
+        await IngestStore(pool).ingest([wire(site, now, sid=s) for s in sids[k : k + 8]])
+    own = await create_pool(db_url, min_size=1, max_size=1)  # one connection: its plans are the ones used
+    try:
+        store = IngestStore(own)
+        async with own.acquire() as conn:
+            before = await _sessions_seq_scans(conn)
+        for k in range(3):  # the first call makes the plans; the later ones use them
+            batch = [wire(site, now, sid=s) for s in sids[k * 12 : k * 12 + 40]]
+            assert {r.status for r in await store.ingest(batch)} == {"accepted"}
+        async with own.acquire() as conn:
+            after = await _sessions_seq_scans(conn)
+    finally:
+        await close_pool(own)
+    assert after - before == 0, "the month's sessions were read whole instead of by their ids"
+    # the events went to the sessions that were there
+    assert await pool.fetchval("SELECT count(*) FROM sessions") == 64
+    assert await pool.fetchval("SELECT sum(event_count) FROM sessions") == 64 + 120

@@ -1,0 +1,16 @@
+-- ingest_batch(): every table access goes through an index, whatever the statistics said when
+-- a connection first planned it (issue 10).
+--
+-- The function keeps one generic plan per statement for its connection's life
+-- (plan_cache_mode = force_generic_plan), made on the connection's first call. A connection
+-- that first ran a large batch while the month's sessions were a few dozen to a few hundred
+-- rows, never analysed (a fresh install, the first minutes of a month), got a sequential scan
+-- of the month's sessions for the look-up of the batch's session ids, and kept it until
+-- autovacuum next analysed the table: every batch read the whole month's sessions and compared
+-- each row with every session id of the batch. Under the benchmark's 50-event batches the
+-- connections that had that plan spent 5-7 % more PostgreSQL CPU per event (measured with
+-- `perf` and pg_stat_user_tables), and the cost grows with the month's sessions. Every
+-- look-up here is keyed (session ids, fingerprints, ledger keys, usage rows by site and
+-- month), so a sequential scan is never the plan wanted; where no index applies the planner
+-- still scans (the setting only prices a sequential scan out of every choice that has one).
+ALTER FUNCTION ingest_batch(timestamptz, uuid[], boolean, ingest_batch_event[]) SET enable_seqscan = off;
