@@ -219,7 +219,9 @@ async def test_late_finish_of_rescued_attempt_changes_nothing(pool, make_site, f
     await set_creds(pool, fast, site["site_id"])
     [row] = await add_rows(pool, site["site_id"], ["Cj0Klate"])
     slow, fresh = engines("uploader-a-0"), engines("uploader-b-0")
-    await emu.config(latency_ms=1500)
+    # the answer is held 4 s: the rescue and the resend below must both happen before it comes
+    # (they take well under a second; 1.5 s was sometimes not enough on a busy machine)
+    await emu.config(latency_ms=4000)
     task = asyncio.create_task(slow.run_once())
     for _ in range(400):  # until Google has stored the conversion (the answer is still delayed)
         if (await emu.state())["accepted_count"] == 1:
