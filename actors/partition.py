@@ -201,11 +201,15 @@ class SitePartition:
             self._leave()
 
     async def memory(self) -> dict[str, Any]:
-        """This process's memos (entries, bound) and resident bytes (``/metrics``, the soak):
-        the partition keeps nothing else between batches."""
+        """This process's memos (entries, bound), the store's session hints among them, and
+        resident bytes (``/metrics``, the soak): the partition keeps nothing else between
+        batches."""
         from opsmantik_stream.bounds import lru_report, resident_bytes
 
-        return {"memos": lru_report(), "rss_bytes": resident_bytes()}
+        memos = lru_report()
+        if self._store is not None:
+            memos["store.session_hints"] = self._store.hint_report()
+        return {"memos": memos, "rss_bytes": resident_bytes()}
 
     async def ingest_stats(self) -> dict[str, int]:
         store = self._store

@@ -11,16 +11,21 @@ Two halves:
   that needs the database), intent and target, the session ids to use. The result is a
   ``BatchEvent`` whose fields are exactly the attributes of the SQL type
   ``ingest_batch_event``, in their order (a test compares them).
-- ``ingest_batch(now, sites, consent, events)`` (migrations 0006, 0014-0016): the batch as an
+- ``ingest_batch(now, sites, consent, events)`` (migrations 0006, 0014-0018): the batch as an
   array of those rows in PostgreSQL's binary format (no JSON to parse), with its distinct sites
   and whether it holds a consent event; one statement, hence one transaction and one round
   trip, that locks the month's usage of the batch's sites, inserts the ledger
   (duplicates drop out), decides the quota from the locked counts, resolves and upserts
   sessions, inserts event rows and intents and moves the usage counters.
 
-Nothing is cached between batches: PostgreSQL is the only state, so a restarted or a second
-writer (during a resize) is always right, and memory does not grow with the number of
-visitors. The partition owns its connections (no reset per batch).
+The one thing kept between batches is a bounded memo of session hints (SPEC.md §3 step 4:
+"find by (site, sid) in the partition's cache, else in PostgreSQL"): the month of each
+session a committed batch wrote, sent with the session's next events so that
+``ingest_batch`` skips their look-up. A hint is never trusted blindly: ``ingest_batch``
+fails a batch whose hinted session is gone (erased, past retention) before writing
+anything, and the batch runs again without hints. PostgreSQL stays the only authority: a
+restarted actor starts with no hints, and a second writer (during a resize) has its own.
+The partition owns its connections (no reset per batch).
 
 An event that cannot be prepared, or whose row PostgreSQL refuses, goes to ``dead_letters``
 with a non-billable ledger row (so a re-send is a duplicate) and never costs the other
@@ -35,6 +40,7 @@ import logging
 import re
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
@@ -45,7 +51,7 @@ from msgspec.structs import astuple
 from opsmantik_stream.capture import PLAIN_META_KEYS, form_identifiers
 from opsmantik_stream.enums import IntentAction
 from opsmantik_stream.ingest import attribution as attr
-from opsmantik_stream.ingest.billing import classify_billable, seconds_to_next_month
+from opsmantik_stream.ingest.billing import classify_billable, month_start, seconds_to_next_month
 from opsmantik_stream.ingest.intents import detect_intent, intent_target, target_phone_number
 from opsmantik_stream.ingest.keys import EventKind, event_kind, idempotency_key
 from opsmantik_stream.ingest.schema import MetaIn, WireEvent, WireResult
@@ -79,6 +85,15 @@ _AGAIN: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
 )
 _ATTEMPTS = 3
+
+# Memo bound of session hints (one per ``IngestStore``, so per partition process):
+# (site id, session id) -> the month of the site's own session with that id, as the last
+# committed batch wrote it. An entry is two id strings and a date, ~0.3 KB with the memo's own
+# links (measured with tracemalloc), so ~5 MB at the bound. What pays are the sessions active
+# now (as for DERIVED_ID_MEMO_SIZE, with room for twice as many: a hit saves an index probe
+# of two months' sessions); the least recently written is forgotten first, and a session
+# without a hint is looked up in PostgreSQL as before.
+SESSION_HINT_MEMO_SIZE = 16384
 
 
 class CallExpired(Exception):
@@ -215,6 +230,9 @@ class BatchEvent(msgspec.Struct, gc=False):
     page: str | None
     click_id: str | None
     click_type: str | None
+    # the month of the site's own session ``sid``, from the partition's hints (migration 0018);
+    # set by the store just before the batch is sent, never by ``prepare``
+    hint: dt.date | None = None
 
 
 def _clip(value: float | None, hi: int) -> int | None:
@@ -484,6 +502,8 @@ class IngestStore:
     def __init__(self, pool: asyncpg.Pool, *, clock: Callable[[], dt.datetime] = _utcnow) -> None:
         self._pool = pool
         self._clock = clock
+        # session hints (see the module doc and SESSION_HINT_MEMO_SIZE), oldest first
+        self._hints: OrderedDict[tuple[str, str], dt.date] = OrderedDict()
         self.stats: dict[str, int] = {
             "batches": 0,
             "events": 0,
@@ -597,7 +617,14 @@ class IngestStore:
             out.extend(await self._write([row], events, [where[k]], now))
         return out
 
+    def hint_report(self) -> tuple[int, int]:
+        """(entries now, bound) of the session hints (``/metrics``, the soak)."""
+        return len(self._hints), SESSION_HINT_MEMO_SIZE
+
     async def _batch(self, rows: list[BatchEvent], now: dt.datetime, deadline: float | None) -> list[WireResult]:
+        hints = self._hints
+        for row in rows:
+            row.hint = hints.get((row.site, row.sid))
         payload = [astuple(row) for row in rows]
         # the batch's sites (their month's usage is locked) and whether it holds a consent
         # event: known here, so ingest_batch() spends no statement of its own on them
@@ -612,13 +639,21 @@ class IngestStore:
                     record = await conn.fetchrow(Q.ingest.ingest_batch, now, sites, consent, payload)
                 break
             except _AGAIN:
-                # nothing was written; a session id another site took meanwhile is visible now
+                # nothing was written; a session id another site took meanwhile is visible now,
+                # and a hinted session may be gone: the batch runs again without hints
                 if attempt == _ATTEMPTS - 1:
                     raise
                 self.stats["retried_batches"] += 1
+                if any(row.hint is not None for row in rows):
+                    for row in rows:
+                        if row.hint is not None:
+                            hints.pop((row.site, row.sid), None)
+                            row.hint = None
+                    payload = [astuple(row) for row in rows]
         assert record is not None
         status: str = record["status"]
         remaining: list[int | None] = record["remaining"]
+        self._learn(rows, record["hints"], now)
         retry_after = seconds_to_next_month(now)
         out: list[WireResult] = []
         for row, letter, left in zip(rows, status, remaining, strict=True):
@@ -633,6 +668,23 @@ class IngestStore:
                     WireResult(status="rejected_quota", ingest_id=row.key, quota_remaining=0, retry_after_s=retry_after)
                 )
         return out
+
+    def _learn(self, rows: list[BatchEvent], codes: str, now: dt.datetime) -> None:
+        """Keep what the committed batch says about each event's session: ``c`` (this month)
+        or ``p`` (last month) when the session has the id the event was sent with, else ``-``
+        (not written, or written under the derived id)."""
+        hints = self._hints
+        cur = month_start(now)
+        prev = (cur - dt.timedelta(days=1)).replace(day=1)
+        for row, code in zip(rows, codes, strict=True):
+            key = (row.site, row.sid)
+            if code == "c" or code == "p":
+                hints[key] = cur if code == "c" else prev
+                hints.move_to_end(key)
+            elif row.hint is not None:
+                hints.pop(key, None)
+        while len(hints) > SESSION_HINT_MEMO_SIZE:
+            hints.popitem(last=False)
 
     async def _dead_letters(
         self, items: list[tuple[WireEvent, tuple[str, int], str, str]], now: dt.datetime

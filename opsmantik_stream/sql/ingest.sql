@@ -12,11 +12,13 @@ WHERE s.public_id = $1
 GROUP BY s.id, p.rate_limit_per_min;
 
 -- name: ingest_batch
--- A partition's micro-batch in one statement (migrations 0006, 0014-0016): ledger, quota, sessions,
--- events, intents and usage in one transaction; a status letter and the quota left per event.
+-- A partition's micro-batch in one statement (migrations 0006, 0014-0018): ledger, quota, sessions,
+-- events, intents and usage in one transaction; a status letter, the quota left and the session
+-- hint (c/p/-) per event.
 -- $2 the batch's distinct sites in order, $3 whether it holds a system/consent event, $4 a list
 -- of ``BatchEvent`` tuples, sent as binary rows of ingest_batch_event.
-SELECT status, remaining FROM ingest_batch($1::timestamptz, $2::uuid[], $3::boolean, $4::ingest_batch_event[]);
+SELECT status, remaining, hints
+FROM ingest_batch($1::timestamptz, $2::uuid[], $3::boolean, $4::ingest_batch_event[]);
 
 -- name: ingest_dead_letters
 -- Events captured instead of stored, with non-billable ledger rows; a letter per event.

@@ -126,5 +126,7 @@ async def test_metrics_show_every_bounded_structure_of_gateway_and_partitions(
     assert set(partitions) == set(stack["actors"])
     # the partition that stored the event parsed its landing page (a memo entry)
     assert sum(v["attribution.url_params"] for v in partitions.values()) >= 1
+    # and keeps the month of the session it wrote (a session hint, learned after COMMIT)
+    assert sum(v.get("store.session_hints", 0) for v in partitions.values()) == 1
     for name in stack["actors"]:
         assert re.search(rf'^opsmantik_process_resident_bytes\{{process="{name}"\}} [1-9]', text, re.M)

@@ -349,13 +349,16 @@ async def test_a_visitor_with_thousands_of_sessions_costs_every_batch_a_bounded_
     assert await pool.fetchval("SELECT count(*) FROM events") == 1  # heartbeats only touch sessions
 
 
+@pytest.mark.parametrize("hinted", [False, True], ids=["looked up", "hinted"])
 @pytest.mark.parametrize("fillers", [2, 40], ids=["small batch, one probe per id", "large batch, one index scan"])
 async def test_sessions_are_found_alike_in_small_and_large_batches(
-    pool: asyncpg.Pool, make_site: Any, fillers: int
+    pool: asyncpg.Pool, make_site: Any, fillers: int, hinted: bool
 ) -> None:
     # ingest_batch() probes each session id of a batch under 32 events and looks all of them
     # up with one index scan from 32 events on (migration 0015): both must find the site's
     # sessions of this and last month and give an id another site holds a derived session.
+    # The same store sends the sessions it wrote as hints (migration 0018); a new store per
+    # batch (as after restarts) sends none, so every id is looked up.
     a = await make_site()
     b = await make_site()
     clock = Clock(dt.datetime(2026, 5, 31, 23, 0, tzinfo=dt.UTC))
@@ -368,7 +371,8 @@ async def test_sessions_are_found_alike_in_small_and_large_batches(
 
     for round_ in (1, 2):
         batch = [wire(a, clock.now, sid=s) for s in (prev, cur, taken, *fresh)]
-        assert {r.status for r in await store.ingest(batch)} == {"accepted"}
+        writer = store if hinted else IngestStore(pool, clock=clock)
+        assert {r.status for r in await writer.ingest(batch)} == {"accepted"}
         rows = await pool.fetch("SELECT id, site_id, created_month, event_count FROM sessions")
         by_key = {(str(r["id"]), str(r["site_id"])): (r["created_month"], r["event_count"]) for r in rows}
         # the site's own sessions get the events, in the months they were created in
@@ -429,3 +433,129 @@ async def test_a_connection_that_plans_on_a_small_month_still_finds_sessions_by_
     # the events went to the sessions that were there
     assert await pool.fetchval("SELECT count(*) FROM sessions") == 64
     assert await pool.fetchval("SELECT sum(event_count) FROM sessions") == 64 + 120
+
+
+async def _pkey_reads(conn: asyncpg.Connection) -> int:
+    """Index scans of the sessions' primary keys so far (counters flushed first)."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    async with conn.transaction():
+        return int(
+            await conn.fetchval(
+                "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes "
+                "WHERE relname LIKE 'sessions%' AND indexrelname LIKE '%pkey'"
+            )
+        )
+
+
+async def test_a_session_the_partition_wrote_is_not_looked_up_again(
+    db_url: str, pool: asyncpg.Pool, make_site: Any
+) -> None:
+    # SPEC.md §3 step 4: a session is found in the partition's cache, else in PostgreSQL. The
+    # store remembers the month of each session a committed batch wrote and sends it as a hint
+    # (migration 0018): the session's next batch skips its look-up.
+    site = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    sids = [str(uuid.uuid4()) for _ in range(40)]
+    own = await create_pool(db_url, min_size=1, max_size=1)
+    try:
+        remembering = IngestStore(own)
+        await remembering.ingest([wire(site, now, sid=s) for s in sids])
+        assert remembering.hint_report()[0] == 40
+
+        async def reads(store: IngestStore) -> int:
+            async with own.acquire() as conn:
+                before = await _pkey_reads(conn)
+            assert {r.status for r in await store.ingest([wire(site, now, sid=s) for s in sids])} == {"accepted"}
+            async with own.acquire() as conn:
+                return await _pkey_reads(conn) - before
+
+        hinted = await reads(remembering)
+        unhinted = await reads(IngestStore(own))  # a restarted partition: no hints, same sessions
+    finally:
+        await close_pool(own)
+    assert hinted < unhinted, (hinted, unhinted)
+    rows = await pool.fetch("SELECT event_count, created_month FROM sessions")
+    assert len(rows) == 40 and {(r["event_count"], r["created_month"]) for r in rows} == {(3, month_of(now))}
+
+
+def month_of(at: dt.datetime) -> dt.date:
+    return at.date().replace(day=1)
+
+
+async def test_a_hinted_session_that_is_gone_is_created_again(pool: asyncpg.Pool, make_site: Any) -> None:
+    # The hint of a session erased or past retention since the partition wrote it must not
+    # bring back a row dated to its month's start: the batch fails unwritten and runs again
+    # without hints, so the session is new again, as if never seen.
+    site = await make_site()
+    clock = Clock(dt.datetime(2026, 4, 10, 9, 0, tzinfo=dt.UTC))
+    store = IngestStore(pool, clock=clock)
+    sid, other = str(uuid.uuid4()), str(uuid.uuid4())
+    await store.ingest([wire(site, clock.now, sid=sid), wire(site, clock.now, sid=other)])
+    assert store.hint_report()[0] == 2
+    await pool.execute("DELETE FROM sessions WHERE id = $1", uuid.UUID(sid))  # as erase and retention do
+
+    later = clock.now = dt.datetime(2026, 4, 10, 9, 5, tzinfo=dt.UTC)
+    results = await store.ingest([wire(site, later, sid=sid), wire(site, later, sid=other)])
+    assert [r.status for r in results] == ["accepted", "accepted"]
+    assert store.stats["retried_batches"] == 1
+    gone = await pool.fetchrow("SELECT * FROM sessions WHERE id = $1", uuid.UUID(sid))
+    # created anew by this batch: the server's time of it (not its month's start), a real
+    # visit count (the fingerprint's other session), one event
+    assert gone["created_at"] == later
+    assert gone["previous_visit_count"] == 1 and gone["event_count"] == 1
+    kept = await pool.fetchrow("SELECT * FROM sessions WHERE id = $1", uuid.UUID(other))
+    assert kept["event_count"] == 2
+    assert await pool.fetchval("SELECT min(previous_visit_count) FROM sessions") >= 0
+    # the next batch is hinted again (learned from the retry) and needs no retry
+    await store.ingest([wire(site, later, sid=sid)])
+    assert store.stats["retried_batches"] == 1
+    assert await pool.fetchval("SELECT event_count FROM sessions WHERE id = $1", uuid.UUID(sid)) == 2
+
+
+async def test_ingest_batch_refuses_a_hint_for_a_session_that_is_not_there(pool: asyncpg.Pool, make_site: Any) -> None:
+    # the check in ingest_batch() itself, whatever the partition sends: nothing is written
+    from opsmantik_stream.ingest.store import prepare
+    from opsmantik_stream.queries import Q
+
+    site = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    row = prepare(wire(site, now), 1, now.date())
+    row.hint = month_of(now)
+    with pytest.raises(asyncpg.exceptions.SerializationError):
+        await pool.fetchrow(
+            Q.ingest.ingest_batch, now, [uuid.UUID(site["site_id"])], False, [msgspec.structs.astuple(row)]
+        )
+    assert await pool.fetchval("SELECT count(*) FROM ingest_idempotency") == 0
+    assert await pool.fetchval("SELECT count(*) FROM sessions") == 0
+
+
+async def test_a_hint_older_than_last_month_is_not_used(pool: asyncpg.Pool, make_site: Any) -> None:
+    # a session is looked for in this and last month only: two months on, the same session id
+    # starts a new session, hinted or not
+    site = await make_site()
+    clock = Clock(dt.datetime(2026, 1, 20, 12, 0, tzinfo=dt.UTC))
+    store = IngestStore(pool, clock=clock)
+    sid = str(uuid.uuid4())
+    await store.ingest([wire(site, clock.now, sid=sid)])
+    clock.now = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
+    [r] = await store.ingest([wire(site, clock.now, sid=sid)])
+    assert r.status == "accepted" and store.stats["retried_batches"] == 0
+    rows = await pool.fetch("SELECT created_month, event_count FROM sessions ORDER BY created_month")
+    assert [tuple(x) for x in rows] == [(dt.date(2026, 1, 1), 1), (dt.date(2026, 3, 1), 1)]
+
+
+async def test_session_hints_hold_their_bound(
+    pool: asyncpg.Pool, make_site: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opsmantik_stream.ingest import store as store_module
+
+    monkeypatch.setattr(store_module, "SESSION_HINT_MEMO_SIZE", 8)
+    site = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    store = IngestStore(pool)
+    sids = [str(uuid.uuid4()) for _ in range(24)]
+    for k in range(0, 24, 6):
+        await store.ingest([wire(site, now, sid=s) for s in sids[k : k + 6]])
+    assert store.hint_report() == (8, 8)
+    # the most recently written are the ones kept
+    assert {sid for _, sid in store._hints} == set(sids[-8:])
