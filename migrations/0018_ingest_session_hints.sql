@@ -16,6 +16,11 @@
 --   (last month) when its session has the id the event was sent with and was written, else
 --   `-`. The partition learns its hints from it after COMMIT.
 --
+-- * The month's usage counters are updated through their key (site, month) for the batch's
+--   sites only. The update named the batch's sites through its join alone, and its generic plan
+--   read every site's usage row of the month by the month and matched them: one row per site
+--   of the installation on every batch.
+--
 -- The steps, their order and what each writes are otherwise those of 0016 and 0017 (the
 -- seqscan setting of 0017 moves into the definition).
 
@@ -149,7 +154,9 @@ BEGIN
             WHERE q.counted
             GROUP BY q.site
         ) AS c
-        WHERE u.site_id = c.site AND u.year_month = v_ym
+        -- (the batch's sites named again: the month's usage rows are then found by their key, not
+        -- all of the month's rows read and matched)
+        WHERE u.site_id = ANY (v_sites) AND u.year_month = v_ym AND u.site_id = c.site
     )
     -- (and whether a new event of the batch has no hint: else step 4 has nothing to look up)
     SELECT array_agg(q.state ORDER BY q.i), array_agg(q.remaining ORDER BY q.i), coalesce(bool_or(q.lookup), false)

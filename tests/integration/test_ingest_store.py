@@ -559,3 +559,39 @@ async def test_session_hints_hold_their_bound(
     assert store.hint_report() == (8, 8)
     # the most recently written are the ones kept
     assert {sid for _, sid in store._hints} == set(sids[-8:])
+
+
+async def test_a_batch_reads_only_its_own_sites_usage(db_url: str, pool: asyncpg.Pool, make_site: Any) -> None:
+    # the month's usage row of every site is read for update by key; a batch of one site must
+    # not read the usage rows of the installation's other sites (one row per site per batch)
+    sites = [await make_site() for _ in range(30)]
+    now = dt.datetime.now(dt.UTC)
+    store = IngestStore(pool)
+    for site in sites:
+        await store.ingest([wire(site, now)])
+
+    async def usage_rows_read() -> int:
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) AS n "
+                    "FROM pg_stat_user_tables WHERE relname = 'site_usage_monthly'"
+                )
+                return int(row["n"])
+
+    own = await create_pool(db_url, min_size=1, max_size=1)
+    try:
+        # one connection for the batches: its counters are flushed on it after each
+        writer = IngestStore(own)
+        await writer.ingest([wire(sites[0], now)])  # plans made
+        async with own.acquire() as conn:
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+        before = await usage_rows_read()
+        await writer.ingest([wire(sites[0], now) for _ in range(3)])
+        async with own.acquire() as conn:
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+        read = await usage_rows_read() - before
+    finally:
+        await close_pool(own)
+    assert read <= 6, f"a one-site batch read {read} usage rows"
