@@ -392,16 +392,19 @@ async def test_sessions_are_found_alike_in_small_and_large_batches(
     assert stored == 3 + 2 * (3 + fillers)
 
 
-async def _sessions_seq_scans(conn: asyncpg.Connection) -> int:
+async def _counter(conn: asyncpg.Connection, query: str) -> int:
+    """A statistics counter, with this backend's own counters sent first."""
     # a backend sends its table counters at most once a second; this makes it send them as
     # soon as this statement ends, before its answer (the read after it sees them)
     await conn.execute("SELECT pg_stat_force_next_flush()")
-    async with conn.transaction():
-        return int(
-            await conn.fetchval(
-                "SELECT coalesce(sum(seq_scan), 0) FROM pg_stat_user_tables WHERE relname LIKE 'sessions%'"
-            )
-        )
+    async with conn.transaction():  # one snapshot of the statistics for the read
+        return int(await conn.fetchval(query))
+
+
+async def _sessions_seq_scans(conn: asyncpg.Connection) -> int:
+    return await _counter(
+        conn, "SELECT coalesce(sum(seq_scan), 0) FROM pg_stat_user_tables WHERE relname LIKE 'sessions%'"
+    )
 
 
 async def test_a_connection_that_plans_on_a_small_month_still_finds_sessions_by_index(
@@ -436,15 +439,12 @@ async def test_a_connection_that_plans_on_a_small_month_still_finds_sessions_by_
 
 
 async def _pkey_reads(conn: asyncpg.Connection) -> int:
-    """Index scans of the sessions' primary keys so far (counters flushed first)."""
-    await conn.execute("SELECT pg_stat_force_next_flush()")
-    async with conn.transaction():
-        return int(
-            await conn.fetchval(
-                "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes "
-                "WHERE relname LIKE 'sessions%' AND indexrelname LIKE '%pkey'"
-            )
-        )
+    """Index scans of the sessions' primary keys so far."""
+    return await _counter(
+        conn,
+        "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes "
+        "WHERE relname LIKE 'sessions%' AND indexrelname LIKE '%pkey'",
+    )
 
 
 async def test_a_session_the_partition_wrote_is_not_looked_up_again(
@@ -572,13 +572,11 @@ async def test_a_batch_reads_only_its_own_sites_usage(db_url: str, pool: asyncpg
 
     async def usage_rows_read() -> int:
         async with pool.acquire() as conn:
-            await conn.execute("SELECT pg_stat_force_next_flush()")
-            async with conn.transaction():
-                row = await conn.fetchrow(
-                    "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) AS n "
-                    "FROM pg_stat_user_tables WHERE relname = 'site_usage_monthly'"
-                )
-                return int(row["n"])
+            return await _counter(
+                conn,
+                "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
+                "FROM pg_stat_user_tables WHERE relname = 'site_usage_monthly'",
+            )
 
     own = await create_pool(db_url, min_size=1, max_size=1)
     try:
