@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -392,6 +393,17 @@ async def test_sessions_are_found_alike_in_small_and_large_batches(
     assert stored == 3 + 2 * (3 + fillers)
 
 
+@pytest.fixture
+async def one_connection(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool of one connection: the plans a test's batches use, and the statistics it reads,
+    are that connection's."""
+    own = await create_pool(db_url, min_size=1, max_size=1)
+    try:
+        yield own
+    finally:
+        await close_pool(own)
+
+
 async def _counter(conn: asyncpg.Connection, query: str) -> int:
     """A statistics counter, with this backend's own counters sent first."""
     # a backend sends its table counters at most once a second; this makes it send them as
@@ -408,7 +420,7 @@ async def _sessions_seq_scans(conn: asyncpg.Connection) -> int:
 
 
 async def test_a_connection_that_plans_on_a_small_month_still_finds_sessions_by_index(
-    db_url: str, pool: asyncpg.Pool, make_site: Any
+    pool: asyncpg.Pool, one_connection: asyncpg.Pool, make_site: Any
 ) -> None:
     # ingest_batch() keeps one plan per statement for a connection's life. A connection that
     # first called it while the month's sessions were a few dozen rows, never analysed, got a
@@ -420,18 +432,15 @@ async def test_a_connection_that_plans_on_a_small_month_still_finds_sessions_by_
     sids = [str(uuid.uuid4()) for _ in range(64)]
     for k in range(0, 64, 8):  # the month's first sessions, a few small batches (not analysed yet)
         await IngestStore(pool).ingest([wire(site, now, sid=s) for s in sids[k : k + 8]])
-    own = await create_pool(db_url, min_size=1, max_size=1)  # one connection: its plans are the ones used
-    try:
-        store = IngestStore(own)
-        async with own.acquire() as conn:
-            before = await _sessions_seq_scans(conn)
-        for k in range(3):  # the first call makes the plans; the later ones use them
-            batch = [wire(site, now, sid=s) for s in sids[k * 12 : k * 12 + 40]]
-            assert {r.status for r in await store.ingest(batch)} == {"accepted"}
-        async with own.acquire() as conn:
-            after = await _sessions_seq_scans(conn)
-    finally:
-        await close_pool(own)
+    own = one_connection
+    store = IngestStore(own)
+    async with own.acquire() as conn:
+        before = await _sessions_seq_scans(conn)
+    for k in range(3):  # the first call makes the plans; the later ones use them
+        batch = [wire(site, now, sid=s) for s in sids[k * 12 : k * 12 + 40]]
+        assert {r.status for r in await store.ingest(batch)} == {"accepted"}
+    async with own.acquire() as conn:
+        after = await _sessions_seq_scans(conn)
     assert after - before == 0, "the month's sessions were read whole instead of by their ids"
     # the events went to the sessions that were there
     assert await pool.fetchval("SELECT count(*) FROM sessions") == 64
@@ -448,7 +457,7 @@ async def _pkey_reads(conn: asyncpg.Connection) -> int:
 
 
 async def test_a_session_the_partition_wrote_is_not_looked_up_again(
-    db_url: str, pool: asyncpg.Pool, make_site: Any
+    pool: asyncpg.Pool, one_connection: asyncpg.Pool, make_site: Any
 ) -> None:
     # SPEC.md §3 step 4: a session is found in the partition's cache, else in PostgreSQL. The
     # store remembers the month of each session a committed batch wrote and sends it as a hint
@@ -456,23 +465,20 @@ async def test_a_session_the_partition_wrote_is_not_looked_up_again(
     site = await make_site()
     now = dt.datetime.now(dt.UTC)
     sids = [str(uuid.uuid4()) for _ in range(40)]
-    own = await create_pool(db_url, min_size=1, max_size=1)
-    try:
-        remembering = IngestStore(own)
-        await remembering.ingest([wire(site, now, sid=s) for s in sids])
-        assert remembering.hint_report()[0] == 40
+    own = one_connection
+    remembering = IngestStore(own)
+    await remembering.ingest([wire(site, now, sid=s) for s in sids])
+    assert remembering.hint_report()[0] == 40
 
-        async def reads(store: IngestStore) -> int:
-            async with own.acquire() as conn:
-                before = await _pkey_reads(conn)
-            assert {r.status for r in await store.ingest([wire(site, now, sid=s) for s in sids])} == {"accepted"}
-            async with own.acquire() as conn:
-                return await _pkey_reads(conn) - before
+    async def reads(store: IngestStore) -> int:
+        async with own.acquire() as conn:
+            before = await _pkey_reads(conn)
+        assert {r.status for r in await store.ingest([wire(site, now, sid=s) for s in sids])} == {"accepted"}
+        async with own.acquire() as conn:
+            return await _pkey_reads(conn) - before
 
-        hinted = await reads(remembering)
-        unhinted = await reads(IngestStore(own))  # a restarted partition: no hints, same sessions
-    finally:
-        await close_pool(own)
+    hinted = await reads(remembering)
+    unhinted = await reads(IngestStore(own))  # a restarted partition: no hints, same sessions
     assert hinted < unhinted, (hinted, unhinted)
     rows = await pool.fetch("SELECT event_count, created_month FROM sessions")
     assert len(rows) == 40 and {(r["event_count"], r["created_month"]) for r in rows} == {(3, month_of(now))}
@@ -561,7 +567,9 @@ async def test_session_hints_hold_their_bound(
     assert {sid for _, sid in store._hints} == set(sids[-8:])
 
 
-async def test_a_batch_reads_only_its_own_sites_usage(db_url: str, pool: asyncpg.Pool, make_site: Any) -> None:
+async def test_a_batch_reads_only_its_own_sites_usage(
+    pool: asyncpg.Pool, one_connection: asyncpg.Pool, make_site: Any
+) -> None:
     # the month's usage row of every site is read for update by key; a batch of one site must
     # not read the usage rows of the installation's other sites (one row per site per batch)
     sites = [await make_site() for _ in range(30)]
@@ -578,18 +586,15 @@ async def test_a_batch_reads_only_its_own_sites_usage(db_url: str, pool: asyncpg
                 "FROM pg_stat_user_tables WHERE relname = 'site_usage_monthly'",
             )
 
-    own = await create_pool(db_url, min_size=1, max_size=1)
-    try:
-        # one connection for the batches: its counters are flushed on it after each
-        writer = IngestStore(own)
-        await writer.ingest([wire(sites[0], now)])  # plans made
-        async with own.acquire() as conn:
-            await conn.execute("SELECT pg_stat_force_next_flush()")
-        before = await usage_rows_read()
-        await writer.ingest([wire(sites[0], now) for _ in range(3)])
-        async with own.acquire() as conn:
-            await conn.execute("SELECT pg_stat_force_next_flush()")
-        read = await usage_rows_read() - before
-    finally:
-        await close_pool(own)
+    # one connection for the batches: its counters are flushed on it after each
+    own = one_connection
+    writer = IngestStore(own)
+    await writer.ingest([wire(sites[0], now)])  # plans made
+    async with own.acquire() as conn:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+    before = await usage_rows_read()
+    await writer.ingest([wire(sites[0], now) for _ in range(3)])
+    async with own.acquire() as conn:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+    read = await usage_rows_read() - before
     assert read <= 6, f"a one-site batch read {read} usage rows"
