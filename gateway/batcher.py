@@ -22,8 +22,8 @@ each at most a few KB: the schema limits every field), calls in flight ``max_inf
 (``OPSMANTIK_PARTITION_MAX_INFLIGHT``, each at most ``max_bytes`` of payload or one request's
 events), the sizes of the last ``BATCH_SIZES_KEPT`` calls; ``stats`` has fixed keys.
 
-Each request's events arrive already msgpack-encoded (one ``WireEvent`` each), so a batch is
-an array header plus the joined parts: nothing is encoded twice.
+Each request's events arrive already msgpack-encoded (``WireEvent`` values, joined into one
+``bytes``), so a batch is an array header plus the requests' parts: nothing is encoded twice.
 
 A request's events always travel in the same call. A failed call (actor dead or
 restarting, timeout, error in the partition) fails every request in it with
@@ -63,16 +63,16 @@ class Backpressure(Exception):
 
 
 class _Group:
-    __slots__ = ("events", "future", "size")
+    __slots__ = ("count", "events", "future")
 
-    def __init__(self, events: list[bytes], future: asyncio.Future[list[WireResult]]) -> None:
-        self.events = events
+    def __init__(self, events: bytes, count: int, future: asyncio.Future[list[WireResult]]) -> None:
+        self.events = events  # ``count`` encoded WireEvents, joined
+        self.count = count
         self.future = future
-        self.size = sum(len(e) for e in events)
 
 
 class PartitionBatcher:
-    """Batches encoded ``WireEvent`` lists for one partition; ``send`` delivers one batch."""
+    """Batches encoded ``WireEvent`` values for one partition; ``send`` delivers one batch."""
 
     def __init__(
         self,
@@ -118,18 +118,18 @@ class PartitionBatcher:
     def queued(self) -> int:
         return self._queued
 
-    async def submit(self, events: list[bytes]) -> list[WireResult]:
-        """Queue a request's events (each an encoded ``WireEvent``); returns their results
-        once their batch committed."""
-        if self._queued + len(events) > self._max_queued:
-            self.stats["refused_events"] += len(events)
+    async def submit(self, events: bytes, count: int) -> list[WireResult]:
+        """Queue a request's ``count`` events (encoded ``WireEvent`` values, joined); returns
+        their ``count`` results once their batch committed."""
+        if self._queued + count > self._max_queued:
+            self.stats["refused_events"] += count
             raise Backpressure(self.name)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[WireResult]] = loop.create_future()
-        group = _Group(events, future)
+        group = _Group(events, count, future)
         self._pending.append(group)
-        self._queued += len(events)
-        self._queued_bytes += group.size
+        self._queued += count
+        self._queued_bytes += len(events)
         self._pump(due=self._inflight == 0)
         return await future
 
@@ -153,11 +153,11 @@ class PartitionBatcher:
             nbytes = 0
             while self._pending:
                 head = self._pending[0]
-                if groups and (size + len(head.events) > self._max_events or nbytes + head.size > self._max_bytes):
+                if groups and (size + head.count > self._max_events or nbytes + len(head.events) > self._max_bytes):
                     break
                 groups.append(self._pending.popleft())
-                size += len(head.events)
-                nbytes += head.size
+                size += head.count
+                nbytes += len(head.events)
             self._queued -= size
             self._queued_bytes -= nbytes
             self._inflight += 1
@@ -181,11 +181,11 @@ class PartitionBatcher:
             self._on_call(size)
         self.call_started.set()
         try:
-            parts = [ev for group in groups for ev in group.events]
+            payload = msgpack_array(size, [group.events for group in groups])
             try:
-                results = decode_results(await self._send(msgpack_array(parts)))
-                if len(results) != len(parts):
-                    raise PartitionUnavailable(f"{self.name}: {len(results)} results for {len(parts)} events")
+                results = decode_results(await self._send(payload))
+                if len(results) != size:
+                    raise PartitionUnavailable(f"{self.name}: {len(results)} results for {size} events")
             except asyncio.CancelledError:
                 self._fail(groups, PartitionUnavailable(f"{self.name}: call cancelled"))
                 raise
@@ -200,7 +200,7 @@ class PartitionBatcher:
                 return
             start = 0
             for group in groups:
-                end = start + len(group.events)
+                end = start + group.count
                 if not group.future.done():
                     group.future.set_result(results[start:end])
                 start = end

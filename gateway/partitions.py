@@ -4,7 +4,7 @@ Batches to a partition on the gateway's own node travel over the partition's Uni
 (``opsmantik_stream/channel.py``); to any other, or while the socket is not there, as Ray
 actor calls. Either way the same rules hold.
 
-- ``PartitionClient.ingest(site_id, events)``: through the owner's micro-batcher, so the
+- ``PartitionClient.ingest(site_id, encoded, count)``: through the owner's micro-batcher, so the
   events of many requests travel in one actor call.
 - ``PartitionClient.call(site_id, method, *args)``: a direct call (signed call events,
   dead-letter replay).
@@ -122,14 +122,14 @@ class PartitionClient:
 
     # ------------------------------------------------------------------ ingest
 
-    async def ingest(self, site_id: str, encoded: list[bytes]) -> list[WireResult]:
-        """Send a request's events (each msgpack-encoded ``WireEvent``) to the site's owner;
-        their results once the owner's transaction committed."""
+    async def ingest(self, site_id: str, encoded: bytes, count: int) -> list[WireResult]:
+        """Send a request's ``count`` events (msgpack-encoded ``WireEvent`` values, joined)
+        to the site's owner; their results once the owner's transaction committed."""
         for _hop in range(_HOPS):
             table = self._routing.fresh() or await self._routing.table()
             name = table.owner_of(site_id)
             try:
-                return await self.batcher(name).submit(encoded)
+                return await self.batcher(name).submit(encoded, count)
             except PartitionMoved:
                 old = self.batchers.get(name)
                 if old is not None and old.inflight == 0 and old.queued == 0:

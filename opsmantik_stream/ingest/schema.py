@@ -334,10 +334,10 @@ def encode_event(ev: WireEvent) -> bytes:
     return _wire_enc.encode(ev)
 
 
-def msgpack_array(parts: list[bytes]) -> bytes:
-    """A msgpack array of already encoded items: the batcher joins the events of many
-    requests without encoding any of them again."""
-    n = len(parts)
+def msgpack_array(n: int, parts: list[bytes]) -> bytes:
+    """A msgpack array of ``n`` already encoded items, given as ``parts`` that each hold
+    some of them back to back: the batcher joins the events of many requests without
+    encoding any of them again."""
     if n < 16:
         head = bytes((0x90 | n,))
     elif n < 0x10000:
