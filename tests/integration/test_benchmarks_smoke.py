@@ -290,6 +290,53 @@ def test_memory_components_are_named_by_command_line() -> None:
     assert kind_of("/usr/bin/python -m benchmarks.stream --worker {}", "python") == "load generator"
 
 
+def test_postgresqls_pss_is_read_again_only_once_the_kept_one_is_old(
+    pg_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory sampler keeps each PostgreSQL process's PSS for PSS_MAX_AGE_S: reading it
+    walks the process's whole mapping, buffer pool included."""
+    import asyncio
+
+    import asyncpg
+
+    from benchmarks import memory
+
+    async def data_directory() -> str:
+        conn = await asyncpg.connect(pg_server)
+        try:
+            return str(await conn.fetchval("SHOW data_directory"))
+        finally:
+            await conn.close()
+
+    folder = asyncio.run(data_directory())
+    reads: list[int] = []
+    read = memory._pss
+
+    def counted(pid: int) -> tuple[int | None, int | None]:
+        reads.append(pid)
+        return read(pid)
+
+    monkeypatch.setattr(memory, "_pss", counted)
+
+    cache: memory.PssCache = {}
+    first = {p.pid: p.pss for p in memory.scan([folder], cache) if p.kind == "postgresql"}
+    assert first and all(v and v > 0 for v in first.values())
+    assert sorted(reads) == sorted(first)
+
+    # within the age: every process still there keeps what was read, nothing is read again
+    again = {p.pid: p.pss for p in memory.scan([folder], cache) if p.kind == "postgresql"}
+    assert not set(reads) - set(first) and len(reads) == len(first)
+    assert all(again[pid] == first[pid] for pid in again.keys() & first.keys())
+
+    # past it, each is read anew; without a cache, always
+    monkeypatch.setattr(memory, "PSS_MAX_AGE_S", 0.0)
+    memory.scan([folder], cache)
+    assert len(reads) > len(first)
+    n = len(reads)
+    memory.scan([folder])
+    assert len(reads) > n
+
+
 def test_each_single_event_peak_names_the_connections_it_ran_at(tmp_path: Path) -> None:
     from benchmarks.scenario_kit import SINGLE_CONNECTION_GRID, Context, connections_note, pick_connections
 
