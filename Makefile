@@ -7,7 +7,15 @@
 #   make soak   half the ingest peak for SOAK_MINUTES (30): memory and latency over time
 #   make docs   regenerate the generated parts of docs/ (settings table, HTTP routes)
 SHELL := /bin/bash
-PYTHON ?= python3
+# The interpreter .venv is made from (`make PYTHON=... install` picks another; remove .venv
+# first). The operating system's /usr/bin/python3 comes first when it is 3.11 or newer and can
+# make a venv: distributions build CPython with profile-guided and link-time optimisation, a
+# version manager's default build (pyenv's) has neither, and the gateway and the partitions
+# are Python on the ingest path (docs/operations.md has the measurements). Else the python3
+# first on the PATH.
+PYTHON ?= $(or $(shell for p in /usr/bin/python3 python3; do \
+	$$p -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 \
+	&& { echo $$p; break; }; done),python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Re-install whenever pyproject.toml changes.
@@ -25,6 +33,7 @@ help:
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "OpsMantik Stream needs Python 3.11 or newer (set PYTHON=...)")'
+	@echo "creating $(VENV) with $$($(PYTHON) -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 	$(PYTHON) -m venv $(VENV)
 
 # pip prints each package as it goes (the first install downloads Ray, PostgreSQL and the

@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     meta = {
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        # which build of Python ran it (the ratios depend on it: docs/operations.md)
+        "machine": (
+            f"{platform.machine()} {os.cpu_count()} cores, "
+            f"Python {platform.python_version()} ({os.path.realpath(sys.executable)})"
+        ),
         "command": command,
         "quick": args.quick,
         "wall_time_s": wall,
