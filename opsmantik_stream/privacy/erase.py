@@ -60,6 +60,8 @@ async def anonymize(
     counts = dict.fromkeys(ERASE_TABLES, 0)
     if rows.sessions:
         counts["sessions"] = _count(await conn.execute(Q.privacy.anonymize_sessions, site, rows.sessions, now))
+        # (not counted: an index of the fingerprints of sessions with a click id, see migration 0019)
+        await conn.execute(Q.privacy.forget_session_clicks, site, rows.sessions)
         counts["events"] = _count(await conn.execute(Q.privacy.anonymize_events, site, rows.sessions, now))
     if rows.calls:
         counts["calls"] = _count(await conn.execute(Q.privacy.anonymize_calls, site, rows.calls, now))

@@ -165,6 +165,13 @@ WHERE site_id = $1 AND id = ANY ($2::uuid[])
        OR entry_page IS DISTINCT FROM privacy_strip_query(entry_page)
        OR exit_page IS DISTINCT FROM privacy_strip_query(exit_page));
 
+-- name: forget_session_clicks
+-- The anonymised sessions are no longer click sessions of a visitor (session_clicks,
+-- migration 0019). After anonymize_sessions in the same transaction: its row locks make an
+-- ingest batch that writes these sessions now either commit first (and its rows are seen
+-- here) or wait, and find them anonymised.
+DELETE FROM session_clicks WHERE site_id = $1 AND session_id = ANY ($2::uuid[]);
+
 -- name: anonymize_events
 -- What stays: category, action, value, time, the page without its query string, and the
 -- lead score, attribution and consent scopes the event was stored under.

@@ -74,3 +74,42 @@ def test_bad_file_names_are_refused(tmp_path: Path) -> None:
     (tmp_path / "1_init.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         load_migrations(tmp_path)
+
+
+async def test_session_clicks_start_with_the_click_sessions_already_stored(
+    empty_db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # an installation at 0018 with sessions: 0019 fills session_clicks from them
+    from opsmantik_stream import tenancy
+    from opsmantik_stream.db import _init_connection
+
+    await _init_connection(empty_db)  # the JSON codecs create_site uses
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for mig in load_migrations(default_migrations_dir()):
+        if mig.version < 19:
+            shutil.copy(default_migrations_dir() / mig.filename, folder)
+    await apply_migrations(empty_db, folder)
+    site = await tenancy.create_site(empty_db, name="Old shop", domain="old.example.com")
+    rows = [
+        ("fp-1", "G-1", None),  # a click session of a visitor
+        ("fp-1", None, None),  # the same visitor without a click
+        (None, "G-2", None),  # a click without a fingerprint
+        ("fp-2", None, "GB-1"),  # a gbraid counts as a click id
+    ]
+    ids = []
+    for fp, gclid, gbraid in rows:
+        ids.append(uuid.uuid4())
+        await empty_db.execute(
+            """INSERT INTO sessions (id, site_id, created_month, fingerprint, gclid, gbraid)
+               VALUES ($1, $2, now()::date, $3, $4, $5)""",
+            ids[-1],
+            site["site_id"],
+            fp,
+            gclid,
+            gbraid,
+        )
+    assert 19 in [m.version for m in await apply_migrations(empty_db)]
+    held = await empty_db.fetch("SELECT fingerprint, session_id FROM session_clicks ORDER BY fingerprint")
+    assert [(r["fingerprint"], r["session_id"]) for r in held] == [("fp-1", ids[0]), ("fp-2", ids[3])]
+    assert await empty_db.fetchval("SELECT to_regclass('public.sessions_site_fp_click_idx')") is None
