@@ -16,7 +16,7 @@ from opsmantik_stream.enums import ActorType
 from opsmantik_stream.ingest.store import IngestStore
 from opsmantik_stream.privacy.erase import erase_subject
 from opsmantik_stream.privacy.subject import normalize_identifier
-from tests.integration.test_ingest_store import wire
+from tests.integration.test_ingest_store import Clock, wire
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +138,7 @@ async def test_the_look_back_finds_a_click_in_any_month_it_covers(pool: asyncpg.
     for back, fp in ((5, "fp-5"), (6, "fp-6")):
         year, number = divmod(month.year * 12 + month.month - 1 - back, 12)
         then = dt.datetime(year, number + 1, 15, 12, tzinfo=dt.UTC)
-        old = IngestStore(pool, clock=lambda then=then: then)  # type: ignore[misc]
+        old = IngestStore(pool, clock=Clock(then))
         await old.ingest([wire(site, then, url="https://shop.example.com/?gclid=G-old", meta={"fp": fp})])
         sid = str(uuid.uuid4())
         await store.ingest([wire(site, now, sid=sid, meta={"fp": fp})])
