@@ -127,7 +127,8 @@ def http_ceiling(ctx: Context) -> None:
                     details={**p.to_dict(), "generator_kept_up": kept},
                     note=f"p50 {p.p50_ms:.1f} ms, p99 {p.p99_ms:.1f} ms"
                     + (f"; p99 of its 10 s windows {window_note(p.window_p99_ms)}" if p.window_p99_ms else "")
-                    + ("" if kept else f"; python generator saturated (send lag p99 {p.send_lag_p99_ms:.0f} ms)"),
+                    + f"; generator send lag p99 {p.send_lag_p99_ms:.0f} ms, its own lateness p99 "
+                    f"{p.schedule_lag_p99_ms:.0f} ms" + ("" if kept else "; python generator saturated"),
                 )
             )
 

@@ -267,7 +267,8 @@ def _ingest_single(
                 note=f"p50 {p.p50_ms:.1f} ms, p99 {p.p99_ms:.1f} ms; {ok}/{p.sent} answered 2xx; "
                 f"{_inside_note(inside_p)}"
                 + (f"; p99 of its 10 s windows {window_note(p.window_p99_ms)}" if p.window_p99_ms else "")
-                + ("" if kept else f"; generator lagged (p99 {p.send_lag_p99_ms:.0f} ms)"),
+                + f"; generator send lag p99 {p.send_lag_p99_ms:.0f} ms, its own lateness p99 "
+                f"{p.schedule_lag_p99_ms:.0f} ms" + ("" if kept else "; generator lagged"),
             )
         )
     half = points[LOAD_FRACTIONS.index(JUDGED_FRACTION)][0]

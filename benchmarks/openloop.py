@@ -6,7 +6,9 @@ processes (uvloop + raw HTTP/1.1 keep-alive connections), each sending its share
 rate on a fixed schedule whether or not earlier requests returned. Latency is measured from
 the *scheduled* send time (no coordinated omission): a request that waits for a free
 connection, or for the generator itself, counts that wait. Each worker reports how late it
-sent (``send_lag``) so a saturated generator is visible in the report.
+sent (``send_lag``), and how much of that was its own lateness (``schedule_lag``: how late
+its loop came to the request, before any wait for a connection). A saturated or stalled
+generator shows in the second; a server that holds every connection only in the first.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class OpenLoopResult:
     max_ms: float
     send_lag_p99_ms: float
     processes: int
+    # how late the generator's own loop came to each request (the send lag without the wait
+    # for a free connection, which a slow server causes)
+    schedule_lag_p99_ms: float = 0.0
     # (scheduled send time as Unix time, latency in ms) of every answered request, only when
     # asked for (``series=True``): lines requests up with other clocks (benchmarks/tail.py)
     series: list[tuple[float, float]] | None = None
@@ -193,6 +198,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     # perf_counter -> Unix time, for the series only
     wall0 = time.time() - time.perf_counter()
     lags: list[float] = []
+    schedule_lags: list[float] = []
     statuses: dict[str, int] = {}
     completed_in_window = 0
     outstanding = 0
@@ -254,6 +260,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
             continue
         while n < total and t0 + n / rate <= now:
             intended = t0 + n / rate
+            schedule_lags.append((now - intended) * 1000.0)
             data = prepared[n]
             outstanding += 1
             n += 1
@@ -280,6 +287,7 @@ async def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "statuses": statuses,
         "latencies": latencies,
         "lags": lags,
+        "schedule_lags": schedule_lags,
         "series": series,
     }
 
@@ -350,6 +358,7 @@ def run_open_loop(
         shutil.rmtree(folder, ignore_errors=True)
     latencies = [x for o in outs for x in o["latencies"]]
     lags = [x for o in outs for x in o["lags"]]
+    schedule_lags = [x for o in outs for x in o["schedule_lags"]]
     statuses: dict[str, int] = {}
     for o in outs:
         for k, v in o["statuses"].items():
@@ -369,6 +378,7 @@ def run_open_loop(
         max_ms=round(max(latencies, default=0.0), 2),
         send_lag_p99_ms=round(percentile(lags, 99), 2),
         processes=processes,
+        schedule_lag_p99_ms=round(percentile(schedule_lags, 99), 2),
         series=every,
         window_p99_ms=window_p99s(every) if every is not None else None,
     )

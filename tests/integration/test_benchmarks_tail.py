@@ -55,6 +55,16 @@ def test_the_flush_probe_times_real_flushes(tmp_path: Path) -> None:
 @pytest.fixture
 def accepting_server() -> Iterator[int]:
     """A minimal HTTP/1.1 keep-alive server on 127.0.0.1 that answers 202 to every request."""
+    yield from _server(0.0)
+
+
+@pytest.fixture
+def slow_server() -> Iterator[int]:
+    """The same server, answering each request 0.3 s after it came."""
+    yield from _server(0.3)
+
+
+def _server(delay_s: float) -> Iterator[int]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -68,6 +78,8 @@ def accepting_server() -> Iterator[int]:
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":", 1)[1])
                 await reader.readexactly(length)
+                if delay_s:
+                    await asyncio.sleep(delay_s)
                 writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}")
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
@@ -98,6 +110,18 @@ def test_the_open_loop_series_has_every_answered_request_in_unix_time(accepting_
     assert res.window_p99_ms is not None and res.to_dict()["window_p99_ms"] == res.window_p99_ms
     plain = run_open_loop("127.0.0.1", accepting_server, sites, rate=100, seconds=0.2, run="u")
     assert plain.series is None and plain.window_p99_ms is None
+
+
+def test_a_server_that_holds_every_connection_is_not_the_generators_lateness(slow_server: int) -> None:
+    # 20 requests in 0.5 s over 2 connections that each take 0.3 s per answer: most requests
+    # wait for a free connection (send lag), while the generator came to each on time
+    sites = [SiteRef(public_id="pub-1", origin="https://a.example.com")]
+    res = run_open_loop("127.0.0.1", slow_server, sites, rate=40, seconds=0.5, run="s", max_conns=2, drain_s=10)
+    assert res.statuses.get("202") == res.completed == 20
+    assert res.send_lag_p99_ms > 1000
+    assert res.schedule_lag_p99_ms < 50
+    assert res.p99_ms >= res.send_lag_p99_ms  # the wait is in the latency too
+    assert res.to_dict()["schedule_lag_p99_ms"] == res.schedule_lag_p99_ms
 
 
 def test_window_p99s_give_each_10_s_window_its_own_p99() -> None:
