@@ -84,6 +84,9 @@ class OpenLoopResult:
     # the p99 of each 10 s window of the point (only with ``series=True``): how much of the
     # point's p99 one bad stretch made
     window_p99_ms: list[float] | None = None
+    # what the machine did in each of those windows (``benchmarks.timeline.windows``), when
+    # the caller sampled it (``scenario_kit.sweep`` does for the judged point)
+    window_machine: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The figures (without the series, which only the tail diagnosis reads)."""

@@ -25,6 +25,8 @@ from benchmarks.payloads import SiteRef
 from benchmarks.report import Result
 from benchmarks.stack import REPO, ServeStack, free_port, wait_http
 from benchmarks.store_ceiling import StoreCeiling
+from benchmarks.timeline import Timeline
+from benchmarks.timeline import windows as machine_windows
 from benchmarks.wrk import WrkResult, run_wrk
 
 __all__ = [
@@ -359,10 +361,20 @@ def sweep(
         before = probes.snapshot(base, stack) if stack is not None else None
         sampler = CpuSampler(markers)
         sampler.start()
+        # the judged point's machine, second by second: what a bad 10 s window coincided with
+        timeline = Timeline(markers, stack.db_url if stack is not None else None) if judged else None
+        if timeline is not None:
+            timeline.start()
         r = run_open_loop(
             "127.0.0.1", port, sites, rate=max(1.0, peak_rps * frac), seconds=length, run=run_id(), series=judged
         )
         ctx.cpu[f"{name} open loop {int(frac * 100)} %"] = sampler.stop()
+        if timeline is not None:
+            samples = timeline.stop()
+            if r.series and r.window_p99_ms:
+                r.window_machine = machine_windows(samples, r.series[0][0], len(r.window_p99_ms))
+            if timeline.error:
+                print(f"     (machine timeline: {timeline.error})", flush=True)
         r.series = None  # the windows are kept; the raw series is not needed past this point
         inside = probes.diff(before, probes.snapshot(base, stack), length) if before is not None else {}
         ctx.acked += r.statuses.get("202", 0)
