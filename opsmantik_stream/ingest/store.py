@@ -11,7 +11,7 @@ Two halves:
   that needs the database), intent and target, the session ids to use. The result is a
   ``BatchEvent`` whose fields are exactly the attributes of the SQL type
   ``ingest_batch_event``, in their order (a test compares them).
-- ``ingest_batch(now, sites, consent, events)`` (migrations 0006, 0014-0020): the batch as an
+- ``ingest_batch(now, sites, consent, events)`` (migrations 0006, 0014-0021): the batch as an
   array of those rows in PostgreSQL's binary format (no JSON to parse), with its distinct sites
   and whether it holds a consent event; one statement, hence one transaction and one round
   trip, that locks the month's usage of the batch's sites, inserts the ledger
@@ -58,7 +58,16 @@ from opsmantik_stream.ingest.schema import MetaIn, WireEvent, WireResult
 from opsmantik_stream.ingest.scoring import lead_scores
 from opsmantik_stream.queries import Q
 
-__all__ = ["SESSION_NAMESPACE", "BatchEvent", "CallExpired", "EventMeta", "IngestStore", "prepare", "session_uuid"]
+__all__ = [
+    "SESSION_NAMESPACE",
+    "BatchEvent",
+    "CallExpired",
+    "EventMeta",
+    "IngestStore",
+    "event_row_id",
+    "prepare",
+    "session_uuid",
+]
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +169,7 @@ class EventMeta(msgspec.Struct, omit_defaults=True, gc=False):
 
 
 class BatchEvent(msgspec.Struct, gc=False):
-    """One prepared event: the SQL type ``ingest_batch_event`` (migrations 0006 and 0014),
+    """One prepared event: the SQL type ``ingest_batch_event`` (migrations 0006, 0014, 0018, 0021),
     field for field and in its order, so ``astuple`` gives the row that asyncpg sends in the
     binary format (a test compares them). ``meta`` and ``other`` are JSON text.
 
@@ -233,6 +242,8 @@ class BatchEvent(msgspec.Struct, gc=False):
     # the month of the site's own session ``sid``, from the partition's hints (migration 0018);
     # set by the store just before the batch is sent, never by ``prepare``
     hint: dt.date | None = None
+    # the event row's id (``event_row_id``; migration 0021), always set by ``prepare``
+    row_id: str | None = None
 
 
 def _clip(value: float | None, hi: int) -> int | None:
@@ -327,6 +338,14 @@ def _event_rules(
     billable, reason = classify_billable(ec, ea)
     intent = None if kind == EventKind.HEARTBEAT else detect_intent(ec, ea, el, intent_action)
     return kind, billable, str(reason), intent
+
+
+def event_row_id(received_ms: int, key: str) -> str:
+    """The id of the event row an event becomes: the UUID version 7 layout, with the receive
+    time in ms (48 bits) and then bits of the idempotency key (64 hex digits) where version 7
+    has random bits. Ids grow with time, so the events' primary key grows at its right edge
+    instead of taking every row at a random page; an event's id is the same on every attempt."""
+    return f"{received_ms:012x}7{key[:3]}8{key[3:18]}"
 
 
 def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
@@ -441,6 +460,8 @@ def prepare(ev: WireEvent, i: int, day: dt.date) -> BatchEvent:
         ev.url[:2048] if intent is not None else None,  # page
         page.click_id,  # click_id
         page.click_type,  # click_type
+        None,  # hint (the store's, just before sending)
+        event_row_id(ev.received_ms, key),  # row_id
     )
 
 

@@ -102,6 +102,29 @@ async def test_event_ids_follow_receive_time_and_every_ledger_row_has_its_month(
     assert [m["year_month"] for m in months] == ["2026-03"]
 
 
+async def test_a_batch_with_duplicates_counts_only_its_new_events_against_the_quota(
+    pool: asyncpg.Pool, make_site: Any
+) -> None:
+    # the duplicates of a batch are told apart from its new events by the keys that went into
+    # the ledger (migration 0021): only the new ones count, in arrival order
+    site = await make_site(monthly_limit=3)
+    store = IngestStore(pool)
+    now = dt.datetime.now(dt.UTC)
+    a, b, c, d, e = (wire(site, now, url=f"https://shop.example.com/{x}") for x in "abcde")
+    first = await store.ingest([a, b])
+    assert [r.status for r in first] == ["accepted", "accepted"]
+    results = await store.ingest([a, c, b, d, e])
+    assert [r.status for r in results] == ["duplicate", "accepted", "duplicate", "rejected_quota", "rejected_quota"]
+    assert (results[0].ingest_id, results[2].ingest_id) == (first[0].ingest_id, first[1].ingest_id)
+    assert results[1].quota_remaining == 0
+    urls = await pool.fetch("SELECT url FROM events ORDER BY url")
+    assert [u["url"] for u in urls] == [f"https://shop.example.com/{x}" for x in "abc"]
+    usage = await pool.fetchrow("SELECT event_count, rejected_count FROM site_usage_monthly")
+    assert (usage["event_count"], usage["rejected_count"]) == (3, 2)
+    states = await pool.fetch("SELECT billing_state, count(*) AS n FROM ingest_idempotency GROUP BY 1")
+    assert {x["billing_state"]: x["n"] for x in states} == {"ACCEPTED": 3, "REJECTED_QUOTA": 2}
+
+
 async def test_a_failing_event_goes_to_dead_letters_and_the_batch_commits(pool: asyncpg.Pool, make_site: Any) -> None:
     site = await make_site()
     # a real database refusal for one row (as a bad value or a future constraint would cause)

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from opsmantik_stream.ingest.schema import MetaIn, WireEvent
-from opsmantik_stream.ingest.store import SESSION_TEMPLATE_KEYS, BatchEvent, prepare
+from opsmantik_stream.ingest.store import SESSION_TEMPLATE_KEYS, BatchEvent, event_row_id, prepare
 
 SITE = str(uuid.uuid4())
 SID = str(uuid.uuid4())
@@ -93,6 +93,12 @@ def test_every_field_holds_what_its_name_says(url_params: bool) -> None:
     assert meta["eid"] == "eid-rich" and meta["lead_score"] == got["score"]
     assert meta["attribution_source"] == got["attr"]
     assert meta["focus_dur"] == 9 and meta["duration_sec"] == 41
+    assert got["hint"] is None  # the store's, just before sending
+    # the event row's id: the receive time, version 7, then the key's first 18 hex digits
+    row_id = uuid.UUID(got["row_id"])
+    assert row_id.version == 7 and row_id.variant == uuid.RFC_4122
+    assert row_id.int >> 80 == got["at_ms"]
+    assert row_id.hex[13:16] + row_id.hex[17:32] == got["key"][:18]
 
 
 def test_scores_and_attribution_with_and_without_an_earlier_click() -> None:
@@ -130,3 +136,13 @@ def test_the_gateway_builds_the_wire_event_field_by_field() -> None:
     assert ev.ev == 4.5 and ev.referrer == "https://ref.example.org/"
     assert ev.consent == ["analytics"] and ev.meta.fp == "fp-9"
     assert (ev.ip, ev.ua) == ("198.51.100.0", "UA/1")
+
+
+def test_event_row_ids_grow_with_the_receive_time_and_stay_per_event() -> None:
+    key_a, key_b = "f" * 64, "0" * 64
+    # a later millisecond sorts after, whatever the keys
+    assert uuid.UUID(event_row_id(1_000, key_a)) < uuid.UUID(event_row_id(1_001, key_b))
+    # the same event (receive time and key) gets the same id on every attempt; another key another id
+    assert event_row_id(1_000, key_a) == event_row_id(1_000, key_a) != event_row_id(1_000, key_b)
+    # the time takes the first 48 bits as long as it fits them (until the year 10889)
+    assert uuid.UUID(event_row_id(2**48 - 1, key_b)).int >> 80 == 2**48 - 1
