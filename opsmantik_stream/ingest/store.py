@@ -11,7 +11,7 @@ Two halves:
   that needs the database), intent and target, the session ids to use. The result is a
   ``BatchEvent`` whose fields are exactly the attributes of the SQL type
   ``ingest_batch_event``, in their order (a test compares them).
-- ``ingest_batch(now, sites, consent, events)`` (migrations 0006, 0014-0021): the batch as an
+- ``ingest_batch(now, sites, consent, events)`` (migrations 0006, 0014-0020): the batch as an
   array of those rows in PostgreSQL's binary format (no JSON to parse), with its distinct sites
   and whether it holds a consent event; one statement, hence one transaction and one round
   trip, that locks the month's usage of the batch's sites, inserts the ledger
@@ -169,7 +169,7 @@ class EventMeta(msgspec.Struct, omit_defaults=True, gc=False):
 
 
 class BatchEvent(msgspec.Struct, gc=False):
-    """One prepared event: the SQL type ``ingest_batch_event`` (migrations 0006, 0014, 0018, 0021),
+    """One prepared event: the SQL type ``ingest_batch_event`` (migrations 0006, 0014, 0018, 0020),
     field for field and in its order, so ``astuple`` gives the row that asyncpg sends in the
     binary format (a test compares them). ``meta`` and ``other`` are JSON text.
 
@@ -242,7 +242,7 @@ class BatchEvent(msgspec.Struct, gc=False):
     # the month of the site's own session ``sid``, from the partition's hints (migration 0018);
     # set by the store just before the batch is sent, never by ``prepare``
     hint: dt.date | None = None
-    # the event row's id (``event_row_id``; migration 0021), always set by ``prepare``
+    # the event row's id (``event_row_id``; migration 0020), always set by ``prepare``
     row_id: str | None = None
 
 

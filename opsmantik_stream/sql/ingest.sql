@@ -12,7 +12,7 @@ WHERE s.public_id = $1
 GROUP BY s.id, p.rate_limit_per_min;
 
 -- name: ingest_batch
--- A partition's micro-batch in one statement (migrations 0006, 0014-0021): ledger, quota, sessions,
+-- A partition's micro-batch in one statement (migrations 0006, 0014-0020): ledger, quota, sessions,
 -- events, intents and usage in one transaction; a status letter, the quota left and the session
 -- hint (c/p/-) per event.
 -- $2 the batch's distinct sites in order, $3 whether it holds a system/consent event, $4 a list

@@ -106,7 +106,7 @@ async def test_a_batch_with_duplicates_counts_only_its_new_events_against_the_qu
     pool: asyncpg.Pool, make_site: Any
 ) -> None:
     # the duplicates of a batch are told apart from its new events by the keys that went into
-    # the ledger (migration 0021): only the new ones count, in arrival order
+    # the ledger (migration 0020): only the new ones count, in arrival order
     site = await make_site(monthly_limit=3)
     store = IngestStore(pool)
     now = dt.datetime.now(dt.UTC)
