@@ -44,6 +44,7 @@ from opsmantik_stream.ingest.schema import (
     EventIn,
     WireEvent,
     WireResult,
+    clean_text,
     consent_scopes,
     decode_body,
     encode_event,
@@ -254,7 +255,20 @@ def _unavailable(runtime: SyncRuntime, headers: Headers, n: int, code: str = "pa
     )
 
 
+def _count_results(runtime: SyncRuntime, results: list[WireResult]) -> None:
+    """The outcome counters of a request's results, one update per outcome (not per event)."""
+    outcomes: dict[str, int] = {}
+    for r in results:
+        outcomes[r.status] = outcomes.get(r.status, 0) + 1
+        if r.stored:
+            outcomes[r.stored] = outcomes.get(r.stored, 0) + 1
+    for outcome, n in outcomes.items():
+        runtime.count(outcome, n)
+
+
 def _result_item(r: WireResult) -> dict[str, Any]:
+    if r.status == "accepted" and not r.overage and not r.stored:
+        return {"status": "accepted", "ingest_id": r.ingest_id}  # the usual one
     item: dict[str, Any] = {"status": r.status, "ingest_id": r.ingest_id}
     if r.status == "rejected_quota":
         item["retry_after"] = r.retry_after_s
@@ -414,19 +428,12 @@ async def handle(
     if not runtime.partitions.enabled:
         return _unavailable(runtime, headers, len(wanted))
     stored_ip = truncate_ip(ip)
-    ua = request.user_agent.decode("latin-1")[:512] if request.user_agent else None
+    ua = clean_text(request.user_agent.decode("latin-1")[:512]) if request.user_agent else None
     # the request's events as they travel: encoded one by one and joined (one object to hold
     # while the batch is written, however many events)
-    encoded = b"".join(
-        [
-            encode_event(
-                WireEvent.build(
-                    events[i], site_id=site.site_id, received_ms=received_ms, scopes=scopes[i], ip=stored_ip, ua=ua
-                )
-            )
-            for i in wanted
-        ]
-    )
+    build = WireEvent.build
+    site_id = site.site_id
+    encoded = b"".join([encode_event(build(events[i], site_id, received_ms, scopes[i], stored_ip, ua)) for i in wanted])
     # Let the decoded request go before the wait: its ~20 objects per event are freed now,
     # while they are still in the CPU's caches. Held over the batch's commit (tens to hundreds
     # of milliseconds of other traffic), each one was a cache miss when freed, and the
@@ -443,19 +450,19 @@ async def handle(
         log.warning("ingest routing failed", extra={"error": type(exc).__name__})
         return _unavailable(runtime, headers, len(wanted))
 
-    for r in results:
-        runtime.count(r.status)
-        if r.stored:
-            runtime.count(r.stored)
+    _count_results(runtime, results)
     if len(wanted) < n:
         runtime.count("consent_missing", n - len(wanted))
     if single:
         return _single_answer(results[0], headers)
-    by_index = dict(zip(wanted, results, strict=True))
-    items = []
-    for i in range(n):
-        found = by_index.get(i)
-        items.append({"status": "consent_missing"} if found is None else _result_item(found))
+    if len(wanted) == n:
+        items = [_result_item(r) for r in results]
+    else:
+        by_index = dict(zip(wanted, results, strict=True))
+        items = []
+        for i in range(n):
+            found = by_index.get(i)
+            items.append({"status": "consent_missing"} if found is None else _result_item(found))
     out = [*headers, _JSON]
     if any(r.status == "rejected_quota" for r in results):
         out.append((b"x-opsmantik-quota-exceeded", b"1"))

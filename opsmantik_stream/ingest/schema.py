@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -284,31 +285,37 @@ class WireEvent(msgspec.Struct, array_like=True, frozen=True, gc=False):
     def build(
         cls,
         ev: EventIn,
-        *,
         site_id: str,
         received_ms: int,
         scopes: list[str],
         ip: str | None,
         ua: str | None,
     ) -> WireEvent:
+        """The event as its partition gets it: strings stripped (empty ones become None), ``ev``
+        a finite number or None. ``ev`` comes from ``decode_body``, so its strings hold no NUL
+        (JSON cannot carry a raw one, and an escaped one is removed there); ``ua``, the
+        request's, is already ``clean_text``-ed (once per request, not per event). Positional
+        arguments: the gateway calls this for every event, and keywords (here and in the call)
+        cost a third of its time."""
         # `url` wins over `u` when both are sent (as in the original tracker contract).
-        url = clean_text(ev.url) or clean_text(ev.u) or ""
-        # by position, in field order (keywords cost more than the rest of this call)
+        url = (ev.url or "").strip() or (ev.u or "").strip()
+        eid, sid, ec, ea, el, r = ev.eid, ev.sid, ev.ec, ev.ea, ev.el, ev.r
+        # (inline rather than clean_text per field: ~0.3 us of the gateway's ~5 us per event)
         return cls(
             site_id,
             received_ms,
             url,
-            clean_text(ev.eid),  # eid
-            clean_text(ev.sid),  # sid
-            clean_text(ev.ec),  # ec
-            clean_text(ev.ea),  # ea
-            clean_text(ev.el),  # el
-            event_value(ev.ev),  # ev
-            clean_text(ev.r),  # referrer
+            (eid.strip() or None) if eid is not None else None,
+            (sid.strip() or None) if sid is not None else None,
+            (ec.strip() or None) if ec is not None else None,
+            (ea.strip() or None) if ea is not None else None,
+            (el.strip() or None) if el is not None else None,
+            event_value(ev.ev),
+            (r.strip() or None) if r is not None else None,
             scopes,  # consent
             ev.meta if ev.meta is not None else _NO_META,  # meta
-            ip,  # ip
-            clean_text(ua),  # ua
+            ip,
+            ua,
         )
 
 
@@ -329,9 +336,9 @@ _wire_dec = msgspec.msgpack.Decoder(list[WireEvent])
 _result_dec = msgspec.msgpack.Decoder(list[WireResult])
 
 
-def encode_event(ev: WireEvent) -> bytes:
-    """One event as it travels to its partition (see ``msgpack_array``)."""
-    return _wire_enc.encode(ev)
+# One event as it travels to its partition (see ``msgpack_array``): the encoder's own method,
+# called for every event (a function around it cost a tenth of building the event).
+encode_event: Callable[[WireEvent], bytes] = _wire_enc.encode
 
 
 def msgpack_array(n: int, parts: list[bytes]) -> bytes:

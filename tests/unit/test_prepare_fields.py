@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from opsmantik_stream.ingest.schema import MetaIn, WireEvent
+from opsmantik_stream.ingest.schema import MetaIn, WireEvent, clean_text, decode_body
 from opsmantik_stream.ingest.store import SESSION_TEMPLATE_KEYS, BatchEvent, event_row_id, prepare
 
 SITE = str(uuid.uuid4())
@@ -116,21 +116,14 @@ def test_scores_and_attribution_with_and_without_an_earlier_click() -> None:
 
 
 def test_the_gateway_builds_the_wire_event_field_by_field() -> None:
-    # WireEvent.build is positional too (the gateway runs it for every event)
-    from opsmantik_stream.ingest.schema import EventIn
-
-    sent = EventIn(
-        u=" https://shop.example.com/u ",
-        eid=" e-1 ",
-        sid="s-1",
-        ec="interaction",
-        ea="click",
-        el="buy\x00 now",
-        ev="4.5",
-        r="https://ref.example.org/",
-        meta=MetaIn(fp="fp-9"),
+    # WireEvent.build is positional too (the gateway runs it for every event); its input comes
+    # from decode_body, which has removed an escaped NUL already
+    body = (
+        b'{"s":"pub-1","u":" https://shop.example.com/u ","eid":" e-1 ","sid":"s-1","ec":"interaction","ea":"click",'
+        b'"el":"buy\\u0000 now","ev":"4.5","r":"https://ref.example.org/","meta":{"fp":"fp-9"}}'
     )
-    ev = WireEvent.build(sent, site_id=SITE, received_ms=99, scopes=["analytics"], ip="198.51.100.0", ua=" UA/1 ")
+    _, [sent] = decode_body(body)
+    ev = WireEvent.build(sent, SITE, 99, ["analytics"], "198.51.100.0", clean_text(" UA/1\x00 "))
     assert (ev.site_id, ev.received_ms, ev.url) == (SITE, 99, "https://shop.example.com/u")
     assert (ev.eid, ev.sid, ev.ec, ev.ea, ev.el) == ("e-1", "s-1", "interaction", "click", "buy now")
     assert ev.ev == 4.5 and ev.referrer == "https://ref.example.org/"
