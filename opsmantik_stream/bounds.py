@@ -13,11 +13,23 @@ import gc
 import os
 from typing import Any
 
-__all__ = ["lru_caches", "lru_report", "resident_bytes", "settle_heap"]
+__all__ = ["GC_YOUNG_THRESHOLD", "lru_caches", "lru_report", "resident_bytes", "settle_heap"]
+
+
+# Net allocations of tracked objects (tuples, lists, dicts) between two young-generation
+# collections in a gateway or partition (Python's default: 700). An ingest batch keeps a few
+# such objects per event alive until it commits (hundreds of events), so at 700 a collection
+# ran every couple of hundred events, walked the batch's live objects and moved them to older
+# generations, to be walked again there. At 5,000 most of them are gone before a collection
+# comes: the collector's time over 28,000 batched events (prepare, encode, answer) fell from
+# 30 to 9 ms, about 0.7 us per event of a partition's 15-20. A young collection then walks at
+# most a few thousand objects (about half a millisecond), and memory waiting for it is a few MB.
+GC_YOUNG_THRESHOLD = 5000
 
 
 def settle_heap() -> None:
-    """Take what is alive now (modules, the app, pools) out of the garbage collector's walks.
+    """Take what is alive now (modules, the app, pools) out of the garbage collector's walks,
+    and collect the young generation less often (``GC_YOUNG_THRESHOLD``).
 
     A full collection visits every tracked object, and a gateway or partition holds some
     100,000 after its imports (Ray, FastAPI, asyncpg): 50-70 ms on this machine, during which
@@ -25,6 +37,8 @@ def settle_heap() -> None:
     process is ready to serve; what is created afterwards is collected as usual."""
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def resident_bytes() -> int | None:

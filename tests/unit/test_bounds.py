@@ -212,3 +212,16 @@ def test_route_limits_keep_at_most_their_bound() -> None:
         limit.take(("site", f"fp-{i}"))
         assert limit.bounded()[0] <= 100
     assert limit.bounded() == (100, 100)
+
+
+def test_a_serving_process_collects_its_young_objects_less_often() -> None:
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        bounds.settle_heap()
+        assert gc.get_threshold() == (bounds.GC_YOUNG_THRESHOLD, before[1], before[2])
+        assert gc.get_freeze_count() > 0  # what was alive is out of the collector's walks
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
