@@ -11,7 +11,7 @@ Two halves:
   that needs the database), intent and target, the session ids to use. The result is a
   ``BatchEvent`` whose fields are exactly the attributes of the SQL type
   ``ingest_batch_event``, in their order (a test compares them).
-- ``ingest_batch(now, sites, consent, events)`` (migrations 0006, 0014-0020): the batch as an
+- ``ingest_batch(now, sites, consent, events)`` (migrations 0006, 0014-0021): the batch as an
   array of those rows in PostgreSQL's binary format (no JSON to parse), with its distinct sites
   and whether it holds a consent event; one statement, hence one transaction and one round
   trip, that locks the month's usage of the batch's sites, inserts the ledger
@@ -170,7 +170,7 @@ class EventMeta(msgspec.Struct, omit_defaults=True, gc=False):
 
 
 class BatchEvent(msgspec.Struct, gc=False):
-    """One prepared event: the SQL type ``ingest_batch_event`` (migrations 0006, 0014, 0018, 0020),
+    """One prepared event: the SQL type ``ingest_batch_event`` (migrations 0006, 0014, 0018, 0020, 0021),
     field for field and in its order, so ``astuple`` gives the row that asyncpg sends in the
     binary format (a test compares them). ``meta`` and ``other`` are JSON text.
 
@@ -245,6 +245,9 @@ class BatchEvent(msgspec.Struct, gc=False):
     hint: dt.date | None = None
     # the event row's id (``event_row_id``; migration 0020), always set by ``prepare``
     row_id: str | None = None
+    # which occurrence of its session id ``sid`` in the batch the event is (1 for the first;
+    # migration 0021): set by the store just before the batch is sent, never by ``prepare``
+    nth: int | None = None
 
 
 def _clip(value: float | None, hi: int) -> int | None:
@@ -645,8 +648,12 @@ class IngestStore:
 
     async def _batch(self, rows: list[BatchEvent], now: dt.datetime, deadline: float | None) -> list[WireResult]:
         hints = self._hints
+        # `nth`: when every session id is there once (the usual batch), ingest_batch() needs
+        # no sort to number its session rounds
+        nth: dict[str, int] = {}
         for row in rows:
             row.hint = hints.get((row.site, row.sid))
+            row.nth = nth[row.sid] = nth.get(row.sid, 0) + 1
         payload = [astuple(row) for row in rows]
         # the batch's sites (their month's usage is locked) and whether it holds a consent
         # event: known here, so ingest_batch() spends no statement of its own on them

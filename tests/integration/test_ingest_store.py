@@ -558,6 +558,61 @@ async def test_ingest_batch_refuses_a_hint_for_a_session_that_is_not_there(pool:
     assert await pool.fetchval("SELECT count(*) FROM sessions") == 0
 
 
+@pytest.mark.parametrize("hinted", [False, True], ids=["looked up", "hinted"])
+async def test_a_session_with_several_events_in_one_batch_takes_them_in_order(
+    pool: asyncpg.Pool, make_site: Any, hinted: bool
+) -> None:
+    # ingest_batch() applies the k-th written event of each session in its k-th upsert
+    # (migration 0021: numbered by the partition's `nth` when every session id is there once,
+    # else by ingest_batch itself); a duplicate among them writes nothing and moves no round.
+    site = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    store = IngestStore(pool)
+    sid, other = str(uuid.uuid4()), str(uuid.uuid4())
+    first = wire(site, now, sid=sid, url="https://shop.example.com/1")
+    await store.ingest([first])
+    writer = store if hinted else IngestStore(pool)
+    pages = ["https://shop.example.com/2", "https://shop.example.com/3", "https://shop.example.com/4"]
+    batch = [
+        wire(site, now, sid=sid, url=pages[0]),
+        wire(site, now, sid=other),
+        first,  # sent again: a duplicate
+        wire(site, now, sid=sid, url=pages[1]),
+        wire(site, now, sid=sid, url=pages[2]),
+    ]
+    results = await writer.ingest(batch)
+    assert [r.status for r in results] == ["accepted", "accepted", "duplicate", "accepted", "accepted"]
+    assert writer.stats["retried_batches"] == 0
+    row = await pool.fetchrow("SELECT event_count, entry_page, exit_page FROM sessions WHERE id = $1", uuid.UUID(sid))
+    assert tuple(row) == (4, "https://shop.example.com/1", pages[2])
+    assert await pool.fetchval("SELECT event_count FROM sessions WHERE id = $1", uuid.UUID(other)) == 1
+    urls = await pool.fetch("SELECT url FROM events WHERE session_id = $1 ORDER BY url", uuid.UUID(sid))
+    assert [r["url"] for r in urls] == ["https://shop.example.com/1", *pages]
+
+
+async def test_ingest_batch_numbers_the_rounds_itself_without_the_partitions(
+    pool: asyncpg.Pool, make_site: Any
+) -> None:
+    # a batch whose events carry no `nth` (or a wrong one) still gets each session's events
+    # one round each: ingest_batch only trusts an `nth` of 1 for the first of its session id
+    from opsmantik_stream.ingest.store import prepare
+    from opsmantik_stream.queries import Q
+
+    site = await make_site()
+    now = dt.datetime.now(dt.UTC)
+    sid = str(uuid.uuid4())
+    for nths in ([None, None, None], [1, 2, 7]):
+        rows = [prepare(wire(site, now, sid=sid), k + 1, now.date()) for k in range(3)]
+        for row, n in zip(rows, nths, strict=True):
+            row.nth = n
+        record = await pool.fetchrow(
+            Q.ingest.ingest_batch, now, [uuid.UUID(site["site_id"])], False, [msgspec.structs.astuple(r) for r in rows]
+        )
+        assert record["status"] == "aaa"
+    assert await pool.fetchval("SELECT event_count FROM sessions WHERE id = $1", uuid.UUID(sid)) == 6
+    assert await pool.fetchval("SELECT count(*) FROM events") == 6
+
+
 async def test_a_hint_older_than_last_month_is_not_used(pool: asyncpg.Pool, make_site: Any) -> None:
     # a session is looked for in this and last month only: two months on, the same session id
     # starts a new session, hinted or not
