@@ -245,9 +245,11 @@ class BatchEvent(msgspec.Struct, gc=False):
     hint: dt.date | None = None
     # the event row's id (``event_row_id``; migration 0020), always set by ``prepare``
     row_id: str | None = None
-    # which occurrence of its session id ``sid`` in the batch the event is (1 for the first;
-    # migration 0021): set by the store just before the batch is sent, never by ``prepare``
+    # which occurrence of its session id ``sid`` in the batch the event is (1 for the first),
+    # and a billable event's place among its site's billable events in the batch (migration
+    # 0021): set by the store just before the batch is sent, never by ``prepare``
     nth: int | None = None
+    srank: int | None = None
 
 
 def _clip(value: float | None, hi: int) -> int | None:
@@ -648,12 +650,16 @@ class IngestStore:
 
     async def _batch(self, rows: list[BatchEvent], now: dt.datetime, deadline: float | None) -> list[WireResult]:
         hints = self._hints
-        # `nth`: when every session id is there once (the usual batch), ingest_batch() needs
-        # no sort to number its session rounds
+        # `nth` and `srank`: when every session id is there once and every event is new (the
+        # usual batch), ingest_batch() needs no sort to number its session rounds or to rank
+        # each site's billable events for the quota
         nth: dict[str, int] = {}
+        rank: dict[str, int] = {}
         for row in rows:
             row.hint = hints.get((row.site, row.sid))
             row.nth = nth[row.sid] = nth.get(row.sid, 0) + 1
+            if row.billable:
+                row.srank = rank[row.site] = rank.get(row.site, 0) + 1
         payload = [astuple(row) for row in rows]
         # the batch's sites (their month's usage is locked) and whether it holds a consent
         # event: known here, so ingest_batch() spends no statement of its own on them

@@ -590,27 +590,57 @@ async def test_a_session_with_several_events_in_one_batch_takes_them_in_order(
     assert [r["url"] for r in urls] == ["https://shop.example.com/1", *pages]
 
 
-async def test_ingest_batch_numbers_the_rounds_itself_without_the_partitions(
+async def test_ingest_batch_numbers_rounds_and_ranks_itself_without_the_partitions(
     pool: asyncpg.Pool, make_site: Any
 ) -> None:
-    # a batch whose events carry no `nth` (or a wrong one) still gets each session's events
-    # one round each: ingest_batch only trusts an `nth` of 1 for the first of its session id
+    # A batch whose events carry no `nth` (or a wrong one) still gets each session's events
+    # one round each: ingest_batch only trusts an `nth` of 1 for the first of its session id.
+    # And without `srank` it ranks each site's billable events itself: the quota stays exact.
     from opsmantik_stream.ingest.store import prepare
     from opsmantik_stream.queries import Q
 
-    site = await make_site()
+    site = await make_site(monthly_limit=4)
     now = dt.datetime.now(dt.UTC)
     sid = str(uuid.uuid4())
+    statuses = []
     for nths in ([None, None, None], [1, 2, 7]):
         rows = [prepare(wire(site, now, sid=sid), k + 1, now.date()) for k in range(3)]
         for row, n in zip(rows, nths, strict=True):
             row.nth = n
+        assert all(row.srank is None for row in rows)
         record = await pool.fetchrow(
             Q.ingest.ingest_batch, now, [uuid.UUID(site["site_id"])], False, [msgspec.structs.astuple(r) for r in rows]
         )
-        assert record["status"] == "aaa"
-    assert await pool.fetchval("SELECT event_count FROM sessions WHERE id = $1", uuid.UUID(sid)) == 6
-    assert await pool.fetchval("SELECT count(*) FROM events") == 6
+        statuses.append(record["status"])
+    assert statuses == ["aaa", "arr"]
+    assert await pool.fetchval("SELECT event_count FROM sessions WHERE id = $1", uuid.UUID(sid)) == 4
+    assert await pool.fetchval("SELECT count(*) FROM events") == 4
+    usage = await pool.fetchrow("SELECT event_count, rejected_count FROM site_usage_monthly")
+    assert tuple(usage) == (4, 2)
+
+
+async def test_the_store_ranks_each_sites_billable_events(pool: asyncpg.Pool, make_site: Any) -> None:
+    # `srank` (migration 0021): the n-th billable event of its site in the batch, whatever
+    # other sites and non-billable events come between; the quota of each site follows it
+    a = await make_site(monthly_limit=2)
+    b = await make_site(monthly_limit=3)
+    now = dt.datetime.now(dt.UTC)
+    store = IngestStore(pool)
+    scroll = {"ec": "interaction", "ea": "scroll_depth"}  # not billable
+    batch = [wire(a, now), wire(b, now), wire(a, now, **scroll), wire(a, now), wire(b, now), wire(a, now)]
+    sent: list[BatchEvent] = []
+    real = store._batch
+
+    async def spy(rows: list[BatchEvent], *args: Any) -> Any:
+        out = await real(rows, *args)
+        sent.extend(rows)
+        return out
+
+    store._batch = spy  # type: ignore[method-assign]
+    results = await store.ingest(batch)
+    assert [r.srank for r in sent] == [1, 1, None, 2, 2, 3]
+    assert [r.status for r in results] == ["accepted", "accepted", "accepted", "accepted", "accepted", "rejected_quota"]
+    assert [r.quota_remaining for r in results] == [1, 2, None, 0, 1, 0]
 
 
 async def test_a_hint_older_than_last_month_is_not_used(pool: asyncpg.Pool, make_site: Any) -> None:

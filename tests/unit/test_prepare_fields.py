@@ -93,7 +93,7 @@ def test_every_field_holds_what_its_name_says(url_params: bool) -> None:
     assert meta["eid"] == "eid-rich" and meta["lead_score"] == got["score"]
     assert meta["attribution_source"] == got["attr"]
     assert meta["focus_dur"] == 9 and meta["duration_sec"] == 41
-    assert got["hint"] is None and got["nth"] is None  # the store's, just before sending
+    assert got["hint"] is None and got["nth"] is None and got["srank"] is None  # the store's, just before sending
     # the event row's id: the receive time, version 7, then the key's first 18 hex digits
     row_id = uuid.UUID(got["row_id"])
     assert row_id.version == 7 and row_id.variant == uuid.RFC_4122

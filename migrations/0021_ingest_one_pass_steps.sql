@@ -1,22 +1,31 @@
--- ingest_batch(): step 5 in one pass (issue 10; what it decides and writes is unchanged).
--- Measured inside the function on 400-event calls of the bench's events, alternating with 0020
--- on one server (docs/performance.md): step 5 took 7.0 us per event, now 4.2; the whole
--- function 49.5 -> 47.2.
+-- ingest_batch(): the quota and step 5 in one pass each (issue 10; what it decides and writes
+-- is unchanged). Measured inside the function on 400-event calls of the bench's events,
+-- alternating with 0020 on one server (docs/performance.md): 3.9 us less per event (of about
+-- 40 to 50), the ledger and quota step 1.2, step 5 2.5.
 --
 -- * Step 5 computed each event's session through a chain of CTEs: the batch materialised with
---   its session, then again with the fingerprint facts and a window numbering the rounds
---   (a sort of the whole batch by session id), then a sort by position for the answers, and
---   two more passes over those for the rounds' sizes. It is now one pass: a subquery that
---   computes each event's values once, read by the aggregates that make the arrays.
--- * The rounds of the session upserts come from the partition when they can: `nth` (a new
---   last attribute of ingest_batch_event) is which occurrence of its session id in the batch
---   an event is. When every written event is the first of its id and keeps the id it was sent
---   with, every written event is in round 1 and nothing is sorted; otherwise the rounds are
---   numbered here as before, over the session ids alone. A batch whose `nth` were wrong could
---   only fail unwritten (an upsert cannot touch one row twice), never write something else.
+--   its session, then again with the fingerprint facts and a window numbering the rounds (a
+--   sort of the whole batch by session id), then a sort by position for the answers, and two
+--   more passes over those for the rounds' sizes. It is now one pass: a subquery computes each
+--   event's values once (behind `OFFSET 0`, so that the planner does not copy an expression
+--   into every place that reads it), and the aggregates that make the arrays read them.
+-- * The quota was one statement with the ledger insert: its keys came back through RETURNING
+--   into a CTE, the batch was ranked per site by a window (a sort), joined with the plans,
+--   materialised for the usage update and sorted again for the answers. Now the insert stands
+--   alone and its row count says whether every event is new (the usual case); the quota is one
+--   pass; the usage update reads the per-event states as two arrays.
+-- * Two new attributes of ingest_batch_event, set by the partition just before it sends a
+--   batch, spare the sorts in the usual batch: `nth`, which occurrence of its session id in
+--   the batch the event is, and `srank`, a billable event's place among its site's billable
+--   events. The session rounds come from `nth` when every written event is the first of its
+--   id and keeps the id it was sent with; the quota ranks come from `srank` when every event
+--   is new. Otherwise (a session with several events, a derived id, a duplicate, an event
+--   without them) both are numbered here as before. A wrong `nth` could only make a batch fail
+--   unwritten (an upsert cannot touch one row twice); `srank` is trusted as `billable` is.
 -- The rest of ingest_batch() is that of 0020.
 
 ALTER TYPE ingest_batch_event ADD ATTRIBUTE nth int;
+ALTER TYPE ingest_batch_event ADD ATTRIBUTE srank int;
 
 CREATE OR REPLACE FUNCTION ingest_batch(p_now timestamptz, p_sites uuid[], p_consent boolean, p_events ingest_batch_event[],
                              OUT status text, OUT remaining int[], OUT hints text)
@@ -58,6 +67,12 @@ DECLARE
     v_renumber boolean;
     v_ntrack  int;
     v_isess   uuid[];
+    v_xid     xid;
+    v_new     boolean[];
+    v_rank    bigint[];
+    v_qsite   uuid[];
+    v_qstate  "char"[];
+    v_unranked boolean;
     v_got     int;
     v_gone    int;
     v_hints   text;
@@ -91,77 +106,91 @@ BEGIN
     -- 1-3, 9. The idempotency gate (a key already in the ledger is a duplicate), the quota in
     --    arrival order from the locked usage (a site without a plan row gets the plan columns'
     --    defaults; create_site always writes one), and the month's counters, which move in the
-    --    same transaction as the ledger so quota and invoice never drift from it. One
-    --    statement: each part takes what it needs from the one before through RETURNING and
-    --    the CTEs' values, and the usage rows it reads are locked and read as before this
-    --    statement, which is what the quota needs.
-    WITH ins AS (
-        INSERT INTO ingest_idempotency AS l (
-            site_id, idempotency_key, created_at, year_month, expires_at, billable, billing_state, billing_reason,
-            idempotency_version, event_category, event_action, event_label)
-        SELECT e.site, e.key, p_now, v_ym, v_expires, e.billable,
-               CASE WHEN e.billable THEN 'ACCEPTED' ELSE 'NOT_BILLABLE' END, e.reason, e.ver, e.lc, e.la, e.ll
-        -- (in arrival order: no other batch of these sites can insert keys before COMMIT, as
-        -- their usage rows are locked above, so no order is needed against deadlocks, and
-        -- sorting the rows by a 64-character key cost more than a microsecond per event)
+    --    same transaction as the ledger so quota and invoice never drift from it. The usage
+    --    rows the quota reads are locked above, so they hold what they held before this batch
+    --    until its usage update below.
+    INSERT INTO ingest_idempotency AS l (
+        site_id, idempotency_key, created_at, year_month, expires_at, billable, billing_state, billing_reason,
+        idempotency_version, event_category, event_action, event_label)
+    SELECT e.site, e.key, p_now, v_ym, v_expires, e.billable,
+           CASE WHEN e.billable THEN 'ACCEPTED' ELSE 'NOT_BILLABLE' END, e.reason, e.ver, e.lc, e.la, e.ll
+    -- (in arrival order: no other batch of these sites can insert keys before COMMIT, as
+    -- their usage rows are locked above, so no order is needed against deadlocks, and
+    -- sorting the rows by a 64-character key cost more than a microsecond per event)
+    FROM unnest(p_events) AS e
+    ON CONFLICT (site_id, idempotency_key) DO NOTHING;
+    GET DIAGNOSTICS v_got = ROW_COUNT;
+    -- An event is new when its key went in: every key did when as many rows went in as the
+    -- batch has (the usual case); otherwise the new ones are the ledger rows this transaction
+    -- wrote (no other batch of these sites writes keys before COMMIT): its id as their xmin,
+    -- and this batch's time (an old row frozen with the same raw xmin, 2^32 transactions ago,
+    -- has another).
+    IF v_got < cardinality(p_events) THEN
+        v_xid := pg_current_xact_id()::xid;
+        SELECT array_agg(l.xmin = v_xid AND l.created_at = p_now ORDER BY e.i) INTO v_new
         FROM unnest(p_events) AS e
-        ON CONFLICT (site_id, idempotency_key) DO NOTHING
-        RETURNING l.site_id, l.idempotency_key
-    ), n AS (
-        -- (an event is new when its key went in: every key did when as many rows went in as
-        -- the batch has, the usual case; otherwise its key is looked for among those that did,
-        -- in a hash table built once. Joining the batch with them by key sorted both sides by
-        -- a 64-character key every time.)
-        SELECT e.i, e.site, e.key, e.billable,
-               (SELECT count(*) FROM ins) = cardinality(p_events)
-               OR (e.site, e.key) IN (SELECT ins.site_id, ins.idempotency_key FROM ins) AS new,
-               coalesce(e.hint IN (v_cur, v_prev), false) AS hinted
-        FROM unnest(p_events) AS e
-    ), plan AS (
-        -- the batch's sites only (an index look-up each, however many sites there are)
-        SELECT x.site_id, x.event_count, y.monthly_limit, y.soft_limit_enabled, y.hard_cap_multiplier
-        FROM site_usage_monthly x
-        LEFT JOIN site_plans y ON y.site_id = x.site_id
-        WHERE x.site_id = ANY (v_sites) AND x.year_month = v_ym
-    ), q AS (
-        -- the quota state of the k-th counted event of a site is decided with k - 1 counted
-        -- before it in this batch (a running count, not a join of the batch with itself)
-        SELECT n.i, n.site, n.key, n.billable AND n.new AS counted, n.new AND NOT n.hinted AS lookup,
-               CASE WHEN NOT n.new THEN 'd'::"char"
-                    WHEN NOT n.billable THEN 'a'::"char"
-                    ELSE ingest_quota(coalesce(u.monthly_limit, 100000), coalesce(u.soft_limit_enabled, false),
-                                      coalesce(u.hard_cap_multiplier, 2), u.event_count + n.rank - 1) END AS state,
-               CASE WHEN n.new AND n.billable
-                    THEN greatest(coalesce(u.monthly_limit, 100000) - u.event_count - n.rank, 0)::int END AS remaining
+        JOIN ingest_idempotency l ON l.site_id = e.site AND l.idempotency_key = e.key;
+    END IF;
+    -- The quota state of the k-th counted event of a site is decided with k - 1 counted before
+    -- it in this batch (its rank); and whether a new event has no hint (else step 4 has nothing
+    -- to look up). The ranks are the partition's when every event is new (`srank`: the event's
+    -- place among its site's billable events in the batch); otherwise, or when an event came
+    -- without one, they are counted here and the quota decided again.
+    FOR attempt IN 1..2 LOOP
+        IF attempt = 2 OR v_new IS NOT NULL THEN
+            SELECT array_agg(x.rank ORDER BY x.i) INTO v_rank
+            FROM (SELECT e.i, count(*) FILTER (WHERE e.billable AND coalesce(v_new[e.i], true))
+                                  OVER (PARTITION BY e.site ORDER BY e.i ROWS UNBOUNDED PRECEDING) AS rank
+                  FROM unnest(p_events) AS e) AS x;
+        END IF;
+        SELECT array_agg(q.state ORDER BY q.i), array_agg(q.remaining ORDER BY q.i),
+               coalesce(bool_or(q.lookup), false), array_agg(q.site ORDER BY q.i),
+               array_agg(CASE WHEN q.counted THEN q.state END ORDER BY q.i), coalesce(bool_or(q.unranked), false)
+        INTO v_state, v_left, v_lookup, v_qsite, v_qstate, v_unranked
         FROM (
-            SELECT n.*, count(*) FILTER (WHERE n.billable AND n.new)
-                            OVER (PARTITION BY n.site ORDER BY n.i ROWS UNBOUNDED PRECEDING) AS rank
-            FROM n
-        ) AS n
-        LEFT JOIN plan AS u ON u.site_id = n.site
-    ), counted AS (
-        UPDATE site_usage_monthly AS u
-        SET event_count = u.event_count + c.billable,
-            overage_count = u.overage_count + c.overage,
-            rejected_count = u.rejected_count + c.rejected,
-            updated_at = p_now
-        FROM (
-            SELECT q.site,
-                   count(*) FILTER (WHERE q.state IN ('a', 'o')) AS billable,
-                   count(*) FILTER (WHERE q.state = 'o') AS overage,
-                   count(*) FILTER (WHERE q.state = 'r') AS rejected
-            FROM q
-            WHERE q.counted
-            GROUP BY q.site
-        ) AS c
-        -- (the batch's sites named again: the month's usage rows are then found by their key, not
-        -- all of the month's rows read and matched)
-        WHERE u.site_id = ANY (v_sites) AND u.year_month = v_ym AND u.site_id = c.site
-    )
-    -- (and whether a new event of the batch has no hint: else step 4 has nothing to look up)
-    SELECT array_agg(q.state ORDER BY q.i), array_agg(q.remaining ORDER BY q.i), coalesce(bool_or(q.lookup), false)
-    INTO v_state, v_left, v_lookup
-    FROM q;
+            SELECT b.i, b.site, b.billable AND b.new AS counted, b.new AND NOT b.hinted AS lookup,
+                   b.billable AND b.new AND b.rank IS NULL AS unranked,
+                   CASE WHEN NOT b.new THEN 'd'::"char"
+                        WHEN NOT b.billable THEN 'a'::"char"
+                        ELSE ingest_quota(coalesce(u.monthly_limit, 100000), coalesce(u.soft_limit_enabled, false),
+                                          coalesce(u.hard_cap_multiplier, 2), u.event_count + b.rank - 1) END AS state,
+                   CASE WHEN b.new AND b.billable
+                        THEN greatest(coalesce(u.monthly_limit, 100000) - u.event_count - b.rank, 0)::int END AS remaining
+            FROM (
+                SELECT e.i, e.site, e.billable, coalesce(v_new[e.i], true) AS new,
+                       CASE WHEN v_rank IS NULL THEN e.srank ELSE v_rank[e.i] END AS rank,
+                       coalesce(e.hint IN (v_cur, v_prev), false) AS hinted
+                FROM unnest(p_events) AS e
+            ) AS b
+            -- the batch's sites only (an index look-up each, however many sites there are)
+            LEFT JOIN (
+                SELECT x.site_id, x.event_count, y.monthly_limit, y.soft_limit_enabled, y.hard_cap_multiplier
+                FROM site_usage_monthly x
+                LEFT JOIN site_plans y ON y.site_id = x.site_id
+                WHERE x.site_id = ANY (v_sites) AND x.year_month = v_ym
+            ) AS u ON u.site_id = b.site
+            -- (each value once per event: see step 5)
+            OFFSET 0
+        ) AS q;
+        EXIT WHEN NOT v_unranked;
+    END LOOP;
+    UPDATE site_usage_monthly AS u
+    SET event_count = u.event_count + c.billable,
+        overage_count = u.overage_count + c.overage,
+        rejected_count = u.rejected_count + c.rejected,
+        updated_at = p_now
+    FROM (
+        SELECT q.site,
+               count(*) FILTER (WHERE q.state IN ('a', 'o')) AS billable,
+               count(*) FILTER (WHERE q.state = 'o') AS overage,
+               count(*) FILTER (WHERE q.state = 'r') AS rejected
+        FROM unnest(v_qsite, v_qstate) AS q(site, state)
+        WHERE q.state IS NOT NULL
+        GROUP BY q.site
+    ) AS c
+    -- (the batch's sites named again: the month's usage rows are then found by their key, not
+    -- all of the month's rows read and matched)
+    WHERE u.site_id = ANY (v_sites) AND u.year_month = v_ym AND u.site_id = c.site;
 
     -- The ledger rows of overage and refused events say so (only at the limit; a statement of
     -- its own because it must see the rows inserted above).
