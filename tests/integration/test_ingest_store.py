@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from opsmantik_stream.db import close_pool, create_pool
-from opsmantik_stream.ingest.schema import MetaIn, WireEvent
+from opsmantik_stream.ingest.schema import MetaIn, WireEvent, WireResult
 from opsmantik_stream.ingest.store import BatchEvent, CallExpired, IngestStore
 
 pytestmark = pytest.mark.integration
@@ -625,18 +625,17 @@ async def test_the_store_ranks_each_sites_billable_events(pool: asyncpg.Pool, ma
     a = await make_site(monthly_limit=2)
     b = await make_site(monthly_limit=3)
     now = dt.datetime.now(dt.UTC)
-    store = IngestStore(pool)
+    sent: list[BatchEvent] = []
+
+    class Recording(IngestStore):
+        async def _batch(self, rows: list[BatchEvent], now: dt.datetime, deadline: float | None) -> list[WireResult]:
+            out = await super()._batch(rows, now, deadline)
+            sent.extend(rows)
+            return out
+
+    store = Recording(pool)
     scroll = {"ec": "interaction", "ea": "scroll_depth"}  # not billable
     batch = [wire(a, now), wire(b, now), wire(a, now, **scroll), wire(a, now), wire(b, now), wire(a, now)]
-    sent: list[BatchEvent] = []
-    real = store._batch
-
-    async def spy(rows: list[BatchEvent], *args: Any) -> Any:
-        out = await real(rows, *args)
-        sent.extend(rows)
-        return out
-
-    store._batch = spy  # type: ignore[method-assign]
     results = await store.ingest(batch)
     assert [r.srank for r in sent] == [1, 1, None, 2, 2, 3]
     assert [r.status for r in results] == ["accepted", "accepted", "accepted", "accepted", "accepted", "rejected_quota"]
