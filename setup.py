@@ -5,14 +5,15 @@ The repository keeps ``migrations/`` at its top (a fixed layout), but setuptools
 data only reaches files inside a package, and an installed ``opsmantik`` must be able to
 migrate on its own. So ``build_py`` copies the folder into the built package. An editable
 install (``make install``) needs no copy: ``opsmantik_stream.migrate`` falls back to the
-checkout's folder. Everything else about the build lives in pyproject.toml.
+checkout's folder. It also builds the one C extension (``PGROWS`` below). Everything else
+about the build lives in pyproject.toml.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -42,4 +43,9 @@ class BuildPyWithMigrations(build_py):
         return outputs
 
 
-setup(cmdclass={"build_py": BuildPyWithMigrations})
+# The partition's row encoder (opsmantik_stream/ingest/_pgrows.c, why it exists: its head).
+# Optional: without a C compiler the install goes on and the partition encodes its batch
+# rows through asyncpg's own codecs (slower, the same rows).
+PGROWS = Extension("opsmantik_stream.ingest._pgrows", ["opsmantik_stream/ingest/_pgrows.c"], optional=True)
+
+setup(cmdclass={"build_py": BuildPyWithMigrations}, ext_modules=[PGROWS])

@@ -216,15 +216,16 @@ class SitePartition:
         return {} if store is None else dict(store.stats)
 
     async def _make_store(self) -> IngestStore:
-        from opsmantik_stream.ingest.store import IngestStore
+        from opsmantik_stream.ingest.store import IngestStore, use_row_encoder
 
         async with self._init_lock:
             if self._store is None:
                 import asyncpg
 
                 size = self._settings.partition_db_connections
+                # each connection sends its batch rows through the C encoder when it can
                 pool = await asyncpg.create_pool(
-                    self._db_url, min_size=size, max_size=size, reset=_keep, command_timeout=60
+                    self._db_url, min_size=size, max_size=size, reset=_keep, command_timeout=60, init=use_row_encoder
                 )
                 assert pool is not None
                 self._store = IngestStore(pool)

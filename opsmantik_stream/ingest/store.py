@@ -59,6 +59,19 @@ from opsmantik_stream.ingest.schema import MetaIn, WireEvent, WireResult
 from opsmantik_stream.ingest.scoring import lead_scores
 from opsmantik_stream.queries import Q
 
+
+def _c_row_encoder() -> Callable[[Sequence[tuple[Any, ...]], int, tuple[int, ...]], bytes] | None:
+    """The C row encoder, built by setup.py when the machine has a C compiler (see
+    ``use_row_encoder``), else None."""
+    try:
+        from opsmantik_stream.ingest._pgrows import encode_array
+    except ImportError:  # an install without a C compiler
+        return None
+    return encode_array
+
+
+_ENCODE_ARRAY = _c_row_encoder()
+
 __all__ = [
     "SESSION_NAMESPACE",
     "BatchEvent",
@@ -518,6 +531,81 @@ def _json(value: Any) -> str:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+async def use_row_encoder(conn: asyncpg.Connection) -> bool:
+    """Send this connection's batch rows (``ingest_batch``'s ``$4``) through the C encoder
+    ``_pgrows`` instead of asyncpg's codecs; True when it is in use. For a pool's ``init``.
+
+    asyncpg encodes an array of composite rows field by field through its generic codecs,
+    about a quarter of a partition's CPU per event, and its public ``set_type_codec`` takes
+    no codec for an array type. So the encoder is registered for the array's OID through the
+    protocol settings ``set_type_codec`` itself uses (asyncpg's internals). It is kept only
+    when the C module is there, the SQL type has exactly ``BatchEvent``'s fields, and a row
+    sent through it reads back as written; otherwise the connection keeps asyncpg's codecs
+    (the same rows, more CPU) and this returns False."""
+    encode = _ENCODE_ARRAY
+    if encode is None:
+        return False
+    info = await conn.fetchrow(Q.ingest.batch_row_type)
+    if info is None or len(info["attr_oids"]) != len(BatchEvent.__struct_fields__):
+        return False
+    elem, oids = int(info["oid"]), tuple(info["attr_oids"])
+
+    def encoder(rows: Sequence[tuple[Any, ...]]) -> bytes:
+        return encode(rows, elem, oids)
+
+    try:
+        settings = conn._protocol.get_settings()
+        settings.add_python_codec(
+            info["array_oid"], "_ingest_batch_event", "public", [], "scalar", encoder, _no_decode, "binary"
+        )
+        conn._drop_local_statement_cache()
+    except (AttributeError, TypeError) as exc:  # another asyncpg: its own codecs stay
+        log.warning("the C row encoder is not in use: %s", type(exc).__name__)
+        return False
+    if await _row_encoder_reads_back(conn):
+        return True
+    log.warning("the C row encoder is not in use: a row did not read back as written")
+    settings.remove_python_codec(info["array_oid"], "_ingest_batch_event", "public")
+    conn._drop_local_statement_cache()
+    return False
+
+
+def _no_decode(data: bytes) -> Any:
+    raise NotImplementedError("ingest_batch_event[] is never read back")
+
+
+async def _row_encoder_reads_back(conn: asyncpg.Connection) -> bool:
+    site = str(uuid.uuid4())
+    values: dict[str, Any] = dict.fromkeys(BatchEvent.__struct_fields__)
+    values.update(
+        i=7,
+        site=site,
+        key="k\u00e9y",
+        ver=2,
+        billable=True,
+        reason="page_view",
+        at_ms=1_764_000_000_123,
+        hb=False,
+        sid=site,
+        alt=site,
+        consent_set=False,
+        url="https://\u00fcber.example/\u0131?a=b,c",
+        attr="Organic",
+        score=15,
+        assist=False,
+        ev=-2.5,
+        hint=dt.date(1999, 12, 31),
+        srank=-3,
+    )
+    sample = BatchEvent(**values)
+    try:
+        got = await conn.fetchrow(Q.ingest.batch_row_check, [astuple(sample)])
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, TypeError):
+        return False
+    want = (7, site, "k\u00e9y", True, 1_764_000_000_123, -2.5, sample.url, dt.date(1999, 12, 31), -3)
+    return got is not None and tuple(got) == want
 
 
 class IngestStore:

@@ -20,6 +20,21 @@ GROUP BY s.id, p.rate_limit_per_min;
 SELECT status, remaining, hints
 FROM ingest_batch($1::timestamptz, $2::uuid[], $3::boolean, $4::ingest_batch_event[]);
 
+-- name: batch_row_type
+-- The batch row type ingest_batch() takes: its OID, its array type's OID, and its attributes'
+-- type OIDs in order (the partition's C row encoder writes them; store.use_row_encoder).
+SELECT t.oid::int AS oid, t.typarray::int AS array_oid,
+       array_agg(a.atttypid::int ORDER BY a.attnum) AS attr_oids
+FROM pg_type t
+JOIN pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE t.oid = 'ingest_batch_event'::regtype
+GROUP BY t.oid, t.typarray;
+
+-- name: batch_row_check
+-- One row sent through a connection's row encoder, read back as PostgreSQL sees it.
+SELECT (r).i, (r).site::text, (r).key, (r).billable, (r).at_ms, (r).ev, (r).url, (r).hint, (r).srank
+FROM unnest($1::ingest_batch_event[]) AS r;
+
 -- name: ingest_dead_letters
 -- Events captured instead of stored, with non-billable ledger rows; a letter per event.
 SELECT ingest_dead_letters($1::timestamptz, $2::text::json);
