@@ -60,10 +60,10 @@ def _rows() -> list[tuple[Any, ...]]:
     numbers, non-ASCII text, a heartbeat, no user agent, and the store's own attributes."""
     events = [
         _event(1),
-        _event(2, url="https://shop.example.com/?gclid=Cj0KQ&utm_source=google&utm_medium=cpc&utm_campaign=kış"),
+        _event(2, url="https://shop.example.com/?gclid=Cj0KQ&utm_source=google&utm_medium=cpc&utm_campaign=güz"),
         _event(3, ec="conversion", ea="phone_call", el="tel:0532 123 45 67", ev=1.5),
         _event(4, ec="system", ea="heartbeat", el="session_active", meta={"active_sec": 40, "duration_sec": 61}),
-        _event(5, url="https://örnek.example.com/ürün?q=çay,şeker", referrer="https://www.google.com/search?q=é", ua=None),
+        _event(5, url="https://örnek.example.com/ürün?q=çay,şeker", referrer="https://google.com/?q=é", ua=None),
         _event(6, ea="scroll_depth", ev=95.0, meta={"fp": "fp-6", "scroll_pct": 95, "cta_hovers": 2}),
         _event(7, sid=None, meta={}, ip=None, consent=["analytics", "marketing"]),
     ]
@@ -86,7 +86,7 @@ async def test_postgresql_reads_the_rows_asyncpg_would_send(
     sent_fast = await fast.fetchval(AS_TEXT, rows)
     assert sent_fast == sent_plain
     # and it is not empty: every row, with non-ASCII text and NULLs, arrived
-    assert sent_fast.count('"(') == len(rows) and "kış" in sent_fast and ",," in sent_fast
+    assert sent_fast.count('"(') == len(rows) and "güz" in sent_fast and ",," in sent_fast
     # a uuid.UUID, an int where a float goes and extreme integers are sent as asyncpg sends them
     row = list(rows[0])
     names = list(BatchEvent.__struct_fields__)
@@ -121,9 +121,7 @@ async def test_a_batch_written_through_the_encoder_is_stored(db_url: str, make_s
     assert pool is not None
     try:
         store = IngestStore(pool)
-        events = [
-            _event(n, site_id=str(site["site_id"]), url=f"https://shop.example.com/ürün/{n}") for n in range(20)
-        ]
+        events = [_event(n, site_id=str(site["site_id"]), url=f"https://shop.example.com/ürün/{n}") for n in range(20)]
         results = await store.ingest(events)
         assert [r.status for r in results] == ["accepted"] * 20
         # the same events again are duplicates (the ledger has their keys as sent)
