@@ -9,7 +9,7 @@ binds 127.0.0.1 and every load is bounded in count and time.
 Writes benchmarks/results/<date>.json (the list of results), <date>.md (the table),
 <date>.meta.json (CPU by component, profiles, notes) and PNG charts.
 
-    python -m benchmarks                      # everything (about 10 minutes on 2 cores)
+    python -m benchmarks                      # everything (about 15 minutes on 2 cores)
     python -m benchmarks --quick              # short runs: a smoke check of the suite
     python -m benchmarks --only ingest_single,http_ceiling
     python -m benchmarks --only soak --minutes 30   # `make soak`: see docs/soak.md
