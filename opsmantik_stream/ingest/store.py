@@ -546,9 +546,11 @@ async def use_row_encoder(conn: asyncpg.Connection) -> bool:
     (the same rows, more CPU) and this returns False."""
     encode = _ENCODE_ARRAY
     if encode is None:
+        _say_once("the C row encoder was not built (no C compiler at install): batch rows go through asyncpg's codecs")
         return False
     info = await conn.fetchrow(Q.ingest.batch_row_type)
     if info is None or len(info["attr_oids"]) != len(BatchEvent.__struct_fields__):
+        _say_once("the C row encoder is not in use: ingest_batch_event does not have BatchEvent's fields")
         return False
     elem, oids = int(info["oid"]), tuple(info["attr_oids"])
 
@@ -562,14 +564,24 @@ async def use_row_encoder(conn: asyncpg.Connection) -> bool:
         )
         conn._drop_local_statement_cache()
     except (AttributeError, TypeError) as exc:  # another asyncpg: its own codecs stay
-        log.warning("the C row encoder is not in use: %s", type(exc).__name__)
+        _say_once(f"the C row encoder is not in use: asyncpg's codec settings refused it ({type(exc).__name__})")
         return False
     if await _row_encoder_reads_back(conn):
         return True
-    log.warning("the C row encoder is not in use: a row did not read back as written")
+    _say_once("the C row encoder is not in use: a row did not read back as written")
     settings.remove_python_codec(info["array_oid"], "_ingest_batch_event", "public")
     conn._drop_local_statement_cache()
     return False
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    # once per process (a pool calls use_row_encoder for each of its connections)
+    if message not in _SAID:
+        _SAID.add(message)
+        log.warning(message)
 
 
 def _no_decode(data: bytes) -> Any:
