@@ -18,8 +18,9 @@ PYTHON ?= $(or $(shell for p in /usr/bin/python3 python3; do \
 	&& { echo $$p; break; }; done),python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# Re-install whenever pyproject.toml changes.
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml 2>/dev/null | cut -d' ' -f1)
+# Re-install whenever pyproject.toml, setup.py or the C extension's source changes (the
+# install builds the extension; a stale one would keep running the old code).
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py opsmantik_stream/ingest/_pgrows.c 2>/dev/null | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 SOAK_MINUTES ?= 30
 
@@ -37,7 +38,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # pip prints each package as it goes (the first install downloads Ray, PostgreSQL and the
-# test tools: a few minutes); later runs only re-install when pyproject.toml changed.
+# test tools: a few minutes); later runs only re-install when the STAMP above changed.
 $(STAMP): pyproject.toml | $(BIN)/python
 	@echo "installing OpsMantik Stream and its dependencies into $(VENV) (the first time takes a few minutes) ..."
 	$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip
