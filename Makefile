@@ -39,7 +39,7 @@ $(BIN)/python:
 
 # pip prints each package as it goes (the first install downloads Ray, PostgreSQL and the
 # test tools: a few minutes); later runs only re-install when the STAMP above changed.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml setup.py opsmantik_stream/ingest/_pgrows.c | $(BIN)/python
 	@echo "installing OpsMantik Stream and its dependencies into $(VENV) (the first time takes a few minutes) ..."
 	$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test,bench]'
