@@ -125,6 +125,33 @@ async def test_a_batch_with_duplicates_counts_only_its_new_events_against_the_qu
     assert {x["billing_state"]: x["n"] for x in states} == {"ACCEPTED": 3, "REJECTED_QUOTA": 2}
 
 
+async def test_a_duplicate_after_new_events_stores_each_new_event_once(pool: asyncpg.Pool, make_site: Any) -> None:
+    # migration 0022: the keys go in with a plain insert first; a key already in the ledger
+    # in the middle of the batch undoes the rows inserted before it, and the batch goes in
+    # again through ON CONFLICT -- the new events stored and counted once, the duplicate not
+    site = await make_site(monthly_limit=100)
+    store = IngestStore(pool)
+    now = dt.datetime.now(dt.UTC)
+    a, b, c, d = (wire(site, now, url=f"https://shop.example.com/{x}") for x in "abcd")
+    assert [r.status for r in await store.ingest([b])] == ["accepted"]
+    results = await store.ingest([a, c, b, d])
+    assert [r.status for r in results] == ["accepted", "accepted", "duplicate", "accepted"]
+    # in one call of ingest_batch: not re-run event by event, nothing captured as a dead letter
+    assert store.stats["split_batches"] == 0
+    assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+    assert [r.quota_remaining for r in results] == [98, 97, None, 96]
+    keys = await pool.fetch("SELECT idempotency_key, count(*) AS n FROM ingest_idempotency GROUP BY 1")
+    assert sorted(k["n"] for k in keys) == [1, 1, 1, 1]
+    urls = await pool.fetch("SELECT url FROM events ORDER BY url")
+    assert [u["url"] for u in urls] == [f"https://shop.example.com/{x}" for x in "abcd"]
+    usage = await pool.fetchrow("SELECT event_count FROM site_usage_monthly")
+    assert usage["event_count"] == 4
+    # and the next batch of new events goes in as usual
+    e = wire(site, now, url="https://shop.example.com/e")
+    assert [r.status for r in await store.ingest([e, a])] == ["accepted", "duplicate"]
+    assert await pool.fetchval("SELECT count(*) FROM ingest_idempotency") == 5
+
+
 async def test_a_failing_event_goes_to_dead_letters_and_the_batch_commits(pool: asyncpg.Pool, make_site: Any) -> None:
     site = await make_site()
     # a real database refusal for one row (as a bad value or a future constraint would cause)
