@@ -11,7 +11,7 @@ Two halves:
   that needs the database), intent and target, the session ids to use. The result is a
   ``BatchEvent`` whose fields are exactly the attributes of the SQL type
   ``ingest_batch_event``, in their order (a test compares them).
-- ``ingest_batch(now, sites, consent, events)`` (migrations 0006, 0014-0021): the batch as an
+- ``ingest_batch(now, sites, consent, events)`` (migrations 0006, 0014-0022): the batch as an
   array of those rows in PostgreSQL's binary format (no JSON to parse), with its distinct sites
   and whether it holds a consent event; one statement, hence one transaction and one round
   trip, that locks the month's usage of the batch's sites, inserts the ledger
