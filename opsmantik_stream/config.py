@@ -180,7 +180,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         doc(
             "Ingest micro-batching: a partition call of fewer than OPSMANTIK_BATCH_SMALL_CALL_EVENTS events "
             "leaves at the earliest this long after the partition's previous call left (0: as soon as a slot "
-            "is free). Fewer, larger calls at moderate load: a call costs about as much CPU as ten events."
+            "is free). Fewer, larger calls at moderate load: a call's fixed cost (the Ray call, the transaction, "
+            "each statement's start-up) is about that of thirty events."
         ),
     ] = 12.0
     batch_small_call_events: Annotated[
@@ -190,13 +191,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             "Ingest micro-batching: a call of at least this many events leaves as soon as a slot is free; a "
             "smaller one waits out OPSMANTIK_BATCH_MIN_INTERVAL_MS."
         ),
-    ] = 10
+    ] = 40
     partition_max_inflight: Annotated[
         int,
         msgspec.Meta(ge=1, le=64),
         doc(
             "Calls in flight per partition; events that arrive meanwhile wait and leave together. One is "
-            "fastest: a partition call and its transaction cost about as much as ten events, so under load "
+            "fastest: a partition call and its transaction cost about as much as thirty events, so under load "
             "fewer, larger calls leave more CPU for events."
         ),
     ] = 1
