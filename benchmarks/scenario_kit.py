@@ -162,9 +162,10 @@ class Peak:
     def judging_ceiling(self, scenario_ceiling: float | None) -> float | None:
         """The ceiling a goal is judged against: the higher of the ceiling scenario's median
         and the median of the paired runs. Pairing shows the drift beside each run but never
-        makes a ratio better: after the product's own runs the machine is slower for the
-        ceiling too (writeback of their data; the store ceiling halved), and a ceiling taken
-        then would flatter the product."""
+        makes a ratio better: after the product's own runs the machine has been slower for
+        the ceiling too (the store ceiling halved in one run; a sync of dirty pages before each
+        run did not change that, docs/performance.md), and a ceiling taken then would flatter
+        the product."""
         known = [v for v in (scenario_ceiling, self.paired_median) if v]
         return max(known) if known else None
 
