@@ -228,7 +228,7 @@ class SitePartition:
                     self._db_url, min_size=size, max_size=size, reset=_keep, command_timeout=60, init=use_row_encoder
                 )
                 assert pool is not None
-                self._store = IngestStore(pool)
+                self._store = IngestStore(pool, encoded_rows=True)
                 from opsmantik_stream.bounds import settle_heap
 
                 settle_heap()  # ready to write: the start-up objects leave the collector's walks

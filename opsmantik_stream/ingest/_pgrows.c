@@ -9,8 +9,12 @@
  * PostgreSQL's source, documented in the protocol's "Binary format" notes): no rule of the
  * product lives here; which value goes in which attribute stays in store.py.
  *
- * encode_array(rows, elem_oid, attr_oids) -> bytes
- *   rows: a sequence of tuples, each with len(attr_oids) values;
+ * encode_array(rows, elem_oid, attr_oids, row_type=None, fields=None) -> bytes
+ *   rows: a sequence of tuples, each with len(attr_oids) values; with row_type and fields,
+ *     a row may also be a row_type instance, whose attributes `fields` (one name per
+ *     attribute, in order) are read where the instance keeps them: each name must be a
+ *     slot of row_type (a member descriptor, as msgspec's Structs have), so no tuple is
+ *     built per row (msgspec's astuple: ~0.8 us per 67-field row);
  *   elem_oid: the composite type's OID; attr_oids: each attribute's type OID, in order.
  * Supported attribute types: bool, int2, int4, int8, float8, text, uuid, date. None is NULL.
  * A value of the wrong type raises TypeError (ValueError when out of range), naming the row
@@ -19,6 +23,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -234,13 +239,35 @@ static int put_value(Buf *b, uint32_t oid, PyObject *v, Py_ssize_t row, Py_ssize
     }
 }
 
+/* The offset in an instance of `type` of each slot named in `fields` (a tuple of str), or
+ * -1 with an exception set when one is not a plain object slot of the type. */
+static int slot_offsets(PyTypeObject *type, PyObject *fields, Py_ssize_t natts, Py_ssize_t *out) {
+    if (!PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) != natts) {
+        PyErr_Format(PyExc_TypeError, "fields must be a tuple of %zd names", natts);
+        return -1;
+    }
+    for (Py_ssize_t a = 0; a < natts; a++) {
+        PyObject *name = PyTuple_GET_ITEM(fields, a);
+        PyObject *descr = PyUnicode_Check(name) ? _PyType_Lookup(type, name) : NULL;
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX ||
+            ((PyDescrObject *)descr)->d_type != type) {
+            PyErr_Format(PyExc_TypeError, "attribute %zd: %R is not a slot of %s", a + 1, name, type->tp_name);
+            return -1;
+        }
+        out[a] = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    return 0;
+}
+
 static PyObject *encode_array(PyObject *self, PyObject *args) {
-    PyObject *rows, *oids_obj;
+    PyObject *rows, *oids_obj, *row_type = Py_None, *fields = Py_None;
     unsigned long elem_oid;
-    if (!PyArg_ParseTuple(args, "OkO!", &rows, &elem_oid, &PyTuple_Type, &oids_obj))
+    if (!PyArg_ParseTuple(args, "OkO!|OO", &rows, &elem_oid, &PyTuple_Type, &oids_obj, &row_type, &fields))
         return NULL;
     Py_ssize_t natts = PyTuple_GET_SIZE(oids_obj);
     uint32_t *oids = PyMem_Malloc(sizeof(uint32_t) * (size_t)(natts ? natts : 1));
+    Py_ssize_t *offsets = NULL;
     if (oids == NULL)
         return PyErr_NoMemory();
     for (Py_ssize_t a = 0; a < natts; a++) {
@@ -251,8 +278,26 @@ static PyObject *encode_array(PyObject *self, PyObject *args) {
         }
         oids[a] = (uint32_t)o;
     }
+    if (row_type != Py_None) {
+        if (!PyType_Check(row_type)) {
+            PyMem_Free(oids);
+            PyErr_SetString(PyExc_TypeError, "row_type must be a type");
+            return NULL;
+        }
+        offsets = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(natts ? natts : 1));
+        if (offsets == NULL) {
+            PyMem_Free(oids);
+            return PyErr_NoMemory();
+        }
+        if (slot_offsets((PyTypeObject *)row_type, fields, natts, offsets) < 0) {
+            PyMem_Free(offsets);
+            PyMem_Free(oids);
+            return NULL;
+        }
+    }
     PyObject *seq = PySequence_Fast(rows, "rows must be a sequence");
     if (seq == NULL) {
+        PyMem_Free(offsets);
         PyMem_Free(oids);
         return NULL;
     }
@@ -267,8 +312,14 @@ static PyObject *encode_array(PyObject *self, PyObject *args) {
     put_u32(&b, 1);                  /* lower bound */
     for (Py_ssize_t r = 0; r < n; r++) {
         PyObject *row = PySequence_Fast_GET_ITEM(seq, r);
-        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != natts) {
-            PyErr_Format(PyExc_TypeError, "row %zd: a tuple of %zd values expected", r, natts);
+        /* exactly row_type (a subclass could keep its slots elsewhere), or a tuple */
+        int slots = offsets != NULL && Py_IS_TYPE(row, (PyTypeObject *)row_type);
+        if (!slots && (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != natts)) {
+            if (offsets != NULL)
+                PyErr_Format(PyExc_TypeError, "row %zd: a %s or a tuple of %zd values expected", r,
+                             ((PyTypeObject *)row_type)->tp_name, natts);
+            else
+                PyErr_Format(PyExc_TypeError, "row %zd: a tuple of %zd values expected", r, natts);
             goto error;
         }
         if (buf_reserve(&b, 8) < 0)
@@ -277,7 +328,16 @@ static PyObject *encode_array(PyObject *self, PyObject *args) {
         put_u32(&b, 0);
         put_u32(&b, (uint32_t)natts);
         for (Py_ssize_t a = 0; a < natts; a++) {
-            if (put_value(&b, oids[a], PyTuple_GET_ITEM(row, a), r, a) < 0)
+            PyObject *v;
+            if (slots) {
+                v = *(PyObject **)((char *)row + offsets[a]);
+                if (v == NULL) {
+                    PyErr_Format(PyExc_AttributeError, "row %zd, attribute %zd: not set", r, a + 1);
+                    goto error;
+                }
+            } else
+                v = PyTuple_GET_ITEM(row, a);
+            if (put_value(&b, oids[a], v, r, a) < 0)
                 goto error;
         }
         uint32_t size = (uint32_t)(b.len - at - 4);
@@ -289,11 +349,13 @@ static PyObject *encode_array(PyObject *self, PyObject *args) {
     }
     PyObject *out = PyBytes_FromStringAndSize(b.data, (Py_ssize_t)b.len);
     PyMem_Free(b.data);
+    PyMem_Free(offsets);
     PyMem_Free(oids);
     Py_DECREF(seq);
     return out;
 error:
     PyMem_Free(b.data);
+    PyMem_Free(offsets);
     PyMem_Free(oids);
     Py_DECREF(seq);
     return NULL;
@@ -301,7 +363,8 @@ error:
 
 static PyMethodDef methods[] = {
     {"encode_array", encode_array, METH_VARARGS,
-     "encode_array(rows, elem_oid, attr_oids) -> bytes: rows as a PostgreSQL binary array of records."},
+     "encode_array(rows, elem_oid, attr_oids, row_type=None, fields=None) -> bytes: rows (tuples, or "
+     "row_type instances read slot by slot) as a PostgreSQL binary array of records."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -60,7 +60,7 @@ from opsmantik_stream.ingest.scoring import lead_scores
 from opsmantik_stream.queries import Q
 
 
-def _c_row_encoder() -> Callable[[Sequence[tuple[Any, ...]], int, tuple[int, ...]], bytes] | None:
+def _c_row_encoder() -> Callable[..., bytes] | None:
     """The C row encoder, built by setup.py when the machine has a C compiler (see
     ``use_row_encoder``), else None."""
     try:
@@ -71,6 +71,10 @@ def _c_row_encoder() -> Callable[[Sequence[tuple[Any, ...]], int, tuple[int, ...
 
 
 _ENCODE_ARRAY = _c_row_encoder()
+# Set when a connection kept asyncpg's codecs although the C module is there (use_row_encoder
+# said why): asyncpg's codecs take only tuples, so from then on every batch of the process
+# goes as tuples (which the C encoder takes too) instead of as the BatchEvents themselves.
+_ROWS_AS_TUPLES = _ENCODE_ARRAY is None
 
 __all__ = [
     "SESSION_NAMESPACE",
@@ -536,6 +540,8 @@ def _utcnow() -> dt.datetime:
 async def use_row_encoder(conn: asyncpg.Connection) -> bool:
     """Send this connection's batch rows (``ingest_batch``'s ``$4``) through the C encoder
     ``_pgrows`` instead of asyncpg's codecs; True when it is in use. For a pool's ``init``.
+    The encoder takes the ``BatchEvent`` rows themselves (reading their fields where the
+    struct keeps them: no tuple per row) as well as tuples.
 
     asyncpg encodes an array of composite rows field by field through its generic codecs,
     about a quarter of a partition's CPU per event, and its public ``set_type_codec`` takes
@@ -551,11 +557,11 @@ async def use_row_encoder(conn: asyncpg.Connection) -> bool:
     info = await conn.fetchrow(Q.ingest.batch_row_type)
     if info is None or len(info["attr_oids"]) != len(BatchEvent.__struct_fields__):
         _say_once("the C row encoder is not in use: ingest_batch_event does not have BatchEvent's fields")
-        return False
-    elem, oids = int(info["oid"]), tuple(info["attr_oids"])
+        return _refuse_structs()
+    elem, oids, fields = int(info["oid"]), tuple(info["attr_oids"]), BatchEvent.__struct_fields__
 
-    def encoder(rows: Sequence[tuple[Any, ...]]) -> bytes:
-        return encode(rows, elem, oids)
+    def encoder(rows: Sequence[BatchEvent | tuple[Any, ...]]) -> bytes:
+        return encode(rows, elem, oids, BatchEvent, fields)
 
     try:
         settings = conn._protocol.get_settings()
@@ -565,12 +571,18 @@ async def use_row_encoder(conn: asyncpg.Connection) -> bool:
         conn._drop_local_statement_cache()
     except (AttributeError, TypeError) as exc:  # another asyncpg: its own codecs stay
         _say_once(f"the C row encoder is not in use: asyncpg's codec settings refused it ({type(exc).__name__})")
-        return False
+        return _refuse_structs()
     if await _row_encoder_reads_back(conn):
         return True
     _say_once("the C row encoder is not in use: a row did not read back as written")
     settings.remove_python_codec(info["array_oid"], "_ingest_batch_event", "public")
     conn._drop_local_statement_cache()
+    return _refuse_structs()
+
+
+def _refuse_structs() -> bool:
+    global _ROWS_AS_TUPLES
+    _ROWS_AS_TUPLES = True
     return False
 
 
@@ -613,22 +625,28 @@ async def _row_encoder_reads_back(conn: asyncpg.Connection) -> bool:
     )
     sample = BatchEvent(**values)
     try:
-        got = await conn.fetchrow(Q.ingest.batch_row_check, [astuple(sample)])
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, TypeError):
+        # as a batch goes: the struct itself, or a tuple once a connection was refused
+        got = [await conn.fetchrow(Q.ingest.batch_row_check, [row]) for row in (sample, astuple(sample))]
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, TypeError, AttributeError):
         return False
     want = (7, site, "k\u00e9y", True, 1_764_000_000_123, -2.5, sample.url, dt.date(1999, 12, 31), -3)
-    return got is not None and tuple(got) == want
+    return all(row is not None and tuple(row) == want for row in got)
 
 
 class IngestStore:
     """Writes batches of ``WireEvent`` for the sites of one partition (see module doc).
 
     ``pool`` is any asyncpg pool on the owner role; the partition gives it one whose
-    connections are not reset on release (nothing per batch changes session state)."""
+    connections are not reset on release (nothing per batch changes session state).
+    ``encoded_rows``: every connection of ``pool`` ran ``use_row_encoder`` (its ``init``), so
+    the batch rows go to the C encoder as they are, not as tuples for asyncpg's codecs."""
 
-    def __init__(self, pool: asyncpg.Pool, *, clock: Callable[[], dt.datetime] = _utcnow) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, clock: Callable[[], dt.datetime] = _utcnow, encoded_rows: bool = False
+    ) -> None:
         self._pool = pool
         self._clock = clock
+        self._encoded_rows = encoded_rows
         # session hints (see the module doc and SESSION_HINT_MEMO_SIZE), oldest first
         self._hints: OrderedDict[tuple[str, str], dt.date] = OrderedDict()
         self.stats: dict[str, int] = {
@@ -760,7 +778,7 @@ class IngestStore:
             row.nth = nth[row.sid] = nth.get(row.sid, 0) + 1
             if row.billable:
                 row.srank = rank[row.site] = rank.get(row.site, 0) + 1
-        payload = [astuple(row) for row in rows]
+        payload = self._payload(rows)
         # the batch's sites (their month's usage is locked) and whether it holds a consent
         # event: known here, so ingest_batch() spends no statement of its own on them
         sites = sorted({row.site for row in rows})
@@ -771,6 +789,8 @@ class IngestStore:
                     if deadline is not None and time.monotonic() > deadline:
                         self.stats["expired_batches"] += 1
                         raise CallExpired("the batch waited longer than the gateway's timeout")
+                    if payload is rows and _ROWS_AS_TUPLES:  # a connection was refused the encoder since
+                        payload = self._payload(rows)
                     record = await conn.fetchrow(Q.ingest.ingest_batch, now, sites, consent, payload)
                 break
             except _AGAIN:
@@ -784,7 +804,7 @@ class IngestStore:
                         if row.hint is not None:
                             hints.pop((row.site, row.sid), None)
                             row.hint = None
-                    payload = [astuple(row) for row in rows]
+                    payload = self._payload(rows)
         assert record is not None
         status: str = record["status"]
         remaining: list[int | None] = record["remaining"]
@@ -804,6 +824,12 @@ class IngestStore:
                     WireResult(status="rejected_quota", ingest_id=row.key, quota_remaining=0, retry_after_s=retry_after)
                 )
         return out
+
+    def _payload(self, rows: list[BatchEvent]) -> list[BatchEvent] | list[tuple[Any, ...]]:
+        """``ingest_batch``'s rows as sent: the structs themselves to the C encoder (it reads
+        their fields where they are: ~0.8 us per row less than a tuple each), tuples to
+        asyncpg's codecs."""
+        return rows if self._encoded_rows and not _ROWS_AS_TUPLES else [astuple(row) for row in rows]
 
     def _learn(self, rows: list[BatchEvent], codes: str, now: dt.datetime) -> None:
         """Keep what the committed batch says about each event's session: ``c`` (this month)

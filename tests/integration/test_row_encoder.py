@@ -1,6 +1,7 @@
 """The partition's C row encoder (``_pgrows``, ``use_row_encoder``) on a real PostgreSQL:
-PostgreSQL reads exactly the rows asyncpg's own codecs would send, refuses the same bad
-rows, and a batch written through it is stored as through asyncpg."""
+PostgreSQL reads exactly the rows asyncpg's own codecs would send, whether the encoder is
+given tuples or the ``BatchEvent`` structs themselves, refuses the same bad rows, and a batch
+written through it is stored as through asyncpg."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import msgspec
 import pytest
 from msgspec.structs import astuple
 
+from opsmantik_stream.ingest import store as store_module
+from opsmantik_stream.ingest._pgrows import encode_array
 from opsmantik_stream.ingest.schema import MetaIn, WireEvent
 from opsmantik_stream.ingest.store import BatchEvent, IngestStore, prepare, use_row_encoder
 from opsmantik_stream.queries import Q
@@ -58,6 +61,11 @@ def _event(n: int, **kw: Any) -> WireEvent:
 
 
 def _rows() -> list[tuple[Any, ...]]:
+    """Prepared rows of many shapes (``_structs``) as tuples."""
+    return [astuple(row) for row in _structs()]
+
+
+def _structs() -> list[BatchEvent]:
     """Prepared rows of many shapes: click ids and template keys, an intent, a form with
     numbers, non-ASCII text, a heartbeat, no user agent, and the store's own attributes."""
     events = [
@@ -75,7 +83,7 @@ def _rows() -> list[tuple[Any, ...]]:
         row.hint = dt.date(2026, 11, 1) if i % 2 else None
         row.nth = i
         row.srank = -i if i == 3 else i
-        rows.append(astuple(row))
+        rows.append(row)
     return rows
 
 
@@ -100,6 +108,35 @@ async def test_postgresql_reads_the_rows_asyncpg_would_send(
     assert await fast.fetchval(AS_TEXT, []) == await plain.fetchval(AS_TEXT, []) == "{}"
 
 
+async def test_structs_are_sent_as_their_tuples(conns: tuple[asyncpg.Connection, asyncpg.Connection]) -> None:
+    plain, fast = conns
+    structs = _structs()
+    sent = await fast.fetchval(AS_TEXT, structs)
+    assert sent == await plain.fetchval(AS_TEXT, [astuple(row) for row in structs])
+    assert sent.count('"(') == len(structs)
+    # one batch may hold both (the encoder decides row by row)
+    mixed = [structs[0], astuple(structs[1])]
+    assert await fast.fetchval(AS_TEXT, mixed) == await plain.fetchval(AS_TEXT, [astuple(r) for r in structs[:2]])
+
+
+def test_the_encoder_reads_only_slots_of_exactly_the_given_type() -> None:
+    fields = BatchEvent.__struct_fields__
+    row = _structs()[0]
+    kinds = {bool: 16, int: 20, float: 701, str: 25, dt.date: 1082, type(None): 25}
+    oids = tuple(kinds[type(getattr(row, name))] for name in fields)
+    assert encode_array([row], 1, oids, BatchEvent, fields) == encode_array([astuple(row)], 1, oids)
+    with pytest.raises(TypeError, match="row 1: a BatchEvent or a tuple of 67 values expected"):
+        encode_array([row, ("x",) * (len(fields) - 1)], 1, oids, BatchEvent, fields)
+    with pytest.raises(TypeError, match="'nope' is not a slot of"):
+        encode_array([row], 1, oids, BatchEvent, ("nope", *fields[1:]))
+    with pytest.raises(TypeError, match="a tuple of 67 names"):
+        encode_array([row], 1, oids, BatchEvent, fields[:-1])
+    # a wrong value in a slot is refused as in a tuple, naming the row and the attribute
+    row.i = "1"  # type: ignore[assignment]  # (msgspec does not check types on assignment)
+    with pytest.raises(TypeError, match="row 0, attribute 1: an int expected"):
+        encode_array([row], 1, oids, BatchEvent, fields)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("i", "1"), ("billable", 1), ("ver", 40_000), ("site", "not-a-uuid"), ("hint", "2026-12-01"), ("url", b"x")],
@@ -122,7 +159,7 @@ async def test_a_batch_written_through_the_encoder_is_stored(db_url: str, make_s
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1, init=use_row_encoder)
     assert pool is not None
     try:
-        store = IngestStore(pool)
+        store = IngestStore(pool, encoded_rows=True)
         events = [_event(n, site_id=str(site["site_id"]), url=f"https://shop.example.com/ürün/{n}") for n in range(20)]
         results = await store.ingest(events)
         assert [r.status for r in results] == ["accepted"] * 20
@@ -166,3 +203,19 @@ async def test_random_rows_read_as_asyncpgs(conns: tuple[asyncpg.Connection, asy
     rnd = random.Random(20261206)
     rows = [tuple(_random_value(rnd, oid) for oid in oids) for _ in range(300)]
     assert await fast.fetchval(AS_TEXT, rows) == await plain.fetchval(AS_TEXT, rows)
+
+
+async def test_a_refused_encoder_gets_tuples(db_url: str, make_site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a connection of the process was refused the encoder (it keeps asyncpg's codecs,
+    which take only tuples), a store told its rows are encoded sends tuples: nothing fails."""
+    site = await make_site()
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1)  # asyncpg's codecs
+    assert pool is not None
+    monkeypatch.setattr(store_module, "_ROWS_AS_TUPLES", True)
+    try:
+        store = IngestStore(pool, encoded_rows=True)
+        events = [_event(n, site_id=str(site["site_id"])) for n in range(5)]
+        assert [r.status for r in await store.ingest(events)] == ["accepted"] * 5
+        assert await pool.fetchval("SELECT count(*) FROM events WHERE site_id = $1", site["site_id"]) == 5
+    finally:
+        await pool.close()
