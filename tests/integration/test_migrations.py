@@ -113,3 +113,72 @@ async def test_session_clicks_start_with_the_click_sessions_already_stored(
     held = await empty_db.fetch("SELECT fingerprint, session_id FROM session_clicks ORDER BY fingerprint")
     assert [(r["fingerprint"], r["session_id"]) for r in held] == [("fp-1", ids[0]), ("fp-2", ids[3])]
     assert await empty_db.fetchval("SELECT to_regclass('public.sessions_site_fp_click_idx')") is None
+
+
+async def test_a_ledger_from_before_0023_still_knows_its_keys(
+    empty_db: asyncpg.Connection, pg_server: str, tmp_path: Path
+) -> None:
+    # an installation at 0022 with events in its ledger: after 0023 (the keys compared byte by
+    # byte) the same events are still duplicates, and the billing export's order is unchanged
+    import datetime as dt
+
+    import msgspec
+
+    from opsmantik_stream import tenancy
+    from opsmantik_stream.db import _init_connection, close_pool, create_pool
+    from opsmantik_stream.ingest.schema import MetaIn, WireEvent
+    from opsmantik_stream.ingest.store import IngestStore
+    from tests.conftest import _with_db
+
+    await _init_connection(empty_db)  # the JSON codecs create_site uses
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for mig in load_migrations(default_migrations_dir()):
+        if mig.version < 23:
+            shutil.copy(default_migrations_dir() / mig.filename, folder)
+    await apply_migrations(empty_db, folder)
+    site = await tenancy.create_site(empty_db, name="Old shop", domain="old.example.com")
+    now = dt.datetime.now(dt.UTC)
+
+    def event(n: int) -> WireEvent:
+        return WireEvent(
+            site_id=str(site["site_id"]),
+            received_ms=int(now.timestamp() * 1000),
+            url=f"https://old.example.com/{n}",
+            eid=f"e-{n}",
+            sid=str(uuid.uuid4()),
+            ec="interaction",
+            ea="view",
+            el="Home",
+            consent=["analytics"],
+            meta=msgspec.convert({"fp": f"fp-{n}"}, MetaIn),
+            ip="203.0.113.0",
+            ua="Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0",
+        )
+
+    name = await empty_db.fetchval("SELECT current_database()")
+    pool = await create_pool(_with_db(pg_server, name), max_size=2)
+    try:
+        store = IngestStore(pool)
+        old = [event(n) for n in range(40)]
+        assert {r.status for r in await store.ingest(old)} == {"accepted"}
+        collation = (
+            "SELECT collation_name FROM information_schema.columns"
+            " WHERE table_name = 'ingest_idempotency' AND column_name = 'idempotency_key'"
+        )
+        assert await empty_db.fetchval(collation) is None  # the database's own
+        before = await empty_db.fetch("SELECT idempotency_key FROM ingest_idempotency ORDER BY idempotency_key")
+
+        assert 23 in [m.version for m in await apply_migrations(empty_db)]
+        assert await empty_db.fetchval(collation) == "C"
+        results = await store.ingest([*old[:3], event(40), old[39]])
+        assert [r.status for r in results] == ["duplicate", "duplicate", "duplicate", "accepted", "duplicate"]
+        assert await empty_db.fetchval("SELECT count(*) FROM ingest_idempotency") == 41
+        assert await empty_db.fetchval("SELECT count(*) FROM events") == 41
+        after = await empty_db.fetch("SELECT idempotency_key FROM ingest_idempotency ORDER BY idempotency_key")
+        old_keys = [r["idempotency_key"] for r in before]
+        new_keys = [r["idempotency_key"] for r in after]
+        assert [k for k in new_keys if k in set(old_keys)] == old_keys
+        assert new_keys == sorted(new_keys)  # byte order, as Python sorts str
+    finally:
+        await close_pool(pool)
