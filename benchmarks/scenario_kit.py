@@ -303,11 +303,13 @@ def pick_connections(
     markers: tuple[str, ...],
     grid: tuple[int, ...] = SINGLE_CONNECTION_GRID,
     batch: int = 0,
+    again: bool = True,
 ) -> tuple[int, dict[int, float]]:
     """The connection count of ``grid`` at which requests to ``base`` (single events, or
     ``batch`` events each) ran fastest, and every count's mean rate in requests/s: one wrk
-    run of ``seconds`` at each count, then one more at each of the two fastest
-    (``best_connections``). ``--quick`` runs and runs without wrk take the first count."""
+    run of ``seconds`` at each count, then, with ``again``, one more at each of the two
+    fastest (``best_connections``). ``--quick`` runs and runs without wrk take the first
+    count."""
     if ctx.quick or ctx.wrk is None:
         return grid[0], {}
     wrk = ctx.wrk
@@ -322,7 +324,7 @@ def pick_connections(
 
     for connections in grid:
         run(connections)
-    for connections in sorted(runs, key=lambda c: runs[c][0], reverse=True)[:2]:
+    for connections in sorted(runs, key=lambda c: runs[c][0], reverse=True)[:2] if again else []:
         run(connections)
     return best_connections(runs), {c: sum(v) / len(v) for c, v in runs.items()}
 
@@ -336,14 +338,17 @@ def best_connections(runs: dict[int, list[float]]) -> int:
     return max(runs, key=lambda c: sum(runs[c]) / len(runs[c]))
 
 
-def connections_note(best: int, rates: dict[int, float], *, per_request: int = 1, unit: str = "requests/s") -> str:
+def connections_note(
+    best: int, rates: dict[int, float], *, per_request: int = 1, unit: str = "requests/s", again: bool = True
+) -> str:
     """``at 128 connections (64 / 128 / 256: 4,010 / 5,690 / 5,540 requests/s, ...)``; with
     ``per_request`` events per request and ``unit`` "events/s", the rates in events/s."""
     if not rates:
         return f"at {best} connections"
     counts = " / ".join(str(c) for c in rates)
     values = " / ".join(f"{v * per_request:,.0f}" for v in rates.values())
-    return f"at {best} connections ({counts}: {values} {unit}; the two fastest the mean of two runs)"
+    runs = "the two fastest the mean of two runs" if again else "one run each"
+    return f"at {best} connections ({counts}: {values} {unit}; {runs})"
 
 
 def cpu_details(cpu: dict[str, float], units_per_s: float, unit: str) -> dict[str, Any]:
