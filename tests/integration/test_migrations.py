@@ -6,6 +6,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -76,21 +77,26 @@ def test_bad_file_names_are_refused(tmp_path: Path) -> None:
         load_migrations(tmp_path)
 
 
+async def _old_installation(conn: asyncpg.Connection, tmp_path: Path, *, before: int) -> dict[str, Any]:
+    """An installation migrated up to (not including) migration ``before``, with one site."""
+    from opsmantik_stream import tenancy
+    from opsmantik_stream.db import _init_connection
+
+    await _init_connection(conn)  # the JSON codecs create_site uses
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for mig in load_migrations(default_migrations_dir()):
+        if mig.version < before:
+            shutil.copy(default_migrations_dir() / mig.filename, folder)
+    await apply_migrations(conn, folder)
+    return await tenancy.create_site(conn, name="Old shop", domain="old.example.com")
+
+
 async def test_session_clicks_start_with_the_click_sessions_already_stored(
     empty_db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     # an installation at 0018 with sessions: 0019 fills session_clicks from them
-    from opsmantik_stream import tenancy
-    from opsmantik_stream.db import _init_connection
-
-    await _init_connection(empty_db)  # the JSON codecs create_site uses
-    folder = tmp_path / "migrations"
-    folder.mkdir()
-    for mig in load_migrations(default_migrations_dir()):
-        if mig.version < 19:
-            shutil.copy(default_migrations_dir() / mig.filename, folder)
-    await apply_migrations(empty_db, folder)
-    site = await tenancy.create_site(empty_db, name="Old shop", domain="old.example.com")
+    site = await _old_installation(empty_db, tmp_path, before=19)
     rows = [
         ("fp-1", "G-1", None),  # a click session of a visitor
         ("fp-1", None, None),  # the same visitor without a click
@@ -124,20 +130,12 @@ async def test_a_ledger_from_before_0023_still_knows_its_keys(
 
     import msgspec
 
-    from opsmantik_stream import tenancy
-    from opsmantik_stream.db import _init_connection, close_pool, create_pool
+    from opsmantik_stream.db import close_pool, create_pool
     from opsmantik_stream.ingest.schema import MetaIn, WireEvent
     from opsmantik_stream.ingest.store import IngestStore
     from tests.conftest import _with_db
 
-    await _init_connection(empty_db)  # the JSON codecs create_site uses
-    folder = tmp_path / "migrations"
-    folder.mkdir()
-    for mig in load_migrations(default_migrations_dir()):
-        if mig.version < 23:
-            shutil.copy(default_migrations_dir() / mig.filename, folder)
-    await apply_migrations(empty_db, folder)
-    site = await tenancy.create_site(empty_db, name="Old shop", domain="old.example.com")
+    site = await _old_installation(empty_db, tmp_path, before=23)
     now = dt.datetime.now(dt.UTC)
 
     def event(n: int) -> WireEvent:
