@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -83,7 +85,22 @@ def pg_server() -> Iterator[str]:
         yield url
     finally:
         embedded.stop()
+        # pgserver stops the postmaster it started. After test_postgresql_restart the server
+        # is a new postmaster that pgserver does not know, and it outlived the suite with its
+        # folder deleted under it. A clean stop removes postmaster.pid: one left means a server.
+        if embedded.pgdata.joinpath("postmaster.pid").exists():
+            with contextlib.suppress(subprocess.CalledProcessError):
+                pg_ctl(embedded.pgdata, "-w", "-m", "fast", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def pg_ctl(pgdata: Path, *args: str, timeout: float = 60) -> None:
+    """pgserver's ``pg_ctl`` on a test server's data folder, as the user that runs the server
+    (pgserver runs it as ``pgserver`` when the tests run as root)."""
+    import pgserver._commands as pgc
+
+    run: Any = pgc.pg_ctl  # type: ignore[attr-defined]  # generated at import by pgserver
+    run(list(args), pgdata=pgdata, user="pgserver" if os.geteuid() == 0 else None, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -540,7 +540,7 @@ async def test_a_second_node_hosts_actors_and_then_stops(harness: Harness) -> No
 async def test_postgresql_restart(harness: Harness, pg_server: str) -> None:
     if os.environ.get("OPSMANTIK_TEST_DATABASE_URL"):
         pytest.skip("PostgreSQL is external (OPSMANTIK_TEST_DATABASE_URL): not ours to restart")
-    import pgserver._commands as pgc
+    from tests.conftest import pg_ctl
 
     h = harness
     conn = await asyncpg.connect(pg_server)
@@ -551,9 +551,7 @@ async def test_postgresql_restart(harness: Harness, pg_server: str) -> None:
     h.start_load()
     await h.wait_events(100)
     t0 = time.monotonic()
-    user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs the server as this user under root
-    pg_ctl: Any = pgc.pg_ctl  # type: ignore[attr-defined]  # generated at import by pgserver
-    await asyncio.to_thread(pg_ctl, ["-w", "-m", "fast", "restart"], pgdata=Path(pgdata), user=user, timeout=60)
+    await asyncio.to_thread(pg_ctl, Path(pgdata), "-w", "-m", "fast", "restart")
     print(f"PostgreSQL restarted in {time.monotonic() - t0:.1f}s")
     _report("PostgreSQL restart", await h.recovery(t0))
     await h.wait_events(100)
